@@ -1,0 +1,310 @@
+//! Test support shared by every integration test of the workspace.
+//!
+//! What lives here, and only this:
+//! - [`Process`]: a real binary started as a child process, its output captured to a log file,
+//!   killed (SIGKILL) when dropped so a failing test leaves nothing running;
+//! - [`wait_until`] / [`wait_until_async`]: poll a condition with backoff until a deadline, the
+//!   only way a test waits (never a bare sleep);
+//! - [`workspace_binary`]: the path of a binary built by this workspace (`cargo test --release`
+//!   builds every workspace binary next to the test executables);
+//! - [`free_port`] and [`loopback_ip`]: addresses for processes on 127.0.0.x;
+//! - [`require`]: the skip rule for tests that need root or a Debian package — they may skip
+//!   when run by hand without them, but under `CI=true` a missing requirement is a failure.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+/// Whether we run under CI (`CI=true`), where nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// What a test needs from the machine.
+#[derive(Debug, Clone, Copy)]
+pub enum Need<'a> {
+    /// Effective uid 0 (network namespaces, loop devices, privileged ports).
+    Root,
+    /// An executable on `PATH`, usually from a Debian package.
+    Tool(&'a str),
+}
+
+/// Returns `true` when every need is met. When one is not: under `CI=true` this panics (CI must
+/// never skip); by hand it prints why the test is skipped and returns `false`.
+pub fn require(test: &str, needs: &[Need<'_>]) -> bool {
+    for need in needs {
+        let missing = match need {
+            Need::Root => (!is_root()).then(|| "root".to_string()),
+            Need::Tool(t) => which(t).is_none().then(|| format!("the `{t}` command")),
+        };
+        if let Some(what) = missing {
+            if in_ci() {
+                panic!("{test}: needs {what}, and CI=true forbids skipping; .ci/run must install it");
+            }
+            eprintln!("SKIP {test}: needs {what} (set CI=true to make this a failure)");
+            return false;
+        }
+    }
+    true
+}
+
+/// Effective uid 0?
+pub fn is_root() -> bool {
+    // /proc/self/status "Uid:" line: real, effective, saved, fs.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Finds an executable on `PATH` (plus the sbin directories, which root's tools live in).
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = ["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(extra)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The path of a binary built by this workspace, next to the running test executable
+/// (`target/<profile>/NAME`). Panics with the fix when it has not been built.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash>  ->  target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} was not built; run `cargo build --release --workspace` (or `cargo test --release --workspace`, which builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A distinct loopback address per call within this process (127.0.0.2 .. 127.0.0.254), so
+/// tests running in parallel do not collide on well-known ports.
+pub fn loopback_ip() -> Ipv4Addr {
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    // Spread processes apart: pid picks a starting block, calls walk within it.
+    let base = (std::process::id() % 8) as u8 * 30;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 30;
+    Ipv4Addr::new(127, 0, base.wrapping_add(n) / 250, 2 + (base + n) % 250)
+}
+
+/// A TCP port that was free on `ip` a moment ago (bind to port 0, read it back, release).
+pub fn free_port(ip: Ipv4Addr) -> u16 {
+    let l = TcpListener::bind((ip, 0)).expect("bind port 0");
+    let port = l.local_addr().expect("local_addr").port();
+    // Also make sure the UDP side is free, for servers that use both.
+    let _ = UdpSocket::bind((ip, port));
+    port
+}
+
+/// A free `ip:port` on a fresh loopback address.
+pub fn free_addr() -> SocketAddr {
+    let ip = loopback_ip();
+    SocketAddr::from((ip, free_port(ip)))
+}
+
+/// Polls `check` with backoff (10 ms doubling to 250 ms) until it returns `Some`, or fails
+/// after `deadline` with a message naming `what` was awaited.
+pub fn wait_until<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if start.elapsed() >= deadline {
+            return Err(format!("timed out after {deadline:?} waiting for {what}"));
+        }
+        std::thread::sleep(pause.min(deadline.saturating_sub(start.elapsed())));
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Async form of [`wait_until`].
+pub async fn wait_until_async<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() >= deadline {
+            return Err(format!("timed out after {deadline:?} waiting for {what}"));
+        }
+        tokio::time::sleep(pause.min(deadline.saturating_sub(start.elapsed()))).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A real child process whose stdout and stderr go to `log`. Dropping it kills the process.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program args…` with its output captured to `log` (created or truncated).
+    pub fn start<I, S>(name: &str, program: &Path, args: I, log: &Path) -> std::io::Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        Self::spawn(name, cmd, log)
+    }
+
+    /// Starts a prepared command (env, cwd already set) with its output captured to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> std::io::Result<Self> {
+        let out = File::create(log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()?;
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What the process has written so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the output contains `needle`, failing early (with the log) if the process
+    /// exits first.
+    pub fn wait_for_output(&mut self, needle: &str, deadline: Duration) -> Result<(), String> {
+        let name = self.name.clone();
+        let what = format!("{name} to print {needle:?}");
+        let res = wait_until(&what, deadline, || {
+            if self.output().contains(needle) {
+                return Some(Ok(()));
+            }
+            match self.try_exit_code() {
+                Some(code) => Some(Err(format!("{name} exited with {code:?} before printing {needle:?}"))),
+                None => None,
+            }
+        });
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) | Err(e) => Err(format!("{e}\n--- {} log ---\n{}", self.name, self.output())),
+        }
+    }
+
+    /// `Some(exit code)` once the process has exited (`Some(None)` = killed by a signal).
+    pub fn try_exit_code(&mut self) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// Waits for the process to exit, up to `deadline`, and returns its exit code.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Result<Option<i32>, String> {
+        let name = self.name.clone();
+        wait_until(&format!("{name} to exit"), deadline, || self.try_exit_code())
+    }
+
+    /// SIGKILL, then reap. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM (clean shutdown), then wait up to `deadline`, then SIGKILL.
+    pub fn terminate(&mut self, deadline: Duration) -> Option<i32> {
+        let pid = self.pid()?;
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let code = self.wait_exit(deadline).ok().flatten();
+        self.kill();
+        code
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_until_returns_value_or_names_what_timed_out() {
+        let mut n = 0;
+        let v = wait_until("n to reach 3", Duration::from_secs(5), || {
+            n += 1;
+            (n >= 3).then_some(n)
+        });
+        assert_eq!(v, Ok(3));
+        let e = wait_until::<()>("never", Duration::from_millis(30), || None).unwrap_err();
+        assert!(e.contains("waiting for never"), "{e}");
+    }
+
+    #[test]
+    fn process_output_is_captured_and_exit_is_seen() {
+        let dir = std::env::temp_dir().join(format!("testkit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = Process::start(
+            "echo",
+            Path::new("/bin/sh"),
+            ["-c", "echo listening; exit 3"],
+            &dir.join("echo.log"),
+        )
+        .unwrap();
+        p.wait_for_output("listening", Duration::from_secs(5)).unwrap();
+        assert_eq!(p.wait_exit(Duration::from_secs(5)), Ok(Some(3)));
+    }
+
+    #[test]
+    fn loopback_ips_are_distinct_and_in_range() {
+        let a = loopback_ip();
+        let b = loopback_ip();
+        assert_ne!(a, b);
+        assert_eq!(a.octets()[0], 127);
+        assert!(a.octets()[3] >= 2);
+    }
+}
