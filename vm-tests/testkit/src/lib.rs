@@ -75,9 +75,16 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The path of a binary built by this workspace, next to the running test executable
+/// The path of a binary built by this workspace: in `$PLASMACLOUD_BIN_DIR` when that is set
+/// (a target directory shared with another build), else next to the running test executable
 /// (`target/<profile>/NAME`). Panics with the fix when it has not been built.
 pub fn workspace_binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("PLASMACLOUD_BIN_DIR") {
+        let bin = PathBuf::from(dir).join(name);
+        if bin.is_file() {
+            return bin;
+        }
+    }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test>-<hash>  ->  target/<profile>/<name>
     let profile_dir = exe
