@@ -142,6 +142,9 @@ mod tests {
             node_from_cmdline("init=/init console=ttyS0 plasmacloud.node=node02 quiet\n"),
             Some("node02")
         );
-        assert_eq!(node_from_cmdline("plasmacloud.nodes=x plasmacloud.node="), None);
+        assert_eq!(
+            node_from_cmdline("plasmacloud.nodes=x plasmacloud.node="),
+            None
+        );
     }
 }

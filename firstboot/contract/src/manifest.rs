@@ -106,7 +106,9 @@ impl BundleManifest {
         for (i, f) in self.files.iter().enumerate() {
             let safe = !f.path.is_empty()
                 && !f.path.starts_with('/')
-                && f.path.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+                && f.path
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != "..");
             if !safe {
                 problems.push(Problem::new(
                     format!("files[{i}].path"),

@@ -21,7 +21,9 @@ impl FromStr for MacAddr {
     /// Six hex pairs separated by `:` or `-` (case-insensitive).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split([':', '-']).collect();
-        let bad = || format!("{s:?} is not a MAC address (expected six hex pairs, e.g. 52:54:00:00:00:01)");
+        let bad = || {
+            format!("{s:?} is not a MAC address (expected six hex pairs, e.g. 52:54:00:00:00:01)")
+        };
         if parts.len() != 6 {
             return Err(bad());
         }
@@ -336,7 +338,10 @@ fn check_disk(path: &str, disk: &DiskLayout, problems: &mut Vec<Problem>) {
     if !disk.device.starts_with("/dev/") || disk.device.len() <= "/dev/".len() {
         problems.push(Problem::new(
             format!("{path}.device"),
-            format!("{:?} is not a block device path (expected /dev/…, e.g. /dev/vdb)", disk.device),
+            format!(
+                "{:?} is not a block device path (expected /dev/…, e.g. /dev/vdb)",
+                disk.device
+            ),
         ));
     }
     let label_ok = !disk.label.is_empty()
@@ -348,7 +353,10 @@ fn check_disk(path: &str, disk: &DiskLayout, problems: &mut Vec<Problem>) {
     if !label_ok {
         problems.push(Problem::new(
             format!("{path}.label"),
-            format!("{:?} is not a usable filesystem label (expected 1-16 letters, digits, '-' or '_')", disk.label),
+            format!(
+                "{:?} is not a usable filesystem label (expected 1-16 letters, digits, '-' or '_')",
+                disk.label
+            ),
         ));
     }
     let mp = Path::new(&disk.mount_point);
@@ -359,7 +367,10 @@ fn check_disk(path: &str, disk: &DiskLayout, problems: &mut Vec<Problem>) {
     if !under_var_lib || !no_dots {
         problems.push(Problem::new(
             format!("{path}.mount_point"),
-            format!("{:?} must be a directory under /var/lib (e.g. /var/lib/plasmacloud)", disk.mount_point),
+            format!(
+                "{:?} must be a directory under /var/lib (e.g. /var/lib/plasmacloud)",
+                disk.mount_point
+            ),
         ));
     }
 }
@@ -375,11 +386,20 @@ fn check(config: ClusterConfig, problems: &mut Vec<Problem>) -> Option<Contract>
             ),
         ));
     }
-    check_label("cluster.name", "cluster name", &config.cluster.name, problems);
+    check_label(
+        "cluster.name",
+        "cluster name",
+        &config.cluster.name,
+        problems,
+    );
     check_label("cluster.id", "cluster id", &config.cluster.id, problems);
 
     let boot_server = parse_ipv4("boot_server.address", &config.boot_server.address, problems);
-    check_port("boot_server.http_port".into(), config.boot_server.http_port, problems);
+    check_port(
+        "boot_server.http_port".into(),
+        config.boot_server.http_port,
+        problems,
+    );
     check_port(
         "boot_server.management_port".into(),
         config.boot_server.management_port,
@@ -394,8 +414,15 @@ fn check(config: ClusterConfig, problems: &mut Vec<Problem>) -> Option<Contract>
             ),
         ));
     }
-    for (field, value) in config.ports.named() {
-        check_port(format!("ports.{field}"), value, problems);
+    let cluster_ports = config.ports.named();
+    for (a, (field, value)) in cluster_ports.iter().enumerate() {
+        check_port(format!("ports.{field}"), *value, problems);
+        if let Some((other, _)) = cluster_ports[..a].iter().find(|(_, v)| v == value) {
+            problems.push(Problem::new(
+                format!("ports.{field}"),
+                format!("{value} collides with {other} (expected a different port per service)"),
+            ));
+        }
     }
 
     if let Some(tls) = &config.tls {
@@ -423,14 +450,19 @@ fn check(config: ClusterConfig, problems: &mut Vec<Problem>) -> Option<Contract>
         if let Some(first) = names.insert(n.name.as_str(), i) {
             problems.push(Problem::new(
                 at("name"),
-                format!("duplicate node name {:?} (also nodes[{first}].name); names must be unique", n.name),
+                format!(
+                    "duplicate node name {:?} (also nodes[{first}].name); names must be unique",
+                    n.name
+                ),
             ));
         }
         if let Ok(mac) = n.mac.parse::<MacAddr>() {
             if let Some(first) = macs.insert(mac, i) {
                 problems.push(Problem::new(
                     at("mac"),
-                    format!("duplicate MAC {mac} (also nodes[{first}].mac); every node needs its own"),
+                    format!(
+                        "duplicate MAC {mac} (also nodes[{first}].mac); every node needs its own"
+                    ),
                 ));
             }
         }
@@ -444,7 +476,9 @@ fn check(config: ClusterConfig, problems: &mut Vec<Problem>) -> Option<Contract>
             if Some(ip) == boot_server {
                 problems.push(Problem::new(
                     at("ipv4"),
-                    format!("{ip} is the boot server's address (expected a node address of its own)"),
+                    format!(
+                        "{ip} is the boot server's address (expected a node address of its own)"
+                    ),
                 ));
             }
         }
@@ -551,19 +585,22 @@ fn check_node(
             check_port(at(&format!("ports.{field}")), value, problems);
         }
     }
-    // Ports must not collide on one node.
+    // Ports must not collide on one node. A collision between two cluster-level values is
+    // reported once, by the cluster-level check; here only those an override takes part in.
+    let overridden = |field: &str| {
+        n.ports
+            .as_ref()
+            .is_some_and(|o| o.fields_set().contains(&field))
+    };
     let named = ports.named();
     for (a, (fa, va)) in named.iter().enumerate() {
         if let Some((fb, _)) = named[..a].iter().find(|(_, vb)| vb == va) {
-            let path = if n.ports.is_some() {
-                at(&format!("ports.{fa}"))
-            } else {
-                format!("ports.{fa}")
-            };
-            problems.push(Problem::new(
-                path,
-                format!("{va} collides with {fb} on node {:?} (expected a different port per service)", n.name),
-            ));
+            if overridden(fa) || overridden(fb) {
+                problems.push(Problem::new(
+                    at(&format!("ports.{fa}")),
+                    format!("{va} collides with {fb} on node {:?} (expected a different port per service)", n.name),
+                ));
+            }
         }
     }
     Some(NodeSpec {

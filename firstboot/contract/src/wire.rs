@@ -175,6 +175,21 @@ pub struct PortOverrides {
 }
 
 impl PortOverrides {
+    /// Names of the fields this override sets.
+    pub fn fields_set(&self) -> Vec<&'static str> {
+        [
+            ("chainfire_api", self.chainfire_api),
+            ("chainfire_raft", self.chainfire_raft),
+            ("chainfire_gossip", self.chainfire_gossip),
+            ("flaredb_api", self.flaredb_api),
+            ("flaredb_raft", self.flaredb_raft),
+            ("iam_api", self.iam_api),
+        ]
+        .into_iter()
+        .filter_map(|(f, v)| v.map(|_| f))
+        .collect()
+    }
+
     /// The cluster's ports with these overrides applied.
     pub fn apply(&self, base: &Ports) -> Ports {
         Ports {
@@ -218,7 +233,9 @@ pub struct IamSettings {
 }
 
 /// What a node does in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Runs the Raft stores; may be an initial voter.

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 /// Whether we run under CI (`CI=true`), where nothing may be skipped.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 /// What a test needs from the machine.
@@ -43,7 +45,9 @@ pub fn require(test: &str, needs: &[Need<'_>]) -> bool {
         };
         if let Some(what) = missing {
             if in_ci() {
-                panic!("{test}: needs {what}, and CI=true forbids skipping; .ci/run must install it");
+                panic!(
+                    "{test}: needs {what}, and CI=true forbids skipping; .ci/run must install it"
+                );
             }
             eprintln!("SKIP {test}: needs {what} (set CI=true to make this a failure)");
             return false;
@@ -104,10 +108,10 @@ pub fn workspace_binary(name: &str) -> PathBuf {
 /// tests running in parallel do not collide on well-known ports.
 pub fn loopback_ip() -> Ipv4Addr {
     static NEXT: AtomicU8 = AtomicU8::new(0);
-    // Spread processes apart: pid picks a starting block, calls walk within it.
+    // Spread processes apart: the pid picks a block of 30, calls walk within it.
     let base = (std::process::id() % 8) as u8 * 30;
     let n = NEXT.fetch_add(1, Ordering::Relaxed) % 30;
-    Ipv4Addr::new(127, 0, base.wrapping_add(n) / 250, 2 + (base + n) % 250)
+    Ipv4Addr::new(127, 0, 0, 2 + base + n)
 }
 
 /// A TCP port that was free on `ip` a moment ago (bind to port 0, read it back, release).
@@ -225,14 +229,17 @@ impl Process {
             if self.output().contains(needle) {
                 return Some(Ok(()));
             }
-            match self.try_exit_code() {
-                Some(code) => Some(Err(format!("{name} exited with {code:?} before printing {needle:?}"))),
-                None => None,
-            }
+            self.try_exit_code().map(|code| {
+                Err(format!(
+                    "{name} exited with {code:?} before printing {needle:?}"
+                ))
+            })
         });
         match res {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) | Err(e) => Err(format!("{e}\n--- {} log ---\n{}", self.name, self.output())),
+            Ok(Err(e)) | Err(e) => {
+                Err(format!("{e}\n--- {} log ---\n{}", self.name, self.output()))
+            }
         }
     }
 
@@ -248,7 +255,9 @@ impl Process {
     /// Waits for the process to exit, up to `deadline`, and returns its exit code.
     pub fn wait_exit(&mut self, deadline: Duration) -> Result<Option<i32>, String> {
         let name = self.name.clone();
-        wait_until(&format!("{name} to exit"), deadline, || self.try_exit_code())
+        wait_until(&format!("{name} to exit"), deadline, || {
+            self.try_exit_code()
+        })
     }
 
     /// SIGKILL, then reap. Idempotent.
@@ -262,7 +271,10 @@ impl Process {
     /// SIGTERM (clean shutdown), then wait up to `deadline`, then SIGKILL.
     pub fn terminate(&mut self, deadline: Duration) -> Option<i32> {
         let pid = self.pid()?;
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let code = self.wait_exit(deadline).ok().flatten();
         self.kill();
         code
@@ -302,7 +314,8 @@ mod tests {
             &dir.join("echo.log"),
         )
         .unwrap();
-        p.wait_for_output("listening", Duration::from_secs(5)).unwrap();
+        p.wait_for_output("listening", Duration::from_secs(5))
+            .unwrap();
         assert_eq!(p.wait_exit(Duration::from_secs(5)), Ok(Some(3)));
     }
 
