@@ -1,0 +1,681 @@
+//! `netboot-image bundle`: the directory the PXE server serves as it is.
+//!
+//! ```text
+//! DIR/bzImage                     the kernel (hard-linked from the input when possible)
+//! DIR/initrd                      the base initrd (likewise)
+//! DIR/overlay-<node>.cpio.zst     one per node: contract, identity, that node's secrets
+//! DIR/manifest.json               every file (size, sha256), one boot entry per node + default
+//! ```
+//!
+//! Every node overlay is marked `secret: true` in the manifest, whether or not the contract
+//! names secrets: it carries the node's identity and the whole contract, and a PXE server that
+//! serves it only to its own node can never leak a key added to the contract later.
+//!
+//! The bundle is written to a temporary directory next to `DIR` and renamed into place at the
+//! end, so a failure leaves no half-written bundle (and an existing bundle stays as it was).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use plasmacloud_contract::manifest::{
+    BootEntry, BundleManifest, ManifestFile, DEFAULT_ENTRY, MANIFEST_FILE, MANIFEST_VERSION,
+};
+use plasmacloud_contract::{Contract, DEFAULT_CONTRACT_PATH, IDENTITY_FILE, KERNEL_NODE_PARAM};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ImageError, SecretIssue, SecretProblem};
+use crate::newc::{Entry, NewcWriter};
+
+/// The largest secret file accepted (1 MiB): keys and credentials are a few KiB.
+pub const MAX_SECRET_SIZE: u64 = 1024 * 1024;
+
+/// The zstd level of overlay initrds (fixed, so the same inputs give the same bytes).
+pub const OVERLAY_ZSTD_LEVEL: i32 = 9;
+
+/// The kernel's file name inside a bundle.
+pub const KERNEL_NAME: &str = "bzImage";
+/// The base initrd's file name inside a bundle.
+pub const BASE_INITRD_NAME: &str = "initrd";
+
+/// The overlay file name of a node.
+pub fn overlay_name(node: &str) -> String {
+    format!("overlay-{node}.cpio.zst")
+}
+
+/// Kernel, base initrd and command line: what every entry of the bundle starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The base initrd.
+    pub initrd: PathBuf,
+    /// The kernel command line without `initrd=` (e.g. `init=/nix/store/…/init loglevel=4`).
+    pub cmdline: String,
+}
+
+impl BaseImage {
+    /// Reads a `nix build .#netboot` result: `bzImage`, `initrd` and `netboot.ipxe`, whose
+    /// `kernel` line gives `init=` and the kernel parameters.
+    pub fn from_netboot(dir: &Path) -> Result<Self, ImageError> {
+        let script_path = dir.join("netboot.ipxe");
+        let script =
+            fs::read_to_string(&script_path).map_err(ImageError::io(&script_path, "reading"))?;
+        let parsed = parse_netboot_ipxe(&script).map_err(|m| ImageError::bad(&script_path, m))?;
+        let base = Self {
+            kernel: dir.join(&parsed.kernel),
+            initrd: dir.join(&parsed.initrd),
+            cmdline: parsed.cmdline,
+        };
+        for p in [&base.kernel, &base.initrd] {
+            if !p.is_file() {
+                return Err(ImageError::bad(
+                    p,
+                    format!("named by {} but not a file", script_path.display()),
+                ));
+            }
+        }
+        Ok(base)
+    }
+}
+
+/// What a `netboot.ipxe` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetbootScript {
+    /// The kernel file (relative to the script).
+    pub kernel: String,
+    /// The (first) initrd file.
+    pub initrd: String,
+    /// Kernel parameters, without `initrd=` and without iPXE variables (`${cmdline}`).
+    pub cmdline: String,
+}
+
+/// Parses nixpkgs' `netboot.ipxe`:
+///
+/// ```text
+/// #!ipxe
+/// kernel bzImage init=/nix/store/…/init initrd=initrd nohibernate loglevel=4 ${cmdline}
+/// initrd initrd
+/// boot
+/// ```
+pub fn parse_netboot_ipxe(script: &str) -> Result<NetbootScript, String> {
+    let mut kernel = None;
+    let mut initrd = None;
+    for line in script.lines() {
+        let mut words = line.split_whitespace();
+        let cmd = words.next();
+        // iPXE options (`--name x`, `--autofree`) come before the file.
+        let mut rest: Vec<&str> = Vec::new();
+        let mut file = None;
+        let mut skip_value = false;
+        for w in words {
+            if file.is_none() {
+                if skip_value {
+                    skip_value = false;
+                    continue;
+                }
+                if let Some(opt) = w.strip_prefix("--") {
+                    skip_value = !opt.contains('=') && matches!(opt, "name" | "timeout");
+                    continue;
+                }
+                if w == "-n" || w == "-t" {
+                    skip_value = true;
+                    continue;
+                }
+                file = Some(w);
+            } else {
+                rest.push(w);
+            }
+        }
+        match (cmd, file) {
+            (Some("kernel" | "chain" | "imgexec"), Some(f)) if kernel.is_none() => {
+                let params: Vec<&str> = rest
+                    .into_iter()
+                    .filter(|p| !p.starts_with("initrd=") && !p.contains("${"))
+                    .collect();
+                kernel = Some((f.to_string(), params.join(" ")));
+            }
+            (Some("initrd" | "imgfetch" | "module"), Some(f)) if initrd.is_none() => {
+                initrd = Some(f.to_string())
+            }
+            _ => {}
+        }
+    }
+    let (kernel, cmdline) =
+        kernel.ok_or("no `kernel FILE …` line (expected nixpkgs' netboot.ipxe)")?;
+    let initrd = initrd.ok_or("no `initrd FILE` line (expected nixpkgs' netboot.ipxe)")?;
+    if !cmdline.split_whitespace().any(|p| p.starts_with("init=")) {
+        return Err(format!(
+            "the kernel line has no init= parameter (read {cmdline:?}); NixOS cannot boot without it"
+        ));
+    }
+    for f in [&kernel, &initrd] {
+        if f.contains('/') || f.contains("://") {
+            return Err(format!(
+                "{f:?}: expected a file next to netboot.ipxe, not a path or URL"
+            ));
+        }
+    }
+    Ok(NetbootScript {
+        kernel,
+        initrd,
+        cmdline,
+    })
+}
+
+/// Everything `bundle` needs.
+#[derive(Debug, Clone)]
+pub struct BundleSpec {
+    /// `cluster-config.json`.
+    pub cluster: PathBuf,
+    /// Kernel, base initrd, command line.
+    pub base: BaseImage,
+    /// `DIR/<node>/<path on the node>` holds each secret the contract names.
+    pub secrets: Option<PathBuf>,
+    /// The bundle directory to (re)place.
+    pub out: PathBuf,
+    /// Worker threads for overlays (0: the number of CPUs).
+    pub jobs: usize,
+}
+
+/// A file that goes into a node's overlay.
+#[derive(Debug, Clone)]
+struct OverlayFile {
+    on_node: PathBuf,
+    perm: u32,
+    content: Vec<u8>,
+}
+
+/// The overlay entries of every node, checked (every secret read, every rule applied) before
+/// anything is written. All problems are reported at once.
+fn plan_overlays(
+    contract: &Contract,
+    contract_bytes: &[u8],
+    secrets: Option<&Path>,
+) -> Result<Vec<(String, Vec<Entry>)>, ImageError> {
+    let mut problems = Vec::new();
+    let mut plans = Vec::new();
+    let ca = contract.config.tls.as_ref().map(|t| t.ca_cert.clone());
+    for (i, node) in contract.nodes.iter().enumerate() {
+        let mut files = vec![
+            OverlayFile {
+                on_node: DEFAULT_CONTRACT_PATH.into(),
+                perm: 0o644,
+                content: contract_bytes.to_vec(),
+            },
+            OverlayFile {
+                on_node: IDENTITY_FILE.into(),
+                perm: 0o644,
+                content: format!("{}\n", node.name).into_bytes(),
+            },
+        ];
+        // (field, path on node, mode, is it secret)
+        let mut wanted: Vec<(String, PathBuf, u32, bool)> = Vec::new();
+        if let Some(ca) = &ca {
+            wanted.push(("tls.ca_cert".into(), ca.clone(), 0o644, false));
+        }
+        if let Some(tls) = &node.tls {
+            wanted.push((
+                format!("nodes[{i}].tls.cert"),
+                tls.cert.clone(),
+                0o644,
+                false,
+            ));
+            wanted.push((format!("nodes[{i}].tls.key"), tls.key.clone(), 0o600, true));
+        }
+        if contract.is_seed(&node.name) {
+            if let Some(cred) = contract.iam_bootstrap_credential() {
+                wanted.push(("iam.bootstrap_credential".into(), cred.clone(), 0o600, true));
+            }
+        }
+        for (field, on_node, perm, secret) in wanted {
+            match read_secret(&node.name, &field, &on_node, secret, secrets) {
+                Ok(content) => files.push(OverlayFile {
+                    on_node,
+                    perm,
+                    content,
+                }),
+                Err(p) => problems.push(p),
+            }
+        }
+        plans.push((node.name.clone(), overlay_entries(files)));
+    }
+    if problems.is_empty() {
+        Ok(plans)
+    } else {
+        Err(ImageError::Secrets(problems))
+    }
+}
+
+/// Reads one secret from `DIR/<node>/<path on node>`, applying the rules: present, a regular
+/// file, at most [`MAX_SECRET_SIZE`], and (for secrets proper) not world-readable.
+fn read_secret(
+    node: &str,
+    field: &str,
+    on_node: &Path,
+    secret: bool,
+    dir: Option<&Path>,
+) -> Result<Vec<u8>, SecretProblem> {
+    let problem = |source: Option<PathBuf>, issue| SecretProblem {
+        node: node.to_string(),
+        field: field.to_string(),
+        on_node: on_node.to_path_buf(),
+        source,
+        issue,
+    };
+    let rel = match relative_on_node(on_node) {
+        Some(r) => r,
+        None => return Err(problem(None, SecretIssue::BadPath)),
+    };
+    let Some(dir) = dir else {
+        return Err(problem(None, SecretIssue::NoSecretsDir));
+    };
+    let src = dir.join(node).join(&rel);
+    let meta = match fs::metadata(&src) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(problem(Some(src), SecretIssue::Missing))
+        }
+        Err(e) => {
+            return Err(problem(
+                Some(src),
+                SecretIssue::Unreadable {
+                    error: e.to_string(),
+                },
+            ))
+        }
+    };
+    if !meta.is_file() {
+        return Err(problem(Some(src), SecretIssue::NotAFile));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if secret && mode & 0o004 != 0 {
+        return Err(problem(Some(src), SecretIssue::WorldReadable { mode }));
+    }
+    if meta.len() > MAX_SECRET_SIZE {
+        return Err(problem(
+            Some(src),
+            SecretIssue::TooLarge { size: meta.len() },
+        ));
+    }
+    let mut content = Vec::with_capacity(meta.len() as usize);
+    let read =
+        fs::File::open(&src).and_then(|f| f.take(MAX_SECRET_SIZE + 1).read_to_end(&mut content));
+    match read {
+        Ok(_) if content.len() as u64 > MAX_SECRET_SIZE => Err(problem(
+            Some(src),
+            SecretIssue::TooLarge {
+                size: content.len() as u64,
+            },
+        )),
+        Ok(_) => Ok(content),
+        Err(e) => Err(problem(
+            Some(src),
+            SecretIssue::Unreadable {
+                error: e.to_string(),
+            },
+        )),
+    }
+}
+
+/// `/etc/x/y` → `etc/x/y`; `None` for relative paths or ones with `..`.
+fn relative_on_node(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    let mut comps = p.components();
+    if comps.next() != Some(Component::RootDir) {
+        return None;
+    }
+    for c in comps {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// Sorted archive entries: every parent directory (0755, root), then the files, owned by root.
+fn overlay_entries(files: Vec<OverlayFile>) -> Vec<Entry> {
+    let mut by_path: BTreeMap<PathBuf, Entry> = BTreeMap::new();
+    for f in files {
+        let Some(rel) = relative_on_node(&f.on_node) else {
+            continue;
+        };
+        let mut parent = rel.parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            by_path
+                .entry(p.to_path_buf())
+                .or_insert_with(|| Entry::dir(p, 0o755));
+            parent = p.parent();
+        }
+        // Two contract fields naming one path: keep the stricter mode.
+        let perm = match by_path.get(&rel) {
+            Some(prev) => prev.perm.min(f.perm),
+            None => f.perm,
+        };
+        by_path.insert(rel.clone(), Entry::bytes(rel, perm, f.content));
+    }
+    by_path.into_values().collect()
+}
+
+/// The compressed overlay of one node: newc, sorted, mtime 0, root-owned, zstd at
+/// [`OVERLAY_ZSTD_LEVEL`].
+pub fn compress_overlay(entries: &[Entry], name: &str) -> Result<Vec<u8>, ImageError> {
+    let enc = zstd::stream::write::Encoder::new(Vec::new(), OVERLAY_ZSTD_LEVEL)
+        .map_err(ImageError::io(name, "starting zstd"))?;
+    let mut w = NewcWriter::new(enc, name);
+    for e in entries {
+        w.append(e)?;
+    }
+    w.finish()?
+        .finish()
+        .map_err(ImageError::io(name, "finishing zstd"))
+}
+
+/// sha256 (hex) and size of a file.
+pub fn hash_file(path: &Path) -> Result<(u64, String), ImageError> {
+    let mut f = fs::File::open(path).map_err(ImageError::io(path, "opening"))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(ImageError::io(path, "reading"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(h.finalize())))
+}
+
+/// Puts `src` at `dst` without copying when possible: a hard link on the same filesystem,
+/// else `copy_file_range` (which reflinks on btrfs and XFS), else a copy.
+pub fn link_or_copy(src: &Path, dst: &Path) -> Result<&'static str, ImageError> {
+    match fs::hard_link(src, dst) {
+        Ok(()) => Ok("hard-linked"),
+        Err(e) => {
+            tracing::debug!(src = %src.display(), error = %e, "hard link failed; copying");
+            fs::copy(src, dst).map_err(ImageError::io(dst, "copying into the bundle"))?;
+            Ok("copied")
+        }
+    }
+}
+
+/// Removes a temporary directory when dropped, unless disarmed.
+struct TempDirGuard(Option<PathBuf>);
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn temp_sibling(out: &Path, what: &str) -> Result<PathBuf, ImageError> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| ImageError::bad(out, "expected a directory name, not / or .."))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok(parent.join(format!(
+        ".{}.{what}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+/// Builds the bundle; returns its manifest.
+pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
+    let contract_bytes =
+        fs::read(&spec.cluster).map_err(ImageError::io(&spec.cluster, "reading"))?;
+    let text = String::from_utf8(contract_bytes.clone())
+        .map_err(|_| ImageError::bad(&spec.cluster, "not UTF-8 text"))?;
+    let contract = Contract::parse_named(&text, &spec.cluster.display().to_string())?;
+    for p in [&spec.base.kernel, &spec.base.initrd] {
+        if !p.is_file() {
+            return Err(ImageError::bad(
+                p,
+                "not a file (expected a kernel and a base initrd)",
+            ));
+        }
+    }
+    if spec.out.exists() && !spec.out.join(MANIFEST_FILE).is_file() {
+        let empty = fs::read_dir(&spec.out)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty {
+            return Err(ImageError::NotABundle {
+                path: spec.out.clone(),
+            });
+        }
+    }
+
+    // Check every secret before writing anything.
+    let plans = plan_overlays(&contract, &contract_bytes, spec.secrets.as_deref())?;
+
+    let tmp = temp_sibling(&spec.out, "tmp")?;
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(ImageError::io(&tmp, "removing a stale temporary"))?;
+    }
+    fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp, "creating"))?;
+    let mut guard = TempDirGuard(Some(tmp.clone()));
+
+    let mut files = Vec::new();
+    for (src, name) in [
+        (&spec.base.kernel, KERNEL_NAME),
+        (&spec.base.initrd, BASE_INITRD_NAME),
+    ] {
+        let how = link_or_copy(src, &tmp.join(name))?;
+        tracing::info!(file = name, from = %src.display(), how, "base file");
+        let (size, sha256) = hash_file(&tmp.join(name))?;
+        files.push(ManifestFile {
+            path: name.to_string(),
+            size,
+            sha256,
+            secret: false,
+        });
+    }
+
+    let overlays = write_overlays(&tmp, &plans, spec.jobs)?;
+    files.extend(overlays);
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let mut entries = BTreeMap::new();
+    let base_cmdline = spec.base.cmdline.trim().to_string();
+    entries.insert(
+        DEFAULT_ENTRY.to_string(),
+        BootEntry {
+            kernel: KERNEL_NAME.to_string(),
+            initrds: vec![BASE_INITRD_NAME.to_string()],
+            cmdline: base_cmdline.clone(),
+        },
+    );
+    for node in &contract.nodes {
+        let node_param = format!("{KERNEL_NODE_PARAM}={}", node.name);
+        let cmdline = if base_cmdline.is_empty() {
+            node_param
+        } else {
+            format!("{base_cmdline} {node_param}")
+        };
+        entries.insert(
+            node.name.clone(),
+            BootEntry {
+                kernel: KERNEL_NAME.to_string(),
+                initrds: vec![BASE_INITRD_NAME.to_string(), overlay_name(&node.name)],
+                cmdline,
+            },
+        );
+    }
+    let manifest = BundleManifest {
+        version: MANIFEST_VERSION,
+        cluster_id: contract.id().to_string(),
+        cluster_name: contract.name().to_string(),
+        contract_version: contract.config.version,
+        files,
+        entries,
+    };
+    let problems = manifest.problems();
+    if !problems.is_empty() {
+        return Err(ImageError::bad(
+            &spec.out,
+            format!(
+                "internal error: the manifest breaks its own rules: {}",
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+    let json = serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n";
+    let mpath = tmp.join(MANIFEST_FILE);
+    fs::write(&mpath, json).map_err(ImageError::io(&mpath, "writing"))?;
+
+    // Swap into place: old bundle aside, new one in, old one removed.
+    let old = temp_sibling(&spec.out, "old")?;
+    if spec.out.exists() {
+        if old.exists() {
+            fs::remove_dir_all(&old).map_err(ImageError::io(&old, "removing"))?;
+        }
+        fs::rename(&spec.out, &old).map_err(ImageError::io(&spec.out, "moving aside"))?;
+    }
+    if let Err(e) = fs::rename(&tmp, &spec.out) {
+        if old.exists() {
+            let _ = fs::rename(&old, &spec.out);
+        }
+        return Err(ImageError::io(
+            &spec.out,
+            "renaming the new bundle into place",
+        )(e));
+    }
+    guard.0 = None;
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(ImageError::io(&old, "removing the previous bundle"))?;
+    }
+    tracing::info!(out = %spec.out.display(), nodes = contract.nodes.len(), "bundle written");
+    Ok(manifest)
+}
+
+fn write_overlays(
+    dir: &Path,
+    plans: &[(String, Vec<Entry>)],
+    jobs: usize,
+) -> Result<Vec<ManifestFile>, ImageError> {
+    let jobs = crate::jobs(jobs).min(plans.len().max(1));
+    let chunk = plans.len().div_ceil(jobs).max(1);
+    let results: Vec<Result<Vec<ManifestFile>, ImageError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = plans
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for (node, entries) in part {
+                        let name = overlay_name(node);
+                        let path = dir.join(&name);
+                        let bytes = compress_overlay(entries, &name)?;
+                        fs::write(&path, &bytes).map_err(ImageError::io(&path, "writing"))?;
+                        out.push(ManifestFile {
+                            path: name,
+                            size: bytes.len() as u64,
+                            sha256: hex::encode(Sha256::digest(&bytes)),
+                            secret: true,
+                        });
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ImageError::bad(
+                        dir,
+                        "internal error: an overlay worker panicked",
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netboot_ipxe_from_nixpkgs_is_read() {
+        let s = "#!ipxe\n# Use the cmdline variable to allow the user to specify custom kernel params\n\
+                 kernel bzImage init=/nix/store/abc-nixos-system/init initrd=initrd nohibernate loglevel=4 ${cmdline}\n\
+                 initrd initrd\nboot\n";
+        let p = parse_netboot_ipxe(s).unwrap();
+        assert_eq!(p.kernel, "bzImage");
+        assert_eq!(p.initrd, "initrd");
+        assert_eq!(
+            p.cmdline,
+            "init=/nix/store/abc-nixos-system/init nohibernate loglevel=4"
+        );
+    }
+
+    #[test]
+    fn netboot_ipxe_without_init_is_refused() {
+        let e = parse_netboot_ipxe("#!ipxe\nkernel bzImage quiet\ninitrd initrd\n").unwrap_err();
+        assert!(e.contains("init="), "{e}");
+        let e = parse_netboot_ipxe("#!ipxe\nboot\n").unwrap_err();
+        assert!(e.contains("kernel"), "{e}");
+    }
+
+    #[test]
+    fn on_node_paths_must_be_absolute_and_clean() {
+        assert_eq!(
+            relative_on_node(Path::new("/etc/a/b")),
+            Some(PathBuf::from("etc/a/b"))
+        );
+        assert_eq!(relative_on_node(Path::new("etc/a")), None);
+        assert_eq!(relative_on_node(Path::new("/etc/../x")), None);
+        assert_eq!(relative_on_node(Path::new("/")), None);
+    }
+
+    #[test]
+    fn overlay_entries_have_parents_first_and_sorted() {
+        let e = overlay_entries(vec![
+            OverlayFile {
+                on_node: "/var/lib/x/key".into(),
+                perm: 0o600,
+                content: b"k".to_vec(),
+            },
+            OverlayFile {
+                on_node: "/etc/plasmacloud/node".into(),
+                perm: 0o644,
+                content: b"n\n".to_vec(),
+            },
+        ]);
+        let names: Vec<_> = e.iter().map(|e| e.path.display().to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "etc",
+                "etc/plasmacloud",
+                "etc/plasmacloud/node",
+                "var",
+                "var/lib",
+                "var/lib/x",
+                "var/lib/x/key"
+            ]
+        );
+    }
+}

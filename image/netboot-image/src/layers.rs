@@ -1,0 +1,345 @@
+//! Layers: compressed cpio archives cached by content hash and concatenated into one initrd.
+//!
+//! Like nix-netboot-serve's one archive per store path: each layer's key is a sha256 over its
+//! members' names, modes, owners and contents, and `CACHE/layers/<key>.cpio.zst` holds its
+//! compressed archive. Building an initrd packs only the layers whose key has no archive yet
+//! (in parallel, largest first) and concatenates the rest from the cache, so changing one
+//! binary re-packs one layer.
+//!
+//! How a member's content enters the key:
+//! - [`Keying::Content`]: its sha256, remembered per file in `CACHE/hashes.json` against the
+//!   file's (device, inode, size, mtime, ctime) — git's index trick — so an unchanged file is
+//!   not read again, and a file touched but unchanged does not re-pack its layer;
+//! - [`Keying::Stat`]: that stat identity itself, for large trees treated as immutable (the
+//!   debootstrapped root filesystem, whose cache directory is keyed by its package list):
+//!   hashing 200 MB on every build would cost more than the rebuild is allowed to take.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ImageError;
+use crate::newc::{Body, Entry, Kind, NewcWriter};
+
+/// Bumped when the archive layout changes, so old cached layers are not reused.
+const LAYER_FORMAT: &str = "plasmacloud-layer-v1";
+
+/// How file contents enter a layer's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keying {
+    /// sha256 of the content (remembered by stat identity).
+    Content,
+    /// The stat identity (device, inode, size, mtime, ctime) alone.
+    Stat,
+}
+
+/// One layer: a named, ordered list of members.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Name for reports (`rootfs-3`, `bin-chainfire`, `units`).
+    pub name: String,
+    /// Members in archive order (parents before children).
+    pub entries: Vec<Entry>,
+    /// How file contents enter the key.
+    pub keying: Keying,
+}
+
+impl Layer {
+    /// Sum of body sizes.
+    pub fn input_bytes(&self) -> u64 {
+        self.entries.iter().map(Entry::size).sum()
+    }
+}
+
+/// What happened to one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerReport {
+    /// Layer name.
+    pub name: String,
+    /// Its key (sha256 hex).
+    pub key: String,
+    /// Number of members.
+    pub entries: usize,
+    /// Uncompressed body bytes.
+    pub input_bytes: u64,
+    /// Compressed archive bytes.
+    pub bytes: u64,
+    /// Packed in this run (`false`: taken from the cache).
+    pub packed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CachedHash {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    sha256: String,
+}
+
+fn stat_identity(m: &fs::Metadata) -> (u64, u64, u64, i128, i128) {
+    (
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+    )
+}
+
+/// `CACHE/hashes.json`: path → stat identity + sha256.
+#[derive(Debug, Default)]
+struct HashCache {
+    path: PathBuf,
+    map: BTreeMap<String, CachedHash>,
+    dirty: bool,
+}
+
+impl HashCache {
+    fn load(cache_dir: &Path) -> Self {
+        let path = cache_dir.join("hashes.json");
+        let map = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            path,
+            map,
+            dirty: false,
+        }
+    }
+
+    fn sha256(&mut self, file: &Path) -> Result<String, ImageError> {
+        let m = fs::metadata(file).map_err(ImageError::io(file, "reading metadata"))?;
+        let (dev, ino, size, mtime_ns, ctime_ns) = stat_identity(&m);
+        let key = file.display().to_string();
+        if let Some(c) = self.map.get(&key) {
+            if (c.dev, c.ino, c.size, c.mtime_ns, c.ctime_ns)
+                == (dev, ino, size, mtime_ns, ctime_ns)
+            {
+                return Ok(c.sha256.clone());
+            }
+        }
+        let (_, sha256) = crate::bundle::hash_file(file)?;
+        self.map.insert(
+            key,
+            CachedHash {
+                dev,
+                ino,
+                size,
+                mtime_ns,
+                ctime_ns,
+                sha256: sha256.clone(),
+            },
+        );
+        self.dirty = true;
+        Ok(sha256)
+    }
+
+    fn save(&self) -> Result<(), ImageError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let tmp = self
+            .path
+            .with_extension(format!("json.tmp-{}", std::process::id()));
+        let json = serde_json::to_vec(&self.map).unwrap_or_default();
+        fs::write(&tmp, json).map_err(ImageError::io(&tmp, "writing"))?;
+        fs::rename(&tmp, &self.path).map_err(ImageError::io(&self.path, "replacing"))
+    }
+}
+
+fn layer_key(layer: &Layer, level: i32, hashes: &mut HashCache) -> Result<String, ImageError> {
+    let mut h = Sha256::new();
+    h.update(format!("{LAYER_FORMAT}\nzstd={level}\n"));
+    for e in &layer.entries {
+        h.update(e.path.as_os_str().as_bytes());
+        h.update(format!("\0{:o} {} {}\0", e.mode(), e.uid, e.gid));
+        match &e.kind {
+            Kind::File(Body::Bytes(b)) => h.update(Sha256::digest(b)),
+            Kind::File(Body::File { path, size }) => match layer.keying {
+                Keying::Content => h.update(hashes.sha256(path)?),
+                Keying::Stat => {
+                    let m = fs::metadata(path).map_err(ImageError::io(path, "reading metadata"))?;
+                    h.update(format!("{:?} {size}", stat_identity(&m)));
+                }
+            },
+            Kind::Symlink(t) => h.update(t.as_os_str().as_bytes()),
+            Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
+                h.update(format!("{major}:{minor}"))
+            }
+            Kind::Dir | Kind::Fifo => {}
+        }
+        h.update(b"\n");
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Packs one layer into `dst` (through a temporary file renamed at the end).
+pub fn pack_layer(layer: &Layer, dst: &Path, level: i32) -> Result<u64, ImageError> {
+    let tmp = dst.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| {
+        let file = fs::File::create(&tmp).map_err(ImageError::io(&tmp, "creating"))?;
+        let enc = zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 20, file), level)
+            .map_err(ImageError::io(&tmp, "starting zstd"))?;
+        let mut w = NewcWriter::new(BufWriter::with_capacity(256 * 1024, enc), &tmp);
+        for e in &layer.entries {
+            w.append(e)?;
+        }
+        let enc = w
+            .finish()?
+            .into_inner()
+            .map_err(|e| ImageError::io(&tmp, "compressing")(e.into_error()))?;
+        let mut out = enc
+            .finish()
+            .map_err(ImageError::io(&tmp, "finishing zstd"))?;
+        out.flush().map_err(ImageError::io(&tmp, "writing"))?;
+        drop(out);
+        fs::rename(&tmp, dst).map_err(ImageError::io(dst, "renaming into the cache"))?;
+        let size = fs::metadata(dst)
+            .map_err(ImageError::io(dst, "reading metadata"))?
+            .len();
+        Ok(size)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Keys every layer, packs the missing ones (`jobs` at a time, largest first), and writes the
+/// concatenation to `out` (through a temporary file renamed at the end).
+pub fn build_initrd(
+    layers: &[Layer],
+    cache_dir: &Path,
+    out: &Path,
+    level: i32,
+    jobs: usize,
+) -> Result<Vec<LayerReport>, ImageError> {
+    let layer_dir = cache_dir.join("layers");
+    fs::create_dir_all(&layer_dir).map_err(ImageError::io(&layer_dir, "creating"))?;
+    let mut hashes = HashCache::load(cache_dir);
+    let started = Instant::now();
+    let mut keys = Vec::with_capacity(layers.len());
+    for l in layers {
+        keys.push(layer_key(l, level, &mut hashes)?);
+    }
+    hashes.save()?;
+    tracing::debug!(elapsed = ?started.elapsed(), "layer keys");
+    let paths: Vec<PathBuf> = keys
+        .iter()
+        .map(|k| layer_dir.join(format!("{k}.cpio.zst")))
+        .collect();
+    let mut todo: Vec<usize> = (0..layers.len()).filter(|&i| !paths[i].is_file()).collect();
+    todo.sort_by_key(|&i| std::cmp::Reverse(layers[i].input_bytes()));
+    let next = AtomicUsize::new(0);
+    let errors: Mutex<Vec<ImageError>> = Mutex::new(Vec::new());
+    let jobs = crate::jobs(jobs).min(todo.len()).max(1);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&i) = todo.get(n) else { break };
+                let t = Instant::now();
+                match pack_layer(&layers[i], &paths[i], level) {
+                    Ok(bytes) => tracing::info!(layer = %layers[i].name, bytes, elapsed = ?t.elapsed(), "packed"),
+                    Err(e) => {
+                        if let Ok(mut errs) = errors.lock() {
+                            errs.push(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = errors.into_inner().ok().and_then(|mut v| v.pop()) {
+        return Err(e);
+    }
+
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut dst = fs::File::create(&tmp).map_err(ImageError::io(&tmp, "creating"))?;
+        for p in &paths {
+            let mut src = fs::File::open(p).map_err(ImageError::io(p, "opening"))?;
+            std::io::copy(&mut src, &mut dst).map_err(ImageError::io(&tmp, "writing"))?;
+        }
+        drop(dst);
+        fs::rename(&tmp, out).map_err(ImageError::io(out, "renaming into place"))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+
+    let mut reports = Vec::with_capacity(layers.len());
+    for (i, l) in layers.iter().enumerate() {
+        let bytes = fs::metadata(&paths[i])
+            .map_err(ImageError::io(&paths[i], "reading metadata"))?
+            .len();
+        reports.push(LayerReport {
+            name: l.name.clone(),
+            key: keys[i].clone(),
+            entries: l.entries.len(),
+            input_bytes: l.input_bytes(),
+            bytes,
+            packed: todo.contains(&i),
+        });
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changing_one_file_repacks_one_layer_and_touching_none() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        let b = d.path().join("b");
+        fs::write(&a, b"aaaa").unwrap();
+        fs::write(&b, b"bbbb").unwrap();
+        let layer = |name: &str, p: &Path| Layer {
+            name: name.into(),
+            entries: vec![Entry {
+                path: PathBuf::from(name),
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                kind: Kind::File(Body::File {
+                    path: p.to_path_buf(),
+                    size: fs::metadata(p).unwrap().len(),
+                }),
+            }],
+            keying: Keying::Content,
+        };
+        let cache = d.path().join("cache");
+        let out = d.path().join("initrd");
+        let r1 = build_initrd(&[layer("a", &a), layer("b", &b)], &cache, &out, 3, 2).unwrap();
+        assert!(r1.iter().all(|r| r.packed));
+        fs::write(&b, b"bbbc").unwrap();
+        let r2 = build_initrd(&[layer("a", &a), layer("b", &b)], &cache, &out, 3, 2).unwrap();
+        assert_eq!(r2.iter().filter(|r| r.packed).count(), 1);
+        assert!(r2[1].packed);
+        // Rewritten with the same content: new mtime, same hash, nothing packed.
+        fs::write(&b, b"bbbc").unwrap();
+        let r3 = build_initrd(&[layer("a", &a), layer("b", &b)], &cache, &out, 3, 2).unwrap();
+        assert!(r3.iter().all(|r| !r.packed));
+        let data = zstd::stream::decode_all(fs::File::open(&out).unwrap()).unwrap();
+        let l = crate::newc::list(&data).unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[1].data, b"bbbc");
+    }
+}
