@@ -1,0 +1,406 @@
+//! The DHCP listeners. Each socket runs on its own OS thread with blocking I/O (DHCP is a few
+//! packets per client; the lease log `fdatasync`s before every OFFER and ACK, which must not
+//! stall the tokio runtime): UDP 67 in both modes, plus UDP 4011 in proxy mode.
+//!
+//! Full mode: the contract's nodes get their fixed address, other MACs a pool address (or no
+//! answer under `--unknown-mac ignore`). Proxy mode: only PXE/iPXE clients are answered, with
+//! boot information and no address (yiaddr 0.0.0.0).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+
+use pxe_protocol::dhcp::{
+    build_reply, choose_first_stage, parse_request, BootFile, DhcpRequest, FirstStage, ReplyKind,
+    ReplyParams, RequestKind,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{debug, info, info_span, warn};
+
+use crate::config::{Mode, UnknownMac};
+use crate::leases::{now_unix, Lease, LeaseState};
+use crate::state::{lock, Metrics, NewEvent, State};
+use crate::ServerError;
+
+/// The PXE boot-server port (proxyDHCP requests).
+pub const PXE_PORT: u16 = 4011;
+/// How long an OFFER holds its address before the REQUEST.
+pub const OFFER_HOLD_SECS: u64 = 60;
+
+/// Binds a UDP socket on `port` of the boot interface (SO_BINDTODEVICE, broadcast allowed).
+pub fn bind_udp(state: &State, port: u16, what: &str) -> Result<UdpSocket, ServerError> {
+    let iface = &state.config.interface.name;
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let bind_err = |e: std::io::Error| ServerError::Bind {
+        what: what.to_string(),
+        addr: format!("{addr} on {iface}"),
+        message: e.to_string(),
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+    s.set_reuse_address(true).map_err(bind_err)?;
+    s.set_broadcast(true).map_err(bind_err)?;
+    s.bind_device(Some(iface.as_bytes())).map_err(bind_err)?;
+    s.bind(&addr.into()).map_err(bind_err)?;
+    Ok(s.into())
+}
+
+/// Runs one DHCP socket forever (on the calling thread).
+pub fn run(state: Arc<State>, sock: UdpSocket, port: u16) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, port, "DHCP receive failed");
+                continue;
+            }
+        };
+        let req = match parse_request(&buf[..n]) {
+            Ok(r) => r,
+            Err(e) => {
+                Metrics::inc(&state.metrics.dhcp_errors);
+                debug!(%from, error = %e, "dropped DHCP packet");
+                continue;
+            }
+        };
+        let span = info_span!("dhcp", xid = format_args!("{:#010x}", req.xid), mac = %req.mac_string(), port);
+        let _g = span.enter();
+        let reply = match state.config.mode {
+            Mode::Full => handle_full(&state, &req),
+            Mode::Proxy => handle_proxy(&state, &req, port, from),
+        };
+        if let Some((bytes, dest)) = reply {
+            if let Err(e) = sock.send_to(&bytes, dest) {
+                warn!(%dest, error = %e, "DHCP send failed");
+                Metrics::inc(&state.metrics.dhcp_errors);
+            }
+        }
+    }
+}
+
+fn reply_dest(req: &DhcpRequest, port: u16, from: Option<SocketAddr>) -> SocketAddr {
+    if port == PXE_PORT {
+        if let Some(f) = from {
+            return f;
+        }
+    }
+    let giaddr = req.message.giaddr();
+    if !giaddr.is_unspecified() {
+        return SocketAddr::V4(SocketAddrV4::new(giaddr, 67));
+    }
+    if !req.ciaddr.is_unspecified() {
+        return SocketAddr::V4(SocketAddrV4::new(req.ciaddr, 68));
+    }
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
+}
+
+/// The boot file for a request, with a label for logs. `None` when the client gets no boot
+/// information (plain DHCP client, or an architecture we cannot boot).
+fn boot_file(state: &State, req: &DhcpRequest) -> (BootFile, String) {
+    let base = state.config.http_base();
+    match choose_first_stage(req) {
+        FirstStage::IpxeScript => {
+            let url = format!("{base}/boot/{}.ipxe", req.mac_string().replace(':', "-"));
+            (BootFile::Url(url), "ipxe-script".into())
+        }
+        FirstStage::TftpIpxe(f) => {
+            if !state.config.ipxe_dir.join(f).is_file() {
+                warn!(file = f, dir = %state.config.ipxe_dir.display(), "first stage missing from the iPXE directory; the client will fail to load it");
+            }
+            (BootFile::Tftp(f.to_string()), format!("tftp {f}"))
+        }
+        FirstStage::HttpIpxe(f) => (
+            BootFile::Url(format!("{base}/ipxe/{f}")),
+            format!("http {f}"),
+        ),
+        FirstStage::UnsupportedArch(code) => {
+            warn!(arch = code, "PXE client architecture (DHCP option 93) {code} has no iPXE first stage here; not offering a boot file (supported: 0 BIOS, 7/9 x86-64 UEFI, 11 ARM64 UEFI, 16/19 UEFI HTTP)");
+            (BootFile::None, format!("unsupported arch {code}"))
+        }
+        FirstStage::NotBootClient => (BootFile::None, "no boot file (not a PXE client)".into()),
+    }
+}
+
+fn arch_label(req: &DhcpRequest) -> String {
+    match (req.ipxe, req.arch) {
+        (true, Some(a)) => format!("ipxe/{}", a.label()),
+        (true, None) => "ipxe".into(),
+        (false, Some(a)) => a.label(),
+        (false, None) => "plain".into(),
+    }
+}
+
+fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)> {
+    let cfg = &state.config;
+    let mac = req.mac_string();
+    let node = state.node_of_mac(&mac).map(|n| (n.name.clone(), n.ipv4));
+    let now = now_unix();
+    if node.is_none() && cfg.unknown_mac == UnknownMac::Ignore {
+        if req.kind == RequestKind::Discover {
+            state.event(NewEvent {
+                mac: Some(mac.clone()),
+                phase: "unknown-mac".into(),
+                status: "ignored".into(),
+                detail: format!(
+                    "DHCPDISCOVER ({}) not answered: --unknown-mac ignore",
+                    arch_label(req)
+                ),
+                ..Default::default()
+            });
+        }
+        Metrics::inc(&state.metrics.dhcp_ignored);
+        return None;
+    }
+    if let Some(sid) = req.server_id {
+        if sid != cfg.interface.ip {
+            debug!(server = %sid, "client chose another DHCP server");
+            Metrics::inc(&state.metrics.dhcp_ignored);
+            return None;
+        }
+    }
+    // The address this MAC gets.
+    let address = || -> Option<Ipv4Addr> {
+        if let Some((_, ip)) = &node {
+            return Some(*ip);
+        }
+        let range = cfg.dhcp_range?;
+        let reserved = |ip: Ipv4Addr| {
+            ip == cfg.interface.ip || cfg.contract.nodes.iter().any(|n| n.ipv4 == ip)
+        };
+        lock(&state.leases).pick_pool_address(&mac, range, &reserved, now)
+    };
+    let node_name = node.as_ref().map(|(n, _)| n.clone());
+    let (boot, boot_label) = boot_file(state, req);
+    let params = |kind, yiaddr: Option<Ipv4Addr>| ReplyParams {
+        kind,
+        server_ip: cfg.interface.ip,
+        yiaddr,
+        subnet_mask: Some(cfg.interface.netmask),
+        router: cfg.router,
+        lease_secs: yiaddr.map(|_| cfg.lease_secs),
+        boot: boot.clone(),
+        pxe_options: req.is_boot_client(),
+    };
+    match req.kind {
+        RequestKind::Discover => {
+            let Some(ip) = address() else {
+                warn!(
+                    "no address to offer: {}",
+                    if cfg.dhcp_range.is_none() {
+                        "MAC not in the contract and no --dhcp-range"
+                    } else {
+                        "the pool is exhausted"
+                    }
+                );
+                Metrics::inc(&state.metrics.dhcp_ignored);
+                return None;
+            };
+            let lease = Lease {
+                mac: mac.clone(),
+                ip,
+                expires: now + OFFER_HOLD_SECS,
+                state: LeaseState::Offered,
+                node: node_name.clone(),
+            };
+            // A bound lease keeps its (longer) expiry; an offer never shortens it.
+            let keep = lock(&state.leases)
+                .get(&mac)
+                .is_some_and(|l| l.ip == ip && l.state == LeaseState::Bound && l.expires > now);
+            if !keep {
+                if let Err(e) = lock(&state.leases).record(lease) {
+                    warn!(error = %e, "cannot hold the address for this offer");
+                    Metrics::inc(&state.metrics.dhcp_errors);
+                    return None;
+                }
+            }
+            let bytes = encode(state, req, &params(ReplyKind::Offer, Some(ip)))?;
+            Metrics::inc(&state.metrics.dhcp_offers_full);
+            info!(%ip, boot = %boot_label, arch = %arch_label(req), "offer");
+            state.event(NewEvent {
+                node: node_name,
+                mac: Some(mac),
+                ip: Some(ip),
+                phase: "dhcp".into(),
+                status: "started".into(),
+                detail: format!("offer {ip} ({}, {boot_label})", arch_label(req)),
+                ..Default::default()
+            });
+            Some((bytes, reply_dest(req, 67, None)))
+        }
+        RequestKind::Request => {
+            let wanted = req
+                .requested_ip
+                .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr));
+            let ip = address();
+            let ok = matches!((ip, wanted), (Some(a), Some(w)) if a == w);
+            if !ok {
+                // Only NAK what we are authoritative for: a request naming us, or a MAC we know.
+                if req.server_id.is_none()
+                    && node.is_none()
+                    && lock(&state.leases).get(&mac).is_none()
+                {
+                    Metrics::inc(&state.metrics.dhcp_ignored);
+                    return None;
+                }
+                info!(wanted = ?wanted, expected = ?ip, "nak");
+                let bytes = encode(state, req, &params(ReplyKind::Nak, None))?;
+                Metrics::inc(&state.metrics.dhcp_naks);
+                return Some((
+                    bytes,
+                    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)),
+                ));
+            }
+            let ip = ip?;
+            let lease = Lease {
+                mac: mac.clone(),
+                ip,
+                expires: now + u64::from(cfg.lease_secs),
+                state: LeaseState::Bound,
+                node: node_name.clone(),
+            };
+            if let Err(e) = lock(&state.leases).record(lease) {
+                warn!(error = %e, "cannot bind the lease");
+                Metrics::inc(&state.metrics.dhcp_errors);
+                return None;
+            }
+            state.saw(&mac, ip);
+            let bytes = encode(state, req, &params(ReplyKind::Ack, Some(ip)))?;
+            Metrics::inc(&state.metrics.dhcp_acks_full);
+            info!(%ip, boot = %boot_label, arch = %arch_label(req), "ack");
+            state.event(NewEvent {
+                node: node_name.clone(),
+                mac: Some(mac),
+                ip: Some(ip),
+                phase: if node_name.is_some() {
+                    "dhcp".into()
+                } else {
+                    "unknown-mac".into()
+                },
+                status: "ok".into(),
+                detail: format!("ack {ip} ({}, {boot_label})", arch_label(req)),
+                ..Default::default()
+            });
+            Some((bytes, reply_dest(req, 67, None)))
+        }
+        RequestKind::Inform => {
+            let mut p = params(ReplyKind::Ack, None);
+            p.lease_secs = None;
+            let bytes = encode(state, req, &p)?;
+            Metrics::inc(&state.metrics.dhcp_acks_full);
+            Some((bytes, reply_dest(req, 67, None)))
+        }
+        RequestKind::Release | RequestKind::Decline => {
+            let existing = lock(&state.leases).get(&mac).cloned();
+            if let Some(mut l) = existing {
+                if req.kind == RequestKind::Release && node.is_none() {
+                    l.state = LeaseState::Released;
+                    if let Err(e) = lock(&state.leases).record(l) {
+                        warn!(error = %e, "cannot record the release");
+                    }
+                }
+            }
+            if req.kind == RequestKind::Decline {
+                warn!("client declined its address (another host answers ARP for it?)");
+            }
+            None
+        }
+    }
+}
+
+fn handle_proxy(
+    state: &State,
+    req: &DhcpRequest,
+    port: u16,
+    from: SocketAddr,
+) -> Option<(Vec<u8>, SocketAddr)> {
+    let cfg = &state.config;
+    let mac = req.mac_string();
+    // Whatever the client's address is, note it: the boot plane serves a node's secrets only
+    // to the address seen here.
+    if req.kind == RequestKind::Request {
+        if let Some(ip) = req
+            .requested_ip
+            .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr))
+        {
+            state.saw(&mac, ip);
+        }
+    }
+    if port == PXE_PORT {
+        if let SocketAddr::V4(v4) = from {
+            state.saw(&mac, *v4.ip());
+        }
+    }
+    if !req.is_boot_client() {
+        return None;
+    }
+    let node = state.node_of_mac(&mac).map(|n| n.name.clone());
+    if node.is_none() && cfg.unknown_mac == UnknownMac::Ignore {
+        if req.kind == RequestKind::Discover {
+            state.event(NewEvent {
+                mac: Some(mac.clone()),
+                phase: "unknown-mac".into(),
+                status: "ignored".into(),
+                detail: format!(
+                    "proxy DHCPDISCOVER ({}) not answered: --unknown-mac ignore",
+                    arch_label(req)
+                ),
+                ..Default::default()
+            });
+        }
+        Metrics::inc(&state.metrics.dhcp_ignored);
+        return None;
+    }
+    let kind = match (req.kind, port) {
+        (RequestKind::Discover, p) if p != PXE_PORT => ReplyKind::Offer,
+        (RequestKind::Request, PXE_PORT) | (RequestKind::Inform, _) => ReplyKind::Ack,
+        // A REQUEST on 67 is addressed to the real DHCP server.
+        _ => return None,
+    };
+    let (boot, boot_label) = boot_file(state, req);
+    if boot == BootFile::None {
+        Metrics::inc(&state.metrics.dhcp_ignored);
+        return None;
+    }
+    let params = ReplyParams {
+        kind,
+        server_ip: cfg.interface.ip,
+        yiaddr: None,
+        subnet_mask: None,
+        router: None,
+        lease_secs: None,
+        boot,
+        pxe_options: true,
+    };
+    let bytes = encode(state, req, &params)?;
+    let counter = if kind == ReplyKind::Offer {
+        &state.metrics.dhcp_offers_proxy
+    } else {
+        &state.metrics.dhcp_acks_proxy
+    };
+    Metrics::inc(counter);
+    info!(boot = %boot_label, arch = %arch_label(req), reply = ?kind, "proxy reply");
+    state.event(NewEvent {
+        node,
+        mac: Some(mac.clone()),
+        ip: state.seen_ip(&mac),
+        phase: "dhcp".into(),
+        status: if kind == ReplyKind::Offer {
+            "started".into()
+        } else {
+            "ok".into()
+        },
+        detail: format!("proxy {kind:?} ({}, {boot_label})", arch_label(req)).to_lowercase(),
+        ..Default::default()
+    });
+    Some((bytes, reply_dest(req, port, Some(from))))
+}
+
+fn encode(state: &State, req: &DhcpRequest, p: &ReplyParams) -> Option<Vec<u8>> {
+    match build_reply(req, p) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            warn!(error = %e, "cannot encode reply");
+            Metrics::inc(&state.metrics.dhcp_errors);
+            None
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The boot plane (read-only HTTP): per-node iPXE scripts, bundle artifacts, iPXE binaries for
+//! UEFI HTTP boot.
+//!
+//! | route | what | who may fetch it |
+//! |---|---|---|
+//! | `GET /boot/{mac}.ipxe` | the script for the node with that MAC (`52-54-00-…`) | the address DHCP saw for that MAC (else 403) |
+//! | `GET /files/{path}` | a non-secret bundle file (kernel, base initrd) | anyone on the boot network |
+//! | `GET /s/{token}/{path}` | a node's secret overlay | only via the token issued in that node's script, only from the address the token was issued to |
+//! | `GET /ipxe/{path}` | iPXE binaries (UEFI HTTP boot) | anyone |
+//!
+//! Artifacts are streamed from disk (never read whole into memory) with `HEAD`, single
+//! `Range` requests, and strong `ETag`s (the manifest's sha256 for bundle files).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::StreamExt;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use pxe_protocol::ipxe::{
+    initrd_name, render_boot_script, render_refusal_script, BootScript, ScriptInitrd,
+};
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tracing::{info, warn};
+
+use crate::config::UnknownMac;
+use crate::leases::now_unix;
+use crate::state::{lock, BootToken, Metrics, NewEvent, State};
+
+/// How long a per-boot token stays valid.
+pub const TOKEN_TTL_SECS: u64 = 3600;
+
+/// The boot-plane router.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/boot/{file}", get(boot_script))
+        .route("/files/{*path}", get(bundle_file))
+        .route("/s/{token}/{*path}", get(secret_file))
+        .route("/ipxe/{*path}", get(ipxe_file))
+        .with_state(state)
+}
+
+fn v4(addr: SocketAddr) -> Option<Ipv4Addr> {
+    match addr.ip() {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    }
+}
+
+/// The MAC DHCP saw at this address, if any.
+pub fn mac_for_ip(state: &State, peer: SocketAddr) -> Option<String> {
+    let ip = v4(peer)?;
+    lock(&state.seen)
+        .iter()
+        .find(|(_, a)| **a == ip)
+        .map(|(m, _)| m.clone())
+}
+
+fn forbidden(state: &State, why: &str) -> Response {
+    Metrics::inc(&state.metrics.http_forbidden);
+    (StatusCode::FORBIDDEN, format!("forbidden: {why}\n")).into_response()
+}
+
+fn not_found(state: &State, what: &str) -> Response {
+    Metrics::inc(&state.metrics.http_errors);
+    (StatusCode::NOT_FOUND, format!("not found: {what}\n")).into_response()
+}
+
+fn new_token() -> String {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+async fn boot_script(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxPath(file): AxPath<String>,
+) -> Response {
+    Metrics::inc(&state.metrics.http_requests);
+    let Some(mac_dashed) = file.strip_suffix(".ipxe") else {
+        return not_found(&state, &file);
+    };
+    let mac = mac_dashed.replace('-', ":").to_ascii_lowercase();
+    let Ok(parsed) = mac.parse::<plasmacloud_contract::MacAddr>() else {
+        return not_found(&state, &file);
+    };
+    let mac = parsed.to_string();
+    let peer_ip = v4(peer);
+    let node = state
+        .config
+        .contract
+        .node_by_mac(parsed)
+        .map(|n| n.name.clone());
+    let base = state.config.http_base();
+    let manifest = &state.config.manifest;
+    let script = match &node {
+        Some(name) => {
+            let seen = state.seen_ip(&mac);
+            if seen.is_none() || seen != peer_ip {
+                warn!(%peer, node = %name, seen = ?seen, "script requested from an address DHCP did not give this MAC");
+                state.event(NewEvent {
+                    node: Some(name.clone()),
+                    mac: Some(mac.clone()),
+                    ip: peer_ip,
+                    phase: "ipxe-script".into(),
+                    status: "failed".into(),
+                    detail: format!("refused: request from {peer}, DHCP saw {seen:?}"),
+                    ..Default::default()
+                });
+                return forbidden(
+                    &state,
+                    "this node's script is served only to the address DHCP gave it",
+                );
+            }
+            let Some(entry) = manifest.entries.get(name) else {
+                return not_found(&state, "no manifest entry for this node");
+            };
+            let token = new_token();
+            if let Some(ip) = peer_ip {
+                let mut tokens = lock(&state.tokens);
+                let now = now_unix();
+                tokens.retain(|_, t| now.saturating_sub(t.issued) < TOKEN_TTL_SECS);
+                tokens.insert(
+                    token.clone(),
+                    BootToken {
+                        node: name.clone(),
+                        ip,
+                        issued: now,
+                    },
+                );
+            }
+            script_for(&base, name, entry, Some(&token), manifest)
+        }
+        None => match state.config.unknown_mac {
+            UnknownMac::Default => {
+                let Some(entry) = manifest
+                    .entries
+                    .get(plasmacloud_contract::manifest::DEFAULT_ENTRY)
+                else {
+                    return not_found(&state, "no default entry");
+                };
+                script_for(&base, "default", entry, None, manifest)
+            }
+            UnknownMac::Ignore => render_refusal_script(&format!(
+                "{mac} is not in the cluster contract; not booting it"
+            )),
+        },
+    };
+    state.event(NewEvent {
+        node: node.clone(),
+        mac: Some(mac),
+        ip: peer_ip,
+        phase: "ipxe-script".into(),
+        status: "ok".into(),
+        detail: format!("served to {peer}"),
+        ..Default::default()
+    });
+    info!(%peer, node = node.as_deref().unwrap_or("default"), "served iPXE script");
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        script,
+    )
+        .into_response()
+}
+
+fn script_for(
+    base: &str,
+    title: &str,
+    entry: &plasmacloud_contract::manifest::BootEntry,
+    token: Option<&str>,
+    manifest: &plasmacloud_contract::manifest::BundleManifest,
+) -> String {
+    let initrds = entry
+        .initrds
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let secret = manifest.file(p).is_some_and(|f| f.secret);
+            let url = match (secret, token) {
+                (true, Some(t)) => format!("{base}/s/{t}/{p}"),
+                _ => format!("{base}/files/{p}"),
+            };
+            ScriptInitrd {
+                name: initrd_name(p, i),
+                url,
+            }
+        })
+        .collect();
+    render_boot_script(&BootScript {
+        title: title.to_string(),
+        kernel_url: format!("{base}/files/{}", entry.kernel),
+        initrds,
+        cmdline: entry.cmdline.clone(),
+    })
+}
+
+fn phase_of(state: &State, path: &str) -> &'static str {
+    let m = &state.config.manifest;
+    if m.entries.values().any(|e| e.kernel == path) {
+        "kernel"
+    } else if m.file(path).is_some_and(|f| f.secret) {
+        "overlay"
+    } else {
+        "initrd"
+    }
+}
+
+async fn bundle_file(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxPath(path): AxPath<String>,
+    headers: HeaderMap,
+    method: http::Method,
+) -> Response {
+    Metrics::inc(&state.metrics.http_requests);
+    let Some(f) = state.config.manifest.file(&path) else {
+        return not_found(&state, &path);
+    };
+    if f.secret {
+        return forbidden(
+            &state,
+            "a node's overlay is served only through its per-boot URL",
+        );
+    }
+    let etag = format!("\"{}\"", f.sha256);
+    let full = state.config.bundle_dir.join(&f.path);
+    note_artifact(&state, peer, &path, &method, &headers);
+    serve_file(&state, full, etag, &headers, &method).await
+}
+
+async fn secret_file(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxPath((token, path)): AxPath<(String, String)>,
+    headers: HeaderMap,
+    method: http::Method,
+) -> Response {
+    Metrics::inc(&state.metrics.http_requests);
+    let tok = lock(&state.tokens).get(&token).cloned();
+    let Some(tok) = tok.filter(|t| now_unix().saturating_sub(t.issued) < TOKEN_TTL_SECS) else {
+        return forbidden(&state, "unknown or expired boot token");
+    };
+    if v4(peer) != Some(tok.ip) {
+        warn!(%peer, node = %tok.node, issued_to = %tok.ip, "overlay requested from the wrong address");
+        state.event(NewEvent {
+            node: Some(tok.node.clone()),
+            ip: v4(peer),
+            phase: "overlay".into(),
+            status: "failed".into(),
+            detail: format!("refused: request from {peer}, token issued to {}", tok.ip),
+            ..Default::default()
+        });
+        return forbidden(&state, "this token was issued to another address");
+    }
+    let allowed = state
+        .config
+        .manifest
+        .entries
+        .get(&tok.node)
+        .is_some_and(|e| e.initrds.iter().any(|p| p == &path));
+    let Some(f) = state.config.manifest.file(&path).filter(|_| allowed) else {
+        return forbidden(&state, "not part of this node's boot entry");
+    };
+    let etag = format!("\"{}\"", f.sha256);
+    let full = state.config.bundle_dir.join(&f.path);
+    note_artifact(&state, peer, &path, &method, &headers);
+    serve_file(&state, full, etag, &headers, &method).await
+}
+
+async fn ipxe_file(
+    AxState(state): AxState<Arc<State>>,
+    AxPath(path): AxPath<String>,
+    headers: HeaderMap,
+    method: http::Method,
+) -> Response {
+    Metrics::inc(&state.metrics.http_requests);
+    let Ok(full) = crate::tftp::resolve_path(&state.config.ipxe_dir, &path) else {
+        return not_found(&state, &path);
+    };
+    let etag = match std::fs::metadata(&full) {
+        Ok(m) => {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            format!("\"{:x}-{:x}\"", m.len(), mtime)
+        }
+        Err(_) => return not_found(&state, &path),
+    };
+    serve_file(&state, full, etag, &headers, &method).await
+}
+
+fn note_artifact(
+    state: &State,
+    peer: SocketAddr,
+    path: &str,
+    method: &http::Method,
+    headers: &HeaderMap,
+) {
+    if method != http::Method::GET || headers.contains_key(header::RANGE) {
+        return;
+    }
+    let mac = mac_for_ip(state, peer);
+    let node = mac
+        .as_deref()
+        .and_then(|m| state.node_of_mac(m))
+        .map(|n| n.name.clone());
+    state.event(NewEvent {
+        node,
+        mac,
+        ip: v4(peer),
+        phase: phase_of(state, path).into(),
+        status: "started".into(),
+        detail: path.to_string(),
+        ..Default::default()
+    });
+}
+
+/// A parsed single byte range, inclusive.
+fn parse_range(h: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = h.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        // Multiple ranges: serve the whole file (RFC 9110 allows ignoring Range).
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let r = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || len == 0 {
+            return Some(Err(()));
+        }
+        (len.saturating_sub(n), len - 1)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end: u64 = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse().ok()?
+        };
+        if start >= len || end < start {
+            return Some(Err(()));
+        }
+        (start, end.min(len - 1))
+    };
+    Some(Ok(r))
+}
+
+async fn serve_file(
+    state: &Arc<State>,
+    path: PathBuf,
+    etag: String,
+    headers: &HeaderMap,
+    method: &http::Method,
+) -> Response {
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot open artifact");
+            return not_found(state, "artifact unreadable");
+        }
+    };
+    let len = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(_) => return not_found(state, "artifact unreadable"),
+    };
+    let etag_hv = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"x\""));
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag_hv)]).into_response();
+        }
+    }
+    // If-Range: a range only when the validator still matches.
+    let range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| range_ok)
+        .and_then(|h| parse_range(h, len));
+    let (status, start, end) = match range {
+        Some(Err(())) => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response();
+        }
+        Some(Ok((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
+        None => (StatusCode::OK, 0, len.saturating_sub(1)),
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, etag_hv)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+    }
+    if method == http::Method::HEAD {
+        return builder
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return not_found(state, "seek failed");
+    }
+    Metrics::inc(&state.metrics.http_transfers);
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 * 1024);
+    let st = state.clone();
+    let stream = stream.map(move |chunk| {
+        if let Ok(c) = &chunk {
+            Metrics::inc_by(&st.metrics.http_bytes, c.len() as u64);
+        }
+        chunk
+    });
+    builder
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some(Ok((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Some(Ok((90, 99))));
+        assert_eq!(parse_range("bytes=95-200", 100), Some(Ok((95, 99))));
+        assert_eq!(parse_range("bytes=100-", 100), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}

@@ -1,0 +1,65 @@
+//! `pxe-server serve|check`: flags (and env vars, and `--config FILE`) → [`pxe_server::config`]
+//! → [`pxe_server::serve`]. See pxe/README.md.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pxe_server::config::{self, Flags, LogFormat};
+
+/// PlasmaCloud provisioning server: DHCP (full or proxy), TFTP, HTTP boot, per-node iPXE
+/// scripts, boot events, management API and metrics.
+#[derive(Debug, Parser)]
+#[command(name = "pxe-server", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bind every listener and serve.
+    Serve(Flags),
+    /// Validate the configuration (interface, contract, bundle, iPXE files, state dir) without
+    /// binding anything; exit 0 when it would start, 2 when not.
+    Check(Flags),
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Pretty => b.init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pxe-server: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Check(flags) => {
+            let cfg = config::resolve(&flags).context("while checking the configuration")?;
+            println!("{}", pxe_server::describe(&cfg));
+            Ok(())
+        }
+        Command::Serve(flags) => {
+            init_logs(config::log_format(&flags));
+            let cfg = config::resolve(&flags).context("while loading the configuration")?;
+            let rt = tokio::runtime::Runtime::new().context("while starting the tokio runtime")?;
+            rt.block_on(pxe_server::serve(cfg))
+                .context("while serving")?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Shared server state: the lease store, what DHCP saw (MAC → address), per-boot URL tokens,
+//! boot events, and metrics counters.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::leases::LeaseStore;
+
+/// How many events the server keeps in memory.
+pub const EVENT_CAPACITY: usize = 10_000;
+
+/// A boot event: something the server saw, or a phase a node reported.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BootEvent {
+    /// Increasing sequence number (for `GET /v1/events?since=SEQ`).
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// RFC 3339 UTC timestamp of `at_ms`.
+    pub at: String,
+    /// The contract node, when known.
+    pub node: Option<String>,
+    /// The MAC, when known.
+    pub mac: Option<String>,
+    /// The client address, when known.
+    pub ip: Option<String>,
+    /// `server` (seen by pxe-server) or `node` (reported by the node).
+    pub source: String,
+    /// `dhcp`, `tftp`, `ipxe-script`, `kernel`, `initrd`, `overlay`, `unknown-mac`, or a
+    /// first-boot phase name reported by the node.
+    pub phase: String,
+    /// `started`, `ok`, `failed` (or `ignored` for unknown MACs under `ignore`).
+    pub status: String,
+    /// Free text.
+    pub detail: String,
+}
+
+/// A per-boot token: the overlay URL of one node, valid only from one address.
+#[derive(Debug, Clone)]
+pub struct BootToken {
+    /// The node.
+    pub node: String,
+    /// The address DHCP saw for the node's MAC when the token was issued.
+    pub ip: Ipv4Addr,
+    /// Unix seconds.
+    pub issued: u64,
+}
+
+/// Prometheus counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// OFFERs sent in full mode.
+    pub dhcp_offers_full: AtomicU64,
+    /// OFFERs sent in proxy mode.
+    pub dhcp_offers_proxy: AtomicU64,
+    /// ACKs sent in full mode.
+    pub dhcp_acks_full: AtomicU64,
+    /// ACKs sent in proxy mode.
+    pub dhcp_acks_proxy: AtomicU64,
+    /// NAKs sent.
+    pub dhcp_naks: AtomicU64,
+    /// Requests ignored (policy, other server chosen, not a boot client in proxy mode).
+    pub dhcp_ignored: AtomicU64,
+    /// Malformed or unanswerable DHCP packets.
+    pub dhcp_errors: AtomicU64,
+    /// TFTP transfers completed.
+    pub tftp_transfers_ok: AtomicU64,
+    /// TFTP transfers failed (timeouts, client errors).
+    pub tftp_transfers_failed: AtomicU64,
+    /// TFTP requests refused (writes, traversal, missing, over the limit).
+    pub tftp_refused: AtomicU64,
+    /// Malformed TFTP packets.
+    pub tftp_errors: AtomicU64,
+    /// TFTP payload bytes sent (first transmissions and retransmissions).
+    pub tftp_bytes: AtomicU64,
+    /// TFTP DATA retransmissions.
+    pub tftp_retransmits: AtomicU64,
+    /// TFTP transfers running now.
+    pub tftp_active: AtomicU64,
+    /// HTTP requests served on the boot plane.
+    pub http_requests: AtomicU64,
+    /// HTTP artifact transfers started.
+    pub http_transfers: AtomicU64,
+    /// HTTP body bytes sent.
+    pub http_bytes: AtomicU64,
+    /// HTTP 403s.
+    pub http_forbidden: AtomicU64,
+    /// HTTP 404s and other errors.
+    pub http_errors: AtomicU64,
+    /// IPv6 RAs sent.
+    pub ra_sent: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n`.
+    pub fn inc_by(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (labels, v) in rows {
+                if labels.is_empty() {
+                    out.push_str(&format!("{name} {v}\n"));
+                } else {
+                    out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+                }
+            }
+        };
+        counter(
+            "pxe_dhcp_offers_total",
+            "DHCP OFFERs sent.",
+            &[
+                ("mode=\"full\"", g(&self.dhcp_offers_full)),
+                ("mode=\"proxy\"", g(&self.dhcp_offers_proxy)),
+            ],
+        );
+        counter(
+            "pxe_dhcp_acks_total",
+            "DHCP ACKs sent.",
+            &[
+                ("mode=\"full\"", g(&self.dhcp_acks_full)),
+                ("mode=\"proxy\"", g(&self.dhcp_acks_proxy)),
+            ],
+        );
+        counter(
+            "pxe_dhcp_naks_total",
+            "DHCP NAKs sent.",
+            &[("", g(&self.dhcp_naks))],
+        );
+        counter(
+            "pxe_dhcp_ignored_total",
+            "DHCP requests not answered by policy.",
+            &[("", g(&self.dhcp_ignored))],
+        );
+        counter(
+            "pxe_dhcp_errors_total",
+            "Malformed or unanswerable DHCP packets.",
+            &[("", g(&self.dhcp_errors))],
+        );
+        counter(
+            "pxe_tftp_transfers_total",
+            "TFTP transfers by result.",
+            &[
+                ("result=\"ok\"", g(&self.tftp_transfers_ok)),
+                ("result=\"failed\"", g(&self.tftp_transfers_failed)),
+                ("result=\"refused\"", g(&self.tftp_refused)),
+            ],
+        );
+        counter(
+            "pxe_tftp_bytes_total",
+            "TFTP payload bytes sent.",
+            &[("", g(&self.tftp_bytes))],
+        );
+        counter(
+            "pxe_tftp_retransmits_total",
+            "TFTP DATA retransmissions.",
+            &[("", g(&self.tftp_retransmits))],
+        );
+        counter(
+            "pxe_tftp_errors_total",
+            "Malformed TFTP packets.",
+            &[("", g(&self.tftp_errors))],
+        );
+        counter(
+            "pxe_http_requests_total",
+            "Boot-plane HTTP requests.",
+            &[("", g(&self.http_requests))],
+        );
+        counter(
+            "pxe_http_transfers_total",
+            "Boot-plane artifact transfers started.",
+            &[("", g(&self.http_transfers))],
+        );
+        counter(
+            "pxe_http_bytes_total",
+            "Boot-plane HTTP body bytes sent.",
+            &[("", g(&self.http_bytes))],
+        );
+        counter(
+            "pxe_http_errors_total",
+            "Boot-plane HTTP errors by kind.",
+            &[
+                ("kind=\"forbidden\"", g(&self.http_forbidden)),
+                ("kind=\"other\"", g(&self.http_errors)),
+            ],
+        );
+        counter(
+            "pxe_ipv6_ra_sent_total",
+            "IPv6 router advertisements sent.",
+            &[("", g(&self.ra_sent))],
+        );
+        out.push_str(&format!(
+            "# HELP pxe_tftp_active_transfers TFTP transfers running now.\n# TYPE pxe_tftp_active_transfers gauge\npxe_tftp_active_transfers {}\n",
+            g(&self.tftp_active)
+        ));
+        out
+    }
+}
+
+/// Everything the listeners share.
+#[derive(Debug)]
+pub struct State {
+    /// The validated configuration.
+    pub config: Config,
+    /// Leases (full mode).
+    pub leases: Mutex<LeaseStore>,
+    /// The address DHCP last saw (assigned, requested or used) for each MAC.
+    pub seen: Mutex<HashMap<String, Ipv4Addr>>,
+    /// Per-boot tokens.
+    pub tokens: Mutex<HashMap<String, BootToken>>,
+    /// Recent events.
+    events: Mutex<VecDeque<BootEvent>>,
+    next_seq: AtomicU64,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Locks a mutex, recovering from poisoning (a panicked holder leaves consistent data here:
+/// every critical section is a few map operations).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 (UTC, millisecond) form of unix milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// The fields of an event before it gets a sequence number and a time.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    /// Node.
+    pub node: Option<String>,
+    /// MAC.
+    pub mac: Option<String>,
+    /// Address.
+    pub ip: Option<Ipv4Addr>,
+    /// `server` or `node`.
+    pub source: &'static str,
+    /// Phase.
+    pub phase: String,
+    /// Status.
+    pub status: String,
+    /// Detail.
+    pub detail: String,
+}
+
+impl State {
+    /// Builds the state (opens the lease store).
+    pub fn new(config: Config, leases: LeaseStore) -> Self {
+        Self {
+            config,
+            leases: Mutex::new(leases),
+            seen: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            events: Mutex::new(VecDeque::new()),
+            next_seq: AtomicU64::new(1),
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Records an event (and logs it).
+    pub fn event(&self, e: NewEvent) -> BootEvent {
+        let at_ms = now_ms();
+        let ev = BootEvent {
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            at_ms,
+            at: rfc3339(at_ms),
+            node: e.node,
+            mac: e.mac,
+            ip: e.ip.map(|i| i.to_string()),
+            source: if e.source.is_empty() {
+                "server".into()
+            } else {
+                e.source.into()
+            },
+            phase: e.phase,
+            status: e.status,
+            detail: e.detail,
+        };
+        tracing::info!(
+            seq = ev.seq,
+            node = ev.node.as_deref().unwrap_or("-"),
+            mac = ev.mac.as_deref().unwrap_or("-"),
+            phase = %ev.phase,
+            status = %ev.status,
+            detail = %ev.detail,
+            "boot event"
+        );
+        let mut q = lock(&self.events);
+        if q.len() >= EVENT_CAPACITY {
+            q.pop_front();
+        }
+        q.push_back(ev.clone());
+        ev
+    }
+
+    /// Events with `seq > since`.
+    pub fn events_since(&self, since: u64) -> Vec<BootEvent> {
+        lock(&self.events)
+            .iter()
+            .filter(|e| e.seq > since)
+            .cloned()
+            .collect()
+    }
+
+    /// The last event per node name (and per unknown MAC under key `mac:…`).
+    pub fn last_events(&self) -> HashMap<String, BootEvent> {
+        let mut out = HashMap::new();
+        for e in lock(&self.events).iter() {
+            let key = match (&e.node, &e.mac) {
+                (Some(n), _) => n.clone(),
+                (None, Some(m)) => format!("mac:{m}"),
+                _ => continue,
+            };
+            out.insert(key, e.clone());
+        }
+        out
+    }
+
+    /// Notes the address DHCP saw for a MAC.
+    pub fn saw(&self, mac: &str, ip: Ipv4Addr) {
+        if !ip.is_unspecified() {
+            lock(&self.seen).insert(mac.to_string(), ip);
+        }
+    }
+
+    /// The address DHCP saw for a MAC.
+    pub fn seen_ip(&self, mac: &str) -> Option<Ipv4Addr> {
+        lock(&self.seen).get(mac).copied()
+    }
+
+    /// The contract node of a MAC string.
+    pub fn node_of_mac(&self, mac: &str) -> Option<&plasmacloud_contract::NodeSpec> {
+        let m: plasmacloud_contract::MacAddr = mac.parse().ok()?;
+        self.config.contract.node_by_mac(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_000_000_000), "2026-11-18T11:06:40.000Z");
+    }
+}

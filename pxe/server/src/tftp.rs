@@ -1,0 +1,415 @@
+//! The TFTP server: read-only, on tokio.
+//!
+//! Why not the `async-tftp` crate: it runs on smol's `async-io` reactor (a second reactor
+//! thread beside tokio), retransmits on a fixed timeout with no backoff, has no cap on
+//! concurrent transfers, takes one global block-size limit rather than the boot interface's
+//! MTU, and exposes no per-transfer hook for our metrics, tracing spans and boot events. The
+//! wire format and option negotiation it would give us live in `pxe-protocol` anyway; what
+//! remains here is the transfer loop.
+//!
+//! Each transfer gets its own socket (a new TID, RFC 1350 §4), a semaphore permit (the
+//! concurrency cap), and a window of blocks (RFC 7440) kept in memory for retransmission.
+//! Timeouts start at the negotiated `timeout` (default 1 s) and double per retry up to 8 s;
+//! after 6 retries the transfer fails. Paths are confined to the root: absolute paths, `..`
+//! and symlinks that resolve outside the root are refused with "access violation".
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pxe_protocol::tftp::{
+    encode_data_into, negotiate, wire_block, ErrorCode, Limits, Packet, Request,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::state::{Metrics, NewEvent, State};
+
+/// Retransmissions before a transfer is abandoned.
+pub const MAX_RETRIES: u32 = 6;
+/// Longest retransmission timeout after backoff.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Binds the TFTP listener on the boot interface.
+pub fn bind(state: &State) -> Result<UdpSocket, crate::ServerError> {
+    let std_sock = crate::dhcp::bind_udp(state, state.config.tftp_port, "TFTP")?;
+    std_sock
+        .set_nonblocking(true)
+        .map_err(|e| crate::ServerError::Bind {
+            what: "TFTP".into(),
+            addr: format!("port {}", state.config.tftp_port),
+            message: e.to_string(),
+        })?;
+    UdpSocket::from_std(std_sock).map_err(|e| crate::ServerError::Bind {
+        what: "TFTP".into(),
+        addr: format!("port {}", state.config.tftp_port),
+        message: e.to_string(),
+    })
+}
+
+/// Serves forever.
+pub async fn run(state: Arc<State>, sock: UdpSocket) {
+    let limit = Arc::new(Semaphore::new(state.config.tftp_max_transfers));
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "TFTP receive failed");
+                continue;
+            }
+        };
+        let packet = match Packet::parse(&buf[..n]) {
+            Ok(p) => p,
+            Err(e) => {
+                Metrics::inc(&state.metrics.tftp_errors);
+                debug!(%peer, error = %e, "dropped TFTP packet");
+                continue;
+            }
+        };
+        match packet {
+            Packet::Rrq(req) => {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    Metrics::inc(&state.metrics.tftp_refused);
+                    warn!(%peer, file = %req.filename, "TFTP transfer limit reached; refusing");
+                    let _ = sock
+                        .send_to(
+                            &Packet::error(ErrorCode::NotDefined, "server busy, retry later"),
+                            peer,
+                        )
+                        .await;
+                    continue;
+                };
+                let st = state.clone();
+                let span = info_span!("tftp", %peer, file = %req.filename);
+                tokio::spawn(
+                    async move {
+                        Metrics::inc(&st.metrics.tftp_active);
+                        serve_read(&st, peer, req).await;
+                        st.metrics
+                            .tftp_active
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Packet::Wrq(req) => {
+                Metrics::inc(&state.metrics.tftp_refused);
+                info!(%peer, file = %req.filename, "write request refused (read-only server)");
+                let _ = sock
+                    .send_to(
+                        &Packet::error(
+                            ErrorCode::AccessViolation,
+                            "read-only server: writes are refused",
+                        ),
+                        peer,
+                    )
+                    .await;
+            }
+            other => {
+                debug!(%peer, packet = ?other, "unexpected packet on the TFTP port");
+                let _ = sock
+                    .send_to(
+                        &Packet::error(ErrorCode::UnknownTid, "unknown transfer id"),
+                        peer,
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
+/// Why a path was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathRefusal {
+    /// Absolute, `..`, empty or odd components.
+    Unsafe,
+    /// Resolves outside the root (a symlink).
+    OutsideRoot,
+    /// Not there, or not a regular file.
+    NotFound,
+}
+
+/// Resolves `name` under `root`, refusing anything that escapes it.
+pub fn resolve_path(root: &Path, name: &str) -> Result<PathBuf, PathRefusal> {
+    if name.is_empty() || name.starts_with('/') || name.contains('\\') || name.contains('\0') {
+        return Err(PathRefusal::Unsafe);
+    }
+    let rel = Path::new(name);
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => return Err(PathRefusal::Unsafe),
+        }
+    }
+    let root = root.canonicalize().map_err(|_| PathRefusal::NotFound)?;
+    let full = root.join(rel);
+    let real = full.canonicalize().map_err(|_| PathRefusal::NotFound)?;
+    if !real.starts_with(&root) {
+        return Err(PathRefusal::OutsideRoot);
+    }
+    if !real.is_file() {
+        return Err(PathRefusal::NotFound);
+    }
+    Ok(real)
+}
+
+async fn serve_read(state: &State, peer: SocketAddr, req: Request) {
+    let cfg = &state.config;
+    let sock = match UdpSocket::bind(SocketAddr::from((cfg.interface.ip, 0))).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot open a transfer socket");
+            Metrics::inc(&state.metrics.tftp_transfers_failed);
+            return;
+        }
+    };
+    if sock.connect(peer).await.is_err() {
+        Metrics::inc(&state.metrics.tftp_transfers_failed);
+        return;
+    }
+    if req.mode != "octet" && req.mode != "netascii" {
+        let _ = sock
+            .send(&Packet::error(
+                ErrorCode::IllegalOperation,
+                "only octet mode",
+            ))
+            .await;
+        Metrics::inc(&state.metrics.tftp_refused);
+        return;
+    }
+    let path = match resolve_path(&cfg.ipxe_dir, &req.filename) {
+        Ok(p) => p,
+        Err(why) => {
+            let (code, msg) = match why {
+                PathRefusal::NotFound => (ErrorCode::FileNotFound, "file not found"),
+                PathRefusal::Unsafe | PathRefusal::OutsideRoot => (
+                    ErrorCode::AccessViolation,
+                    "access violation: path outside the served root",
+                ),
+            };
+            info!(reason = ?why, "read request refused");
+            Metrics::inc(&state.metrics.tftp_refused);
+            let _ = sock.send(&Packet::error(code, msg)).await;
+            return;
+        }
+    };
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(error = %e, "cannot open");
+            Metrics::inc(&state.metrics.tftp_refused);
+            let _ = sock
+                .send(&Packet::error(ErrorCode::FileNotFound, "cannot open file"))
+                .await;
+            return;
+        }
+    };
+    let size = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    };
+    let limits = Limits::for_mtu(cfg.interface.mtu, cfg.tftp_max_window);
+    let neg = negotiate(&req.options, size, limits);
+    let base_timeout = Duration::from_secs(u64::from(neg.timeout_secs.unwrap_or(1)));
+    let mac = crate::http::mac_for_ip(state, peer);
+    let node = mac
+        .as_deref()
+        .and_then(|m| state.node_of_mac(m))
+        .map(|n| n.name.clone());
+    let started = std::time::Instant::now();
+    let result = transfer(state, &sock, &mut file, size, &neg, base_timeout).await;
+    match result {
+        Ok(sent) => {
+            Metrics::inc(&state.metrics.tftp_transfers_ok);
+            let secs = started.elapsed().as_secs_f64();
+            info!(
+                bytes = sent,
+                blksize = neg.blksize,
+                windowsize = neg.windowsize,
+                secs,
+                "transfer done"
+            );
+            state.event(NewEvent {
+                node,
+                mac,
+                ip: match peer {
+                    SocketAddr::V4(v) => Some(*v.ip()),
+                    SocketAddr::V6(_) => None,
+                },
+                phase: "tftp".into(),
+                status: "ok".into(),
+                detail: format!(
+                    "{} ({sent} bytes, blksize {}, windowsize {})",
+                    req.filename, neg.blksize, neg.windowsize
+                ),
+                ..Default::default()
+            });
+        }
+        Err(why) => {
+            Metrics::inc(&state.metrics.tftp_transfers_failed);
+            warn!(reason = %why, "transfer failed");
+        }
+    }
+}
+
+/// Runs the transfer; returns the payload bytes delivered.
+async fn transfer(
+    state: &State,
+    sock: &UdpSocket,
+    file: &mut tokio::fs::File,
+    size: u64,
+    neg: &pxe_protocol::tftp::Negotiated,
+    base_timeout: Duration,
+) -> Result<u64, String> {
+    let mut rx = vec![0u8; 2048];
+    // RFC 2347: an OACK first, acknowledged with ACK 0.
+    if !neg.oack.is_empty() {
+        let oack = Packet::Oack(neg.oack.clone()).encode();
+        let mut timeout = base_timeout;
+        let mut tries = 0;
+        loop {
+            sock.send(&oack).await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(timeout, sock.recv(&mut rx)).await {
+                Ok(Ok(n)) => match Packet::parse(&rx[..n]) {
+                    Ok(Packet::Ack(0)) => break,
+                    Ok(Packet::Error { code, message }) => {
+                        return Err(format!("client refused the options: {code} {message}"))
+                    }
+                    _ => continue,
+                },
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => {
+                    tries += 1;
+                    if tries > MAX_RETRIES {
+                        return Err("no ACK for the OACK".into());
+                    }
+                    Metrics::inc(&state.metrics.tftp_retransmits);
+                    timeout = (timeout * 2).min(MAX_TIMEOUT);
+                }
+            }
+        }
+    }
+    let blksize = usize::from(neg.blksize);
+    let window = u64::from(neg.windowsize.max(1));
+    let total_blocks = size / blksize as u64 + 1; // the last block is short (maybe empty)
+                                                  // Blocks [base, base + blocks.len()) are read and unacknowledged.
+    let mut base: u64 = 1;
+    let mut blocks: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut next_to_read: u64 = 1;
+    let mut pkt = Vec::with_capacity(blksize + 4);
+    let mut sent_bytes: u64 = 0;
+    let mut timeout = base_timeout;
+    let mut retries = 0;
+    let mut first_send_upto: u64 = 0; // highest block sent at least once
+    while base <= total_blocks {
+        // Fill the window.
+        while next_to_read <= total_blocks && next_to_read < base + window {
+            let mut b = vec![0u8; blksize];
+            let mut filled = 0;
+            while filled < blksize {
+                let n = file
+                    .read(&mut b[filled..])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            b.truncate(filled);
+            blocks.push_back(b);
+            next_to_read += 1;
+        }
+        // Send the window.
+        for (i, data) in blocks.iter().enumerate() {
+            let n = base + i as u64;
+            encode_data_into(&mut pkt, wire_block(n), data);
+            sock.send(&pkt).await.map_err(|e| e.to_string())?;
+            Metrics::inc_by(&state.metrics.tftp_bytes, data.len() as u64);
+            if n > first_send_upto {
+                first_send_upto = n;
+                sent_bytes += data.len() as u64;
+            } else {
+                Metrics::inc(&state.metrics.tftp_retransmits);
+            }
+        }
+        // Wait for an ACK that moves the window.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut advanced = false;
+        loop {
+            let got = tokio::time::timeout_at(deadline, sock.recv(&mut rx)).await;
+            match got {
+                Ok(Ok(n)) => match Packet::parse(&rx[..n]) {
+                    Ok(Packet::Ack(w)) => {
+                        // Which of the outstanding blocks does it acknowledge?
+                        let hit = (0..blocks.len() as u64)
+                            .map(|i| base + i)
+                            .find(|&b| wire_block(b) == w);
+                        if let Some(b) = hit {
+                            let acked = b - base + 1;
+                            for _ in 0..acked {
+                                blocks.pop_front();
+                            }
+                            base = b + 1;
+                            advanced = true;
+                            break;
+                        }
+                        // A duplicate ACK of an earlier block: ignore (no Sorcerer's Apprentice).
+                    }
+                    Ok(Packet::Error { code, message }) => {
+                        return Err(format!("client aborted: {code} {message}"));
+                    }
+                    _ => {}
+                },
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => break,
+            }
+        }
+        if advanced {
+            retries = 0;
+            timeout = base_timeout;
+        } else {
+            retries += 1;
+            if retries > MAX_RETRIES {
+                return Err(format!(
+                    "no ACK for block {base} after {MAX_RETRIES} retries"
+                ));
+            }
+            timeout = (timeout * 2).min(MAX_TIMEOUT);
+            debug!(block = base, ?timeout, "retransmitting window");
+        }
+    }
+    Ok(sent_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_confined() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
+        std::fs::write(root.join("a.efi"), b"x").expect("write");
+        std::fs::write(root.join("sub/b"), b"x").expect("write");
+        std::fs::write(dir.path().join("secret"), b"s").expect("write");
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link")).expect("symlink");
+        assert!(resolve_path(&root, "a.efi").is_ok());
+        assert!(resolve_path(&root, "sub/b").is_ok());
+        assert_eq!(resolve_path(&root, "../secret"), Err(PathRefusal::Unsafe));
+        assert_eq!(
+            resolve_path(&root, "sub/../../secret"),
+            Err(PathRefusal::Unsafe)
+        );
+        assert_eq!(resolve_path(&root, "/etc/passwd"), Err(PathRefusal::Unsafe));
+        assert_eq!(resolve_path(&root, "link"), Err(PathRefusal::OutsideRoot));
+        assert_eq!(resolve_path(&root, "nope"), Err(PathRefusal::NotFound));
+        assert_eq!(resolve_path(&root, "sub"), Err(PathRefusal::NotFound));
+    }
+}

@@ -1,0 +1,337 @@
+//! Shared fixtures for pxe-server's integration tests: a test rack (network namespaces around
+//! a bridge, deleted on drop), a contract and a hand-written bundle, and the server process.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use plasmacloud_contract::manifest::{BootEntry, BundleManifest, ManifestFile, MANIFEST_VERSION};
+use plasmacloud_testkit::{workspace_binary, Process};
+use sha2::{Digest, Sha256};
+
+/// Runs a command, panicking with its output on failure.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, returning (success, stdout+stderr).
+pub fn try_sh(args: &[&str]) -> (bool, String) {
+    match Command::new(args[0]).args(&args[1..]).output() {
+        Ok(o) => (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A bridge in its own namespace, with endpoint namespaces attached by veth pairs.
+pub struct Rack {
+    /// Prefix of every namespace name.
+    pub prefix: String,
+    /// The hub namespace (holds br0 and any tap devices).
+    pub hub: String,
+    namespaces: Vec<String>,
+    next: u32,
+}
+
+impl Rack {
+    /// A new empty rack.
+    pub fn new() -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("pxt{}x{n}", std::process::id() % 100_000);
+        let hub = format!("{prefix}-hub");
+        sh(&["ip", "netns", "add", &hub]);
+        sh(&[
+            "ip",
+            "-n",
+            &hub,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "forward_delay",
+            "0",
+            "stp_state",
+            "0",
+        ]);
+        sh(&["ip", "-n", &hub, "link", "set", "br0", "up"]);
+        sh(&["ip", "-n", &hub, "link", "set", "lo", "up"]);
+        Rack {
+            prefix,
+            hub: hub.clone(),
+            namespaces: vec![hub],
+            next: 0,
+        }
+    }
+
+    /// Adds a namespace `prefix-NAME` whose interface `IF` (MAC `mac`, address `cidr`) sits on
+    /// the bridge. Returns the namespace name.
+    pub fn attach(&mut self, name: &str, ifname: &str, mac: &str, cidr: Option<&str>) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        sh(&["ip", "netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        self.next += 1;
+        let peer = format!("p{}", self.next);
+        sh(&[
+            "ip", "-n", &self.hub, "link", "add", &peer, "type", "veth", "peer", "name", ifname,
+            "netns", &ns,
+        ]);
+        sh(&[
+            "ip", "-n", &self.hub, "link", "set", &peer, "master", "br0", "up",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", ifname, "address", mac]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        if let Some(c) = cidr {
+            sh(&["ip", "-n", &ns, "addr", "add", c, "dev", ifname]);
+        }
+        sh(&["ip", "-n", &ns, "link", "set", ifname, "up"]);
+        ns
+    }
+
+    /// Adds a tap device on the bridge (for QEMU, which runs in the hub namespace).
+    pub fn tap(&mut self, name: &str) {
+        sh(&[
+            "ip", "-n", &self.hub, "tuntap", "add", "dev", name, "mode", "tap",
+        ]);
+        sh(&[
+            "ip", "-n", &self.hub, "link", "set", name, "master", "br0", "up",
+        ]);
+    }
+
+    /// `ip netns exec NS` prefix.
+    pub fn exec(ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(args);
+        c
+    }
+}
+
+impl Drop for Rack {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            // Kill anything still running inside (dnsmasq, dhclient, qemu), then delete.
+            if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Node MACs and addresses of the test contract.
+pub const NODES: [(&str, &str, &str); 3] = [
+    ("node01", "52:54:00:aa:00:01", "10.77.0.11"),
+    ("node02", "52:54:00:aa:00:02", "10.77.0.12"),
+    ("node03", "52:54:00:aa:00:03", "10.77.0.13"),
+];
+/// The server's address.
+pub const SERVER_IP: &str = "10.77.0.1";
+
+/// Writes the test contract (from examples/cluster-3.json, with our MACs and addresses).
+pub fn write_contract(dir: &Path, http_port: u16, mgmt_port: u16) -> PathBuf {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-3.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    v["boot_server"]["address"] = SERVER_IP.into();
+    v["boot_server"]["http_port"] = http_port.into();
+    v["boot_server"]["management_port"] = mgmt_port.into();
+    let nodes = v["nodes"].as_array_mut().unwrap();
+    for (n, (name, mac, ip)) in nodes.iter_mut().zip(NODES) {
+        n["name"] = name.into();
+        n["mac"] = mac.into();
+        n["ipv4"] = ip.into();
+    }
+    let path = dir.join("cluster-config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    path
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Builds a bundle: `kernel` and `base` bytes, one overlay per node (its bytes say which
+/// node), and a manifest with `cmdline_extra` on every entry.
+pub fn write_bundle(
+    dir: &Path,
+    contract: &Path,
+    kernel: &[u8],
+    base: &[u8],
+    cmdline_extra: &str,
+) -> PathBuf {
+    let c = plasmacloud_contract::Contract::load(contract).unwrap();
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(bundle.join("nodes")).unwrap();
+    let mut files = Vec::new();
+    let mut add = |path: &str, bytes: &[u8], secret: bool| {
+        std::fs::write(bundle.join(path), bytes).unwrap();
+        files.push(ManifestFile {
+            path: path.into(),
+            size: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+            secret,
+        });
+    };
+    add("vmlinuz", kernel, false);
+    add("initrd.img", base, false);
+    let mut entries = std::collections::BTreeMap::new();
+    for n in &c.nodes {
+        let p = format!("nodes/{}.cpio", n.name);
+        add(&p, &overlay_bytes(&n.name), true);
+        entries.insert(
+            n.name.clone(),
+            BootEntry {
+                kernel: "vmlinuz".into(),
+                initrds: vec!["initrd.img".into(), p],
+                cmdline: format!("{cmdline_extra} plasmacloud.node={}", n.name)
+                    .trim()
+                    .to_string(),
+            },
+        );
+    }
+    entries.insert(
+        "default".into(),
+        BootEntry {
+            kernel: "vmlinuz".into(),
+            initrds: vec!["initrd.img".into()],
+            cmdline: cmdline_extra.to_string(),
+        },
+    );
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let m = BundleManifest {
+        version: MANIFEST_VERSION,
+        cluster_id: c.id().to_string(),
+        cluster_name: c.name().to_string(),
+        contract_version: c.config.version,
+        files,
+        entries,
+    };
+    std::fs::write(
+        bundle.join("manifest.json"),
+        serde_json::to_string_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    bundle
+}
+
+/// The bytes of a node's overlay: an empty cpio trailer is not needed for the tests that only
+/// fetch it, so it is a marker string (QEMU tests build real cpio overlays).
+pub fn overlay_bytes(node: &str) -> Vec<u8> {
+    format!("SECRET-OVERLAY-OF-{node}\n").into_bytes()
+}
+
+/// An iPXE directory: Debian's files when present, else small stand-ins, plus `extra` files.
+pub fn write_ipxe_dir(dir: &Path) -> PathBuf {
+    let d = dir.join("ipxe");
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["undionly.kpxe", "snponly.efi", "ipxe.efi"] {
+        let src = Path::new("/usr/lib/ipxe").join(f);
+        if src.is_file() {
+            std::fs::copy(&src, d.join(f)).unwrap();
+        } else {
+            std::fs::write(d.join(f), format!("stand-in for {f}\n").repeat(100)).unwrap();
+        }
+    }
+    d
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A running pxe-server inside a namespace.
+pub struct Server {
+    /// The process.
+    pub proc: Process,
+    /// Log path.
+    pub log: PathBuf,
+}
+
+/// Starts `pxe-server serve ARGS` in `ns` and waits for its ready line.
+pub fn start_server(ns: &str, args: &[String], log: &Path) -> Server {
+    let bin = workspace_binary("pxe-server");
+    let mut cmd = Rack::exec(ns, &[bin.to_str().unwrap(), "serve"]);
+    cmd.args(args);
+    cmd.env("RUST_LOG", "info,pxe_server=debug");
+    let mut proc = Process::spawn("pxe-server", cmd, log).unwrap();
+    proc.wait_for_output("pxe-server ready", Duration::from_secs(20))
+        .unwrap();
+    Server {
+        proc,
+        log: log.to_path_buf(),
+    }
+}
+
+/// Flags for a server on `srv0` with the given fixture paths.
+pub fn server_args(
+    mode: &str,
+    cluster: &Path,
+    bundle: &Path,
+    ipxe: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--interface".into(),
+        "srv0".into(),
+        "--mode".into(),
+        mode.into(),
+        "--cluster".into(),
+        cluster.display().to_string(),
+        "--bundle".into(),
+        bundle.display().to_string(),
+        "--ipxe-dir".into(),
+        ipxe.display().to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `curl` inside a namespace; returns (http code, headers+body file contents).
+pub fn curl(ns: &str, args: &[&str]) -> (bool, String) {
+    let mut full = vec!["ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "20"];
+    full.extend_from_slice(args);
+    try_sh(&full)
+}
+
+/// Parses the server address used in the tests.
+pub fn server_ip() -> Ipv4Addr {
+    SERVER_IP.parse().unwrap()
+}

@@ -1,0 +1,249 @@
+//! Full-mode DHCP with real clients in network namespaces (root): udhcpc and dhclient get the
+//! contract's fixed address and the right boot file; pool leases survive a server restart and
+//! are never handed to a second MAC; the management API shows it all.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use plasmacloud_testkit::{require, Need};
+
+const UDHCPC_SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = bound ] && echo \"ip=$ip siaddr=$siaddr boot_file=$boot_file bootfile=$bootfile\" > \"$OUT\"\nexit 0\n";
+
+fn udhcpc(ns: &str, dir: &std::path::Path, tag: &str, vendor: Option<&str>) -> String {
+    let script = dir.join(format!("udhcpc-{tag}.sh"));
+    let out = dir.join(format!("udhcpc-{tag}.out"));
+    std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
+    sh(&["chmod", "+x", script.to_str().unwrap()]);
+    let mut args = vec!["ip", "netns", "exec", ns, "env"];
+    let env = format!("OUT={}", out.display());
+    args.push(&env);
+    args.extend([
+        "udhcpc",
+        "-i",
+        "cli0",
+        "-f",
+        "-q",
+        "-n",
+        "-t",
+        "6",
+        "-T",
+        "1",
+        "-s",
+        script.to_str().unwrap(),
+    ]);
+    if let Some(v) = vendor {
+        args.extend(["-V", v]);
+    }
+    let (ok, log) = try_sh(&args);
+    assert!(ok, "udhcpc failed: {log}");
+    std::fs::read_to_string(&out).unwrap_or_else(|_| panic!("udhcpc wrote nothing: {log}"))
+}
+
+#[test]
+fn full_mode_real_clients_and_restart() {
+    if !require(
+        "full_mode_real_clients_and_restart",
+        &[Need::Root, Need::Tool("udhcpc"), Need::Tool("dhclient")],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Phase: build the rack, the contract, the bundle.
+    let mut rack = Rack::new();
+    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
+    let n1 = rack.attach("n1", "cli0", NODES[0].1, None);
+    let n2 = rack.attach("n2", "cli0", NODES[1].1, None);
+    let stranger = rack.attach("x1", "cli0", "52:54:00:bb:00:01", None);
+    let stranger2 = rack.attach("x2", "cli0", "52:54:00:bb:00:02", None);
+    let cluster = write_contract(d, 8081, 8082);
+    let bundle = write_bundle(d, &cluster, b"kernel", b"base", "console=ttyS0");
+    let ipxe = write_ipxe_dir(d);
+    let state = d.join("state");
+    let args = server_args(
+        "full",
+        &cluster,
+        &bundle,
+        &ipxe,
+        &state,
+        &["--dhcp-range", "10.77.0.100-10.77.0.150"],
+    );
+
+    eprintln!("phase: start the server");
+    let mut server = start_server(&srv, &args, &d.join("server1.log"));
+
+    eprintln!(
+        "phase: udhcpc as node01 (BIOS PXE vendor class) gets its fixed address and undionly.kpxe"
+    );
+    let got = udhcpc(&n1, d, "n1", Some("PXEClient:Arch:00000:UNDI:002001"));
+    assert!(got.contains("ip=10.77.0.11 "), "{got}");
+    assert!(got.contains("siaddr=10.77.0.1 "), "{got}");
+    assert!(got.contains("boot_file=undionly.kpxe"), "{got}");
+
+    eprintln!(
+        "phase: dhclient as node02 (x86-64 UEFI, option 93 = 7) gets its address and snponly.efi"
+    );
+    let conf = d.join("dhclient.conf");
+    std::fs::write(
+        &conf,
+        "option pxe-arch code 93 = unsigned integer 16;\nsend vendor-class-identifier \"PXEClient:Arch:00007:UNDI:003016\";\nsend pxe-arch 7;\nrequest subnet-mask, broadcast-address, routers;\n",
+    )
+    .unwrap();
+    let script = d.join("dhclient-script.sh");
+    let out = d.join("dhclient.out");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\ncase \"$reason\" in BOUND|REBOOT) echo \"ip=$new_ip_address file=$new_filename server=$new_dhcp_server_identifier\" > {} ;; esac\nexit 0\n", out.display()),
+    )
+    .unwrap();
+    sh(&["chmod", "+x", script.to_str().unwrap()]);
+    let lf = d.join("dhclient.leases");
+    let pf = d.join("dhclient.pid");
+    let (ok, log) = try_sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n2,
+        "timeout",
+        "30",
+        "dhclient",
+        "-1",
+        "-v",
+        "-cf",
+        conf.to_str().unwrap(),
+        "-sf",
+        script.to_str().unwrap(),
+        "-lf",
+        lf.to_str().unwrap(),
+        "-pf",
+        pf.to_str().unwrap(),
+        "cli0",
+    ]);
+    assert!(ok, "dhclient failed: {log}");
+    let _ = try_sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n2,
+        "dhclient",
+        "-x",
+        "-pf",
+        pf.to_str().unwrap(),
+        "cli0",
+    ]);
+    let got =
+        std::fs::read_to_string(&out).unwrap_or_else(|_| panic!("dhclient wrote nothing: {log}"));
+    assert!(got.contains("ip=10.77.0.12 "), "{got}");
+    assert!(got.contains("file=snponly.efi"), "{got}");
+    assert!(got.contains("server=10.77.0.1"), "{got}");
+
+    eprintln!("phase: a plain client not in the contract gets the first pool address");
+    let got = udhcpc(&stranger, d, "x1", None);
+    assert!(got.contains("ip=10.77.0.100 "), "{got}");
+    assert!(
+        got.contains("boot_file= "),
+        "plain clients get no boot file: {got}"
+    );
+
+    eprintln!("phase: restart the server; leases survive");
+    server.proc.terminate(Duration::from_secs(5));
+    let _server = start_server(&srv, &args, &d.join("server2.log"));
+    let got = udhcpc(&stranger2, d, "x2", None);
+    assert!(
+        got.contains("ip=10.77.0.101 "),
+        "a second MAC must not get the first one's lease: {got}"
+    );
+    let got = udhcpc(&stranger, d, "x1b", None);
+    assert!(
+        got.contains("ip=10.77.0.100 "),
+        "the first MAC keeps its lease: {got}"
+    );
+    let got = udhcpc(&n1, d, "n1b", Some("PXEClient:Arch:00000:UNDI:002001"));
+    assert!(got.contains("ip=10.77.0.11 "), "{got}");
+
+    eprintln!("phase: management API: status, a phase report, events, metrics");
+    let (ok, status) = curl(&srv, &["http://10.77.0.1:8082/v1/status"]);
+    assert!(ok, "{status}");
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["mode"], "full");
+    let leases = v["leases"].as_array().unwrap();
+    assert!(
+        leases
+            .iter()
+            .any(|l| l["ip"] == "10.77.0.100" && l["mac"] == "52:54:00:bb:00:01"),
+        "{status}"
+    );
+    let n1s = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "node01")
+        .unwrap()
+        .clone();
+    assert_eq!(n1s["last_event"]["phase"], "dhcp", "{n1s}");
+    assert!(n1s["last_event"]["at"].as_str().unwrap().ends_with('Z'));
+    let (ok, r) = curl(
+        &srv,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"phase":"chainfire-cluster-join","status":"ok","detail":"joined as voter"}"#,
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8082/v1/nodes/node01/events",
+        ],
+    );
+    assert!(ok && r.ends_with("202"), "{r}");
+    let (_, r) = curl(
+        &srv,
+        &[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"phase":"x","status":"maybe"}"#,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8082/v1/nodes/node01/events",
+        ],
+    );
+    assert_eq!(r, "400");
+    let (_, r) = curl(
+        &srv,
+        &[
+            "-X",
+            "POST",
+            "-d",
+            r#"{"phase":"x","status":"ok"}"#,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8082/v1/nodes/nodeXX/events",
+        ],
+    );
+    assert_eq!(r, "404");
+    let (_, ev) = curl(&srv, &["http://10.77.0.1:8082/v1/events?since=0"]);
+    let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
+    let last = ev["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["phase"], "chainfire-cluster-join");
+    assert_eq!(last["source"], "node");
+    let next = ev["next"].as_u64().unwrap();
+    let (_, ev2) = curl(
+        &srv,
+        &[&format!("http://10.77.0.1:8082/v1/events?since={next}")],
+    );
+    assert!(ev2.contains("\"events\":[]"), "{ev2}");
+    let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
+    assert!(m.contains("pxe_dhcp_acks_total{mode=\"full\"}"), "{m}");
+    assert!(!m.contains("pxe_dhcp_acks_total{mode=\"full\"} 0\n"), "{m}");
+    drop(rack);
+}
