@@ -44,7 +44,9 @@ pub const READY_MARKER: &str = "plasmacloud-appliance: multi-user.target reached
 /// Where binaries go by default (render units with `firstboot units --bindir` the same).
 pub const DEFAULT_BINDIR: &str = "/usr/local/bin";
 
-/// Debian packages of the appliance on top of `minbase`.
+/// Debian packages of the appliance on top of `minbase`. Not `xfsprogs`: it pulls in Python and
+/// ICU (80 MB, a third of the tree); add it with `--extra-packages xfsprogs` for a contract whose
+/// disks are XFS.
 pub const DEFAULT_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -53,7 +55,6 @@ pub const DEFAULT_PACKAGES: &[&str] = &[
     "kmod",
     "dbus",
     "e2fsprogs",
-    "xfsprogs",
     "fdisk",
     "gdisk",
     "ca-certificates",
@@ -130,7 +131,7 @@ pub fn rootfs_cache_dir(cache: &Path, suite: &str, mirror: &str, packages: &[Str
     p.sort();
     p.dedup();
     let key = Sha256::digest(format!(
-        "minbase\n{suite}\n{mirror}\n{}\nprune-v1",
+        "minbase\n{suite}\n{mirror}\n{}\nprune-v2",
         p.join(",")
     ));
     cache.join(format!("rootfs-{}", &hex::encode(key)[..16]))
@@ -201,7 +202,8 @@ pub fn ensure_rootfs(src: &RootfsSource, cache: &Path) -> Result<PathBuf, ImageE
 }
 
 /// Removes what an appliance never reads: apt's package cache and lists, documentation, man
-/// pages and translations.
+/// pages, translations, udev's hardware database (names and vendor strings only) and glibc's
+/// iconv modules.
 fn prune_rootfs(root: &Path) -> Result<(), ImageError> {
     for d in [
         "var/cache/apt/archives",
@@ -211,6 +213,8 @@ fn prune_rootfs(root: &Path) -> Result<(), ImageError> {
         "usr/share/info",
         "usr/share/locale",
         "var/cache/debconf",
+        "usr/lib/udev/hwdb.d",
+        "usr/lib/x86_64-linux-gnu/gconv",
     ] {
         let p = root.join(d);
         let Ok(rd) = fs::read_dir(&p) else { continue };

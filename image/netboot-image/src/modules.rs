@@ -25,6 +25,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ext4",
     "xfs",
     "autofs4",
+    "binfmt_misc",
 ];
 
 /// The index files `modprobe` and udev read, copied as they are.

@@ -1,0 +1,285 @@
+//! Benchmarks of issue 7, as ratios measured side by side in one run:
+//!
+//! 1. overlays for a 1,000-node contract (TLS key + cert per node, the seed's IAM credential):
+//!    total time and bytes;
+//! 2. appliance from cold (packing an existing tree; debootstrap excluded) vs
+//!    `find . | cpio -o -H newc | zstd -3 -T0` over the same tree (speed-up, ≥ 1.0 wanted);
+//! 3. rebuild after changing one binary vs the cold build of the full appliance (tree, modules,
+//!    three binaries, units): ≤ 0.1 wanted.
+//!
+//! ```text
+//! cargo run --release -p netboot-image --example image-bench -- \
+//!     [--rootfs /var/cache/plasmacloud/rootfs-…] [--kernel /boot/vmlinuz-…] [--nodes 1000]
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netboot_image::appliance::{build_appliance, ApplianceSpec, RootfsSource, DEFAULT_BINDIR};
+use netboot_image::bundle::{build_bundle, BaseImage, BundleSpec};
+use netboot_image::elf::DEFAULT_LIB_DIRS;
+use netboot_image::modules::DEFAULT_MODULES;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn newest(dir: &str, prefix: &str) -> Option<PathBuf> {
+    let mut v: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(prefix) && !n.contains(".tmp")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    v.sort();
+    v.pop().map(|(_, p)| p)
+}
+
+fn contract(n: usize) -> String {
+    let voters = netboot_image_voters(n);
+    let nodes: Vec<String> = (0..n)
+        .map(|i| {
+            let role = if i < voters { "control-plane" } else { "worker" };
+            format!(
+                r#"{{"name":"node{i:04}","mac":"52:54:00:00:{:02x}:{:02x}","ipv4":"10.1.{}.{}","roles":["{role}"],"tls":{{"cert":"/etc/plasmacloud/tls/node.crt","key":"/etc/plasmacloud/tls/node.key"}}}}"#,
+                i / 256,
+                i % 256,
+                i / 250,
+                i % 250 + 2,
+            )
+        })
+        .collect();
+    let voter_names: Vec<String> = (0..voters).map(|i| format!("\"node{i:04}\"")).collect();
+    format!(
+        r#"{{"version":1,"cluster":{{"name":"bench","id":"plasmacloud-bench"}},"boot_server":{{"address":"10.250.0.1"}},"initial_voters":[{}],"tls":{{"ca_cert":"/etc/plasmacloud/tls/ca.crt"}},"iam":{{"bootstrap_credential":"/etc/plasmacloud/iam-bootstrap.json"}},"nodes":[{}]}}"#,
+        voter_names.join(","),
+        nodes.join(",")
+    )
+}
+
+fn netboot_image_voters(n: usize) -> usize {
+    plasmacloud_contract::voter_count_for_rack(n)
+}
+
+fn secret(dir: &Path, node: &str, on_node: &str, content: &str, mode: u32) {
+    let p = dir.join(node).join(on_node.trim_start_matches('/'));
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, content).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn main() {
+    let n: usize = arg("--nodes").and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let work = tempfile::tempdir_in(arg("--work").unwrap_or_else(|| "/var/tmp".into())).unwrap();
+    let w = work.path();
+
+    // 1. Overlays for n nodes.
+    let text2 = contract(n);
+    fs::write(w.join("cluster.json"), &text2).unwrap();
+    let secrets = w.join("secrets");
+    for i in 0..n {
+        let node = format!("node{i:04}");
+        secret(
+            &secrets,
+            &node,
+            "/etc/plasmacloud/tls/node.key",
+            &format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                "K".repeat(1600)
+            ),
+            0o600,
+        );
+        secret(
+            &secrets,
+            &node,
+            "/etc/plasmacloud/tls/node.crt",
+            &format!(
+                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                "C".repeat(1100)
+            ),
+            0o644,
+        );
+        secret(
+            &secrets,
+            &node,
+            "/etc/plasmacloud/tls/ca.crt",
+            "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n",
+            0o644,
+        );
+    }
+    secret(
+        &secrets,
+        "node0000",
+        "/etc/plasmacloud/iam-bootstrap.json",
+        r#"{"username":"admin","password":"bench"}"#,
+        0o600,
+    );
+    fs::write(w.join("bzImage"), vec![1u8; 1 << 20]).unwrap();
+    fs::write(w.join("initrd"), vec![2u8; 1 << 20]).unwrap();
+    let spec = BundleSpec {
+        cluster: w.join("cluster.json"),
+        base: BaseImage {
+            kernel: w.join("bzImage"),
+            initrd: w.join("initrd"),
+            cmdline: "console=ttyS0".into(),
+        },
+        secrets: Some(secrets),
+        out: w.join("bundle"),
+        jobs: 0,
+    };
+    let t = Instant::now();
+    let m = build_bundle(&spec).unwrap();
+    let overlay_time = t.elapsed();
+    let overlays: Vec<_> = m.files.iter().filter(|f| f.secret).collect();
+    let bytes: u64 = overlays.iter().map(|f| f.size).sum();
+    println!(
+        "overlays: {} nodes in {:.2} s ({:.2} ms/node), {} bytes total ({} B/overlay avg), contract {} bytes",
+        overlays.len(),
+        secs(overlay_time),
+        secs(overlay_time) * 1000.0 / n as f64,
+        bytes,
+        bytes / overlays.len().max(1) as u64,
+        text2.len()
+    );
+
+    // 2. Appliance from cold vs find | cpio | zstd -3 -T0 over the same tree.
+    let Some(rootfs) = arg("--rootfs")
+        .map(PathBuf::from)
+        .or_else(|| newest("/var/cache/plasmacloud", "rootfs-"))
+    else {
+        println!("appliance: no root filesystem (pass --rootfs, or build one with netboot-image appliance --debootstrap)");
+        return;
+    };
+    // Warm the page cache for both contenders.
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd {} && tar cf - . > /dev/null", rootfs.display()))
+        .status()
+        .unwrap();
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    let mut our_bytes = 0;
+    let mut base_bytes = 0;
+    for round in 0..3 {
+        let out = w.join(format!("baseline-{round}.img"));
+        let t = Instant::now();
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cd {} && find . | cpio --quiet -o -H newc | zstd -q -3 -T0 > {}",
+                rootfs.display(),
+                out.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        base.push(secs(t.elapsed()));
+        base_bytes = fs::metadata(&out).unwrap().len();
+        fs::remove_file(&out).unwrap();
+
+        let spec = ApplianceSpec {
+            rootfs: RootfsSource::Dir(rootfs.clone()),
+            kernel: None,
+            modules_root: "/lib/modules".into(),
+            modules: vec![],
+            bins: vec![],
+            bindir: DEFAULT_BINDIR.into(),
+            units: None,
+            lib_dirs: DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect(),
+            cache_dir: w.join(format!("cache-tree-{round}")),
+            out: w.join(format!("ours-{round}.img")),
+            jobs: 0,
+        };
+        let t = Instant::now();
+        let r = build_appliance(&spec).unwrap();
+        ours.push(secs(t.elapsed()));
+        our_bytes = r.bytes;
+        fs::remove_dir_all(&spec.cache_dir).unwrap();
+        fs::remove_file(&spec.out).unwrap();
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (o, b) = (median(&mut ours), median(&mut base));
+    println!(
+        "appliance cold, tree only ({}): ours {o:.2} s ({our_bytes} B) vs find|cpio|zstd -3 -T0 {b:.2} s ({base_bytes} B): speed-up {:.2}x (median of 3)",
+        rootfs.display(),
+        b / o
+    );
+
+    // 3. Full appliance cold, then rebuild after changing one binary.
+    let me = std::env::current_exe().unwrap();
+    let bin_src = me
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("netboot-image"))
+        .filter(|p| p.is_file())
+        .unwrap_or(me.clone());
+    let bins = w.join("bins");
+    fs::create_dir_all(&bins).unwrap();
+    let names = ["alpha", "beta", "gamma"];
+    for n in names {
+        fs::copy(&bin_src, bins.join(n)).unwrap();
+    }
+    let units = w.join("units");
+    fs::create_dir_all(&units).unwrap();
+    fs::write(
+        units.join("bench.service"),
+        "[Service]\nType=oneshot\nExecStart=/usr/local/bin/alpha --version\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let kernel = arg("--kernel")
+        .map(PathBuf::from)
+        .or_else(|| newest("/boot", "vmlinuz-"));
+    let spec = ApplianceSpec {
+        rootfs: RootfsSource::Dir(rootfs.clone()),
+        kernel: kernel.clone(),
+        modules_root: "/lib/modules".into(),
+        modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+        bins: names.iter().map(|n| bins.join(n)).collect(),
+        bindir: DEFAULT_BINDIR.into(),
+        units: Some(units),
+        lib_dirs: DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect(),
+        cache_dir: w.join("cache-full"),
+        out: w.join("full.img"),
+        jobs: 0,
+    };
+    let t = Instant::now();
+    let cold = build_appliance(&spec).unwrap();
+    let cold_t = secs(t.elapsed());
+    let mut beta = fs::read(bins.join("beta")).unwrap();
+    beta.extend_from_slice(b"one more byte");
+    fs::write(bins.join("beta"), beta).unwrap();
+    let t = Instant::now();
+    let warm = build_appliance(&spec).unwrap();
+    let warm_t = secs(t.elapsed());
+    let packed: Vec<&str> = warm
+        .layers
+        .iter()
+        .filter(|l| l.packed)
+        .map(|l| l.name.as_str())
+        .collect();
+    println!(
+        "appliance full ({} layers, {} B, kernel {}): cold {cold_t:.2} s; rebuild after changing one binary {warm_t:.3} s (re-packed {packed:?}): {:.3}x cold",
+        cold.layers.len(),
+        cold.bytes,
+        cold.kernel_release.as_deref().unwrap_or("none"),
+        warm_t / cold_t
+    );
+}
