@@ -1,0 +1,436 @@
+//! TFTP and HTTP with real clients in network namespaces (root): tftp-hpa, atftp (windowsize)
+//! and curl download byte-exact with option negotiation; writes and traversal are refused; a
+//! lost ACK is retransmitted; block numbers wrap; HTTP Range/HEAD/ETag with curl; a node's
+//! script and overlay are refused (403) to any other address.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use plasmacloud_testkit::{require, Need};
+
+const CONFIGURE_SCRIPT: &str =
+    "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/24\" dev \"$interface\"\nexit 0\n";
+
+/// A TFTP client that withholds its first ACK and reports whether DATA 1 came again.
+const LOST_ACK_PY: &str = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.sendto(b"\x00\x01small.bin\x00octet\x00", (sys.argv[1], 69))
+d, peer = s.recvfrom(2048)
+assert d[:4] == b"\x00\x03\x00\x01", d[:4]
+t0 = time.time()
+d2, peer2 = s.recvfrom(2048)   # no ACK sent: the server must retransmit block 1
+assert d2 == d and peer2 == peer, "retransmission differs"
+waited = time.time() - t0
+out = bytearray(d[4:])
+block = 1
+while True:
+    s.sendto(struct.pack("!HH", 4, block), peer)
+    if len(d) - 4 < 512:
+        break
+    d, _ = s.recvfrom(2048)
+    b = struct.unpack("!H", d[2:4])[0]
+    if b == block:
+        continue
+    block = b
+    out += d[4:]
+open(sys.argv[2], "wb").write(out)
+print("retransmitted after %.2f s" % waited)
+"#;
+
+#[test]
+fn tftp_and_http_with_real_clients() {
+    if !require(
+        "tftp_and_http_with_real_clients",
+        &[
+            Need::Root,
+            Need::Tool("udhcpc"),
+            Need::Tool("tftp"),
+            Need::Tool("atftp"),
+            Need::Tool("curl"),
+            Need::Tool("python3"),
+        ],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rack = Rack::new();
+    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
+    let n1 = rack.attach("n1", "cli0", NODES[0].1, None);
+    let other = rack.attach("o", "cli0", "52:54:00:cc:00:01", Some("10.77.0.60/24"));
+    let cluster = write_contract(d, 8081, 8082);
+    let kernel = pattern(3 * 1024 * 1024 + 17, 1);
+    let bundle = write_bundle(d, &cluster, &kernel, &pattern(100_000, 2), "console=ttyS0");
+    let ipxe = write_ipxe_dir(d);
+    let big = pattern(5 * 1024 * 1024 + 123, 3);
+    std::fs::write(ipxe.join("big.bin"), &big).unwrap();
+    std::fs::write(ipxe.join("small.bin"), pattern(2000, 4)).unwrap();
+    let wrap = pattern(65_540 * 8 + 3, 5); // more than 65535 blocks at blksize 8
+    std::fs::write(ipxe.join("wrap.bin"), &wrap).unwrap();
+    std::fs::write(d.join("outside"), b"not yours").unwrap();
+    std::os::unix::fs::symlink(d.join("outside"), ipxe.join("escape")).unwrap();
+    let state = d.join("state");
+    let args = server_args(
+        "full",
+        &cluster,
+        &bundle,
+        &ipxe,
+        &state,
+        &["--ipv6-ra", "off"],
+    );
+    let server = start_server(&srv, &args, &d.join("server.log"));
+
+    eprintln!("phase: node01 leases its address");
+    let script = d.join("configure.sh");
+    std::fs::write(&script, CONFIGURE_SCRIPT).unwrap();
+    sh(&["chmod", "+x", script.to_str().unwrap()]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "udhcpc",
+        "-i",
+        "cli0",
+        "-f",
+        "-q",
+        "-n",
+        "-t",
+        "6",
+        "-T",
+        "1",
+        "-s",
+        script.to_str().unwrap(),
+        "-V",
+        "PXEClient:Arch:00000:UNDI:002001",
+    ]);
+    assert!(sh(&["ip", "-n", &n1, "addr", "show", "cli0"]).contains("10.77.0.11/24"));
+
+    let same = |path: &std::path::Path, want: &[u8], who: &str| {
+        let got = std::fs::read(path).unwrap_or_default();
+        assert!(
+            got.len() == want.len() && got == want,
+            "{who}: {} bytes, want {} (byte-exact)",
+            got.len(),
+            want.len()
+        );
+    };
+
+    eprintln!("phase: tftp-hpa, default options, byte-exact");
+    let out = d.join("hpa.bin");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "tftp",
+        "-m",
+        "binary",
+        "10.77.0.1",
+        "-c",
+        "get",
+        "big.bin",
+        out.to_str().unwrap(),
+    ]);
+    same(&out, &big, "tftp-hpa");
+
+    eprintln!("phase: atftp with windowsize 8 and blksize 1432");
+    let out = d.join("atftp.bin");
+    let (ok, log) = try_sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "atftp",
+        "--option",
+        "blksize 1432",
+        "--option",
+        "windowsize 8",
+        "--option",
+        "tsize 0",
+        "-g",
+        "-r",
+        "big.bin",
+        "-l",
+        out.to_str().unwrap(),
+        "10.77.0.1",
+    ]);
+    assert!(ok, "atftp: {log}");
+    same(&out, &big, "atftp windowsize 8");
+    let slog = server.proc.output();
+    assert!(
+        slog.contains("windowsize 8"),
+        "the server must have granted windowsize 8:\n{slog}"
+    );
+
+    eprintln!("phase: curl with blksize 1432 (OACK) byte-exact, and blksize 8 across the block-number wrap");
+    let out = d.join("curl.bin");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "curl",
+        "-sS",
+        "--tftp-blksize",
+        "1432",
+        "-o",
+        out.to_str().unwrap(),
+        "tftp://10.77.0.1/big.bin",
+    ]);
+    same(&out, &big, "curl");
+    let out = d.join("wrap.out");
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "curl",
+        "-sS",
+        "--max-time",
+        "120",
+        "--tftp-blksize",
+        "8",
+        "-o",
+        out.to_str().unwrap(),
+        "tftp://10.77.0.1/wrap.bin",
+    ]);
+    same(&out, &wrap, "curl blksize 8 past block 65535");
+
+    eprintln!("phase: writes and traversal are refused");
+    let up = d.join("upload");
+    std::fs::write(&up, b"x").unwrap();
+    let (_, log) = try_sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "tftp",
+        "-m",
+        "binary",
+        "10.77.0.1",
+        "-c",
+        "put",
+        up.to_str().unwrap(),
+        "upload",
+    ]);
+    assert!(
+        log.contains("read-only")
+            || log.contains("Access violation")
+            || log.contains("Error code 2"),
+        "put: {log}"
+    );
+    assert!(!ipxe.join("upload").exists());
+    let (ok, log) = try_sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "curl",
+        "-sS",
+        "-T",
+        up.to_str().unwrap(),
+        "tftp://10.77.0.1/upload2",
+    ]);
+    assert!(!ok, "curl upload must fail: {log}");
+    for bad in ["../outside", "/etc/passwd", "escape"] {
+        let out = d.join("bad.out");
+        let (_, log) = try_sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &n1,
+            "tftp",
+            "-m",
+            "binary",
+            "10.77.0.1",
+            "-c",
+            "get",
+            bad,
+            out.to_str().unwrap(),
+        ]);
+        assert!(
+            log.contains("ccess violation") || log.contains("Error code 2"),
+            "{bad}: {log}"
+        );
+        assert!(
+            std::fs::read(&out).unwrap_or_default() != b"not yours",
+            "{bad} leaked"
+        );
+    }
+
+    eprintln!("phase: a withheld ACK makes the server retransmit");
+    let py = d.join("lostack.py");
+    std::fs::write(&py, LOST_ACK_PY).unwrap();
+    let out = d.join("lostack.out");
+    let got = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "python3",
+        py.to_str().unwrap(),
+        "10.77.0.1",
+        out.to_str().unwrap(),
+    ]);
+    assert!(got.contains("retransmitted after"), "{got}");
+    same(
+        &out,
+        &std::fs::read(ipxe.join("small.bin")).unwrap(),
+        "lost-ACK client",
+    );
+
+    eprintln!("phase: node01's script, from node01's address, names both initrds and a token URL");
+    let (ok, script_text) = curl(&n1, &["http://10.77.0.1:8081/boot/52-54-00-aa-00-01.ipxe"]);
+    assert!(ok, "{script_text}");
+    assert!(
+        script_text
+            .contains("initrd=initrd.img initrd=node01.cpio console=ttyS0 plasmacloud.node=node01"),
+        "{script_text}"
+    );
+    let token_url = script_text
+        .lines()
+        .find(|l| l.contains("--name node01.cpio"))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+        .unwrap()
+        .to_string();
+    assert!(token_url.contains("/s/"), "{token_url}");
+    let (ok, overlay) = curl(&n1, &[&token_url]);
+    assert!(ok);
+    assert_eq!(overlay.as_bytes(), overlay_bytes("node01").as_slice());
+
+    eprintln!("phase: any other address gets 403 for node01's script and overlay");
+    for url in [
+        token_url.as_str(),
+        "http://10.77.0.1:8081/boot/52-54-00-aa-00-01.ipxe",
+        "http://10.77.0.1:8081/files/nodes/node01.cpio",
+    ] {
+        let (_, code) = curl(&other, &["-o", "/dev/null", "-w", "%{http_code}", url]);
+        assert_eq!(code, "403", "{url} from another address");
+    }
+    let (_, code) = curl(
+        &n1,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8081/files/nodes/node01.cpio",
+        ],
+    );
+    assert_eq!(code, "403", "overlays never go out without a token");
+    let i = token_url.find("/s/").unwrap() + 3;
+    let forged = format!(
+        "{}{}{}",
+        &token_url[..i],
+        "0".repeat(32),
+        &token_url[i + 32..]
+    );
+    let (_, code) = curl(&n1, &["-o", "/dev/null", "-w", "%{http_code}", &forged]);
+    assert_eq!(code, "403", "guessed token");
+
+    eprintln!("phase: HTTP HEAD, Range and ETag on the kernel");
+    let (_, head) = curl(&other, &["-I", "http://10.77.0.1:8081/files/vmlinuz"]);
+    let head_l = head.to_ascii_lowercase();
+    assert!(
+        head_l.contains(&format!("content-length: {}", kernel.len())),
+        "{head}"
+    );
+    assert!(head_l.contains("accept-ranges: bytes"), "{head}");
+    let etag = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("etag:"))
+        .unwrap()
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .to_string();
+    let out = d.join("range.bin");
+    let (_, code) = curl(
+        &other,
+        &[
+            "-r",
+            "1000-1999",
+            "-o",
+            out.to_str().unwrap(),
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8081/files/vmlinuz",
+        ],
+    );
+    assert_eq!(code, "206");
+    same(&out, &kernel[1000..2000], "range 1000-1999");
+    let (_, code) = curl(
+        &other,
+        &[
+            "-r",
+            "-17",
+            "-o",
+            out.to_str().unwrap(),
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8081/files/vmlinuz",
+        ],
+    );
+    assert_eq!(code, "206");
+    same(&out, &kernel[kernel.len() - 17..], "suffix range");
+    let (_, code) = curl(
+        &other,
+        &[
+            "-r",
+            "99999999-",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8081/files/vmlinuz",
+        ],
+    );
+    assert_eq!(code, "416");
+    let (_, code) = curl(
+        &other,
+        &[
+            "-H",
+            &format!("If-None-Match: {etag}"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8081/files/vmlinuz",
+        ],
+    );
+    assert_eq!(code, "304");
+    let (_, code) = curl(
+        &other,
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "-w",
+            "%{http_code}",
+            "http://10.77.0.1:8081/files/vmlinuz",
+        ],
+    );
+    assert_eq!(code, "200");
+    same(&out, &kernel, "full kernel over HTTP");
+
+    eprintln!("phase: metrics count it");
+    let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
+    for needle in [
+        "pxe_tftp_retransmits_total",
+        "pxe_http_errors_total{kind=\"forbidden\"}",
+        "pxe_tftp_transfers_total{result=\"refused\"}",
+    ] {
+        let line = m
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .unwrap_or_else(|| panic!("{needle} missing:\n{m}"));
+        assert!(!line.ends_with(" 0"), "{line}");
+    }
+    drop(server);
+    drop(rack);
+}
