@@ -1,0 +1,200 @@
+# services.plasmacloud.firstboot: the first-boot chain and cluster-ready.target.
+#
+# Installs the unit files `firstboot units` rendered at build time (one source of truth, see
+# nixos/pkgs/units.nix) with systemd.packages, enables them by pulling cluster-ready.target
+# into multi-user.target (NixOS ignores [Install] sections), gives the oneshots their tools and
+# settings in drop-ins, and gates the application services listed in `gatedServices` on
+# cluster-ready.target. The order is the design's:
+#
+#   firstboot-disk → firstboot-configure → chainfire → chainfire-cluster-join → flaredb →
+#   flaredb-cluster-join → iam → iam-initial-setup → cluster-health-check → cluster-ready.target
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    mkOption
+    mkEnableOption
+    mkIf
+    types
+    literalExpression
+    ;
+  contractLib = import ./lib/contract.nix;
+  cfg = config.services.plasmacloud.firstboot;
+  contract = if cfg.contract == null then null else contractLib.load cfg.contract;
+
+  # The oneshots of the chain (the units that run `firstboot …`).
+  oneshots = [
+    "firstboot-disk"
+    "firstboot-configure"
+    "chainfire-cluster-join"
+    "flaredb-cluster-join"
+    "iam-initial-setup"
+    "cluster-health-check"
+  ];
+in
+{
+  imports = [
+    ./chainfire.nix
+    ./flaredb.nix
+    ./iam.nix
+  ];
+
+  options.services.plasmacloud.firstboot = {
+    enable = mkEnableOption "the PlasmaCloud first-boot chain and cluster-ready.target";
+
+    package = mkOption {
+      type = types.package;
+      description = "The package with the firstboot binary.";
+    };
+
+    unitsPackage = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./pkgs/units.nix {
+        firstboot = cfg.package;
+        chainfire = config.services.chainfire.package;
+        flaredb = config.services.flaredb.package;
+        iam = config.services.iam.package;
+      };
+      defaultText = literalExpression "the units `firstboot units` renders for the configured packages";
+      description = ''
+        The rendered unit files (lib/systemd/system/*). The default renders them at build time
+        from the configured firstboot, chainfire, flaredb and iam packages, so ExecStart=
+        always names the binaries this system runs.
+      '';
+    };
+
+    contract = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = literalExpression "./examples/cluster-3.json";
+      description = ''
+        A cluster contract to install at `contractPath`. null on netbooted nodes: the
+        per-node overlay initrd brings the contract, and netboot-base.nix copies it into the
+        running system at stage 1. When set, the service modules also read their port
+        defaults from it.
+      '';
+    };
+
+    contractPath = mkOption {
+      type = types.str;
+      default = "/etc/plasmacloud/cluster-config.json";
+      description = "Where the oneshots read the contract (PLASMACLOUD_CLUSTER).";
+    };
+
+    nodeName = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "node01";
+      description = ''
+        This node's name in the contract, written to /etc/plasmacloud/node. null = found at
+        boot: `plasmacloud.node=` on the kernel command line, then the overlay's
+        /etc/plasmacloud/node, then a local MAC.
+      '';
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default =
+        if contract != null && cfg.nodeName != null then
+          (contractLib.disk contract cfg.nodeName).mount_point
+        else
+          contractLib.defaultMountPoint;
+      defaultText = literalExpression "the node's disk.mount_point in the contract, else /var/lib/plasmacloud";
+      description = "The data disk's mount point: Raft data, done-markers (PLASMACLOUD_STATE_DIR).";
+    };
+
+    deadline = mkOption {
+      type = types.strMatching "[0-9]+(ms|s|m)?";
+      default = "10m";
+      description = "How long each step waits for peers before it exits 75 and is retried.";
+    };
+
+    diskTools = mkOption {
+      type = types.listOf types.package;
+      default = with pkgs; [
+        util-linux
+        e2fsprogs
+        xfsprogs
+      ];
+      defaultText = literalExpression "[ util-linux e2fsprogs xfsprogs ]";
+      description = "What `firstboot disk` runs: sfdisk, wipefs, partx, blkid, mkfs.*, mount.";
+    };
+
+    gatedServices = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "plasmavmc"
+        "prismnet"
+        "flashdns"
+      ];
+      description = ''
+        Application services (names without .service) that start only once the cluster is
+        ready: each gets After= and Requires= on cluster-ready.target and is pulled in by it,
+        so they start in parallel after the health check.
+      '';
+    };
+
+    logFormat = mkOption {
+      type = types.enum [
+        "pretty"
+        "json"
+      ];
+      default = "pretty";
+      description = "Log format of the oneshots.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion =
+          config.services.chainfire.enable && config.services.flaredb.enable && config.services.iam.enable;
+        message = "services.plasmacloud.firstboot: the chain runs Chainfire, FlareDB and IAM; enable services.chainfire, services.flaredb and services.iam.";
+      }
+      {
+        assertion = cfg.nodeName == null || contract == null || lib.elem cfg.nodeName (contractLib.nodeNames contract);
+        message = "services.plasmacloud.firstboot.nodeName ${toString cfg.nodeName} is not a node of the contract (${lib.concatStringsSep ", " (if contract == null then [ ] else contractLib.nodeNames contract)}).";
+      }
+    ];
+
+    environment.systemPackages = [ cfg.package ];
+
+    environment.etc = lib.mkMerge [
+      (mkIf (cfg.contract != null) {
+        "${lib.removePrefix "/etc/" cfg.contractPath}".source = cfg.contract;
+      })
+      (mkIf (cfg.nodeName != null) { "plasmacloud/node".text = "${cfg.nodeName}\n"; })
+    ];
+
+    systemd.packages = [ cfg.unitsPackage ];
+
+    # Enable the chain: cluster-ready.target pulls everything in through Requires=.
+    systemd.targets.cluster-ready = {
+      wantedBy = [ "multi-user.target" ];
+      wants = map (s: "${s}.service") cfg.gatedServices;
+    };
+
+    systemd.services = lib.mkMerge [
+      (lib.genAttrs oneshots (_: {
+        environment = {
+          PLASMACLOUD_CLUSTER = cfg.contractPath;
+          PLASMACLOUD_STATE_DIR = cfg.stateDir;
+          PLASMACLOUD_DEADLINE = cfg.deadline;
+          PLASMACLOUD_LOG_FORMAT = cfg.logFormat;
+        } // lib.optionalAttrs (cfg.nodeName != null) { PLASMACLOUD_NODE = cfg.nodeName; };
+        # The rendered units may write /var/lib/plasmacloud; another mount point needs a say.
+        serviceConfig.ReadWritePaths = lib.optional (cfg.stateDir != contractLib.defaultMountPoint) cfg.stateDir;
+      }))
+      { firstboot-disk.path = cfg.diskTools; }
+      (lib.genAttrs cfg.gatedServices (_: {
+        after = [ "cluster-ready.target" ];
+        requires = [ "cluster-ready.target" ];
+      }))
+    ];
+  };
+}

@@ -1,0 +1,281 @@
+# Pure functions over the cluster contract (cluster-config.json) and the workspace's Cargo
+# files. Nothing here needs nixpkgs: builtins only, so every function is tested with plain
+# `nix-instantiate --eval --strict` (vm-tests/nix-eval-tests.sh), on machines without nixpkgs.
+#
+# The contract crate (firstboot/contract) owns the schema and its validation; these functions
+# only read a contract that crate accepts, with the same defaults (ports, mount point) and the
+# same seed rule (the first initial voter).
+let
+  inherit (builtins)
+    attrNames
+    concatStringsSep
+    filter
+    fromJSON
+    fromTOML
+    head
+    isAttrs
+    isBool
+    isList
+    length
+    listToAttrs
+    map
+    match
+    readFile
+    replaceStrings
+    toString
+    ;
+
+  # The contract crate's defaults (firstboot/contract/src/wire.rs).
+  defaultPorts = {
+    chainfire_api = 2379;
+    chainfire_raft = 2380;
+    chainfire_gossip = 2381;
+    flaredb_api = 2479;
+    flaredb_raft = 2480;
+    iam_api = 8080;
+  };
+  defaultBootServer = {
+    http_port = 8081;
+    management_port = 8082;
+  };
+  defaultMountPoint = "/var/lib/plasmacloud";
+
+  upper = replaceStrings
+    [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" "-" ]
+    [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" "_" ];
+
+  # The one value of a list that satisfies `pred`, or an error naming what was looked for.
+  findOne =
+    what: pred: list:
+    let
+      found = filter pred list;
+    in
+    if length found == 1 then
+      head found
+    else if found == [ ] then
+      throw "contract: no ${what}"
+    else
+      throw "contract: more than one ${what}";
+
+  self = rec {
+    inherit defaultPorts defaultMountPoint;
+
+    # Reads a contract file (a path or a string path).
+    load = path: fromJSON (readFile path);
+
+    # The service ports, with the contract crate's defaults filled in.
+    ports = contract: defaultPorts // (contract.ports or { });
+
+    # The boot server entry, with default ports.
+    bootServer = contract: defaultBootServer // contract.boot_server;
+
+    nodeNames = contract: map (n: n.name) contract.nodes;
+
+    node = contract: name: findOne "node named ${name}" (n: n.name == name) contract.nodes;
+
+    nodeByMac = contract: mac: findOne "node with mac ${mac}" (n: n.mac == mac) contract.nodes;
+
+    # The initial Raft voters, in contract order; the first one is the seed.
+    voters = contract: contract.initial_voters;
+    seed = contract: head contract.initial_voters;
+    isSeed = contract: name: seed contract == name;
+    isVoter = contract: name: builtins.elem name contract.initial_voters;
+
+    # The data disk of a node, with the crate's defaults.
+    disk =
+      contract: name:
+      {
+        filesystem = "ext4";
+        label = "plasmacloud";
+        mount_point = defaultMountPoint;
+        wipe_foreign = false;
+      }
+      // (node contract name).disk;
+
+    # `http://ip:port` of a service's API on a node (`chainfire`, `flaredb` or `iam`).
+    apiUrl =
+      contract: service: name:
+      let
+        n = node contract name;
+        p = ports contract;
+        port =
+          {
+            chainfire = p.chainfire_api;
+            flaredb = p.flaredb_api;
+            iam = p.iam_api;
+          }
+          .${service};
+        scheme = if contract ? tls && contract.tls != null then "https" else "http";
+      in
+      "${scheme}://${n.ipv4}:${toString port}";
+
+    # The voters' API URLs of a service, in contract order.
+    voterUrls = contract: service: map (apiUrl contract service) (voters contract);
+
+    # TCP ports a cluster node listens on (what `openFirewall` opens on a node).
+    nodeTcpPorts =
+      contract:
+      let
+        p = ports contract;
+      in
+      [
+        p.chainfire_api
+        p.chainfire_raft
+        p.chainfire_gossip
+        p.flaredb_api
+        p.flaredb_raft
+        p.iam_api
+      ];
+
+    # What the provisioning server listens on: DHCP (67), TFTP (69), PXE (4011) over UDP; the
+    # boot plane and the management API over TCP.
+    bootServerPorts =
+      contract:
+      let
+        bs = bootServer contract;
+      in
+      {
+        udp = [
+          67
+          69
+          4011
+        ];
+        tcp = [
+          bs.http_port
+          bs.management_port
+        ];
+      };
+
+    # The port of an `ip:port` (or `[v6]:port`) address.
+    portOfAddr =
+      addr:
+      let
+        m = match ".*:([0-9]+)" addr;
+      in
+      if m == null then throw "${addr} is not ip:port" else fromJSON (head m);
+
+    # A node's network identity as NixOS options want it.
+    nodeNetwork =
+      contract: name:
+      let
+        n = node contract name;
+      in
+      {
+        hostName = n.name;
+        macAddress = n.mac;
+        address = n.ipv4;
+        prefixLength = 24;
+      };
+
+    # A node's data disk the disko way: one GPT partition over the whole disk, the
+    # contract's filesystem and label, mounted at the contract's mount point. This is the
+    # layout `firstboot disk` makes on first boot (it never reformats a disk carrying the
+    # label), so disko and the oneshot agree.
+    diskoDevices =
+      contract: name:
+      let
+        d = disk contract name;
+      in
+      {
+        disk.data = {
+          type = "disk";
+          device = d.device;
+          content = {
+            type = "gpt";
+            partitions.${d.label} = {
+              # The partition name `firstboot disk` gives it too (disko's default is
+              # disk-<disk>-<partition>).
+              label = d.label;
+              size = "100%";
+              content = {
+                type = "filesystem";
+                format = d.filesystem;
+                mountpoint = d.mount_point;
+                extraArgs = [
+                  "-L"
+                  d.label
+                ];
+                mountOptions = [ "nofail" ];
+              };
+            };
+          };
+        };
+      };
+
+    # The contract with every node's data disk on `device` (a VM whose only virtio disk is the
+    # data disk sees it as /dev/vda) and, when `credential` is not null, an IAM bootstrap
+    # credential path.
+    withTestOverrides =
+      contract:
+      {
+        device ? null,
+        credential ? null,
+      }:
+      contract
+      // {
+        nodes = map (
+          n: if device == null then n else n // { disk = (n.disk or { }) // { inherit device; }; }
+        ) contract.nodes;
+      }
+      // (
+        if credential == null then
+          { }
+        else
+          {
+            iam = (contract.iam or { }) // {
+              bootstrap_credential = credential;
+            };
+          }
+      );
+
+    # A module's freeform `settings` as the environment variables the binaries read
+    # (`PLASMACLOUD_<SERVICE>_<KEY>`; flags and variables win over the TOML file). Lists are
+    # comma-separated (what clap's value_delimiter and the `chainfire` key expect), booleans
+    # `true`/`false`, null values are dropped.
+    settingsToEnv =
+      prefix: settings:
+      let
+        render =
+          key: v:
+          if isList v then
+            concatStringsSep "," (map toString v)
+          else if isBool v then
+            (if v then "true" else "false")
+          else if isAttrs v then
+            throw "settings.${key}: nested tables have no environment form"
+          else
+            toString v;
+        keys = filter (k: settings.${k} != null) (attrNames settings);
+      in
+      listToAttrs (
+        map (k: {
+          name = "${prefix}_${upper k}";
+          value = render k settings.${k};
+        }) keys
+      );
+
+    # The workspace version from the root Cargo.toml's [workspace.package].
+    workspaceVersion = cargoToml: (fromTOML (readFile cargoToml)).workspace.package.version;
+
+    # The RocksDB version librocksdb-sys bundles (`0.17.3+10.4.2` → `10.4.2`), read from
+    # Cargo.lock: the nixpkgs rocksdb we link must have the same major.minor.
+    bundledRocksdbVersion =
+      cargoLock:
+      let
+        pkg = findOne "librocksdb-sys in Cargo.lock" (p: p.name == "librocksdb-sys") (
+          fromTOML (readFile cargoLock)
+        ).package;
+        m = match "[^+]*\\+(.*)" pkg.version;
+      in
+      if m == null then throw "librocksdb-sys ${pkg.version} names no RocksDB version" else head m;
+
+    # Do two versions share major.minor?
+    sameMajorMinor =
+      a: b:
+      let
+        mm = v: match "([0-9]+)\\.([0-9]+).*" v;
+      in
+      mm a != null && mm a == mm b;
+  };
+in
+self

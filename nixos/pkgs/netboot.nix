@@ -1,0 +1,18 @@
+# `.#netboot`: exactly the three files `netboot-image bundle --netboot` reads — the kernel
+# (bzImage), the netboot ramdisk (initrd, with the squashfs Nix store inside) and nixpkgs'
+# netboot.ipxe (whose kernel line carries init= and the kernel parameters).
+{ runCommand, nixos }:
+let
+  build = nixos.config.system.build;
+  kernelFile = nixos.config.system.boot.loader.kernelFile;
+in
+runCommand "plasmacloud-netboot"
+  {
+    passthru = { inherit nixos; };
+  }
+  ''
+    mkdir -p $out
+    ln -s ${build.kernel}/${kernelFile} $out/bzImage
+    ln -s ${build.netbootRamdisk}/initrd $out/initrd
+    ln -s ${build.netbootIpxeScript}/netboot.ipxe $out/netboot.ipxe
+  ''

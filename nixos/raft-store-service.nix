@@ -1,0 +1,229 @@
+# The NixOS module of one Raft store (Chainfire or FlareDB): both take the same options and are
+# configured the same way. chainfire.nix and flaredb.nix call this with their names and ports.
+#
+# The unit itself comes from the rendered unit files (services.plasmacloud.firstboot installs
+# them); this module only adds a drop-in: the service user, the operator's `settings` as
+# PLASMACLOUD_<SERVICE>_* variables (which win over the TOML `firstboot configure` writes),
+# TLS credentials, and the firewall.
+{
+  name,
+  displayName,
+  envPrefix,
+  # Contract port keys and their defaults.
+  apiPortKey,
+  raftPortKey,
+  gossipPortKey ? null,
+}:
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    mkOption
+    mkEnableOption
+    mkIf
+    types
+    literalExpression
+    ;
+  contractLib = import ./lib/contract.nix;
+  cfg = config.services.${name};
+  firstboot = config.services.plasmacloud.firstboot;
+  contract = if firstboot.contract == null then null else contractLib.load firstboot.contract;
+  contractPort =
+    key:
+    if contract == null then contractLib.defaultPorts.${key} else (contractLib.ports contract).${key};
+  settingsFormat = pkgs.formats.toml { };
+  defaultDataDir = "${firstboot.stateDir}/${name}";
+  # The StateDirectory= of the rendered unit: writable without a drop-in.
+  unitStateDir = "/var/lib/plasmacloud/${name}";
+  tlsEnv = lib.filterAttrs (_: v: v != null) {
+    "${envPrefix}_TLS_CERT" = cfg.tls.certFile;
+    "${envPrefix}_TLS_KEY" = if cfg.tls.keyFile == null then null else "%d/tls-key";
+    "${envPrefix}_TLS_CA" = cfg.tls.caFile;
+  };
+in
+{
+  imports = [ ./firstboot.nix ];
+
+  options.services.${name} = {
+    enable = mkEnableOption "${displayName} (unit ${name}.service from the rendered unit files)";
+
+    package = mkOption {
+      type = types.package;
+      description = "The package with the ${name}-server binary (the units' ExecStart= uses it).";
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = name;
+      description = ''
+        User the server runs as. The default is a dedicated system user; `root` keeps the
+        units as rendered (useful when the contract names TLS keys readable by root only and
+        `tls.keyFile` is not set).
+      '';
+    };
+
+    group = mkOption {
+      type = types.str;
+      default = name;
+      description = "Group the server runs as.";
+    };
+
+    apiPort = mkOption {
+      type = types.port;
+      default = contractPort apiPortKey;
+      defaultText = literalExpression "the contract's ports.${apiPortKey}";
+      description = ''
+        The API port. The contract decides the addresses (`firstboot configure` writes them);
+        this option opens the firewall and must match the contract.
+      '';
+    };
+
+    raftPort = mkOption {
+      type = types.port;
+      default = contractPort raftPortKey;
+      defaultText = literalExpression "the contract's ports.${raftPortKey}";
+      description = "The Raft port (opened by `openFirewall`; must match the contract).";
+    };
+
+    extraPorts = mkOption {
+      type = types.listOf types.port;
+      default = lib.optional (gossipPortKey != null) (contractPort gossipPortKey);
+      defaultText = literalExpression (
+        if gossipPortKey == null then "[ ]" else "[ the contract's ports.${gossipPortKey} ]"
+      );
+      description = "Further TCP ports the service uses (Chainfire's gossip port).";
+    };
+
+    dataDir = mkOption {
+      type = types.str;
+      default = defaultDataDir;
+      defaultText = literalExpression ''"''${services.plasmacloud.firstboot.stateDir}/${name}"'';
+      description = ''
+        Where the Raft log and state machine live: on the data disk. The default is where
+        `firstboot configure` puts it (the unit's StateDirectory); another path is passed as
+        ${envPrefix}_DATA_DIR and made writable.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = {
+        heartbeat_ms = 150;
+        snapshot_logs = 20000;
+      };
+      description = ''
+        Keys of ${name}-server's TOML configuration (`id`, `data_dir`, `api_addr`,
+        `raft_addr`, `tls_cert`, `tls_key`, `tls_ca`, `snapshot_logs`, `heartbeat_ms`,
+        `request_timeout_ms`${lib.optionalString (name == "flaredb") ", `chainfire`"}).
+
+        Precedence, highest first: these settings (passed as ${envPrefix}_<KEY> variables in
+        a drop-in), then /etc/plasmacloud/${name}.toml as `firstboot configure` writes it from
+        the contract, then the binary's defaults. They are also rendered with
+        `pkgs.formats.toml` to /etc/plasmacloud/${name}.settings.toml, for reading and for
+        `${name}-server --config … --check`.
+      '';
+    };
+
+    tls = {
+      certFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "TLS certificate (PEM) path on the node; null = what the contract says.";
+      };
+      keyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = ''
+          TLS private key (PEM) path on the node; null = what the contract says. Set here, it
+          is handed to the service as a systemd credential (LoadCredential=), so a key
+          readable by root only still works under a dedicated user.
+        '';
+      };
+      caFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "CA (PEM) peers are verified against; null = what the contract says.";
+      };
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the API, Raft (and gossip) TCP ports.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = firstboot.enable;
+        message = "services.${name} needs services.plasmacloud.firstboot.enable: its unit requires firstboot-configure.service.";
+      }
+      {
+        assertion =
+          contract == null
+          || (cfg.apiPort == contractPort apiPortKey && cfg.raftPort == contractPort raftPortKey);
+        message = "services.${name}: apiPort/raftPort (${toString cfg.apiPort}/${toString cfg.raftPort}) differ from the contract's ports.${apiPortKey}/${raftPortKey} (${toString (contractPort apiPortKey)}/${toString (contractPort raftPortKey)}); the contract decides the addresses — change it there.";
+      }
+      {
+        assertion = (cfg.tls.certFile == null) == (cfg.tls.keyFile == null);
+        message = "services.${name}.tls: certFile and keyFile go together.";
+      }
+    ];
+
+    warnings = lib.optional (
+      contract != null
+      && (contract.tls or null) != null
+      && cfg.tls.keyFile == null
+      && cfg.user != "root"
+    ) "services.${name}: the contract names TLS keys (root-only files on the node) and the server runs as ${cfg.user}; set services.${name}.tls.* to hand the key over as a credential, or user = \"root\".";
+
+    users.users = mkIf (cfg.user == name) {
+      ${name} = {
+        isSystemUser = true;
+        group = cfg.group;
+        description = "${displayName} server";
+      };
+    };
+    users.groups = mkIf (cfg.group == name) { ${name} = { }; };
+
+    environment.etc."plasmacloud/${name}.settings.toml" = mkIf (cfg.settings != { }) {
+      source = settingsFormat.generate "${name}.settings.toml" cfg.settings;
+    };
+
+    # A drop-in on the rendered unit (never a second ExecStart=).
+    systemd.services.${name} = {
+      environment =
+        contractLib.settingsToEnv envPrefix cfg.settings
+        // tlsEnv
+        // lib.optionalAttrs (cfg.dataDir != defaultDataDir) { "${envPrefix}_DATA_DIR" = cfg.dataDir; };
+      serviceConfig = {
+        User = cfg.user;
+        Group = cfg.group;
+        ReadWritePaths = lib.optional (cfg.dataDir != unitStateDir) cfg.dataDir;
+        LoadCredential = lib.optional (cfg.tls.keyFile != null) "tls-key:${cfg.tls.keyFile}";
+      };
+    };
+
+    systemd.tmpfiles.settings."10-${name}" = mkIf (cfg.dataDir != unitStateDir) {
+      ${cfg.dataDir}.d = {
+        user = cfg.user;
+        group = cfg.group;
+        mode = "0700";
+      };
+    };
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall (
+      [
+        cfg.apiPort
+        cfg.raftPort
+      ]
+      ++ cfg.extraPorts
+    );
+  };
+}
