@@ -2,18 +2,25 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use plasmacloud_contract::{Contract, ContractError, DEFAULT_CONTRACT_PATH};
 
 use crate::exit;
+use crate::step::{Ctx, StepResult, Store};
 
 /// The first-boot oneshots of a PlasmaCloud node.
 #[derive(Debug, Parser)]
 #[command(name = "firstboot", version, about, long_about = None)]
 pub struct Cli {
     /// Log format: `pretty` for people, `json` for machines.
-    #[arg(long, env = "PLASMACLOUD_LOG_FORMAT", default_value = "pretty", global = true)]
+    #[arg(
+        long,
+        env = "PLASMACLOUD_LOG_FORMAT",
+        default_value = "pretty",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// The step to run.
     #[command(subcommand)]
@@ -40,11 +47,45 @@ pub struct NodeArgs {
     #[arg(long, env = "PLASMACLOUD_NODE")]
     pub node: Option<String>,
     /// Where this node's persistent state lives (Raft data, done-markers).
-    #[arg(long, env = "PLASMACLOUD_STATE_DIR", default_value = "/var/lib/plasmacloud")]
+    #[arg(
+        long,
+        env = "PLASMACLOUD_STATE_DIR",
+        default_value = "/var/lib/plasmacloud"
+    )]
     pub state_dir: PathBuf,
     /// The cluster-ready marker the health check writes.
-    #[arg(long, env = "PLASMACLOUD_READY_FILE", default_value = "/run/plasmacloud/cluster-ready")]
+    #[arg(
+        long,
+        env = "PLASMACLOUD_READY_FILE",
+        default_value = "/run/plasmacloud/cluster-ready"
+    )]
     pub ready_file: PathBuf,
+    /// Where `configure` writes the services' TOML files.
+    #[arg(long, env = "PLASMACLOUD_ETC_DIR", default_value = "/etc/plasmacloud")]
+    pub etc_dir: PathBuf,
+    /// How long a step waits for peers before it exits 75 (retry later), e.g. `300s`, `10m`.
+    #[arg(long, env = "PLASMACLOUD_DEADLINE", default_value = "10m", value_parser = parse_duration)]
+    pub deadline: Duration,
+}
+
+/// Parses `90`, `90s`, `1500ms`, `10m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 90s, 1500ms, 10m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!(
+            "{s:?}: unknown unit {unit:?} (expected ms, s or m)"
+        )),
+    }
 }
 
 /// Subcommands.
@@ -54,6 +95,27 @@ pub enum Command {
     Validate {
         /// The contract file.
         file: PathBuf,
+    },
+    /// Prepare the Raft data disk (GPT, labelled filesystem, mount); never reformats ours.
+    Disk(NodeArgs),
+    /// Decide this node's Raft id and write the services' TOML from the contract.
+    Configure(NodeArgs),
+    /// Form (seed) or join (everyone else) the Chainfire cluster.
+    ChainfireJoin(NodeArgs),
+    /// Form (seed) or join (everyone else) the FlareDB cluster.
+    FlaredbJoin(NodeArgs),
+    /// Bootstrap the IAM admin (seed) or check that IAM answers (everyone else).
+    IamSetup(NodeArgs),
+    /// Check the node and the cluster, write the report, mark cluster-ready.
+    HealthCheck(NodeArgs),
+    /// Render the systemd unit graph (one source of truth) into a directory.
+    Units {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the binaries are installed (used in `ExecStart=`).
+        #[arg(long, default_value = "/usr/bin")]
+        bindir: PathBuf,
     },
     /// Print the JSON Schema of `cluster-config.json` (or of the bundle manifest).
     Schema {
@@ -88,7 +150,39 @@ pub fn init_logging(cli: &Cli) {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Disk(a) => step("disk", &a, |ctx| async move {
+            crate::disk::run(&ctx).await.map(|_| ())
+        }),
+        Command::Configure(a) => step("configure", &a, |ctx| async move {
+            crate::configure::run(&ctx, ctx.args.deadline).await
+        }),
+        Command::ChainfireJoin(a) => step("chainfire-join", &a, |ctx| async move {
+            crate::join::run(&ctx, Store::Chainfire, ctx.args.deadline).await
+        }),
+        Command::FlaredbJoin(a) => step("flaredb-join", &a, |ctx| async move {
+            crate::join::run(&ctx, Store::Flaredb, ctx.args.deadline).await
+        }),
+        Command::IamSetup(a) => step("iam-setup", &a, |ctx| async move {
+            crate::iam_setup::run(&ctx, ctx.args.deadline).await
+        }),
+        Command::HealthCheck(a) => step("health-check", &a, |ctx| async move {
+            crate::health::run(&ctx, ctx.args.deadline)
+                .await
+                .map(|_| ())
+        }),
         Command::Validate { file } => validate(&file),
+        Command::Units { out, bindir } => match crate::units::write_all(&out, &bindir) {
+            Ok(names) => {
+                for n in names {
+                    println!("{}", out.join(n).display());
+                }
+                exit::code(exit::OK)
+            }
+            Err(e) => {
+                eprintln!("cannot write units to {}: {e}", out.display());
+                exit::code(exit::CONFIG)
+            }
+        },
         Command::Schema { which } => {
             let text = match which {
                 SchemaKind::ClusterConfig => plasmacloud_contract::schema::cluster_config_schema(),
@@ -98,6 +192,47 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             print!("{text}");
             exit::code(exit::OK)
+        }
+    }
+}
+
+/// Runs one node-side step on a small runtime and maps its outcome to the exit code.
+fn step<F, Fut>(name: &str, args: &NodeArgs, body: F) -> ExitCode
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: std::future::Future<Output = StepResult<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            return exit::code(exit::RETRY);
+        }
+    };
+    let result = rt.block_on(async {
+        let ctx = Ctx::load(args)?;
+        let span = tracing::info_span!("step", step = name, node = %ctx.me.name);
+        let _guard = span.enter();
+        let ctx2 = ctx.clone();
+        let out = body(ctx).await;
+        if let Err(e) = &out {
+            ctx2.progress(name, "failed", &e.to_string()).await;
+        }
+        out
+    });
+    match result {
+        Ok(()) => exit::code(exit::OK),
+        Err(e) => {
+            tracing::error!(step = name, error = %e, "step failed");
+            eprintln!("{name}: {e}");
+            let _ = sd_notify::notify(
+                false,
+                &[sd_notify::NotifyState::Status(&format!("{name}: {e}"))],
+            );
+            exit::code(e.exit_code())
         }
     }
 }

@@ -6,4 +6,11 @@
 //! later (a peer is not there yet).
 
 pub mod cli;
+pub mod configure;
+pub mod disk;
 pub mod exit;
+pub mod health;
+pub mod iam_setup;
+pub mod join;
+pub mod step;
+pub mod units;

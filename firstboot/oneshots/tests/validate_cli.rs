@@ -25,7 +25,10 @@ fn run(file: &Path) -> (i32, String) {
 
 #[test]
 fn examples_validate_ok() {
-    for (f, line) in [("cluster-3.json", "ok: demo-3 (3 nodes)"), ("cluster-5.json", "ok: demo-5 (5 nodes)")] {
+    for (f, line) in [
+        ("cluster-3.json", "ok: demo-3 (3 nodes)"),
+        ("cluster-5.json", "ok: demo-5 (5 nodes)"),
+    ] {
         let (code, out) = run(&examples().join(f));
         assert_eq!(code, 0, "{out}");
         assert_eq!(out.trim(), line);
@@ -44,8 +47,16 @@ fn invalid_contract_prints_every_problem_and_exits_2() {
     let (code, out) = run(&file);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("2 problem(s)"), "{out}");
-    assert!(out.contains(r#"nodes[2].mac: "52:54:00:zz:00:03" is not a MAC address (expected six hex pairs"#), "{out}");
-    assert!(out.contains("ports.iam_api: 70000 is out of range"), "{out}");
+    assert!(
+        out.contains(
+            r#"nodes[2].mac: "52:54:00:zz:00:03" is not a MAC address (expected six hex pairs"#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("ports.iam_api: 70000 is out of range"),
+        "{out}"
+    );
 }
 
 #[test]

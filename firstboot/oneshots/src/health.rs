@@ -1,0 +1,375 @@
+//! `firstboot health-check`: check every service of the node and the cluster, write a report
+//! (JSON and a table), and mark the node cluster-ready.
+//!
+//! Checks run in waves; a wave is retried (with backoff, up to the deadline) until every check
+//! in it passes, and the report records how long each wave took:
+//! 1. **local** — Chainfire, FlareDB and IAM on this node answer `/health` healthy;
+//! 2. **cluster** — Chainfire and FlareDB each have a leader and exactly the contract's voters,
+//!    and this node is a member (a voter if the contract says so);
+//! 3. **iam** — on the seed, the admin logs in and `whoami` says `admin`; elsewhere IAM's
+//!    health suffices (the design: the health check logs in on the seed only).
+
+use std::time::{Duration, Instant};
+
+use plasmacloud_store_client::MemberRole;
+use serde::Serialize;
+
+use crate::iam_setup::{iam_url, read_credential};
+use crate::join::my_id;
+use crate::step::{write_atomic, Backoff, Ctx, StepError, StepResult, Store};
+
+/// One check's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Wave name.
+    pub wave: String,
+    /// What was checked, e.g. `chainfire.voters`.
+    pub name: String,
+    /// Passed?
+    pub ok: bool,
+    /// What was found (and, on failure, what was expected).
+    pub detail: String,
+}
+
+/// One wave's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Wave {
+    /// Name.
+    pub name: String,
+    /// Passed?
+    pub ok: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Wall time until it passed (or gave up), in milliseconds.
+    pub millis: u128,
+}
+
+/// The machine-readable report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Node name.
+    pub node: String,
+    /// Cluster id.
+    pub cluster_id: String,
+    /// Every wave passed?
+    pub ready: bool,
+    /// Waves in order.
+    pub waves: Vec<Wave>,
+    /// The last result of every check.
+    pub checks: Vec<Check>,
+}
+
+/// An HTTP client honouring the contract's CA.
+pub fn http_client(ctx: &Ctx) -> StepResult<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    if let Some(tls) = &ctx.contract.config.tls {
+        let pem = std::fs::read(&tls.ca_cert).map_err(|e| {
+            StepError::Config(format!("tls.ca_cert {}: {e}", tls.ca_cert.display()))
+        })?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            StepError::Config(format!("tls.ca_cert {}: {e}", tls.ca_cert.display()))
+        })?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build()
+        .map_err(|e| StepError::Config(format!("http client: {e}")))
+}
+
+fn check(wave: &str, name: &str, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        wave: wave.into(),
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+async fn wave_local(ctx: &Ctx, http: &reqwest::Client) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (name, url) in [
+        (
+            "chainfire.health",
+            format!("{}/health", ctx.api_url(Store::Chainfire, &ctx.me)),
+        ),
+        (
+            "flaredb.health",
+            format!("{}/health", ctx.api_url(Store::Flaredb, &ctx.me)),
+        ),
+        ("iam.health", format!("{}/health", iam_url(ctx))),
+    ] {
+        let c = match http.get(&url).send().await {
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                let healthy = status.is_success() && body.contains("\"healthy\"");
+                check("local", name, healthy, format!("{status} {}", body.trim()))
+            }
+            Err(e) => check(
+                "local",
+                name,
+                false,
+                format!("{url} unreachable: {e} (expected 200 healthy)"),
+            ),
+        };
+        out.push(c);
+    }
+    out
+}
+
+async fn wave_cluster(ctx: &Ctx) -> Vec<Check> {
+    let mut out = Vec::new();
+    let want = ctx.contract.voters().len();
+    for store in [Store::Chainfire, Store::Flaredb] {
+        let s = store.name();
+        let client = match ctx.client(store, ctx.contract.voters(), Duration::from_secs(5)) {
+            Ok(c) => c,
+            Err(e) => {
+                out.push(check(
+                    "cluster",
+                    &format!("{s}.members"),
+                    false,
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        let id = my_id(ctx, store).unwrap_or(0);
+        match client.members().await {
+            Ok(m) => {
+                let voters = m.voter_ids();
+                out.push(check(
+                    "cluster",
+                    &format!("{s}.leader"),
+                    m.leader.is_some(),
+                    match m.leader {
+                        Some(l) => format!("leader {l}"),
+                        None => "no leader (expected one)".into(),
+                    },
+                ));
+                out.push(check(
+                    "cluster",
+                    &format!("{s}.voters"),
+                    voters.len() == want,
+                    format!(
+                        "{} voters {voters:?} (expected {want}, the contract's initial voters)",
+                        voters.len()
+                    ),
+                ));
+                let role = m.get(id).map(|x| x.role);
+                let role_ok = match role {
+                    Some(MemberRole::Voter) => ctx.me.voter,
+                    Some(MemberRole::Learner) => !ctx.me.voter,
+                    None => false,
+                };
+                out.push(check(
+                    "cluster",
+                    &format!("{s}.self"),
+                    role_ok,
+                    format!(
+                        "id {id} is {} (expected {})",
+                        match role {
+                            Some(MemberRole::Voter) => "a voter",
+                            Some(MemberRole::Learner) => "a learner",
+                            None => "not a member",
+                        },
+                        if ctx.me.voter { "a voter" } else { "a learner" }
+                    ),
+                ));
+            }
+            Err(e) => out.push(check(
+                "cluster",
+                &format!("{s}.members"),
+                false,
+                e.to_string(),
+            )),
+        }
+    }
+    out
+}
+
+async fn wave_iam(ctx: &Ctx, http: &reqwest::Client) -> StepResult<Vec<Check>> {
+    let cred = match (ctx.is_seed(), ctx.contract.iam_bootstrap_credential()) {
+        (true, Some(p)) => read_credential(p)?,
+        (true, None) => {
+            return Ok(vec![check(
+                "iam",
+                "iam.login",
+                true,
+                "skipped: no bootstrap credential in the contract",
+            )])
+        }
+        (false, _) => {
+            return Ok(vec![check(
+                "iam",
+                "iam.login",
+                true,
+                "checked on the seed only",
+            )])
+        }
+    };
+    let base = iam_url(ctx);
+    let login = http
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({"username": cred.username, "password": cred.password}))
+        .send()
+        .await;
+    let token = match login {
+        Ok(r) if r.status().is_success() => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["token"].as_str().map(str::to_string)),
+        Ok(r) => {
+            let s = r.status();
+            let t = r.text().await.unwrap_or_default();
+            return Ok(vec![check(
+                "iam",
+                "iam.login",
+                false,
+                format!("login answered {s}: {t} (expected 200 with a token)"),
+            )]);
+        }
+        Err(e) => {
+            return Ok(vec![check(
+                "iam",
+                "iam.login",
+                false,
+                format!("login: {e}"),
+            )])
+        }
+    };
+    let Some(token) = token else {
+        return Ok(vec![check(
+            "iam",
+            "iam.login",
+            false,
+            "login answered without a token",
+        )]);
+    };
+    let who = http
+        .get(format!("{base}/v1/auth/whoami"))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    let c = match who {
+        Ok(r) if r.status().is_success() => {
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            let admin = v["roles"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "admin"));
+            check(
+                "iam",
+                "iam.login",
+                admin,
+                format!("whoami: {} roles {}", v["subject"], v["roles"]),
+            )
+        }
+        Ok(r) => check(
+            "iam",
+            "iam.login",
+            false,
+            format!("whoami answered {}", r.status()),
+        ),
+        Err(e) => check("iam", "iam.login", false, format!("whoami: {e}")),
+    };
+    Ok(vec![c])
+}
+
+/// Runs the step: waves until ready or the deadline; writes the report and the ready file.
+pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<Report> {
+    ctx.progress("health-check", "started", "").await;
+    let http = http_client(ctx)?;
+    let start = Instant::now();
+    let mut waves = Vec::new();
+    let mut checks = Vec::new();
+    let mut ready = true;
+    for name in ["local", "cluster", "iam"] {
+        let wave_start = Instant::now();
+        let mut backoff = Backoff::default();
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let result = match name {
+                "local" => wave_local(ctx, &http).await,
+                "cluster" => wave_cluster(ctx).await,
+                _ => wave_iam(ctx, &http).await?,
+            };
+            if result.iter().all(|c| c.ok) || start.elapsed() >= deadline {
+                break result;
+            }
+            tokio::time::sleep(
+                backoff
+                    .pause()
+                    .min(deadline.saturating_sub(start.elapsed())),
+            )
+            .await;
+        };
+        let ok = result.iter().all(|c| c.ok);
+        waves.push(Wave {
+            name: name.into(),
+            ok,
+            attempts,
+            millis: wave_start.elapsed().as_millis(),
+        });
+        checks.extend(result);
+        if !ok {
+            ready = false;
+            break;
+        }
+    }
+    let report = Report {
+        node: ctx.me.name.clone(),
+        cluster_id: ctx.contract.id().into(),
+        ready,
+        waves,
+        checks,
+    };
+    let json = serde_json::to_string_pretty(&report).unwrap_or_default() + "\n";
+    write_atomic(
+        &ctx.firstboot_dir().join("health-report.json"),
+        json.as_bytes(),
+    )?;
+    println!("{}", render_table(&report));
+    if !ready {
+        let failed: Vec<String> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        let msg = failed.join("; ");
+        ctx.progress("health-check", "failed", &msg).await;
+        return Err(StepError::Retry(format!("cluster not ready: {msg}")));
+    }
+    write_atomic(&ctx.args.ready_file, json.as_bytes())?;
+    ctx.progress("cluster-ready", "ok", "").await;
+    Ok(report)
+}
+
+/// The human table.
+pub fn render_table(r: &Report) -> String {
+    let mut s = format!("health of {} (cluster {}):\n", r.node, r.cluster_id);
+    for w in &r.waves {
+        s += &format!(
+            "  wave {:<8} {:<4} {:>6} ms  {} attempt(s)\n",
+            w.name,
+            if w.ok { "ok" } else { "FAIL" },
+            w.millis,
+            w.attempts
+        );
+    }
+    for c in &r.checks {
+        s += &format!(
+            "  {:<4} {:<20} {}\n",
+            if c.ok { "ok" } else { "FAIL" },
+            c.name,
+            c.detail
+        );
+    }
+    s += if r.ready {
+        "  => cluster-ready\n"
+    } else {
+        "  => NOT ready\n"
+    };
+    s
+}

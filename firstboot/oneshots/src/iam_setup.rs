@@ -1,0 +1,110 @@
+//! `firstboot iam-setup`: on the seed, bootstrap the IAM admin from the credential file the
+//! contract points to; on every other node, check that the local IAM answers.
+//!
+//! The rule: the seed (`initial_voters[0]`) seeds IAM, because exactly one node must, and the
+//! seed is the one node every contract agrees on. IAM's `POST /v1/bootstrap` is itself
+//! once-only (the same credentials again succeed without change), so a retried first boot
+//! passes and a second seed could not create a second admin.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::step::{retry_until, Attempt, Ctx, StepError, StepResult};
+
+/// The bootstrap credential file: `{"username": "...", "password": "..."}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    /// The admin's user name.
+    pub username: String,
+    /// The admin's password.
+    pub password: String,
+}
+
+/// Reads the credential file; every problem is a configuration error naming the file.
+pub fn read_credential(path: &Path) -> StepResult<Credential> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        StepError::Config(format!(
+            "iam.bootstrap_credential {}: {e} (the seed's overlay must carry it)",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        StepError::Config(format!(
+            "iam.bootstrap_credential {}: {e} (expected {{\"username\": \"…\", \"password\": \"…\"}})",
+            path.display()
+        ))
+    })
+}
+
+/// The local IAM's base URL.
+pub fn iam_url(ctx: &Ctx) -> String {
+    format!("{}://{}", ctx.scheme(), ctx.me.iam_api())
+}
+
+/// Waits until the local IAM reports healthy.
+pub async fn wait_healthy(ctx: &Ctx, http: &reqwest::Client, deadline: Duration) -> StepResult<()> {
+    let url = format!("{}/health", iam_url(ctx));
+    retry_until("the local IAM to report healthy", deadline, || async {
+        match http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => Ok(Attempt::Done(())),
+            Ok(r) => Ok(Attempt::NotYet(format!(
+                "{url} answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ))),
+            Err(e) => Ok(Attempt::NotYet(format!("{url}: {e}"))),
+        }
+    })
+    .await
+}
+
+/// Runs the step.
+pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<()> {
+    ctx.progress("iam-setup", "started", "").await;
+    let http = crate::health::http_client(ctx)?;
+    wait_healthy(ctx, &http, deadline).await?;
+    let how = match (ctx.is_seed(), ctx.contract.iam_bootstrap_credential()) {
+        (true, Some(path)) => {
+            let cred = read_credential(path)?;
+            bootstrap(ctx, &http, &cred, deadline).await?;
+            format!("admin {:?} bootstrapped", cred.username)
+        }
+        (true, None) => "no iam.bootstrap_credential in the contract; no admin created".into(),
+        (false, _) => "IAM answers (the seed bootstraps the admin)".into(),
+    };
+    ctx.mark_done("iam-setup", serde_json::json!({"how": how}))?;
+    ctx.progress("iam-setup", "ok", &how).await;
+    Ok(())
+}
+
+async fn bootstrap(
+    ctx: &Ctx,
+    http: &reqwest::Client,
+    cred: &Credential,
+    deadline: Duration,
+) -> StepResult<()> {
+    let url = format!("{}/v1/bootstrap", iam_url(ctx));
+    let body = serde_json::json!({"username": cred.username, "password": cred.password});
+    retry_until("IAM to bootstrap the admin", deadline, || async {
+        let r = match http.post(&url).json(&body).send().await {
+            Ok(r) => r,
+            Err(e) => return Ok(Attempt::NotYet(format!("{url}: {e}"))),
+        };
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        match status.as_u16() {
+            200 | 201 => Ok(Attempt::Done(())),
+            409 => Err(StepError::Config(format!(
+                "IAM was bootstrapped with other credentials ({text}); the contract's credential file does not match the cluster's admin"
+            ))),
+            400 | 422 => Err(StepError::Config(format!(
+                "IAM refused the bootstrap credential: {text}"
+            ))),
+            _ => Ok(Attempt::NotYet(format!("{url} answered {status}: {text}"))),
+        }
+    })
+    .await
+}

@@ -1,0 +1,353 @@
+//! What every step shares: the loaded contract and *self*, the step error (which decides the
+//! exit code), waits with deadlines and backoff, progress reporting, and done-markers.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use plasmacloud_contract::{Contract, ContractError, IdentitySources, NodeSpec};
+use plasmacloud_store_client::StoreClient;
+use rand::Rng;
+
+use crate::cli::NodeArgs;
+use crate::exit;
+
+/// Why a step failed; the variant decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The configuration is wrong (exit 2): retrying will not help; fix what the message names.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Something is not there yet or failed transiently (exit 75): systemd retries.
+    #[error("retry later: {0}")]
+    Retry(String),
+}
+
+impl StepError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StepError::Config(_) => exit::CONFIG,
+            StepError::Retry(_) => exit::RETRY,
+        }
+    }
+}
+
+impl From<ContractError> for StepError {
+    fn from(e: ContractError) -> Self {
+        StepError::Config(e.to_string())
+    }
+}
+
+/// Result alias.
+pub type StepResult<T> = Result<T, StepError>;
+
+/// Which Raft store a step talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Chainfire (config KV).
+    Chainfire,
+    /// FlareDB (KV / time series).
+    Flaredb,
+}
+
+impl Store {
+    /// Lowercase name, as in unit and directory names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Chainfire => "chainfire",
+            Store::Flaredb => "flaredb",
+        }
+    }
+}
+
+/// The loaded contract, *self*, and the node-side paths.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The validated contract.
+    pub contract: Contract,
+    /// This node's entry.
+    pub me: NodeSpec,
+    /// The flags.
+    pub args: NodeArgs,
+}
+
+impl Ctx {
+    /// Loads the contract and finds self (by `--node`, the kernel command line, the identity
+    /// file, or a local MAC).
+    pub fn load(args: &NodeArgs) -> StepResult<Self> {
+        let contract = Contract::load(&args.cluster)?;
+        let sources = IdentitySources::from_system(Path::new("/"), args.node.clone());
+        let me = contract.find_self(&sources)?.clone();
+        Ok(Self {
+            contract,
+            me,
+            args: args.clone(),
+        })
+    }
+
+    /// `https` when the contract turns TLS on, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.contract.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// API URL of `store` on `node`.
+    pub fn api_url(&self, store: Store, node: &NodeSpec) -> String {
+        let addr = match store {
+            Store::Chainfire => node.chainfire_api(),
+            Store::Flaredb => node.flaredb_api(),
+        };
+        format!("{}://{addr}", self.scheme())
+    }
+
+    /// Raft address of `store` on `node`.
+    pub fn raft_addr(&self, store: Store, node: &NodeSpec) -> String {
+        match store {
+            Store::Chainfire => node.chainfire_raft(),
+            Store::Flaredb => node.flaredb_raft(),
+        }
+    }
+
+    /// A client for `store` over the given nodes' APIs.
+    pub fn client<'a>(
+        &self,
+        store: Store,
+        nodes: impl IntoIterator<Item = &'a NodeSpec>,
+        timeout: Duration,
+    ) -> StepResult<StoreClient> {
+        let endpoints: Vec<String> = nodes.into_iter().map(|n| self.api_url(store, n)).collect();
+        let mut b = StoreClient::builder(endpoints)
+            .timeout(timeout)
+            .membership_timeout(Duration::from_secs(120));
+        if let Some(tls) = &self.contract.config.tls {
+            b = b
+                .ca_file(&tls.ca_cert)
+                .map_err(|e| StepError::Config(format!("tls.ca_cert: {e}")))?;
+        }
+        b.build()
+            .map_err(|e| StepError::Config(format!("{} client: {e}", store.name())))
+    }
+
+    /// A client for `store` on this node only.
+    pub fn local_client(&self, store: Store) -> StepResult<StoreClient> {
+        let me = self.me.clone();
+        self.client(store, [&me], Duration::from_secs(5))
+    }
+
+    /// A client for `store` over every other initial voter (the members a joiner asks).
+    pub fn peers_client(&self, store: Store) -> StepResult<StoreClient> {
+        let peers: Vec<NodeSpec> = self
+            .contract
+            .voters()
+            .into_iter()
+            .filter(|n| n.name != self.me.name)
+            .cloned()
+            .collect();
+        if peers.is_empty() {
+            return Err(StepError::Config(format!(
+                "{} is the only voter; there is no cluster to join",
+                self.me.name
+            )));
+        }
+        self.client(store, &peers, Duration::from_secs(5))
+    }
+
+    /// Is this node the seed (bootstraps the stores, seeds IAM)?
+    pub fn is_seed(&self) -> bool {
+        self.contract.is_seed(&self.me.name)
+    }
+
+    /// The data directory of `store` on this node.
+    pub fn data_dir(&self, store: Store) -> PathBuf {
+        self.args.state_dir.join(store.name())
+    }
+
+    /// Where the done-markers and reports live: on the persistent data disk, never in /etc
+    /// (a netbooted node boots from RAM).
+    pub fn firstboot_dir(&self) -> PathBuf {
+        self.args.state_dir.join("firstboot")
+    }
+
+    /// The done-marker of `step`.
+    pub fn marker(&self, step: &str) -> PathBuf {
+        self.firstboot_dir().join(format!("{step}.done"))
+    }
+
+    /// Writes the done-marker of `step` (atomically) with a small JSON body.
+    pub fn mark_done(&self, step: &str, detail: serde_json::Value) -> StepResult<()> {
+        let body = serde_json::json!({
+            "step": step,
+            "node": self.me.name,
+            "cluster_id": self.contract.id(),
+            "detail": detail,
+        });
+        write_atomic(&self.marker(step), format!("{body}\n").as_bytes())
+    }
+
+    /// Reads the done-marker of `step`, if present and for this cluster.
+    pub fn done(&self, step: &str) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.marker(step)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        (v["cluster_id"] == self.contract.id()).then_some(v)
+    }
+
+    /// Reports progress: sd-notify `STATUS=`, a log line, and a best-effort phase event to the
+    /// boot server's management listener (never blocking the step).
+    pub async fn progress(&self, phase: &str, status: &str, detail: &str) {
+        let line = format!(
+            "{phase}: {status}{}{detail}",
+            if detail.is_empty() { "" } else { ": " }
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&line)]);
+        tracing::info!(node = %self.me.name, phase, status, detail, "progress");
+        let url = format!(
+            "http://{}:{}/v1/nodes/{}/events",
+            self.contract.boot_server,
+            self.contract.config.boot_server.management_port,
+            self.me.name
+        );
+        let body = serde_json::json!({"phase": phase, "status": status, "detail": detail});
+        let client = reqwest::Client::new();
+        let send = client
+            .post(url)
+            .timeout(Duration::from_millis(500))
+            .json(&body)
+            .send();
+        // Best effort: the boot server may be absent (process racks, a rebooted server).
+        let _ = tokio::time::timeout(Duration::from_millis(600), send).await;
+    }
+}
+
+/// Writes `path` via a temporary file and a rename, creating parent directories.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> StepResult<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let fail = |what: &str, e: std::io::Error| {
+        StepError::Retry(format!(
+            "cannot {what} {}: {e} (is the disk full or read-only?)",
+            path.display()
+        ))
+    };
+    std::fs::create_dir_all(parent).map_err(|e| fail("create the directory of", e))?;
+    let tmp = parent.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| fail("write", e))?;
+    if let Ok(f) = std::fs::File::open(&tmp) {
+        let _ = f.sync_all();
+    }
+    std::fs::rename(&tmp, path).map_err(|e| fail("rename into", e))
+}
+
+/// Exponential backoff with jitter: 100 ms doubling to 3 s, ±25 %.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            next: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    /// The next pause (and advances).
+    pub fn pause(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(3));
+        let jitter = rand::thread_rng().gen_range(0.75..1.25);
+        base.mul_f64(jitter)
+    }
+}
+
+/// What an attempt of [`retry_until`] decided.
+pub enum Attempt<T> {
+    /// Done.
+    Done(T),
+    /// Not yet; the string says what is awaited (for the deadline's message).
+    NotYet(String),
+}
+
+/// Runs `attempt` until it is done, fails with a configuration error, or `deadline` passes
+/// (then [`StepError::Retry`] naming what was awaited). Backs off between attempts.
+pub async fn retry_until<T, F, Fut>(what: &str, deadline: Duration, mut attempt: F) -> StepResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = StepResult<Attempt<T>>>,
+{
+    let start = Instant::now();
+    let mut backoff = Backoff::default();
+    loop {
+        let last = match attempt().await {
+            Ok(Attempt::Done(v)) => return Ok(v),
+            Ok(Attempt::NotYet(why)) | Err(StepError::Retry(why)) => why,
+            Err(e @ StepError::Config(_)) => return Err(e),
+        };
+        let elapsed = start.elapsed();
+        if elapsed >= deadline {
+            return Err(StepError::Retry(format!(
+                "gave up after {:.0?} waiting for {what}: {last}",
+                elapsed
+            )));
+        }
+        tracing::debug!(what, last = %last, "not yet");
+        tokio::time::sleep(backoff.pause().min(deadline.saturating_sub(elapsed))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        let mut b = Backoff::default();
+        let first = b.pause();
+        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
+        for _ in 0..20 {
+            assert!(b.pause() <= Duration::from_millis(3750));
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_until_names_what_it_waited_for() {
+        let e = retry_until::<(), _, _>("the seed", Duration::from_millis(50), || async {
+            Ok(Attempt::NotYet("unreachable".into()))
+        })
+        .await
+        .expect_err("must time out");
+        let text = e.to_string();
+        assert!(text.contains("waiting for the seed: unreachable"), "{text}");
+        assert_eq!(e.exit_code(), exit::RETRY);
+
+        let mut n = 0;
+        let v = retry_until("three tries", Duration::from_secs(5), || {
+            n += 1;
+            let done = n >= 3;
+            async move {
+                Ok(if done {
+                    Attempt::Done(7)
+                } else {
+                    Attempt::NotYet("x".into())
+                })
+            }
+        })
+        .await
+        .expect("done");
+        assert_eq!(v, 7);
+
+        let e = retry_until::<(), _, _>("config", Duration::from_secs(5), || async {
+            Err(StepError::Config("bad".into()))
+        })
+        .await
+        .expect_err("config errors end at once");
+        assert_eq!(e.exit_code(), exit::CONFIG);
+    }
+}

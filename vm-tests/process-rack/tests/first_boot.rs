@@ -1,0 +1,204 @@
+//! The first-boot chain on racks of real processes (chainfire, flaredb, iam, firstboot) on
+//! 127.0.x.y. Each test reads as phases; every wait has a deadline.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use local_rack::{node_ip, Rack, RackSpec};
+use plasmacloud_store_client::{MemberRole, MembersResponse, StoreClient};
+use plasmacloud_testkit::workspace_binary;
+
+fn bin_dir() -> PathBuf {
+    workspace_binary("firstboot")
+        .parent()
+        .expect("bin dir")
+        .to_path_buf()
+}
+
+fn spec(nodes: usize, subnet: u8, delays: Vec<Duration>, work: &std::path::Path) -> RackSpec {
+    RackSpec {
+        nodes,
+        subnet,
+        work: work.to_path_buf(),
+        bin_dir: bin_dir(),
+        delays,
+        timeout: Duration::from_secs(240),
+        verbose: true,
+    }
+}
+
+async fn members(rack: &Rack, store: &str) -> MembersResponse {
+    let port = if store == "chainfire" { 2379 } else { 2479 };
+    let endpoints: Vec<String> = (0..rack.spec.nodes)
+        .map(|i| format!("http://{}:{port}", node_ip(rack.spec.subnet, i)))
+        .collect();
+    StoreClient::new(endpoints)
+        .expect("client")
+        .members()
+        .await
+        .expect("members")
+}
+
+fn voters(m: &MembersResponse) -> Vec<u64> {
+    let mut v = m.voter_ids();
+    v.sort();
+    v
+}
+
+fn step(rack: &Rack, name: &str, step: &str) -> (i32, String) {
+    let out = Command::new(bin_dir().join("firstboot"))
+        .arg(step)
+        .args(rack.node_args(name, Duration::from_secs(20)))
+        .output()
+        .expect("run firstboot");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+async fn iam_login(rack: &Rack, node: usize, user: &str, password: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{}:8080/v1/auth/login", node_ip(rack.spec.subnet, node)))
+        .json(&serde_json::json!({"username": user, "password": password}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_shuffled_form_one_cluster_and_reruns_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Random order, random delays: node03 first, the seed last.
+    let delays = vec![
+        Duration::from_millis(1500),
+        Duration::from_millis(700),
+        Duration::ZERO,
+    ];
+    let rack = Arc::new(Rack::new(spec(3, 61, delays, dir.path())).unwrap());
+
+    // Phase: cold start of the whole chain on every node.
+    let ready = rack.run_all().await;
+    eprintln!("{}", rack.summary_line());
+    assert_eq!(ready, 3, "{:#?}", rack.timelines.lock().unwrap());
+
+    // Phase: exactly one cluster of 3 voters in each store, with a leader.
+    for store in ["chainfire", "flaredb"] {
+        let m = members(&rack, store).await;
+        assert_eq!(voters(&m), vec![1, 2, 3], "{store}: ids 1 (seed) and 2, 3 from the counter");
+        assert_eq!(m.voter_ids().len(), 3, "{store}: {m:?}");
+        assert!(m.leader.is_some(), "{store}: no leader");
+        assert!(m.members.iter().all(|x| x.role == MemberRole::Voter), "{store}: {m:?}");
+    }
+    let cf_before = members(&rack, "chainfire").await;
+    let fd_before = members(&rack, "flaredb").await;
+
+    // Phase: one IAM admin: the bootstrap credential logs in on every node; another
+    // credential cannot bootstrap a second admin.
+    for i in 0..3 {
+        assert_eq!(iam_login(&rack, i, "admin", "rack-admin-password-1").await, 200, "login on node {i}");
+    }
+    let second = reqwest::Client::new()
+        .post(format!("http://{}:8080/v1/bootstrap", node_ip(61, 2)))
+        .json(&serde_json::json!({"username": "intruder", "password": "another-long-password-2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status().as_u16(), 409);
+
+    // Phase: every step again on every node changes nothing.
+    for name in rack.names.clone() {
+        for s in ["disk", "configure", "chainfire-join", "flaredb-join", "iam-setup", "health-check"] {
+            let (code, out) = step(&rack, &name, s);
+            assert_eq!(code, 0, "{name} {s} again: {out}");
+        }
+    }
+    assert_eq!(voters(&members(&rack, "chainfire").await), voters(&cf_before));
+    assert_eq!(voters(&members(&rack, "flaredb").await), voters(&fd_before));
+    assert_eq!(members(&rack, "chainfire").await.members.len(), 3);
+
+    // Phase: restart one node's services with its data: it comes back as the same member.
+    let id_before = std::fs::read_to_string(rack.node_dir("node02").join("state/chainfire/node_id")).unwrap();
+    for s in ["iam", "flaredb", "chainfire"] {
+        rack.kill_service("node02", s).await;
+    }
+    rack.run_chain("node02").await.expect("node02 comes back");
+    let id_after = std::fs::read_to_string(rack.node_dir("node02").join("state/chainfire/node_id")).unwrap();
+    assert_eq!(id_before, id_after);
+    assert_eq!(voters(&members(&rack, "chainfire").await), voters(&cf_before));
+    assert_eq!(voters(&members(&rack, "flaredb").await), voters(&fd_before));
+
+    // Phase: bad input is a clear error and joins nothing.
+    let (code, out) = step(&rack, "node09", "configure");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("node \"node09\" is not in cluster"), "{out}");
+
+    let mut other = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&rack.contract).unwrap()).unwrap();
+    other["cluster"]["id"] = serde_json::json!("some-other-cluster");
+    other["nodes"].as_array_mut().unwrap().push(serde_json::json!({
+        "name": "node04", "mac": "52:54:00:3d:00:09", "ipv4": "127.0.61.13", "roles": ["worker"]
+    }));
+    let other_path = dir.path().join("other-contract.json");
+    std::fs::write(&other_path, other.to_string()).unwrap();
+    let out = Command::new(bin_dir().join("firstboot"))
+        .args(["configure", "--cluster"])
+        .arg(&other_path)
+        .args(["--node", "node04", "--deadline", "20s"])
+        .arg("--state-dir")
+        .arg(dir.path().join("node04/state"))
+        .arg("--etc-dir")
+        .arg(dir.path().join("node04/etc"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("two contracts disagree"), "{text}");
+    assert_eq!(members(&rack, "chainfire").await.members.len(), 3, "nothing half-joined");
+
+    std::fs::write(dir.path().join("broken.json"), "{\"version\": 1,").unwrap();
+    let out = Command::new(bin_dir().join("firstboot"))
+        .args(["configure", "--node", "node01", "--cluster"])
+        .arg(dir.path().join("broken.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.json: line 1"));
+
+    rack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_peers_past_the_deadline_exit_75_and_name_what_was_awaited() {
+    let dir = tempfile::tempdir().unwrap();
+    let rack = Rack::new(spec(3, 62, vec![], dir.path())).unwrap();
+    // node02 alone: the seed never comes.
+    let out = Command::new(bin_dir().join("firstboot"))
+        .arg("configure")
+        .args(rack.node_args("node02", Duration::from_secs(3)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(75), "{text}");
+    assert!(text.contains("waiting for a Raft id from the Chainfire counter"), "{text}");
+    assert!(!rack.node_dir("node02").join("state/chainfire/node_id").exists(), "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_with_one_starting_30_s_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut delays = vec![Duration::ZERO; 5];
+    delays[3] = Duration::from_secs(30);
+    let rack = Arc::new(Rack::new(spec(5, 63, delays, dir.path())).unwrap());
+    let ready = rack.run_all().await;
+    eprintln!("{}", rack.summary_line());
+    assert_eq!(ready, 5, "{:#?}", rack.timelines.lock().unwrap());
+    for store in ["chainfire", "flaredb"] {
+        let m = members(&rack, store).await;
+        assert_eq!(m.voter_ids().len(), 5, "{store}: {m:?}");
+        assert_eq!(m.members.len(), 5, "{store}: {m:?}");
+    }
+    rack.shutdown().await;
+}
