@@ -183,6 +183,18 @@ pub fn write_bundle(
     base: &[u8],
     cmdline_extra: &str,
 ) -> PathBuf {
+    write_bundle_with(dir, contract, kernel, base, cmdline_extra, &overlay_bytes)
+}
+
+/// [`write_bundle`] with overlays made by `overlay(node)`.
+pub fn write_bundle_with(
+    dir: &Path,
+    contract: &Path,
+    kernel: &[u8],
+    base: &[u8],
+    cmdline_extra: &str,
+    overlay: &dyn Fn(&str) -> Vec<u8>,
+) -> PathBuf {
     let c = plasmacloud_contract::Contract::load(contract).unwrap();
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(bundle.join("nodes")).unwrap();
@@ -201,7 +213,7 @@ pub fn write_bundle(
     let mut entries = std::collections::BTreeMap::new();
     for n in &c.nodes {
         let p = format!("nodes/{}.cpio", n.name);
-        add(&p, &overlay_bytes(&n.name), true);
+        add(&p, &overlay(&n.name), true);
         entries.insert(
             n.name.clone(),
             BootEntry {
@@ -334,4 +346,184 @@ pub fn curl(ns: &str, args: &[&str]) -> (bool, String) {
 /// Parses the server address used in the tests.
 pub fn server_ip() -> Ipv4Addr {
     SERVER_IP.parse().unwrap()
+}
+
+/// One cpio (newc) entry.
+pub enum CpioEntry<'a> {
+    /// A directory.
+    Dir(&'a str),
+    /// A regular file with its mode bits.
+    File(&'a str, u32, &'a [u8]),
+    /// A character device (major, minor).
+    Char(&'a str, u32, u32),
+}
+
+/// Writes a newc cpio archive (what the kernel unpacks as initramfs).
+pub fn cpio(entries: &[CpioEntry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut put = |ino: u32, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)| {
+        let hdr = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            0, 0, 1, 0, data.len(), 0, 0, rdev.0, rdev.1, name.len() + 1, 0
+        );
+        out.extend_from_slice(hdr.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let ino = i as u32 + 1;
+        match e {
+            CpioEntry::Dir(n) => put(ino, n, 0o040755, &[], (0, 0)),
+            CpioEntry::File(n, m, d) => put(ino, n, 0o100000 | m, d, (0, 0)),
+            CpioEntry::Char(n, ma, mi) => put(ino, n, 0o020600, &[], (*ma, *mi)),
+        }
+    }
+    put(0, "TRAILER!!!", 0, &[], (0, 0));
+    out
+}
+
+/// The marker the test initramfs prints on the serial console.
+pub const INIT_MARKER: &str = "PLASMACLOUD-INIT-REACHED";
+
+/// A tiny initramfs: static busybox and an /init that prints [`INIT_MARKER`], the node name
+/// from the overlay (or `none`), and powers off.
+pub fn test_initrd() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let init = format!(
+        "#!/bin/busybox sh\n/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\necho \"{INIT_MARKER} node=$(/bin/busybox cat /etc/plasmacloud-node 2>/dev/null || echo none)\"\n/bin/busybox poweroff -f\n"
+    );
+    cpio(&[
+        CpioEntry::Dir("bin"),
+        CpioEntry::Dir("dev"),
+        CpioEntry::Dir("etc"),
+        CpioEntry::Char("dev/console", 5, 1),
+        CpioEntry::File("bin/busybox", 0o755, &busybox),
+        CpioEntry::File("init", 0o755, init.as_bytes()),
+    ])
+}
+
+/// A node overlay cpio holding /etc/plasmacloud-node.
+pub fn test_overlay(node: &str) -> Vec<u8> {
+    let body = format!("{node}\n");
+    cpio(&[
+        CpioEntry::Dir("etc"),
+        CpioEntry::File("etc/plasmacloud-node", 0o644, body.as_bytes()),
+    ])
+}
+
+/// The newest Debian kernel in /boot.
+pub fn debian_kernel() -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+/// Firmware for a test VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS + QEMU's iPXE ROM.
+    Bios,
+    /// OVMF (q35, pflash code + a copy of the vars).
+    Uefi,
+}
+
+/// Starts a TCG VM on tap `tap` (in the rack's hub namespace) that network-boots; its serial
+/// console goes to `serial`.
+pub fn start_vm(
+    rack: &Rack,
+    tap: &str,
+    mac: &str,
+    fw: Firmware,
+    dir: &Path,
+    serial: &Path,
+) -> Process {
+    let mut args: Vec<String> = vec![
+        "qemu-system-x86_64".into(),
+        "-accel".into(),
+        "tcg".into(),
+        "-m".into(),
+        "384".into(),
+    ];
+    args.extend(
+        [
+            "-display",
+            "none",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-boot",
+            "n",
+        ]
+        .map(String::from),
+    );
+    args.push("-serial".into());
+    args.push(format!("file:{}", serial.display()));
+    match fw {
+        Firmware::Bios => args.extend(["-machine", "pc"].map(String::from)),
+        Firmware::Uefi => {
+            let vars = dir.join(format!("{tap}-vars.fd"));
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+            args.extend(["-machine", "q35"].map(String::from));
+            args.push("-drive".into());
+            args.push(
+                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            );
+            args.push("-drive".into());
+            args.push(format!("if=pflash,format=raw,file={}", vars.display()));
+        }
+    }
+    args.push("-netdev".into());
+    args.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
+    args.push("-device".into());
+    args.push(format!("virtio-net-pci,netdev=n0,mac={mac}"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cmd = Rack::exec(&rack.hub, &refs);
+    Process::spawn("qemu", cmd, &dir.join(format!("{tap}-qemu.log"))).unwrap()
+}
+
+/// Waits until the serial log holds `needle`; returns the seconds it took from `since`.
+pub fn wait_serial(
+    serial: &Path,
+    needle: &str,
+    since: std::time::Instant,
+    deadline: Duration,
+) -> Result<f64, String> {
+    plasmacloud_testkit::wait_until(
+        &format!("serial console to show {needle:?}"),
+        deadline,
+        || {
+            let text = std::fs::read(serial).unwrap_or_default();
+            String::from_utf8_lossy(&text)
+                .contains(needle)
+                .then(|| since.elapsed().as_secs_f64())
+        },
+    )
+    .map_err(|e| {
+        let text = std::fs::read(serial).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let tail: String = text
+            .chars()
+            .rev()
+            .take(3000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("{e}\n--- serial tail ---\n{tail}")
+    })
 }

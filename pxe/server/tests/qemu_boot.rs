@@ -1,0 +1,177 @@
+//! QEMU end-to-end (root, TCG): VMs PXE-boot a Debian kernel and a tiny busybox initramfs
+//! from pxe-server and reach `/init`, which prints a marker and the node name it found in its
+//! overlay on the serial console. BIOS (SeaBIOS + QEMU's iPXE ROM) and UEFI (OVMF, q35) in
+//! full mode; BIOS in proxy mode beside dnsmasq (dnsmasq gives the address, we the boot file).
+//! The VMs run one after another (TCG is slow enough alone).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use plasmacloud_testkit::{require, Need, Process};
+
+const BOOT_DEADLINE: Duration = Duration::from_secs(150);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    d: std::path::PathBuf,
+    cluster: std::path::PathBuf,
+    bundle: std::path::PathBuf,
+    ipxe: std::path::PathBuf,
+}
+
+fn fixture() -> Option<Fixture> {
+    let kernel = debian_kernel()?;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let cluster = write_contract(&d, 8081, 8082);
+    let bundle = write_bundle_with(
+        &d,
+        &cluster,
+        &std::fs::read(kernel).unwrap(),
+        &test_initrd(),
+        "console=ttyS0 panic=-1",
+        &test_overlay,
+    );
+    let ipxe = write_ipxe_dir(&d);
+    Some(Fixture {
+        _dir: dir,
+        d,
+        cluster,
+        bundle,
+        ipxe,
+    })
+}
+
+fn needs(test: &str) -> bool {
+    require(
+        test,
+        &[
+            Need::Root,
+            Need::Tool("qemu-system-x86_64"),
+            Need::Tool("dnsmasq"),
+        ],
+    ) && {
+        let ok = debian_kernel().is_some()
+            && std::path::Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").exists();
+        if !ok {
+            assert!(
+                !plasmacloud_testkit::in_ci(),
+                "{test}: needs linux-image-amd64 (a /boot/vmlinuz-*) and ovmf"
+            );
+            eprintln!("SKIP {test}: needs linux-image-amd64 and ovmf");
+        }
+        ok
+    }
+}
+
+fn boot_full(fx: &Fixture, fw: Firmware, node: usize) -> f64 {
+    let mut rack = Rack::new();
+    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
+    rack.tap("tap0");
+    let state = fx.d.join(format!("state-{fw:?}"));
+    let args = server_args(
+        "full",
+        &fx.cluster,
+        &fx.bundle,
+        &fx.ipxe,
+        &state,
+        &["--dhcp-range", "10.77.0.100-10.77.0.150"],
+    );
+    let server = start_server(&srv, &args, &fx.d.join(format!("server-{fw:?}.log")));
+    let serial = fx.d.join(format!("serial-{fw:?}.log"));
+    let (name, mac, _) = NODES[node];
+    let t0 = Instant::now();
+    let mut vm = start_vm(&rack, "tap0", mac, fw, &fx.d, &serial);
+    let want = format!("{INIT_MARKER} node={name}");
+    let secs = wait_serial(&serial, &want, t0, BOOT_DEADLINE)
+        .unwrap_or_else(|e| panic!("{fw:?}: {e}\n--- server log ---\n{}", server.proc.output()));
+    eprintln!("{fw:?}: power-on to /init with node={name} in {secs:.1} s");
+    // The server saw the whole path.
+    let (_, status) = curl(&srv, &["http://10.77.0.1:8082/v1/events"]);
+    for phase in ["\"dhcp\"", "\"ipxe-script\"", "\"kernel\"", "\"overlay\""] {
+        assert!(status.contains(phase), "{fw:?}: no {phase} event: {status}");
+    }
+    vm.kill();
+    drop(server);
+    secs
+}
+
+#[test]
+fn vms_pxe_boot_to_init() {
+    if !needs("vms_pxe_boot_to_init") {
+        return;
+    }
+    let fx = fixture().unwrap();
+
+    eprintln!("phase: BIOS VM, full mode");
+    let bios = boot_full(&fx, Firmware::Bios, 0);
+
+    eprintln!("phase: UEFI VM (OVMF), full mode");
+    let uefi = boot_full(&fx, Firmware::Uefi, 1);
+
+    eprintln!("phase: BIOS VM, proxy mode beside dnsmasq");
+    let mut rack = Rack::new();
+    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
+    let dns = rack.attach("dns", "dns0", "52:54:00:ff:00:02", Some("10.77.0.2/24"));
+    rack.tap("tap0");
+    let mut dnsmasq = Process::spawn(
+        "dnsmasq",
+        Rack::exec(
+            &dns,
+            &[
+                "dnsmasq",
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--interface=dns0",
+                "--bind-interfaces",
+                "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+                "--log-dhcp",
+                &format!("--dhcp-leasefile={}", fx.d.join("dnsmasq.leases").display()),
+                &format!("--pid-file={}", fx.d.join("dnsmasq.pid").display()),
+            ],
+        ),
+        &fx.d.join("dnsmasq.log"),
+    )
+    .unwrap();
+    dnsmasq
+        .wait_for_output("DHCP, IP range", Duration::from_secs(10))
+        .unwrap();
+    let args = server_args(
+        "proxy",
+        &fx.cluster,
+        &fx.bundle,
+        &fx.ipxe,
+        &fx.d.join("state-proxy"),
+        &[],
+    );
+    let server = start_server(&srv, &args, &fx.d.join("server-proxy.log"));
+    let serial = fx.d.join("serial-proxy.log");
+    let t0 = Instant::now();
+    let _vm = start_vm(&rack, "tap0", NODES[2].1, Firmware::Bios, &fx.d, &serial);
+    let want = format!("{INIT_MARKER} node={}", NODES[2].0);
+    let proxy = wait_serial(&serial, &want, t0, BOOT_DEADLINE).unwrap_or_else(|e| {
+        panic!(
+            "proxy: {e}\n--- server ---\n{}\n--- dnsmasq ---\n{}",
+            server.proc.output(),
+            dnsmasq.output()
+        )
+    });
+    let dlog = dnsmasq.output();
+    assert!(
+        dlog.contains("DHCPACK") && dlog.contains(NODES[2].1),
+        "dnsmasq gave the address:\n{dlog}"
+    );
+    let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
+    assert!(m.contains("pxe_dhcp_offers_total{mode=\"proxy\"}"), "{m}");
+    assert!(
+        !m.contains("pxe_dhcp_offers_total{mode=\"proxy\"} 0\n"),
+        "{m}"
+    );
+    eprintln!("proxy (BIOS beside dnsmasq): power-on to /init in {proxy:.1} s");
+    eprintln!("boot times: bios {bios:.1} s, uefi {uefi:.1} s, proxy {proxy:.1} s");
+}
