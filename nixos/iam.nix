@@ -29,8 +29,6 @@ let
   unitStateDir = "/var/lib/plasmacloud/iam";
 in
 {
-  imports = [ ./firstboot.nix ];
-
   options.services.iam = {
     enable = mkEnableOption "PlasmaCloud IAM (unit iam.service from the rendered unit files)";
 

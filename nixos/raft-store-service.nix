@@ -46,8 +46,6 @@ let
   };
 in
 {
-  imports = [ ./firstboot.nix ];
-
   options.services.${name} = {
     enable = mkEnableOption "${displayName} (unit ${name}.service from the rendered unit files)";
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The Nix checks that run without nixpkgs (Debian's nix-bin is enough):
+#   1. `nix-instantiate --parse` on every .nix file of the repository;
+#   2. pure tests (vm-tests/nixos/eval/pure.nix): nixos/lib/contract.nix on the example
+#      contracts, the nodes' disko layouts, the version readers;
+#   3. module type checks (vm-tests/nixos/eval/modules.nix): `lib.evalModules` over our NixOS
+#      modules with nixpkgs' lib alone — only when that lib is present (NIXPKGS_LIB, default
+#      /tmp/nixpkgs-lib/lib; it is fetched locally and never committed), skipped otherwise.
+# Prints every test, then `N passed, M failed` (and what was skipped); exits 1 on a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nix-instantiate >/dev/null; then
+  echo "nix-eval-tests: nix-instantiate not found (apt-get install nix-bin)" >&2
+  exit 1
+fi
+
+passed=0
+failed=0
+skipped=()
+pass() { passed=$((passed + 1)); echo "ok    $1"; }
+fail() { failed=$((failed + 1)); echo "FAIL  $1"; [ -n "${2:-}" ] && echo "$2" | sed 's/^/      /'; return 0; }
+
+# 1. Parse.
+while IFS= read -r -d '' f; do
+  if out=$(nix-instantiate --parse "$f" 2>&1 >/dev/null); then
+    pass "parse ${f#./}"
+  else
+    fail "parse ${f#./}" "$out"
+  fi
+done < <(find . -name '*.nix' -not -path './target/*' -not -path './.git/*' -print0 | sort -z)
+
+# Runs a test file (a list of { name, expected, actual }) and reports each test.
+run_tests() {
+  local label=$1
+  shift
+  local json
+  if ! json=$(nix-instantiate --eval --strict --json "$@" 2>&1); then
+    fail "$label: evaluation" "$json"
+    return
+  fi
+  while IFS=$'\t' read -r status name detail; do
+    if [ "$status" = ok ]; then pass "$label: $name"; else fail "$label: $name" "$detail"; fi
+  done < <(python3 -c '
+import json, sys
+for t in json.load(sys.stdin):
+    status = "ok" if t["ok"] else "fail"
+    detail = "" if t["ok"] else "expected %s, got %s" % (json.dumps(t["expected"]), json.dumps(t["actual"]))
+    print("%s\t%s\t%s" % (status, t["name"], detail))
+' <<<"$json")
+}
+
+report='map (t: { inherit (t) name expected actual; ok = t.expected == t.actual; })'
+
+# 2. Pure tests.
+run_tests pure -E "$report (import ./vm-tests/nixos/eval/pure.nix)"
+
+# 3. Module type checks with nixpkgs' lib, when it is here.
+lib_dir=${NIXPKGS_LIB:-/tmp/nixpkgs-lib/lib}
+if [ -f "$lib_dir/default.nix" ]; then
+  run_tests modules --arg lib "import $lib_dir" \
+    -E "{ lib }: $report (import ./vm-tests/nixos/eval/modules.nix { inherit lib; })"
+else
+  skipped+=("module type checks: no nixpkgs lib at $lib_dir (fetch nix-community/nixpkgs.lib and extract it there, or set NIXPKGS_LIB)")
+fi
+
+echo
+echo "$passed passed, $failed failed"
+for s in "${skipped[@]}"; do echo "skipped: $s"; done
+[ "$failed" -eq 0 ]

@@ -1,0 +1,456 @@
+# Type checks of the NixOS modules with nixpkgs' lib alone: `lib.evalModules` with a freeform
+# root module stands in for NixOS (the options our modules define into — systemd, users,
+# networking, environment, boot — are free-form there), so our own option declarations and
+# definitions are checked: types (a port of 70000 is refused), assertions, and what the
+# config renders. Local only: nixpkgs' lib is fetched, never committed.
+# Usage: nix-instantiate --eval --strict --arg lib 'import /tmp/nixpkgs-lib/lib' modules.nix
+{ lib }:
+let
+  root = ../../..;
+  contractFile = root + "/examples/cluster-3.json";
+
+  fakeDrv = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+    version = "0.0.0";
+  };
+
+  # The few parts of pkgs the modules touch.
+  pkgs = {
+    formats.toml = _: {
+      type = lib.types.attrsOf lib.types.anything;
+      generate = name: value: builtins.toFile name (builtins.toJSON value);
+    };
+    callPackage = f: args: fakeDrv "called";
+    util-linux = fakeDrv "util-linux";
+    e2fsprogs = fakeDrv "e2fsprogs";
+    xfsprogs = fakeDrv "xfsprogs";
+  };
+
+  # Empty stand-ins for the nixpkgs modules netboot-base.nix imports.
+  modulesPath = toString ./stub-modules;
+
+  # The NixOS stand-in: everything not declared here or by our modules is free-form. What is
+  # declared has NixOS's type, so list options merge across modules as they do in NixOS.
+  listOf = t: lib.mkOption {
+    type = lib.types.listOf t;
+    default = [ ];
+  };
+  unitOptions = {
+    freeformType = lib.types.lazyAttrsOf lib.types.anything;
+    options = {
+      after = listOf lib.types.str;
+      before = listOf lib.types.str;
+      requires = listOf lib.types.str;
+      wants = listOf lib.types.str;
+      wantedBy = listOf lib.types.str;
+      bindsTo = listOf lib.types.str;
+      path = listOf lib.types.package;
+      environment = lib.mkOption {
+        type = lib.types.attrsOf lib.types.str;
+        default = { };
+      };
+    };
+  };
+  firewallOptions = {
+    allowedTCPPorts = listOf lib.types.port;
+    allowedUDPPorts = listOf lib.types.port;
+  };
+  anyAttrs = lib.mkOption {
+    type = lib.types.lazyAttrsOf lib.types.anything;
+    default = { };
+  };
+  anyValue = lib.mkOption { type = lib.types.anything; };
+  nixosStandIn =
+    { ... }:
+    {
+      freeformType = lib.types.lazyAttrsOf lib.types.anything;
+      options = {
+        # Undeclared leaves under a declared prefix are errors in the module system, so every
+        # NixOS option our modules set below `boot`, `environment`, `networking`, `services`
+        # and `systemd` is declared here, loosely.
+        boot.initrd.systemd.services = anyAttrs;
+        boot.loader = anyAttrs;
+        environment.etc = anyAttrs;
+        networking.hostName = anyValue;
+        networking.useNetworkd = anyValue;
+        networking.useDHCP = anyValue;
+        networking.interfaces = anyAttrs;
+        services.openssh = anyAttrs;
+        systemd.network = anyAttrs;
+        systemd.tmpfiles = anyAttrs;
+        assertions = listOf lib.types.anything;
+        warnings = listOf lib.types.str;
+        boot.initrd.systemd.enable = lib.mkOption {
+          type = lib.types.bool;
+          default = false;
+        };
+        boot.kernelParams = listOf lib.types.str;
+        boot.initrd.postMountCommands = lib.mkOption {
+          type = lib.types.lines;
+          default = "";
+        };
+        environment.systemPackages = listOf lib.types.package;
+        systemd.packages = listOf lib.types.package;
+        systemd.services = lib.mkOption {
+          type = lib.types.attrsOf (lib.types.submodule unitOptions);
+          default = { };
+        };
+        systemd.targets = lib.mkOption {
+          type = lib.types.attrsOf (lib.types.submodule unitOptions);
+          default = { };
+        };
+        networking.firewall = firewallOptions // {
+          interfaces = lib.mkOption {
+            type = lib.types.attrsOf (lib.types.submodule { options = firewallOptions; });
+            default = { };
+          };
+        };
+      };
+    };
+
+  packages = {
+    services.plasmacloud.firstboot.package = fakeDrv "firstboot";
+    services.chainfire.package = fakeDrv "chainfire";
+    services.flaredb.package = fakeDrv "flaredb";
+    services.iam.package = fakeDrv "iam";
+    services.pxe-server.package = fakeDrv "pxe-server";
+  };
+
+  eval =
+    modules:
+    (lib.evalModules {
+      modules = [
+        nixosStandIn
+        (root + "/nixos/default.nix")
+        packages
+      ] ++ modules;
+      specialArgs = { inherit pkgs modulesPath; };
+    }).config;
+
+  failedAssertions = cfg: map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
+  throws = e: !(builtins.tryEval (builtins.deepSeq e e)).success;
+
+  node = extra: eval [
+    {
+      services.plasmacloud.firstboot = {
+        enable = true;
+        contract = contractFile;
+        nodeName = "node01";
+      };
+      services.chainfire.enable = true;
+      services.flaredb.enable = true;
+      services.iam.enable = true;
+    }
+    extra
+  ];
+
+  n1 = node {
+    services.chainfire.openFirewall = true;
+    services.flaredb.openFirewall = true;
+    services.iam.openFirewall = true;
+    services.chainfire.settings.heartbeat_ms = 150;
+    services.iam.tokenTtl = "2h";
+    services.plasmacloud.firstboot.gatedServices = [ "plasmavmc" ];
+  };
+
+  pxe = extra: eval [
+    {
+      services.pxe-server = {
+        enable = true;
+        interface = "eth1";
+        cluster = contractFile;
+        bundle = "/var/lib/plasmacloud-bundle";
+        ipxeDir = "/run/ipxe";
+        dhcpRange = "10.99.0.100-10.99.0.200";
+        openFirewall = true;
+      };
+    }
+    extra
+  ];
+  p1 = pxe { };
+
+  netboot = eval [
+    (root + "/nixos/netboot-base.nix")
+    { plasmacloud.netboot.sshAuthorizedKeys = [ "ssh-ed25519 AAAA test" ]; }
+  ];
+
+  nodeConfig =
+    name:
+    eval [
+      (root + "/nixos/nodes/${name}/configuration.nix")
+    ];
+in
+[
+  {
+    name = "a full node passes every assertion";
+    expected = [ ];
+    actual = failedAssertions n1;
+  }
+  {
+    name = "node firewall opens the contract's ports";
+    expected = [
+      2379
+      2380
+      2381
+      2479
+      2480
+      8080
+    ];
+    actual = lib.sort lib.lessThan n1.networking.firewall.allowedTCPPorts;
+  }
+  {
+    name = "cluster-ready.target is pulled into multi-user.target and pulls the gated services";
+    expected = {
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "plasmavmc.service" ];
+    };
+    actual = {
+      inherit (n1.systemd.targets.cluster-ready) wantedBy wants;
+    };
+  }
+  {
+    name = "gated services are ordered after and require cluster-ready.target";
+    expected = {
+      after = [ "cluster-ready.target" ];
+      requires = [ "cluster-ready.target" ];
+    };
+    actual = {
+      inherit (n1.systemd.services.plasmavmc) after requires;
+    };
+  }
+  {
+    name = "the units come from the rendered package, never a hand-written ExecStart";
+    expected = {
+      packages = 1;
+      execStarts = [ ];
+    };
+    actual = {
+      packages = lib.length n1.systemd.packages;
+      execStarts = lib.filter (n: n1.systemd.services.${n}.serviceConfig ? ExecStart) [
+        "chainfire"
+        "flaredb"
+        "iam"
+        "firstboot-disk"
+        "firstboot-configure"
+        "cluster-health-check"
+      ];
+    };
+  }
+  {
+    name = "oneshots get the contract, node and state dir";
+    expected = {
+      PLASMACLOUD_CLUSTER = "/etc/plasmacloud/cluster-config.json";
+      PLASMACLOUD_NODE = "node01";
+      PLASMACLOUD_STATE_DIR = "/var/lib/plasmacloud";
+      PLASMACLOUD_DEADLINE = "10m";
+      PLASMACLOUD_LOG_FORMAT = "pretty";
+    };
+    actual = n1.systemd.services.chainfire-cluster-join.environment;
+  }
+  {
+    name = "firstboot-disk has its tools";
+    expected = 3;
+    actual = lib.length n1.systemd.services.firstboot-disk.path;
+  }
+  {
+    name = "contract and identity are installed in /etc";
+    expected = [
+      "plasmacloud/cluster-config.json"
+      "plasmacloud/node"
+    ];
+    actual = lib.filter (
+      n:
+      lib.elem n [
+        "plasmacloud/cluster-config.json"
+        "plasmacloud/node"
+      ]
+    ) (lib.attrNames n1.environment.etc);
+  }
+  {
+    name = "settings become variables that win over the firstboot TOML";
+    expected = {
+      chainfire = {
+        PLASMACLOUD_CHAINFIRE_HEARTBEAT_MS = "150";
+      };
+      iam = {
+        PLASMACLOUD_IAM_TOKEN_TTL = "2h";
+      };
+    };
+    actual = {
+      chainfire = n1.systemd.services.chainfire.environment;
+      iam = n1.systemd.services.iam.environment;
+    };
+  }
+  {
+    name = "services run as their own users";
+    expected = [
+      "chainfire"
+      "flaredb"
+      "iam"
+    ];
+    actual = map (s: n1.systemd.services.${s}.serviceConfig.User) [
+      "chainfire"
+      "flaredb"
+      "iam"
+    ];
+  }
+  {
+    name = "a port of 70000 is refused by the type";
+    expected = true;
+    actual = throws (node { services.chainfire.apiPort = 70000; }).services.chainfire.apiPort;
+  }
+  {
+    name = "a port that differs from the contract fails an assertion";
+    expected = 1;
+    actual = lib.length (failedAssertions (node { services.flaredb.raftPort = 2999; }));
+  }
+  {
+    name = "a node name outside the contract fails an assertion";
+    expected = 1;
+    actual = lib.length (
+      failedAssertions (node { services.plasmacloud.firstboot.nodeName = lib.mkForce "node09"; })
+    );
+  }
+  {
+    name = "the chain without its services fails an assertion";
+    expected = 1;
+    actual = lib.length (failedAssertions (node { services.iam.enable = lib.mkForce false; }));
+  }
+  {
+    name = "a bad deadline is refused by the type";
+    expected = true;
+    actual = throws (node { services.plasmacloud.firstboot.deadline = "ten minutes"; })
+      .services.plasmacloud.firstboot.deadline;
+  }
+  {
+    name = "a TLS key set in the module becomes a credential";
+    expected = {
+      cred = [ "tls-key:/etc/plasmacloud/tls/node01.key" ];
+      env = "%d/tls-key";
+    };
+    actual =
+      let
+        c = node {
+          services.chainfire.tls = {
+            certFile = "/etc/plasmacloud/tls/node01.crt";
+            keyFile = "/etc/plasmacloud/tls/node01.key";
+          };
+        };
+      in
+      {
+        cred = c.systemd.services.chainfire.serviceConfig.LoadCredential;
+        env = c.systemd.services.chainfire.environment.PLASMACLOUD_CHAINFIRE_TLS_KEY;
+      };
+  }
+  {
+    name = "pxe-server passes its assertions";
+    expected = [ ];
+    actual = failedAssertions p1;
+  }
+  {
+    name = "pxe-server firewall: UDP 67/69/4011 and the contract's TCP ports, on the boot interface";
+    expected = {
+      udp = [
+        67
+        69
+        4011
+      ];
+      tcp = [
+        8081
+        8082
+      ];
+    };
+    actual = {
+      udp = p1.networking.firewall.interfaces.eth1.allowedUDPPorts;
+      tcp = p1.networking.firewall.interfaces.eth1.allowedTCPPorts;
+    };
+  }
+  {
+    name = "pxe-server serves from a generated config";
+    expected = true;
+    actual = lib.hasInfix " serve --config /nix/store/" p1.systemd.services.pxe-server.serviceConfig.ExecStart;
+  }
+  {
+    name = "pxe-server: proxy mode with a DHCP range fails an assertion";
+    expected = 1;
+    actual = lib.length (failedAssertions (pxe { services.pxe-server.mode = "proxy"; }));
+  }
+  {
+    name = "pxe-server: an unknown mode is refused by the type";
+    expected = true;
+    actual = throws (pxe { services.pxe-server.mode = "relay"; }).services.pxe-server.mode;
+  }
+  {
+    name = "pxe-server: management address port reaches the firewall";
+    expected = [
+      8081
+      9082
+    ];
+    actual =
+      (pxe { services.pxe-server.managementAddr = "10.99.0.1:9082"; })
+      .networking.firewall.interfaces.eth1.allowedTCPPorts;
+  }
+  {
+    name = "netboot: stage 1 carries /etc/plasmacloud into the target root";
+    expected = true;
+    actual = lib.hasInfix ''cp -a /etc/plasmacloud "$targetRoot/etc/"'' netboot.boot.initrd.postMountCommands;
+  }
+  {
+    name = "netboot: serial console, keys only, chain enabled";
+    expected = {
+      console = true;
+      password = false;
+      keys = [ "ssh-ed25519 AAAA test" ];
+      chain = true;
+      failed = [ ];
+    };
+    actual = {
+      console = lib.elem "console=ttyS0,115200n8" netboot.boot.kernelParams;
+      password = netboot.services.openssh.settings.PasswordAuthentication;
+      keys = netboot.users.users.root.openssh.authorizedKeys.keys;
+      chain = netboot.services.plasmacloud.firstboot.enable;
+      failed = failedAssertions netboot;
+    };
+  }
+  {
+    name = "example nodes: address, hostname and data disk mount from the contract";
+    expected = [
+      {
+        host = "node01";
+        addr = "10.99.0.11";
+        mount = "/dev/disk/by-label/plasmacloud";
+        failed = [ ];
+      }
+      {
+        host = "node02";
+        addr = "10.99.0.12";
+        mount = "/dev/disk/by-label/plasmacloud";
+        failed = [ ];
+      }
+      {
+        host = "node03";
+        addr = "10.99.0.13";
+        mount = "/dev/disk/by-label/plasmacloud";
+        failed = [ ];
+      }
+    ];
+    actual = map (
+      n:
+      let
+        c = nodeConfig n;
+      in
+      {
+        host = c.networking.hostName;
+        addr = (lib.head c.networking.interfaces.cluster0.ipv4.addresses).address;
+        mount = c.fileSystems."/var/lib/plasmacloud".device;
+        failed = failedAssertions c;
+      }
+    ) [
+      "node01"
+      "node02"
+      "node03"
+    ];
+  }
+]

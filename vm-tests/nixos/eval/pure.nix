@@ -1,0 +1,227 @@
+# Pure tests of nixos/lib/contract.nix and the nodes' disko layouts: builtins only, no
+# nixpkgs. Run by vm-tests/nix-eval-tests.sh; each test is { name, expected, actual }.
+let
+  c = import ../../../nixos/lib/contract.nix;
+  root = ../../..;
+  three = c.load (root + "/examples/cluster-3.json");
+  five = c.load (root + "/examples/cluster-5.json");
+  disko = n: (import (root + "/nixos/nodes/${n}/disko.nix")).disko.devices;
+  throws = e: !(builtins.tryEval (builtins.deepSeq e e)).success;
+in
+[
+  {
+    name = "node names of cluster-3";
+    expected = [
+      "node01"
+      "node02"
+      "node03"
+    ];
+    actual = c.nodeNames three;
+  }
+  {
+    name = "the seed is the first initial voter";
+    expected = "node01";
+    actual = c.seed three;
+  }
+  {
+    name = "isSeed/isVoter";
+    expected = [
+      true
+      false
+      true
+    ];
+    actual = [
+      (c.isSeed three "node01")
+      (c.isSeed three "node02")
+      (c.isVoter three "node03")
+    ];
+  }
+  {
+    name = "cluster-5 votes with an odd set";
+    expected = 1;
+    actual = builtins.length (c.voters five) - (builtins.length (c.voters five) / 2) * 2;
+  }
+  {
+    name = "voter API URLs of FlareDB";
+    expected = [
+      "http://10.99.0.11:2479"
+      "http://10.99.0.12:2479"
+      "http://10.99.0.13:2479"
+    ];
+    actual = c.voterUrls three "flaredb";
+  }
+  {
+    name = "node by MAC";
+    expected = "node02";
+    actual = (c.nodeByMac three "52:54:00:00:00:02").name;
+  }
+  {
+    name = "an unknown node is an error naming it";
+    expected = true;
+    actual = throws (c.node three "node09");
+  }
+  {
+    name = "node TCP ports (firewall)";
+    expected = [
+      2379
+      2380
+      2381
+      2479
+      2480
+      8080
+    ];
+    actual = c.nodeTcpPorts three;
+  }
+  {
+    name = "ports default when the contract omits them";
+    expected = 2379;
+    actual = (c.ports (removeAttrs three [ "ports" ])).chainfire_api;
+  }
+  {
+    name = "boot server ports (UDP 67/69/4011, TCP http/management)";
+    expected = {
+      udp = [
+        67
+        69
+        4011
+      ];
+      tcp = [
+        8081
+        8082
+      ];
+    };
+    actual = c.bootServerPorts three;
+  }
+  {
+    name = "node network";
+    expected = {
+      hostName = "node03";
+      macAddress = "52:54:00:00:00:03";
+      address = "10.99.0.13";
+      prefixLength = 24;
+    };
+    actual = c.nodeNetwork three "node03";
+  }
+  {
+    name = "disko layout of node01 matches the contract";
+    expected = {
+      device = "/dev/vdb";
+      format = "ext4";
+      mountpoint = "/var/lib/plasmacloud";
+      label = "plasmacloud";
+      fsLabel = [
+        "-L"
+        "plasmacloud"
+      ];
+    };
+    actual =
+      let
+        d = (disko "node01").disk.data;
+        p = d.content.partitions.plasmacloud;
+      in
+      {
+        inherit (d) device;
+        inherit (p.content) format mountpoint;
+        inherit (p) label;
+        fsLabel = p.content.extraArgs;
+      };
+  }
+  {
+    name = "three nodes, three disko layouts on /dev/vdb";
+    expected = [
+      "/dev/vdb"
+      "/dev/vdb"
+      "/dev/vdb"
+    ];
+    actual = map (n: (disko n).disk.data.device) [
+      "node01"
+      "node02"
+      "node03"
+    ];
+  }
+  {
+    name = "test overrides: data disk and IAM credential";
+    expected = {
+      devices = [
+        "/dev/vda"
+        "/dev/vda"
+        "/dev/vda"
+      ];
+      credential = "/etc/plasmacloud/iam-admin.json";
+      untouched = "demo-3";
+    };
+    actual =
+      let
+        t = c.withTestOverrides three {
+          device = "/dev/vda";
+          credential = "/etc/plasmacloud/iam-admin.json";
+        };
+      in
+      {
+        devices = map (n: (c.disk t n).device) (c.nodeNames t);
+        credential = t.iam.bootstrap_credential;
+        untouched = t.cluster.name;
+      };
+  }
+  {
+    name = "settings to environment variables";
+    expected = {
+      PLASMACLOUD_IAM_FLAREDB = "http://a:2479,http://b:2479";
+      PLASMACLOUD_IAM_TOKEN_TTL = "1h";
+      PLASMACLOUD_CHAINFIRE_HEARTBEAT_MS = "150";
+      PLASMACLOUD_CHAINFIRE_X = "true";
+    };
+    actual =
+      c.settingsToEnv "PLASMACLOUD_IAM" {
+        flaredb = [
+          "http://a:2479"
+          "http://b:2479"
+        ];
+        token_ttl = "1h";
+        signing_key = null;
+      }
+      // c.settingsToEnv "PLASMACLOUD_CHAINFIRE" {
+        heartbeat_ms = 150;
+        x = true;
+      };
+  }
+  {
+    name = "nested settings have no environment form";
+    expected = true;
+    actual = throws (c.settingsToEnv "P" { a.b = 1; });
+  }
+  {
+    name = "port of an address";
+    expected = [
+      8081
+      9000
+    ];
+    actual = [
+      (c.portOfAddr "10.99.0.1:8081")
+      (c.portOfAddr "[::1]:9000")
+    ];
+  }
+  {
+    name = "workspace version from Cargo.toml";
+    expected = true;
+    actual = builtins.match "[0-9]+\\.[0-9]+\\.[0-9]+.*" (c.workspaceVersion (root + "/Cargo.toml")) != null;
+  }
+  {
+    name = "RocksDB version librocksdb-sys bundles (from Cargo.lock)";
+    expected = true;
+    actual = builtins.match "[0-9]+\\.[0-9]+\\.[0-9]+" (c.bundledRocksdbVersion (root + "/Cargo.lock")) != null;
+  }
+  {
+    name = "major.minor comparison";
+    expected = [
+      true
+      false
+      false
+    ];
+    actual = [
+      (c.sameMajorMinor "10.4.2" "10.4.0")
+      (c.sameMajorMinor "10.4.2" "9.10.0")
+      (c.sameMajorMinor "10.4.2" "x")
+    ];
+  }
+]

@@ -1,0 +1,2 @@
+# Stand-in for nixpkgs' installer/netboot/netboot.nix in the local evalModules check.
+{ }

@@ -1,0 +1,2 @@
+# Stand-in for nixpkgs' profiles/minimal.nix in the local evalModules check.
+{ }
