@@ -41,7 +41,10 @@ in
     sshAuthorizedKeys = mkOption {
       type = types.listOf types.str;
       default = [ ];
-      description = "SSH public keys allowed to log in as root; passwords never are.";
+      description = ''
+        SSH public keys allowed to log in as root; passwords never are (root's password is
+        locked, SSH refuses password and keyboard-interactive logins).
+      '';
     };
 
     overlayPaths = mkOption {
@@ -109,7 +112,6 @@ in
         PermitRootLogin = "prohibit-password";
       };
     };
-    users.mutableUsers = false;
     users.users.root = {
       openssh.authorizedKeys.keys = cfg.sshAuthorizedKeys;
       hashedPassword = "!";

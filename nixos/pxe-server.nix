@@ -194,9 +194,12 @@ in
       description = "PlasmaCloud provisioning server (DHCP, TFTP, HTTP boot)";
       wantedBy = [ "multi-user.target" ];
       # The interface must have its address before `serve` looks it up.
+      # (network-addresses-IF.service exists with scripted networking; After= on a missing
+      # unit is ignored.) A missing address is a configuration error (exit 2, no restart).
       after = [
         "network-online.target"
         "sys-subsystem-net-devices-${cfg.interface}.device"
+        "network-addresses-${cfg.interface}.service"
       ];
       wants = [ "network-online.target" ];
       bindsTo = [ "sys-subsystem-net-devices-${cfg.interface}.device" ];

@@ -5,7 +5,9 @@
 #      contracts, the nodes' disko layouts, the version readers;
 #   3. module type checks (vm-tests/nixos/eval/modules.nix): `lib.evalModules` over our NixOS
 #      modules with nixpkgs' lib alone — only when that lib is present (NIXPKGS_LIB, default
-#      /tmp/nixpkgs-lib/lib; it is fetched locally and never committed), skipped otherwise.
+#      /tmp/nixpkgs-lib/lib; it is fetched locally and never committed), skipped otherwise;
+#   4. with the same lib: the nixosTest suites' Python test scripts, rendered with a stand-in
+#      pkgs, compile.
 # Prints every test, then `N passed, M failed` (and what was skipped); exits 1 on a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,8 +62,25 @@ lib_dir=${NIXPKGS_LIB:-/tmp/nixpkgs-lib/lib}
 if [ -f "$lib_dir/default.nix" ]; then
   run_tests modules --arg lib "import $lib_dir" \
     -E "{ lib }: $report (import ./vm-tests/nixos/eval/modules.nix { inherit lib; })"
+  # 4. The suites' Python test scripts, rendered with a stand-in pkgs, must compile.
+  if scripts=$(nix-instantiate --eval --strict --json --arg lib "import $lib_dir" \
+      vm-tests/nixos/eval/test-scripts.nix 2>&1); then
+    while IFS=$'\t' read -r status name detail; do
+      if [ "$status" = ok ]; then pass "$name"; else fail "$name" "$detail"; fi
+    done < <(python3 -c '
+import json, sys
+for suite, text in json.load(sys.stdin).items():
+    try:
+        compile(text, suite + ".testScript", "exec")
+        print("ok\ttestScript of %s compiles as Python\t" % suite)
+    except SyntaxError as e:
+        print("fail\ttestScript of %s compiles as Python\t%s" % (suite, e))
+' <<<"$scripts")
+  else
+    fail "render the test scripts" "$scripts"
+  fi
 else
-  skipped+=("module type checks: no nixpkgs lib at $lib_dir (fetch nix-community/nixpkgs.lib and extract it there, or set NIXPKGS_LIB)")
+  skipped+=("module type checks and test-script rendering: no nixpkgs lib at $lib_dir (fetch nix-community/nixpkgs.lib and extract it there, or set NIXPKGS_LIB)")
 fi
 
 echo

@@ -1,0 +1,32 @@
+# Renders the nixosTest suites' Python test scripts with a stand-in pkgs (nixpkgs' lib plus
+# stubs; runNixOSTest returns its argument), so vm-tests/nix-eval-tests.sh can byte-compile
+# them. Checks that the Nix-to-Python interpolation makes valid Python — not that the driver
+# runs it.
+{ lib }:
+let
+  fakeDrv = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+  };
+  pkgs = {
+    inherit lib;
+    testers.runNixOSTest = test: test;
+    writeText = name: _: "/nix/store/00000000000000000000000000000000-${name}";
+    callPackage = _: _: fakeDrv "called";
+    qemu_test = fakeDrv "qemu";
+    curl = fakeDrv "curl";
+    stdenv.hostPlatform.qemuArch = "x86_64";
+    path = "/nonexistent-nixpkgs";
+  };
+  args = {
+    inherit pkgs;
+    plasmacloudModule = { };
+    packages.netboot-image = fakeDrv "netboot-image";
+  };
+in
+{
+  cluster-bootstrap =
+    (import ../cluster-bootstrap.nix { inherit (args) pkgs plasmacloudModule; }).testScript;
+  pxe-boot = (import ../pxe-boot.nix args).testScript;
+}

@@ -1,0 +1,131 @@
+# nixosTest: the boot path end to end. `boot` runs services.pxe-server (full DHCP mode) on the
+# test VLAN; node01..node03 are diskless QEMU machines with the contract's MACs and one empty
+# data disk each, which PXE-boot from it over that VLAN (virtio-net's iPXE ROM → DHCP → HTTP
+# per-node iPXE script → kernel, netboot ramdisk, per-node overlay; no user-mode TFTP), run
+# the netboot image's first-boot chain and must reach cluster-ready with the same checks as
+# cluster-bootstrap and the Rust rack harness.
+{
+  pkgs,
+  plasmacloudModule,
+  packages,
+}:
+let
+  inherit (pkgs) lib;
+  # Netbooted nodes see their data disk as /dev/vda (their only virtio disk).
+  t = import ./lib/test-contract.nix {
+    inherit pkgs;
+    dataDisk = "/dev/vda";
+  };
+  inherit (t) contract contractLib;
+  bootServer = contractLib.bootServer contract;
+
+  # The netboot image the nodes boot: the flake's netboot profile plus the test driver's
+  # backdoor (test-instrumentation), so the driver can talk to machines it did not build.
+  netbootSystem = import (pkgs.path + "/nixos/lib/eval-config.nix") {
+    system = null;
+    modules = [
+      { nixpkgs.pkgs = pkgs; }
+      plasmacloudModule
+      ../../nixos/netboot-base.nix
+      (pkgs.path + "/nixos/modules/testing/test-instrumentation.nix")
+      {
+        environment.systemPackages = [ pkgs.curl ];
+        services.plasmacloud.firstboot.deadline = "15m";
+      }
+    ];
+  };
+  netboot = pkgs.callPackage ../../nixos/pkgs/netboot.nix { nixos = netbootSystem; };
+
+  bundle = pkgs.callPackage ../../nixos/pkgs/bundle.nix {
+    inherit (packages) netboot-image;
+    inherit netboot;
+    contract = t.file;
+    secrets.${contractLib.seed contract}.${t.credentialPath} = t.credentialFile;
+  };
+
+  qemu = "${pkgs.qemu_test}/bin/qemu-system-${pkgs.stdenv.hostPlatform.qemuArch}";
+  startCommand =
+    name:
+    let
+      n = contractLib.node contract name;
+    in
+    lib.concatStringsSep " " [
+      qemu
+      "-m 3072"
+      "-smp 2"
+      "-boot order=n"
+      "-netdev vde,id=net0,sock=\"$QEMU_VDE_SOCKET_1\""
+      "-device virtio-net-pci,netdev=net0,mac=${n.mac}"
+      "-drive file=\"$TMPDIR/${name}-data.qcow2\",if=virtio,format=qcow2"
+    ];
+in
+pkgs.testers.runNixOSTest {
+  name = "plasmacloud-pxe-boot";
+
+  nodes.boot =
+    { lib, ... }:
+    {
+      imports = [ plasmacloudModule ];
+      virtualisation = {
+        vlans = [ 1 ];
+        memorySize = 1024;
+      };
+      networking.interfaces.eth1.ipv4.addresses = lib.mkForce [
+        {
+          address = bootServer.address;
+          prefixLength = 24;
+        }
+      ];
+      services.pxe-server = {
+        enable = true;
+        interface = "eth1";
+        mode = "full";
+        cluster = t.file;
+        inherit bundle;
+        openFirewall = true;
+      };
+      environment.systemPackages = [ pkgs.curl ];
+    };
+
+  testScript = ''
+    import os
+    import subprocess
+
+    ${builtins.readFile ./lib/checks.py}
+
+    contract = json.loads(${builtins.toJSON (builtins.toJSON contract)})
+    credential = json.loads(${builtins.toJSON (builtins.toJSON t.credential)})
+    names = ${builtins.toJSON (contractLib.nodeNames contract)}
+
+    with phase("the provisioning server comes up"):
+        boot.start()
+        boot.wait_for_unit("pxe-server.service")
+        boot.wait_for_open_port(${toString bootServer.http_port}, "${bootServer.address}")
+        boot.wait_for_open_port(${toString bootServer.management_port}, "${bootServer.address}")
+
+    with phase("three diskless nodes, each with an empty data disk"):
+        for name in names:
+            subprocess.run(
+                ["${pkgs.qemu_test}/bin/qemu-img", "create", "-f", "qcow2",
+                 os.path.join(os.environ["TMPDIR"], f"{name}-data.qcow2"), "2G"],
+                check=True,
+            )
+        starts = json.loads(${builtins.toJSON (builtins.toJSON (lib.genAttrs (contractLib.nodeNames contract) startCommand))})
+        machines = [create_machine(starts[name], name=name) for name in names]
+
+    with phase("netboot: PXE → iPXE → kernel, initrd, overlay"):
+        for m in machines:
+            m.start()
+        for m in machines:
+            m.wait_for_unit("multi-user.target", timeout=1200)
+            # The overlay's files were carried into the running system at stage 1.
+            m.succeed(f"grep -qx {m.name} /etc/plasmacloud/node")
+            m.succeed("test -s /etc/plasmacloud/cluster-config.json")
+
+    check_cluster(machines, contract, credential)
+
+    with phase("the data disk carries the Raft data"):
+        for m in machines:
+            m.succeed("findmnt -n -o SOURCE /var/lib/plasmacloud | grep -q '^/dev/vda'")
+  '';
+}
