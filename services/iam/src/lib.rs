@@ -1,0 +1,44 @@
+//! PlasmaCloud IAM: the identity service every platform API asks "who is calling?".
+//!
+//! `iam-server` keeps users, roles, role bindings, published token keys and revocations in
+//! FlareDB's `iam` namespace — no local state besides its config and its signing key file — and
+//! answers on port 8080. Every write that could race another IAM instance is a
+//! compare-and-swap, so instances never overwrite each other.
+//!
+//! Layers, bottom up:
+//! - [`model`]: names, password rules, permissions and their matching, built-in roles, the
+//!   stored JSON records (no I/O);
+//! - [`password`]: argon2id (m = 19456 KiB, t = 2, p = 1, PHC strings) on the blocking pool;
+//! - [`token`]: Ed25519 JWTs (`alg: EdDSA`) and the signing key file;
+//! - [`store`]: the four key-value operations IAM needs, as a trait, and the key layout;
+//!   [`flaredb`] implements it over FlareDB's HTTP API;
+//! - [`service`]: bootstrap, login, verification with the session cache, revocation, CRUD;
+//! - [`api`]: the axum routes (table of endpoints there); [`server`]: bind and serve;
+//! - [`config`]: flags, environment and TOML.
+//!
+//! **Bootstrap** (`POST /v1/bootstrap {"username","password"}`), like Consul's ACL bootstrap:
+//! the first call writes a claim `iam/bootstrap` with `prev_exist=false` holding the user name
+//! and password hash, then creates the user and its `admin` binding and marks the claim
+//! completed. A later call with the same credentials answers 200 (`"created": false`) and
+//! writes nothing — or finishes a first attempt that stopped half-way; any other credentials
+//! get 409. Two instances racing: one claim wins the CAS, the other re-reads it, so exactly one
+//! admin results.
+//!
+//! **Sessions across FlareDB outages**: each verified token's subject and roles are cached for
+//! the token's lifetime; when FlareDB cannot be reached, a cached token still verifies, while
+//! logins, changes and never-seen tokens get 503 with a message saying so.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod flaredb;
+pub mod model;
+pub mod password;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod token;
+
+pub use error::{IamError, Result};
+pub use service::{Iam, Session};
+pub use store::Store;

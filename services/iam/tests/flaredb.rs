@@ -1,0 +1,506 @@
+//! iam-server against a real FlareDB, both started as processes.
+//!
+//! Each test reads as phases, logged with `phase:`. FlareDB's binary comes from the workspace
+//! build (`workspace_binary` rules, `PLASMACLOUD_BIN_DIR` first); when it has not been built the
+//! tests skip by hand and fail under `CI=true`.
+
+use plasmacloud_testkit::{free_port, in_ci, loopback_ip, wait_until_async, Process};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const PW: &str = "correct horse battery";
+const START: Duration = Duration::from_secs(60);
+
+fn phase(name: &str) {
+    eprintln!("phase: {name}");
+}
+
+/// `flaredb-server` as `workspace_binary` finds it, or `None` (skip) when run by hand without it.
+fn flaredb_binary(test: &str) -> Option<PathBuf> {
+    let name = "flaredb-server";
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("PLASMACLOUD_BIN_DIR") {
+        candidates.push(PathBuf::from(dir).join(name));
+    }
+    if let Some(profile) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().and_then(Path::parent).map(Path::to_path_buf))
+    {
+        candidates.push(profile.join(name));
+    }
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Some(found.clone());
+    }
+    assert!(
+        !in_ci(),
+        "{test}: {name} was not built (looked at {candidates:?}); build the workspace (`cargo build --release --workspace`)"
+    );
+    eprintln!("SKIP {test}: {name} not built; set PLASMACLOUD_BIN_DIR or build the workspace");
+    None
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("http client")
+}
+
+/// A single-node FlareDB cluster.
+struct Flare {
+    proc: Process,
+    bin: PathBuf,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Flare {
+    async fn start(bin: PathBuf) -> Flare {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ip = loopback_ip();
+        let api = format!("{ip}:{}", free_port(ip));
+        let raft = format!("{ip}:{}", free_port(ip));
+        let args: Vec<String> = [
+            "--id",
+            "1",
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+            "--api-addr",
+            &api,
+            "--raft-addr",
+            &raft,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = Process::start("flaredb", &bin, &args, &dir.path().join("flaredb.log"))
+            .expect("start flaredb-server");
+        let url = format!("http://{api}");
+        let client = http();
+        let init = json!({"members": [{"id": 1, "raft_addr": raft, "api_addr": api}]});
+        let init_url = format!("{url}/v1/cluster/init");
+        wait_until_async("FlareDB to accept cluster init", START, || {
+            let (client, init_url, init) = (client.clone(), init_url.clone(), init.clone());
+            async move {
+                let r = client.post(&init_url).json(&init).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- flaredb log ---\n{}", proc.output()));
+        let flare = Flare {
+            proc,
+            bin,
+            args,
+            dir,
+            url,
+        };
+        flare.wait_healthy().await;
+        flare
+    }
+
+    async fn wait_healthy(&self) {
+        let client = http();
+        let health = format!("{}/health", self.url);
+        wait_until_async("FlareDB /health 200", START, || {
+            let (client, health) = (client.clone(), health.clone());
+            async move {
+                let r = client.get(&health).send().await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- flaredb log ---\n{}", self.proc.output()));
+    }
+
+    /// Starts the same node again on its data (same id, same addresses).
+    async fn restart(&mut self) {
+        let log = self.dir.path().join("flaredb-2.log");
+        self.proc = Process::start("flaredb", &self.bin, &self.args, &log).expect("restart");
+        self.wait_healthy().await;
+    }
+}
+
+/// One iam-server process and its address.
+struct Iam {
+    proc: Process,
+    url: String,
+}
+
+impl Iam {
+    fn start(name: &str, flare: &Flare, dir: &Path) -> Iam {
+        let ip = loopback_ip();
+        let mut proc = Process::start(
+            name,
+            Path::new(env!("CARGO_BIN_EXE_iam-server")),
+            [
+                "--listen-addr",
+                &format!("{ip}:0"),
+                "--flaredb",
+                &flare.url,
+                "--signing-key",
+                &dir.join(format!("{name}.pem")).display().to_string(),
+                "--token-ttl",
+                "10m",
+            ],
+            &dir.join(format!("{name}.log")),
+        )
+        .expect("start iam-server");
+        tokio::task::block_in_place(|| proc.wait_for_output("listening on", START))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = proc.output();
+        let addr = out
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address after 'listening on' in:\n{out}"))
+            .to_string();
+        Iam {
+            proc,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = http();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = client.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}\n--- iam log ---\n{}", self.proc.output()));
+        let status = resp.status().as_u16();
+        let value = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    async fn login(&self, user: &str, pw: &str) -> String {
+        let (s, j) = self
+            .call(
+                "POST",
+                "/v1/auth/login",
+                None,
+                Some(json!({"username": user, "password": pw})),
+            )
+            .await;
+        assert_eq!(s, 200, "login {user}: {j}");
+        j["token"].as_str().expect("token").to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_once_and_concurrently_from_two_instances() {
+    let Some(bin) = flaredb_binary("bootstrap_once_and_concurrently_from_two_instances") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    phase("start FlareDB and two IAM instances");
+    let flare = Flare::start(bin).await;
+    let a = Iam::start("iam-a", &flare, dir.path());
+    let b = Iam::start("iam-b", &flare, dir.path());
+    for iam in [&a, &b] {
+        let (s, j) = iam.call("GET", "/health", None, None).await;
+        assert_eq!(s, 200, "{j}");
+        assert_eq!(j["status"], "healthy");
+        assert_eq!(j["database"], "connected");
+        assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    phase("bad bootstrap input writes nothing");
+    let (s, j) = a
+        .call(
+            "POST",
+            "/v1/bootstrap",
+            None,
+            Some(json!({"username": "root", "password": PW, "extra": 1})),
+        )
+        .await;
+    assert_eq!(s, 400, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown field"),
+        "{j}"
+    );
+    let (s, j) = a
+        .call(
+            "POST",
+            "/v1/bootstrap",
+            None,
+            Some(json!({"username": "root", "password": "weak"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{j}");
+
+    phase("concurrent bootstrap with different credentials: exactly one wins");
+    let (ra, rb) = tokio::join!(
+        a.call(
+            "POST",
+            "/v1/bootstrap",
+            None,
+            Some(json!({"username": "alice", "password": PW}))
+        ),
+        b.call(
+            "POST",
+            "/v1/bootstrap",
+            None,
+            Some(json!({"username": "bob", "password": PW}))
+        ),
+    );
+    let mut statuses = [ra.0, rb.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "a: {ra:?} b: {rb:?}");
+    let winner = if ra.0 == 200 { "alice" } else { "bob" };
+    let loser = if winner == "alice" { "bob" } else { "alice" };
+    assert_eq!(if ra.0 == 200 { &ra.1 } else { &rb.1 }["created"], true);
+
+    phase("the same credentials again succeed without change, on both instances");
+    for iam in [&a, &b] {
+        let (s, j) = iam
+            .call(
+                "POST",
+                "/v1/bootstrap",
+                None,
+                Some(json!({"username": winner, "password": PW})),
+            )
+            .await;
+        assert_eq!(s, 200, "{j}");
+        assert_eq!(j["created"], false);
+    }
+    phase("other credentials are refused");
+    let (s, j) = a
+        .call(
+            "POST",
+            "/v1/bootstrap",
+            None,
+            Some(json!({"username": loser, "password": PW})),
+        )
+        .await;
+    assert_eq!(s, 409, "{j}");
+    let (s, j) = b
+        .call(
+            "POST",
+            "/v1/bootstrap",
+            None,
+            Some(json!({"username": winner, "password": "a different password"})),
+        )
+        .await;
+    assert_eq!(s, 409, "{j}");
+
+    phase("exactly one admin exists");
+    let tok = a.login(winner, PW).await;
+    let (s, j) = b.call("GET", "/v1/users", Some(&tok), None).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(
+        j["users"],
+        json!([{"username": winner, "roles": ["admin"], "created_at": j["users"][0]["created_at"]}])
+    );
+    let (s, j) = b.call("GET", "/v1/bindings", Some(&tok), None).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["bindings"].as_array().map(Vec::len), Some(1), "{j}");
+    let (s, _) = a
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(json!({"username": loser, "password": PW})),
+        )
+        .await;
+    assert_eq!(s, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_whoami_roles_and_revoke_across_instances() {
+    let Some(bin) = flaredb_binary("login_whoami_roles_and_revoke_across_instances") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    phase("start FlareDB and two IAM instances; bootstrap on A");
+    let flare = Flare::start(bin).await;
+    let a = Iam::start("iam-a", &flare, dir.path());
+    let b = Iam::start("iam-b", &flare, dir.path());
+    let (s, j) = a
+        .call(
+            "POST",
+            "/v1/bootstrap",
+            None,
+            Some(json!({"username": "admin", "password": PW})),
+        )
+        .await;
+    assert_eq!(s, 200, "{j}");
+
+    phase("a token from A is verified by B (published key)");
+    let admin = a.login("admin", PW).await;
+    let (s, j) = b.call("GET", "/v1/auth/whoami", Some(&admin), None).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["subject"], "admin");
+    assert_eq!(j["roles"], json!(["admin"]));
+
+    phase("users, custom roles and bindings");
+    let (s, j) = b
+        .call(
+            "POST",
+            "/v1/users",
+            Some(&admin),
+            Some(json!({"username": "carol", "password": "tiger lily 4821"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{j}");
+    let (s, j) = b
+        .call(
+            "POST",
+            "/v1/roles",
+            Some(&admin),
+            Some(json!({"name": "auditor", "permissions": ["iam:users:read"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{j}");
+    let (s, j) = a
+        .call(
+            "POST",
+            "/v1/bindings",
+            Some(&admin),
+            Some(json!({"user": "carol", "role": "auditor"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{j}");
+    let carol = b.login("carol", "tiger lily 4821").await;
+    let (s, j) = a.call("GET", "/v1/users", Some(&carol), None).await;
+    assert_eq!(s, 200, "{j}");
+    let (s, j) = a
+        .call(
+            "POST",
+            "/v1/users",
+            Some(&carol),
+            Some(json!({"username": "dave", "password": "tiger lily 4821"})),
+        )
+        .await;
+    assert_eq!(s, 403, "{j}");
+
+    phase("bad input: clear 4xx, nothing written");
+    let bad = [
+        json!({"username": "dave", "password": "tiger lily 4821", "admin": true}),
+        json!({"username": "", "password": "tiger lily 4821"}),
+        json!({"username": "x".repeat(65), "password": "tiger lily 4821"}),
+        json!({"username": "dave", "password": "short"}),
+    ];
+    for body in bad {
+        let (s, j) = a
+            .call("POST", "/v1/users", Some(&admin), Some(body.clone()))
+            .await;
+        assert_eq!(s, 400, "{body}: {j}");
+        assert!(j["error"].is_string(), "{j}");
+    }
+    let (_, j) = a.call("GET", "/v1/users", Some(&admin), None).await;
+    assert_eq!(j["users"].as_array().map(Vec::len), Some(2), "{j}");
+    for tok in ["garbage", "a.b.c"] {
+        let (s, j) = a.call("GET", "/v1/auth/whoami", Some(tok), None).await;
+        assert_eq!(s, 401, "{j}");
+    }
+
+    phase("revoke on B ends the session on A too");
+    let (s, j) = b.call("POST", "/v1/auth/revoke", Some(&carol), None).await;
+    assert_eq!(s, 200, "{j}");
+    for iam in [&a, &b] {
+        let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&carol), None).await;
+        assert_eq!(s, 401, "{j}");
+        assert!(
+            j["error"].as_str().unwrap_or_default().contains("revoked"),
+            "{j}"
+        );
+    }
+    let (s, _) = a.call("GET", "/v1/auth/whoami", Some(&admin), None).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flaredb_killed_mid_session() {
+    let Some(bin) = flaredb_binary("flaredb_killed_mid_session") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    phase("start FlareDB and IAM; bootstrap; log in twice, verify one token");
+    let mut flare = Flare::start(bin).await;
+    let iam = Iam::start("iam", &flare, dir.path());
+    let (s, j) = iam
+        .call(
+            "POST",
+            "/v1/bootstrap",
+            None,
+            Some(json!({"username": "admin", "password": PW})),
+        )
+        .await;
+    assert_eq!(s, 200, "{j}");
+    let seen = iam.login("admin", PW).await;
+    let unseen = iam.login("admin", PW).await;
+    let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&seen), None).await;
+    assert_eq!(s, 200, "{j}");
+
+    phase("kill FlareDB");
+    flare.proc.kill();
+
+    phase("health says disconnected");
+    let (s, j) = iam.call("GET", "/health", None, None).await;
+    assert_eq!(s, 503, "{j}");
+    assert_eq!(j["database"], "disconnected");
+    assert_eq!(j["status"], "unhealthy");
+
+    phase("the verified token still works from the cache");
+    let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&seen), None).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["roles"], json!(["admin"]));
+
+    phase("new logins and never-seen tokens get a clear 503");
+    let (s, j) = iam
+        .call(
+            "POST",
+            "/v1/auth/login",
+            None,
+            Some(json!({"username": "admin", "password": PW})),
+        )
+        .await;
+    assert_eq!(s, 503, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unreachable"),
+        "{j}"
+    );
+    let (s, j) = iam
+        .call("GET", "/v1/auth/whoami", Some(&unseen), None)
+        .await;
+    assert_eq!(s, 503, "{j}");
+
+    phase("restart FlareDB on its data: IAM reconnects");
+    flare.restart().await;
+    let client = http();
+    let health = format!("{}/health", iam.url);
+    wait_until_async("IAM /health 200 after FlareDB restart", START, || {
+        let (client, health) = (client.clone(), health.clone());
+        async move { (client.get(&health).send().await.ok()?.status() == 200).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let fresh = iam.login("admin", PW).await;
+    let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&fresh), None).await;
+    assert_eq!(s, 200, "{j}");
+}
