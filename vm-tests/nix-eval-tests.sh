@@ -4,8 +4,10 @@
 #   2. pure tests (vm-tests/nixos/eval/pure.nix): nixos/lib/contract.nix on the example
 #      contracts, the nodes' disko layouts, the version readers;
 #   3. module type checks (vm-tests/nixos/eval/modules.nix): `lib.evalModules` over our NixOS
-#      modules with nixpkgs' lib alone — only when that lib is present (NIXPKGS_LIB, default
-#      /tmp/nixpkgs-lib/lib; it is fetched locally and never committed), skipped otherwise;
+#      modules with nixpkgs' lib alone, and the flake's outputs against a stand-in nixpkgs
+#      (vm-tests/nixos/eval/flake-outputs.nix) — only when that lib is present (NIXPKGS_LIB,
+#      default /tmp/nixpkgs-lib/lib; it is fetched locally and never committed), skipped
+#      otherwise;
 #   4. with the same lib: the nixosTest suites' Python test scripts, rendered with a stand-in
 #      pkgs, compile.
 # Prints every test, then `N passed, M failed` (and what was skipped); exits 1 on a failure.
@@ -62,6 +64,8 @@ lib_dir=${NIXPKGS_LIB:-/tmp/nixpkgs-lib/lib}
 if [ -f "$lib_dir/default.nix" ]; then
   run_tests modules --arg lib "import $lib_dir" \
     -E "{ lib }: $report (import ./vm-tests/nixos/eval/modules.nix { inherit lib; })"
+  run_tests flake --arg lib "import $lib_dir" \
+    -E "{ lib }: $report (import ./vm-tests/nixos/eval/flake-outputs.nix { inherit lib; })"
   # 4. The suites' Python test scripts, rendered with a stand-in pkgs, must compile.
   if scripts=$(nix-instantiate --eval --strict --json --arg lib "import $lib_dir" \
       vm-tests/nixos/eval/test-scripts.nix 2>&1); then

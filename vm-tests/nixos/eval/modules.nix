@@ -20,7 +20,8 @@ let
   pkgs = {
     formats.toml = _: {
       type = lib.types.attrsOf lib.types.anything;
-      generate = name: value: builtins.toFile name (builtins.toJSON value);
+      # A store path that is never written (the check may run where the store is read-only).
+      generate = name: value: "/nix/store/00000000000000000000000000000000-${name}";
     };
     callPackage = f: args: fakeDrv "called";
     util-linux = fakeDrv "util-linux";
