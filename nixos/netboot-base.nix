@@ -149,6 +149,6 @@ in
     services.flaredb.openFirewall = mkDefault true;
     services.iam.openFirewall = mkDefault true;
 
-    system.stateVersion = mkDefault "25.05";
+    # (system.stateVersion: nixpkgs' netboot module sets it.)
   };
 }

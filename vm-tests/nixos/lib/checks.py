@@ -40,23 +40,24 @@ def check_store(machine, service, urls, voters, timeout=300):
         for url in urls:
             out = machine.execute(f"curl -sS --max-time 5 {url}/v1/cluster/members")
             if out[0] != 0:
-                machine.log(f"{service}: {url} does not answer yet")
+                print(f"{service}: {url} does not answer yet")
                 return False
             m = json.loads(out[1])
             roles = [x["role"] for x in m["members"]]
             ids = [x["id"] for x in m["members"]]
             if roles.count("voter") != want or m.get("leader") not in ids:
-                machine.log(f"{service}: {url} reports {m}")
+                print(f"{service}: {url} reports {m}")
                 return False
         return True
 
-    retry(settled, timeout=timeout)  # noqa: F821 (the driver provides retry)
+    # (positional: the keyword is `timeout` in older drivers, `timeout_seconds` in newer ones)
+    retry(settled, timeout)  # noqa: F821 (the driver provides retry)
     m = http_json(machine, "GET", f"{urls[0]}/v1/cluster/members")
     assert len(m["members"]) == want, f"{service}: {len(m['members'])} members, want {want}: {m}"
     assert all(x["role"] == "voter" for x in m["members"]), f"{service}: not all voters: {m}"
     leader = m["leader"]
     assert leader in [x["id"] for x in m["members"]], f"{service}: no leader among members: {m}"
-    machine.log(f"{service}: {want} voters, leader {leader}")
+    print(f"{service}: {want} voters, leader {leader}")
     return {x["raft_addr"]: x["id"] for x in m["members"]}
 
 
