@@ -199,7 +199,9 @@ in
       environment =
         contractLib.settingsToEnv envPrefix cfg.settings
         // tlsEnv
-        // lib.optionalAttrs (cfg.dataDir != defaultDataDir) { "${envPrefix}_DATA_DIR" = cfg.dataDir; };
+        // lib.optionalAttrs (cfg.dataDir != defaultDataDir) {
+          "${envPrefix}_DATA_DIR" = cfg.dataDir;
+        };
       serviceConfig = {
         User = cfg.user;
         Group = cfg.group;

@@ -40,9 +40,8 @@ let
   };
   defaultMountPoint = "/var/lib/plasmacloud";
 
-  upper = replaceStrings
-    [ "a" "b" "c" "d" "e" "f" "g" "h" "i" "j" "k" "l" "m" "n" "o" "p" "q" "r" "s" "t" "u" "v" "w" "x" "y" "z" "-" ]
-    [ "A" "B" "C" "D" "E" "F" "G" "H" "I" "J" "K" "L" "M" "N" "O" "P" "Q" "R" "S" "T" "U" "V" "W" "X" "Y" "Z" "_" ];
+  chars = s: builtins.genList (i: builtins.substring i 1 s) (builtins.stringLength s);
+  upper = replaceStrings (chars "abcdefghijklmnopqrstuvwxyz-") (chars "ABCDEFGHIJKLMNOPQRSTUVWXYZ_");
 
   # The one value of a list that satisfies `pred`, or an error naming what was looked for.
   findOne =

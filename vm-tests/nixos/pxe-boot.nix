@@ -43,7 +43,10 @@ let
     secrets.${contractLib.seed contract}.${t.credentialPath} = t.credentialFile;
   };
 
-  qemu = "${pkgs.qemu_test}/bin/qemu-system-${pkgs.stdenv.hostPlatform.qemuArch}";
+  # The same QEMU invocation the driver uses for its own nodes (KVM when there is one).
+  # (callPackage: the file's arguments differ between nixpkgs releases.)
+  qemuCommon = pkgs.callPackage (pkgs.path + "/nixos/lib/qemu-common.nix") { };
+  qemu = qemuCommon.qemuBinary pkgs.qemu_test;
   startCommand =
     name:
     let

@@ -13,11 +13,13 @@ let
     inherit lib;
     testers.runNixOSTest = test: test;
     writeText = name: _: "/nix/store/00000000000000000000000000000000-${name}";
-    callPackage = _: _: fakeDrv "called";
+    callPackage =
+      f: _:
+      if lib.hasSuffix "qemu-common.nix" (toString f) then import f { inherit lib; } else fakeDrv "called";
     qemu_test = fakeDrv "qemu";
     curl = fakeDrv "curl";
-    stdenv.hostPlatform.qemuArch = "x86_64";
-    path = "/nonexistent-nixpkgs";
+    # Only nixos/lib/qemu-common.nix is read from nixpkgs here.
+    path = ./stub-nixpkgs;
   };
   args = {
     inherit pkgs;
