@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use netboot_image::appliance::{build_appliance, ApplianceSpec, RootfsSource, DEFAULT_BINDIR};
+use netboot_image::appliance::{
+    build_appliance, rootfs_cache_dir, ApplianceSpec, RootfsSource, DEFAULT_BINDIR, DEFAULT_MIRROR,
+    DEFAULT_PACKAGES, DEFAULT_SUITE,
+};
 use netboot_image::bundle::{build_bundle, BaseImage, BundleSpec};
 use netboot_image::elf::DEFAULT_LIB_DIRS;
 use netboot_image::modules::DEFAULT_MODULES;
@@ -247,8 +250,22 @@ fn main() {
     let kernel = arg("--kernel")
         .map(PathBuf::from)
         .or_else(|| newest("/boot", "vmlinuz-"));
+    // The tree as `--debootstrap` finds it: a cache directory entry named by the package list
+    // (a symlink here), which the builder treats as immutable.
+    let cache_full = w.join("cache-full");
+    fs::create_dir_all(&cache_full).unwrap();
+    let packages: Vec<String> = DEFAULT_PACKAGES.iter().map(|s| s.to_string()).collect();
+    std::os::unix::fs::symlink(
+        &rootfs,
+        rootfs_cache_dir(&cache_full, DEFAULT_SUITE, DEFAULT_MIRROR, &packages),
+    )
+    .unwrap();
     let spec = ApplianceSpec {
-        rootfs: RootfsSource::Dir(rootfs.clone()),
+        rootfs: RootfsSource::Debootstrap {
+            suite: DEFAULT_SUITE.into(),
+            mirror: DEFAULT_MIRROR.into(),
+            packages,
+        },
         kernel: kernel.clone(),
         modules_root: "/lib/modules".into(),
         modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
@@ -256,7 +273,7 @@ fn main() {
         bindir: DEFAULT_BINDIR.into(),
         units: Some(units),
         lib_dirs: DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect(),
-        cache_dir: w.join("cache-full"),
+        cache_dir: cache_full,
         out: w.join("full.img"),
         jobs: 0,
     };

@@ -32,7 +32,7 @@ use crate::layers::{build_initrd, Keying, Layer, LayerReport};
 use crate::newc::{Body, Entry, Kind};
 
 /// Uncompressed size at which the root filesystem is cut into another layer.
-pub const ROOTFS_CHUNK_BYTES: u64 = 32 * 1024 * 1024;
+pub const ROOTFS_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// zstd level of appliance layers (what `zstd -3` uses).
 pub const APPLIANCE_ZSTD_LEVEL: i32 = 3;
@@ -244,11 +244,25 @@ const SKIP_CONTENTS: &[&str] = &["dev", "proc", "sys", "run"];
 /// modes and owners.
 pub fn walk_tree(root: &Path) -> Result<Vec<Entry>, ImageError> {
     let mut out = Vec::new();
-    walk(root, Path::new(""), &mut out)?;
+    walk(root, Path::new(""), &mut out, &mut None)?;
     Ok(out)
 }
 
-fn walk(root: &Path, rel: &Path, out: &mut Vec<Entry>) -> Result<(), ImageError> {
+/// [`walk_tree`], with each member's key material (mode, owner, stat identity) from the same
+/// `lstat`, so keying the layers costs no second pass over the tree.
+pub fn walk_tree_keyed(root: &Path) -> Result<(Vec<Entry>, Vec<String>), ImageError> {
+    let mut out = Vec::new();
+    let mut material = Some(Vec::new());
+    walk(root, Path::new(""), &mut out, &mut material)?;
+    Ok((out, material.unwrap_or_default()))
+}
+
+fn walk(
+    root: &Path,
+    rel: &Path,
+    out: &mut Vec<Entry>,
+    material: &mut Option<Vec<String>>,
+) -> Result<(), ImageError> {
     let dir = root.join(rel);
     let mut names: Vec<_> = fs::read_dir(&dir)
         .map_err(ImageError::io(&dir, "listing"))?
@@ -287,6 +301,23 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<Entry>) -> Result<(), ImageError>
             continue; // sockets
         };
         let is_dir = matches!(kind, Kind::Dir);
+        if let Some(mat) = material.as_mut() {
+            let what = match &kind {
+                Kind::File(_) => crate::layers::stat_key_material(&m),
+                Kind::Symlink(t) => t.display().to_string(),
+                Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => {
+                    format!("{major}:{minor}")
+                }
+                Kind::Dir | Kind::Fifo => String::new(),
+            };
+            mat.push(format!(
+                "{}\0{:o} {} {} {what}",
+                r.display(),
+                m.mode(),
+                m.uid(),
+                m.gid()
+            ));
+        }
         out.push(Entry {
             path: r.clone(),
             perm: m.mode() & 0o7777,
@@ -299,37 +330,104 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<Entry>) -> Result<(), ImageError>
                 .iter()
                 .any(|s| name.as_encoded_bytes() == s.as_bytes());
         if is_dir && !skip {
-            walk(root, &r, out)?;
+            walk(root, &r, out, material)?;
         }
     }
     Ok(())
 }
 
-/// Cuts a tree walk into layers of about [`ROOTFS_CHUNK_BYTES`].
-fn chunk_rootfs(entries: Vec<Entry>) -> Vec<Layer> {
+/// Cuts a tree walk into layers of about [`ROOTFS_CHUNK_BYTES`], each keyed from the walk's
+/// metadata.
+fn chunk_rootfs(entries: Vec<Entry>, material: Vec<String>) -> Vec<Layer> {
     let mut layers = Vec::new();
     let mut cur = Vec::new();
+    let mut cur_mat = Vec::new();
     let mut size = 0u64;
-    for e in entries {
+    for (e, m) in entries.into_iter().zip(material) {
         size += e.size();
         cur.push(e);
+        cur_mat.push(m);
         if size >= ROOTFS_CHUNK_BYTES {
-            layers.push(std::mem::take(&mut cur));
+            layers.push((std::mem::take(&mut cur), std::mem::take(&mut cur_mat)));
             size = 0;
         }
     }
     if !cur.is_empty() {
-        layers.push(cur);
+        layers.push((cur, cur_mat));
     }
     layers
         .into_iter()
         .enumerate()
-        .map(|(i, entries)| Layer {
+        .map(|(i, (entries, mat))| Layer {
             name: format!("rootfs-{i}"),
             entries,
-            keying: Keying::Stat,
+            keying: Keying::Given(crate::layers::given_key(APPLIANCE_ZSTD_LEVEL, &mat)),
         })
         .collect()
+}
+
+/// A record of the layers of an immutable (debootstrapped, cached) tree: their names and keys,
+/// so a rebuild whose layers are all cached need not walk the tree again.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct TreeSnapshot {
+    layers: Vec<(String, String)>,
+}
+
+fn snapshot_path(root: &Path) -> PathBuf {
+    root.with_extension("layers.json")
+}
+
+/// The rootfs layers: from the snapshot of an immutable tree when every layer it names is
+/// cached, else from a walk (and then the snapshot is written, for immutable trees).
+fn rootfs_layers(root: &Path, immutable: bool, cache_dir: &Path) -> Result<Vec<Layer>, ImageError> {
+    let snap = snapshot_path(root);
+    if immutable {
+        let cached: Option<TreeSnapshot> = fs::read(&snap)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(s) = cached {
+            let all_cached = s.layers.iter().all(|(_, k)| {
+                cache_dir
+                    .join("layers")
+                    .join(format!("{k}.cpio.zst"))
+                    .is_file()
+            });
+            if all_cached {
+                return Ok(s
+                    .layers
+                    .into_iter()
+                    .map(|(name, k)| Layer {
+                        name,
+                        entries: Vec::new(),
+                        keying: Keying::Given(k),
+                    })
+                    .collect());
+            }
+        }
+    }
+    let (entries, material) = walk_tree_keyed(root)?;
+    let layers = chunk_rootfs(entries, material);
+    if immutable {
+        let s = TreeSnapshot {
+            layers: layers
+                .iter()
+                .filter_map(|l| match &l.keying {
+                    Keying::Given(k) => Some((l.name.clone(), k.clone())),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let tmp = snap.with_extension(format!("tmp-{}", std::process::id()));
+        let json = serde_json::to_vec(&s).unwrap_or_default();
+        if fs::write(&tmp, json)
+            .and_then(|_| fs::rename(&tmp, &snap))
+            .is_err()
+        {
+            let _ = fs::remove_file(&tmp);
+            tracing::warn!(snapshot = %snap.display(), "could not record the tree's layers; the next build walks it again");
+        }
+    }
+    Ok(layers)
 }
 
 /// Maps an absolute path on this machine to its name in the tree, following the tree's
@@ -679,14 +777,19 @@ pub fn plan_layers(
     spec: &ApplianceSpec,
     root: &Path,
 ) -> Result<(Vec<Layer>, Option<String>), ImageError> {
-    let mut layers = chunk_rootfs(walk_tree(root)?);
+    let t = std::time::Instant::now();
+    let immutable = matches!(spec.rootfs, RootfsSource::Debootstrap { .. });
+    let mut layers = rootfs_layers(root, immutable, &spec.cache_dir)?;
+    tracing::debug!(elapsed = ?t.elapsed(), "walked the tree");
     let mut release = None;
     if let Some(kernel) = &spec.kernel {
         let (rel, l) = modules_layer(root, kernel, &spec.modules_root, &spec.modules)?;
         release = Some(rel);
         layers.push(l);
     }
+    tracing::debug!(elapsed = ?t.elapsed(), "modules planned");
     let libs = library_closure(&spec.bins, &spec.lib_dirs)?;
+    tracing::debug!(elapsed = ?t.elapsed(), "library closure");
     layers.push(libs_layer(root, &libs)?);
     let bindir = in_tree(root, Path::new(&spec.bindir));
     let mut names = std::collections::BTreeSet::new();

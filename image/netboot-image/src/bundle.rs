@@ -33,7 +33,7 @@ use crate::newc::{Entry, NewcWriter};
 pub const MAX_SECRET_SIZE: u64 = 1024 * 1024;
 
 /// The zstd level of overlay initrds (fixed, so the same inputs give the same bytes).
-pub const OVERLAY_ZSTD_LEVEL: i32 = 9;
+pub const OVERLAY_ZSTD_LEVEL: i32 = 3;
 
 /// The kernel's file name inside a bundle.
 pub const KERNEL_NAME: &str = "bzImage";
@@ -458,7 +458,9 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
     }
 
     // Check every secret before writing anything.
+    let started = std::time::Instant::now();
     let plans = plan_overlays(&contract, &contract_bytes, spec.secrets.as_deref())?;
+    tracing::debug!(elapsed = ?started.elapsed(), "overlays planned, secrets read");
 
     let tmp = temp_sibling(&spec.out, "tmp")?;
     if tmp.exists() {
@@ -483,7 +485,9 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
         });
     }
 
+    tracing::debug!(elapsed = ?started.elapsed(), "base files in place");
     let overlays = write_overlays(&tmp, &plans, spec.jobs)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "overlays written");
     files.extend(overlays);
     files.sort_by(|a, b| a.path.cmp(&b.path));
 

@@ -63,6 +63,23 @@ pub fn dynamic_info(path: &Path) -> Result<DynamicInfo, ImageError> {
     })
 }
 
+/// ELF class (64-bit?) and machine from the first 20 bytes of the header, without reading the
+/// whole file.
+fn elf_class(path: &Path) -> Option<(bool, u16)> {
+    use std::io::Read;
+    let mut h = [0u8; 20];
+    fs::File::open(path).ok()?.read_exact(&mut h).ok()?;
+    if &h[..4] != b"\x7fELF" {
+        return None;
+    }
+    let machine = if h[5] == 2 {
+        u16::from_be_bytes([h[18], h[19]])
+    } else {
+        u16::from_le_bytes([h[18], h[19]])
+    };
+    Some((h[4] == 2, machine))
+}
+
 /// A library to install: where it is on this machine, and where it goes in the image.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Library {
@@ -119,8 +136,10 @@ pub fn library_closure(
                     return None;
                 }
                 // Same class and machine as the one that needs it.
-                match dynamic_info(&cand) {
-                    Ok(i) if i.is_64 == info.is_64 && i.machine == info.machine => Some(cand),
+                match elf_class(&cand) {
+                    Some((is_64, machine)) if is_64 == info.is_64 && machine == info.machine => {
+                        Some(cand)
+                    }
                     _ => None,
                 }
             });

@@ -34,12 +34,16 @@ use crate::newc::{Body, Entry, Kind, NewcWriter};
 const LAYER_FORMAT: &str = "plasmacloud-layer-v1";
 
 /// How file contents enter a layer's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Keying {
     /// sha256 of the content (remembered by stat identity).
     Content,
     /// The stat identity (device, inode, size, mtime, ctime) alone.
     Stat,
+    /// A key computed by the caller (from the metadata of a tree walk it already did, or from
+    /// a snapshot of an immutable tree). A layer with a given key and no entries must already
+    /// be in the cache.
+    Given(String),
 }
 
 /// One layer: a named, ordered list of members.
@@ -159,7 +163,26 @@ impl HashCache {
     }
 }
 
+/// The stat identity of a file as key material (what [`Keying::Stat`] hashes).
+pub fn stat_key_material(m: &fs::Metadata) -> String {
+    format!("{:?} {}", stat_identity(m), m.size())
+}
+
+/// A key over `material` (one string per member, in order) for [`Keying::Given`].
+pub fn given_key(level: i32, material: &[String]) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("{LAYER_FORMAT}\nzstd={level}\ngiven\n"));
+    for m in material {
+        h.update(m.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
 fn layer_key(layer: &Layer, level: i32, hashes: &mut HashCache) -> Result<String, ImageError> {
+    if let Keying::Given(k) = &layer.keying {
+        return Ok(k.clone());
+    }
     let mut h = Sha256::new();
     h.update(format!("{LAYER_FORMAT}\nzstd={level}\n"));
     for e in &layer.entries {
@@ -169,7 +192,7 @@ fn layer_key(layer: &Layer, level: i32, hashes: &mut HashCache) -> Result<String
             Kind::File(Body::Bytes(b)) => h.update(Sha256::digest(b)),
             Kind::File(Body::File { path, size }) => match layer.keying {
                 Keying::Content => h.update(hashes.sha256(path)?),
-                Keying::Stat => {
+                Keying::Stat | Keying::Given(_) => {
                     let m = fs::metadata(path).map_err(ImageError::io(path, "reading metadata"))?;
                     h.update(format!("{:?} {size}", stat_identity(&m)));
                 }
@@ -241,6 +264,15 @@ pub fn build_initrd(
         .map(|k| layer_dir.join(format!("{k}.cpio.zst")))
         .collect();
     let mut todo: Vec<usize> = (0..layers.len()).filter(|&i| !paths[i].is_file()).collect();
+    if let Some(&i) = todo
+        .iter()
+        .find(|&&i| layers[i].entries.is_empty() && matches!(layers[i].keying, Keying::Given(_)))
+    {
+        return Err(ImageError::bad(
+            &paths[i],
+            format!("layer {} was planned from a snapshot but is not in the cache; remove the snapshot (*.layers.json) to re-walk the tree", layers[i].name),
+        ));
+    }
     todo.sort_by_key(|&i| std::cmp::Reverse(layers[i].input_bytes()));
     let next = AtomicUsize::new(0);
     let errors: Mutex<Vec<ImageError>> = Mutex::new(Vec::new());
@@ -267,6 +299,7 @@ pub fn build_initrd(
         return Err(e);
     }
 
+    tracing::debug!(elapsed = ?started.elapsed(), "layers packed");
     let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
     let result = (|| {
         let mut dst = fs::File::create(&tmp).map_err(ImageError::io(&tmp, "creating"))?;
@@ -281,6 +314,7 @@ pub fn build_initrd(
         let _ = fs::remove_file(&tmp);
     }
     result?;
+    tracing::debug!(elapsed = ?started.elapsed(), "initrd written");
 
     let mut reports = Vec::with_capacity(layers.len());
     for (i, l) in layers.iter().enumerate() {
