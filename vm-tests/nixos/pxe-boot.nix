@@ -3,7 +3,8 @@
 # data disk each, which PXE-boot from it over that VLAN (virtio-net's iPXE ROM → DHCP → HTTP
 # per-node iPXE script → kernel, netboot ramdisk, per-node overlay; no user-mode TFTP), run
 # the netboot image's first-boot chain and must reach cluster-ready with the same checks as
-# cluster-bootstrap and the Rust rack harness.
+# cluster-bootstrap and the Rust rack harness; then the rack's reboot scenario (node03
+# power-cycles, netboots again from RAM, and finds its Raft data on its disk).
 {
   pkgs,
   plasmacloudModule,
@@ -125,10 +126,14 @@ pkgs.testers.runNixOSTest {
             m.succeed(f"grep -qx {m.name} /etc/plasmacloud/node")
             m.succeed("test -s /etc/plasmacloud/cluster-config.json")
 
-    check_cluster(machines, contract, credential)
+    cluster = Cluster(machines, contract, credential)
+    check_cluster(cluster)
 
     with phase("the data disk carries the Raft data"):
         for m in machines:
             m.succeed("findmnt -n -o SOURCE /var/lib/plasmacloud | grep -q '^/dev/vda'")
+
+    with phase("reboot: node03 power-cycles, PXE-boots again, comes back as the same member with its data"):
+        scenario_reboot(cluster, "node03")
   '';
 }
