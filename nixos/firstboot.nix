@@ -24,7 +24,8 @@ let
     ;
   contractLib = import ./lib/contract.nix;
   cfg = config.services.plasmacloud.firstboot;
-  contract = if cfg.contract == null then null else contractLib.load cfg.contract;
+  # Read at evaluation only when that builds nothing (see contract.nix: readableAtEval).
+  contract = contractLib.loadIfReadable cfg.contract;
 
   # The oneshots of the chain (the units that run `firstboot …`).
   oneshots = [

@@ -20,7 +20,8 @@ let
   contractLib = import ./lib/contract.nix;
   cfg = config.services.iam;
   firstboot = config.services.plasmacloud.firstboot;
-  contract = if firstboot.contract == null then null else contractLib.load firstboot.contract;
+  # Read at evaluation only when that builds nothing (see contract.nix: readableAtEval).
+  contract = contractLib.loadIfReadable firstboot.contract;
   contractPort =
     if contract == null then contractLib.defaultPorts.iam_api else (contractLib.ports contract).iam_api;
   settingsFormat = pkgs.formats.toml { };

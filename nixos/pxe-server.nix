@@ -19,9 +19,8 @@ let
   cfg = config.services.pxe-server;
   settingsFormat = pkgs.formats.toml { };
 
-  # The contract is read at evaluation only when it is a Nix path (a runtime path such as
-  # /etc/plasmacloud/cluster-config.json is not readable while evaluating a flake).
-  contract = if builtins.isPath cfg.cluster then contractLib.load cfg.cluster else null;
+  # Read at evaluation only when that builds nothing (see contract.nix: readableAtEval).
+  contract = contractLib.loadIfReadable cfg.cluster;
   bootServer =
     if contract == null then
       {

@@ -31,7 +31,8 @@ let
   contractLib = import ./lib/contract.nix;
   cfg = config.services.${name};
   firstboot = config.services.plasmacloud.firstboot;
-  contract = if firstboot.contract == null then null else contractLib.load firstboot.contract;
+  # Read at evaluation only when that builds nothing (see contract.nix: readableAtEval).
+  contract = contractLib.loadIfReadable firstboot.contract;
   contractPort =
     key:
     if contract == null then contractLib.defaultPorts.${key} else (contractLib.ports contract).${key};

@@ -62,6 +62,24 @@ let
     # Reads a contract file (a path or a string path).
     load = path: fromJSON (readFile path);
 
+    # Can a module read this contract while evaluating, without building anything? Yes for a
+    # Nix path and for a store file made at evaluation (builtins.toFile); no for a derivation
+    # (reading it would be import-from-derivation) and for a plain string, which names a file
+    # on the target machine (e.g. /etc/plasmacloud/cluster-config.json).
+    readableAtEval =
+      v:
+      builtins.isPath v
+      || (
+        builtins.isString v
+        && builtins.hasContext v
+        && builtins.all (c: c ? path && !(c ? outputs) && !(c ? allOutputs)) (
+          builtins.attrValues (builtins.getContext v)
+        )
+      );
+
+    # The contract when readable at evaluation, else null.
+    loadIfReadable = v: if v != null && readableAtEval v then load v else null;
+
     # The service ports, with the contract crate's defaults filled in.
     ports = contract: defaultPorts // (contract.ports or { });
 

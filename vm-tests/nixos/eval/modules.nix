@@ -454,4 +454,19 @@ in
       "node03"
     ];
   }
+  {
+    name = "a contract built by a derivation is not read at evaluation (no IFD): defaults apply";
+    expected = {
+      port = 2379;
+      failed = [ ];
+    };
+    actual =
+      let
+        c = node { services.plasmacloud.firstboot.contract = lib.mkForce (fakeDrv "cluster-config.json"); };
+      in
+      {
+        port = c.services.chainfire.apiPort;
+        failed = failedAssertions c;
+      };
+  }
 ]

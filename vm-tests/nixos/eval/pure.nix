@@ -224,4 +224,23 @@ in
       (c.sameMajorMinor "10.4.2" "x")
     ];
   }
+  {
+    name = "contracts readable at evaluation: paths and toFile files, not derivations or runtime paths";
+    expected = [
+      true
+      true
+      false
+      false
+    ];
+    actual = [
+      (c.readableAtEval (root + "/examples/cluster-3.json"))
+      (c.readableAtEval (builtins.toFile "c.json" "{}"))
+      (c.readableAtEval "${derivation {
+        name = "c.json";
+        builder = "/bin/sh";
+        system = "x86_64-linux";
+      }}")
+      (c.readableAtEval "/etc/plasmacloud/cluster-config.json")
+    ];
+  }
 ]

@@ -2,8 +2,8 @@
 # the seed creates an admin the checks log in with) and, for netbooted nodes whose only virtio
 # disk is the data disk, that disk on /dev/vda.
 {
-  pkgs,
   dataDisk ? null,
+  ...
 }:
 let
   contractLib = import ../../../nixos/lib/contract.nix;
@@ -20,6 +20,8 @@ let
 in
 {
   inherit contract credential credentialPath contractLib;
-  file = pkgs.writeText "cluster-config.json" (builtins.toJSON contract);
-  credentialFile = pkgs.writeText "iam-admin.json" (builtins.toJSON credential);
+  # builtins.toFile, not writeText: a store file made at evaluation, which the modules can
+  # read for their port defaults without import-from-derivation.
+  file = builtins.toFile "cluster-config.json" (builtins.toJSON contract);
+  credentialFile = builtins.toFile "iam-admin.json" (builtins.toJSON credential);
 }
