@@ -154,12 +154,25 @@ in
     assertions = [
       {
         assertion =
-          config.services.chainfire.enable && config.services.flaredb.enable && config.services.iam.enable;
+          config.services.chainfire.enable
+          && config.services.flaredb.enable
+          && config.services.iam.enable;
         message = "services.plasmacloud.firstboot: the chain runs Chainfire, FlareDB and IAM; enable services.chainfire, services.flaredb and services.iam.";
       }
       {
-        assertion = cfg.nodeName == null || contract == null || lib.elem cfg.nodeName (contractLib.nodeNames contract);
-        message = "services.plasmacloud.firstboot.nodeName ${toString cfg.nodeName} is not a node of the contract (${lib.concatStringsSep ", " (if contract == null then [ ] else contractLib.nodeNames contract)}).";
+        assertion =
+          cfg.nodeName == null
+          || contract == null
+          || lib.elem cfg.nodeName (contractLib.nodeNames contract);
+        message =
+          let
+            names = if contract == null then [ ] else contractLib.nodeNames contract;
+          in
+          "services.plasmacloud.firstboot.nodeName ${toString cfg.nodeName} is not a node of the contract (${lib.concatStringsSep ", " names}).";
+      }
+      {
+        assertion = cfg.contract == null || lib.hasPrefix "/etc/" cfg.contractPath;
+        message = "services.plasmacloud.firstboot.contractPath must lie under /etc/ when `contract` installs a file there (it is ${cfg.contractPath}).";
       }
     ];
 
@@ -189,7 +202,9 @@ in
           PLASMACLOUD_LOG_FORMAT = cfg.logFormat;
         } // lib.optionalAttrs (cfg.nodeName != null) { PLASMACLOUD_NODE = cfg.nodeName; };
         # The rendered units may write /var/lib/plasmacloud; another mount point needs a say.
-        serviceConfig.ReadWritePaths = lib.optional (cfg.stateDir != contractLib.defaultMountPoint) cfg.stateDir;
+        serviceConfig.ReadWritePaths = lib.optional (
+          cfg.stateDir != contractLib.defaultMountPoint
+        ) cfg.stateDir;
       }))
       { firstboot-disk.path = cfg.diskTools; }
       (lib.genAttrs cfg.gatedServices (_: {
