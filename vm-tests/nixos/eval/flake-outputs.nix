@@ -56,7 +56,15 @@ let
             "netbootRamdisk"
             "netbootIpxeScript"
           ] (n: fakeDrv n { });
-          boot.loader.kernelFile = "bzImage";
+          boot.loader.kernelFile =
+            if
+              lib.any (m: (m.nixpkgs.hostPlatform or null) == "aarch64-linux") (
+                lib.filter lib.isAttrs args.modules
+              )
+            then
+              "Image"
+            else
+              "bzImage";
         };
       };
     };
@@ -220,8 +228,10 @@ in
     actual = lib.hasInfix "/bin/firstboot units --out $out/lib/systemd/system --bindir" x86.units.script;
   }
   {
-    name = "flake: .#netboot links bzImage, initrd and netboot.ipxe";
+    name = "flake: .#netboot links bzImage, initrd and netboot.ipxe (and Image on aarch64)";
     expected = [
+      true
+      true
       true
       true
       true
@@ -230,6 +240,10 @@ in
       "bzImage"
       "initrd"
       "netboot.ipxe"
+    ]
+    ++ [
+      (!lib.hasInfix "$out/Image\n" x86.netboot.script)
+      (lib.hasInfix "$out/Image\n" o.packages.aarch64-linux.netboot.script)
     ];
   }
   {
