@@ -38,6 +38,9 @@ pub fn bind_udp(state: &State, port: u16, what: &str) -> Result<UdpSocket, Serve
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
     s.set_reuse_address(true).map_err(bind_err)?;
     s.set_broadcast(true).map_err(bind_err)?;
+    // A rack powering on at once sends bursts; a larger queue rides them out (best effort:
+    // the kernel caps it at net.core.rmem_max).
+    let _ = s.set_recv_buffer_size(4 << 20);
     s.bind_device(Some(iface.as_bytes())).map_err(bind_err)?;
     s.bind(&addr.into()).map_err(bind_err)?;
     Ok(s.into())

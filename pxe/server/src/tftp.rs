@@ -21,10 +21,10 @@ use std::time::Duration;
 use pxe_protocol::tftp::{
     encode_data_into, negotiate, wire_block, ErrorCode, Limits, Packet, Request,
 };
-use tokio::io::AsyncReadExt;
+use std::io::Read;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 
 use crate::state::{Metrics, NewEvent, State};
 
@@ -85,17 +85,18 @@ pub async fn run(state: Arc<State>, sock: UdpSocket) {
                 };
                 let st = state.clone();
                 let span = info_span!("tftp", %peer, file = %req.filename);
-                tokio::spawn(
-                    async move {
-                        Metrics::inc(&st.metrics.tftp_active);
-                        serve_read(&st, peer, req).await;
-                        st.metrics
-                            .tftp_active
-                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
+                // The transfer itself runs on a blocking thread: lockstep TFTP is bound by
+                // round-trip latency, and a thread parked in recv() wakes straight from the
+                // kernel, with no reactor hop and no thread-pool hop per file read.
+                tokio::task::spawn_blocking(move || {
+                    let _g = span.enter();
+                    Metrics::inc(&st.metrics.tftp_active);
+                    serve_read(&st, peer, req);
+                    st.metrics
+                        .tftp_active
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(permit);
+                });
             }
             Packet::Wrq(req) => {
                 Metrics::inc(&state.metrics.tftp_refused);
@@ -158,9 +159,9 @@ pub fn resolve_path(root: &Path, name: &str) -> Result<PathBuf, PathRefusal> {
     Ok(real)
 }
 
-async fn serve_read(state: &State, peer: SocketAddr, req: Request) {
+fn serve_read(state: &State, peer: SocketAddr, req: Request) {
     let cfg = &state.config;
-    let sock = match UdpSocket::bind(SocketAddr::from((cfg.interface.ip, 0))).await {
+    let sock = match std::net::UdpSocket::bind(SocketAddr::from((cfg.interface.ip, 0))) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot open a transfer socket");
@@ -168,17 +169,15 @@ async fn serve_read(state: &State, peer: SocketAddr, req: Request) {
             return;
         }
     };
-    if sock.connect(peer).await.is_err() {
+    if sock.connect(peer).is_err() {
         Metrics::inc(&state.metrics.tftp_transfers_failed);
         return;
     }
     if req.mode != "octet" && req.mode != "netascii" {
-        let _ = sock
-            .send(&Packet::error(
-                ErrorCode::IllegalOperation,
-                "only octet mode",
-            ))
-            .await;
+        let _ = sock.send(&Packet::error(
+            ErrorCode::IllegalOperation,
+            "only octet mode",
+        ));
         Metrics::inc(&state.metrics.tftp_refused);
         return;
     }
@@ -194,25 +193,21 @@ async fn serve_read(state: &State, peer: SocketAddr, req: Request) {
             };
             info!(reason = ?why, "read request refused");
             Metrics::inc(&state.metrics.tftp_refused);
-            let _ = sock.send(&Packet::error(code, msg)).await;
+            let _ = sock.send(&Packet::error(code, msg));
             return;
         }
     };
-    let mut file = match tokio::fs::File::open(&path).await {
+    let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) => {
             warn!(error = %e, "cannot open");
             Metrics::inc(&state.metrics.tftp_refused);
-            let _ = sock
-                .send(&Packet::error(ErrorCode::FileNotFound, "cannot open file"))
-                .await;
+            let _ = sock.send(&Packet::error(ErrorCode::FileNotFound, "cannot open file"));
             return;
         }
     };
-    let size = match file.metadata().await {
-        Ok(m) => m.len(),
-        Err(_) => 0,
-    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut file = std::io::BufReader::with_capacity(1 << 20, file);
     let limits = Limits::for_mtu(cfg.interface.mtu, cfg.tftp_max_window);
     let neg = negotiate(&req.options, size, limits);
     let base_timeout = Duration::from_secs(u64::from(neg.timeout_secs.unwrap_or(1)));
@@ -222,8 +217,7 @@ async fn serve_read(state: &State, peer: SocketAddr, req: Request) {
         .and_then(|m| state.node_of_mac(m))
         .map(|n| n.name.clone());
     let started = std::time::Instant::now();
-    let result = transfer(state, &sock, &mut file, size, &neg, base_timeout).await;
-    match result {
+    match transfer(state, &sock, &mut file, size, &neg, base_timeout) {
         Ok(sent) => {
             Metrics::inc(&state.metrics.tftp_transfers_ok);
             let secs = started.elapsed().as_secs_f64();
@@ -257,11 +251,36 @@ async fn serve_read(state: &State, peer: SocketAddr, req: Request) {
     }
 }
 
-/// Runs the transfer; returns the payload bytes delivered.
-async fn transfer(
+/// Receives one datagram before `deadline`; `Ok(None)` on timeout.
+fn recv_until(
+    sock: &std::net::UdpSocket,
+    buf: &mut [u8],
+    deadline: std::time::Instant,
+) -> Result<Option<usize>, String> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if left.is_zero() {
+        return Ok(None);
+    }
+    sock.set_read_timeout(Some(left))
+        .map_err(|e| e.to_string())?;
+    match sock.recv(buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            Ok(None)
+        }
+        // ICMP port unreachable from a client that went away shows up here.
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Runs the transfer (blocking); returns the payload bytes delivered.
+fn transfer(
     state: &State,
-    sock: &UdpSocket,
-    file: &mut tokio::fs::File,
+    sock: &std::net::UdpSocket,
+    file: &mut impl Read,
     size: u64,
     neg: &pxe_protocol::tftp::Negotiated,
     base_timeout: Duration,
@@ -272,26 +291,24 @@ async fn transfer(
         let oack = Packet::Oack(neg.oack.clone()).encode();
         let mut timeout = base_timeout;
         let mut tries = 0;
-        loop {
-            sock.send(&oack).await.map_err(|e| e.to_string())?;
-            match tokio::time::timeout(timeout, sock.recv(&mut rx)).await {
-                Ok(Ok(n)) => match Packet::parse(&rx[..n]) {
-                    Ok(Packet::Ack(0)) => break,
+        'oack: loop {
+            sock.send(&oack).map_err(|e| e.to_string())?;
+            let deadline = std::time::Instant::now() + timeout;
+            while let Some(n) = recv_until(sock, &mut rx, deadline)? {
+                match Packet::parse(&rx[..n]) {
+                    Ok(Packet::Ack(0)) => break 'oack,
                     Ok(Packet::Error { code, message }) => {
                         return Err(format!("client refused the options: {code} {message}"))
                     }
-                    _ => continue,
-                },
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => {
-                    tries += 1;
-                    if tries > MAX_RETRIES {
-                        return Err("no ACK for the OACK".into());
-                    }
-                    Metrics::inc(&state.metrics.tftp_retransmits);
-                    timeout = (timeout * 2).min(MAX_TIMEOUT);
+                    _ => {}
                 }
             }
+            tries += 1;
+            if tries > MAX_RETRIES {
+                return Err("no ACK for the OACK".into());
+            }
+            Metrics::inc(&state.metrics.tftp_retransmits);
+            timeout = (timeout * 2).min(MAX_TIMEOUT);
         }
     }
     let blksize = usize::from(neg.blksize);
@@ -300,6 +317,7 @@ async fn transfer(
                                                   // Blocks [base, base + blocks.len()) are read and unacknowledged.
     let mut base: u64 = 1;
     let mut blocks: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut next_to_read: u64 = 1;
     let mut pkt = Vec::with_capacity(blksize + 4);
     let mut sent_bytes: u64 = 0;
@@ -309,13 +327,11 @@ async fn transfer(
     while base <= total_blocks {
         // Fill the window.
         while next_to_read <= total_blocks && next_to_read < base + window {
-            let mut b = vec![0u8; blksize];
+            let mut b = spare.pop().unwrap_or_default();
+            b.resize(blksize, 0);
             let mut filled = 0;
             while filled < blksize {
-                let n = file
-                    .read(&mut b[filled..])
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let n = file.read(&mut b[filled..]).map_err(|e| e.to_string())?;
                 if n == 0 {
                     break;
                 }
@@ -325,11 +341,12 @@ async fn transfer(
             blocks.push_back(b);
             next_to_read += 1;
         }
-        // Send the window.
+        // Send the window: all new after a full-window ACK; after a timeout or an ACK in
+        // mid-window (the client saw a gap, RFC 7440 §4) the unacknowledged rest again.
         for (i, data) in blocks.iter().enumerate() {
             let n = base + i as u64;
             encode_data_into(&mut pkt, wire_block(n), data);
-            sock.send(&pkt).await.map_err(|e| e.to_string())?;
+            sock.send(&pkt).map_err(|e| e.to_string())?;
             Metrics::inc_by(&state.metrics.tftp_bytes, data.len() as u64);
             if n > first_send_upto {
                 first_send_upto = n;
@@ -339,35 +356,31 @@ async fn transfer(
             }
         }
         // Wait for an ACK that moves the window.
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout;
         let mut advanced = false;
-        loop {
-            let got = tokio::time::timeout_at(deadline, sock.recv(&mut rx)).await;
-            match got {
-                Ok(Ok(n)) => match Packet::parse(&rx[..n]) {
-                    Ok(Packet::Ack(w)) => {
-                        // Which of the outstanding blocks does it acknowledge?
-                        let hit = (0..blocks.len() as u64)
-                            .map(|i| base + i)
-                            .find(|&b| wire_block(b) == w);
-                        if let Some(b) = hit {
-                            let acked = b - base + 1;
-                            for _ in 0..acked {
-                                blocks.pop_front();
+        while let Some(n) = recv_until(sock, &mut rx, deadline)? {
+            match Packet::parse(&rx[..n]) {
+                Ok(Packet::Ack(w)) => {
+                    // Which of the outstanding blocks does it acknowledge?
+                    let hit = (0..blocks.len() as u64)
+                        .map(|i| base + i)
+                        .find(|&b| wire_block(b) == w);
+                    if let Some(b) = hit {
+                        for _ in 0..(b - base + 1) {
+                            if let Some(done) = blocks.pop_front() {
+                                spare.push(done);
                             }
-                            base = b + 1;
-                            advanced = true;
-                            break;
                         }
-                        // A duplicate ACK of an earlier block: ignore (no Sorcerer's Apprentice).
+                        base = b + 1;
+                        advanced = true;
+                        break;
                     }
-                    Ok(Packet::Error { code, message }) => {
-                        return Err(format!("client aborted: {code} {message}"));
-                    }
-                    _ => {}
-                },
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => break,
+                    // A duplicate ACK of an earlier block: ignore (no Sorcerer's Apprentice).
+                }
+                Ok(Packet::Error { code, message }) => {
+                    return Err(format!("client aborted: {code} {message}"));
+                }
+                _ => {}
             }
         }
         if advanced {
