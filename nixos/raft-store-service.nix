@@ -4,7 +4,9 @@
 # The unit itself comes from the rendered unit files (services.plasmacloud.firstboot installs
 # them); this module only adds a drop-in: the service user, the operator's `settings` as
 # PLASMACLOUD_<SERVICE>_* variables (which win over the TOML `firstboot configure` writes),
-# TLS credentials, and the firewall.
+# TLS credentials, and the firewall. It reads services.plasmacloud.firstboot, so it is
+# imported through firstboot.nix (which imports chainfire.nix, flaredb.nix and iam.nix; the
+# import graph has no cycle, which the module system could not resolve).
 {
   name,
   displayName,
