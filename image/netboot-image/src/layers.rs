@@ -277,39 +277,66 @@ pub fn build_initrd(
     let next = AtomicUsize::new(0);
     let errors: Mutex<Vec<ImageError>> = Mutex::new(Vec::new());
     let jobs = crate::jobs(jobs).min(todo.len()).max(1);
-    std::thread::scope(|s| {
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
+    // The output is written while layers are still being packed: each layer is appended as
+    // soon as it and every layer before it are in the cache.
+    let result = std::thread::scope(|s| {
         for _ in 0..jobs {
-            s.spawn(|| loop {
+            let done_tx = done_tx.clone();
+            let (next, errors, todo, paths) = (&next, &errors, &todo, &paths);
+            s.spawn(move || loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&i) = todo.get(n) else { break };
                 let t = Instant::now();
                 match pack_layer(&layers[i], &paths[i], level) {
-                    Ok(bytes) => tracing::info!(layer = %layers[i].name, bytes, elapsed = ?t.elapsed(), "packed"),
+                    Ok(bytes) => {
+                        tracing::info!(layer = %layers[i].name, bytes, elapsed = ?t.elapsed(), "packed");
+                        let _ = done_tx.send(i);
+                    }
                     Err(e) => {
                         if let Ok(mut errs) = errors.lock() {
                             errs.push(e);
                         }
+                        // Stop the others early.
+                        next.store(usize::MAX / 2, Ordering::Relaxed);
                         break;
                     }
                 }
             });
         }
-    });
-    if let Some(e) = errors.into_inner().ok().and_then(|mut v| v.pop()) {
-        return Err(e);
-    }
-
-    tracing::debug!(elapsed = ?started.elapsed(), "layers packed");
-    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
-    let result = (|| {
+        drop(done_tx);
+        let mut ready: Vec<bool> = (0..layers.len()).map(|i| !todo.contains(&i)).collect();
         let mut dst = fs::File::create(&tmp).map_err(ImageError::io(&tmp, "creating"))?;
-        for p in &paths {
-            let mut src = fs::File::open(p).map_err(ImageError::io(p, "opening"))?;
-            std::io::copy(&mut src, &mut dst).map_err(ImageError::io(&tmp, "writing"))?;
+        let mut written = 0;
+        loop {
+            while written < layers.len() && ready[written] {
+                let p = &paths[written];
+                let mut src = fs::File::open(p).map_err(ImageError::io(p, "opening"))?;
+                std::io::copy(&mut src, &mut dst).map_err(ImageError::io(&tmp, "writing"))?;
+                written += 1;
+            }
+            if written == layers.len() {
+                break;
+            }
+            match done_rx.recv() {
+                Ok(i) => ready[i] = true,
+                // Every worker has stopped and a layer is missing: one failed.
+                Err(_) => break,
+            }
+        }
+        if written < layers.len() {
+            return Err(errors
+                .lock()
+                .ok()
+                .and_then(|mut v| v.pop())
+                .unwrap_or_else(|| {
+                    ImageError::bad(out, "internal error: a layer was not packed")
+                }));
         }
         drop(dst);
         fs::rename(&tmp, out).map_err(ImageError::io(out, "renaming into place"))
-    })();
+    });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }

@@ -275,3 +275,58 @@ fn appliance_with_a_node_overlay_boots_to_multi_user() {
         "the unit from --units did not run the packed binary with the contract in place:\n{log}"
     );
 }
+
+#[test]
+fn a_cached_debootstrap_tree_is_walked_once() {
+    use netboot_image::appliance::{rootfs_cache_dir, DEFAULT_MIRROR, DEFAULT_SUITE};
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("tree");
+    tiny_rootfs(&tree);
+    let cache = d.path().join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    let packages = vec!["systemd".to_string()];
+    // As if debootstrap had run: the cache entry named by the package list.
+    std::os::unix::fs::symlink(
+        &tree,
+        rootfs_cache_dir(&cache, DEFAULT_SUITE, DEFAULT_MIRROR, &packages),
+    )
+    .unwrap();
+    let spec = ApplianceSpec {
+        rootfs: RootfsSource::Debootstrap {
+            suite: DEFAULT_SUITE.into(),
+            mirror: DEFAULT_MIRROR.into(),
+            packages,
+        },
+        kernel: None,
+        modules_root: "/lib/modules".into(),
+        modules: vec![],
+        bins: vec![],
+        bindir: DEFAULT_BINDIR.into(),
+        units: None,
+        lib_dirs: lib_dirs(),
+        cache_dir: cache.clone(),
+        out: d.path().join("appliance.img"),
+        jobs: 2,
+    };
+    let first = build_appliance(&spec).unwrap();
+    let snapshot = first.rootfs.with_extension("layers.json");
+    assert!(snapshot.is_file(), "{}", snapshot.display());
+    let before = fs::read(&spec.out).unwrap();
+
+    // The cached tree is immutable by contract: a rebuild takes its layers from the snapshot.
+    fs::write(tree.join("etc/added-later"), "x").unwrap();
+    let second = build_appliance(&spec).unwrap();
+    assert!(second.layers.iter().all(|l| !l.packed));
+    assert_eq!(fs::read(&spec.out).unwrap(), before);
+
+    // Removing the snapshot re-walks it.
+    fs::remove_file(&snapshot).unwrap();
+    let third = build_appliance(&spec).unwrap();
+    let packed: Vec<&str> = third
+        .layers
+        .iter()
+        .filter(|l| l.packed)
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(packed, ["rootfs-0"]);
+}
