@@ -38,7 +38,8 @@ pub const ROOTFS_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
 pub const APPLIANCE_ZSTD_LEVEL: i32 = 3;
 
 /// Printed on the console by `plasmacloud-appliance-ready.service` once `multi-user.target`
-/// is reached; the line goes on with `hostname=NAME`.
+/// is reached and the network is online; the line goes on with
+/// `hostname=NAME ipv4: IFACE=ADDR/PREFIX …` (every global IPv4 address).
 pub const READY_MARKER: &str = "plasmacloud-appliance: multi-user.target reached";
 
 /// Where binaries go by default (render units with `firstboot units --bindir` the same).
@@ -670,22 +671,31 @@ ExecStart=/bin/sh /usr/local/lib/plasmacloud/appliance-hostname
 WantedBy=sysinit.target
 ";
 
-fn ready_unit() -> String {
+fn ready_script() -> String {
     format!(
-        "\
+        r#"#!/bin/sh
+# netboot-image appliance: one console line once multi-user.target is reached and the network
+# is online (or systemd-networkd-wait-online gave up): the hostname and every global IPv4
+# address, for test harnesses reading the serial console.
+addrs=$(ip -4 -o addr show scope global | while read -r _ dev _ addr _; do printf ' %s=%s' "$dev" "$addr"; done)
+echo "{READY_MARKER} hostname=$(cat /proc/sys/kernel/hostname) ipv4:$addrs" > /dev/console
+"#
+    )
+}
+
+const READY_UNIT: &str = "\
 [Unit]
 Description=Console marker: multi-user.target reached (netboot-image appliance)
-After=multi-user.target
+After=multi-user.target network-online.target
+Wants=network-online.target
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'echo \"{READY_MARKER} hostname=$(cat /proc/sys/kernel/hostname)\" > /dev/console'
+ExecStart=/bin/sh /usr/local/lib/plasmacloud/appliance-ready
 
 [Install]
 WantedBy=multi-user.target
-"
-    )
-}
+";
 
 fn appliance_layer(root: &Path) -> Result<Layer, ImageError> {
     let systemd = in_tree(root, Path::new("/lib/systemd/systemd"));
@@ -731,9 +741,14 @@ fn appliance_layer(root: &Path) -> Result<Layer, ImageError> {
             HOSTNAME_UNIT,
         ),
         Entry::bytes(
+            "usr/local/lib/plasmacloud/appliance-ready",
+            0o755,
+            ready_script(),
+        ),
+        Entry::bytes(
             sys.join("plasmacloud-appliance-ready.service"),
             0o644,
-            ready_unit(),
+            READY_UNIT,
         ),
         Entry::symlink(
             sys.join("sysinit.target.wants/plasmacloud-hostname.service"),

@@ -139,6 +139,15 @@ Description=Stand-in for the first-boot chain: runs this project's binary, reads
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+# The hardening the first-boot units carry must work with the initramfs as root.
+ProtectSystem=strict
+PrivateTmp=yes
+NoNewPrivileges=yes
+ProtectHome=yes
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+StateDirectory=dummy
+StateDirectoryMode=0700
 ExecStart=/bin/sh -c 'echo "dummy-unit: $(/usr/local/bin/netboot-image --version) contract=$(grep -o plasmacloud-boot-test /etc/plasmacloud/cluster-config.json)" > /dev/console'
 
 [Install]
@@ -268,6 +277,12 @@ fn appliance_with_a_node_overlay_boots_to_multi_user() {
     );
     let log = qemu.output();
     qemu.kill();
+    // systemd-networkd's DHCP lease from QEMU's user network.
+    let ready = log
+        .lines()
+        .find(|l| l.contains(&marker))
+        .unwrap_or_default();
+    assert!(ready.contains("=10.0.2.15/24"), "no DHCP address: {ready}");
     assert!(log.contains("Run /init as init process"), "no /init");
     assert!(log.contains("systemd[1]"), "systemd is not PID 1");
     assert!(
