@@ -20,13 +20,12 @@ use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures::StreamExt;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use pxe_protocol::ipxe::{
     initrd_name, render_boot_script, render_refusal_script, BootScript, ScriptInitrd,
 };
 use rand::RngCore;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncSeekExt;
 use tracing::{info, warn};
 
 use crate::config::UnknownMac;
@@ -425,17 +424,51 @@ async fn serve_file(
         return not_found(state, "seek failed");
     }
     Metrics::inc(&state.metrics.http_transfers);
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 * 1024);
-    let st = state.clone();
-    let stream = stream.map(move |chunk| {
-        if let Ok(c) = &chunk {
-            Metrics::inc_by(&st.metrics.http_bytes, c.len() as u64);
-        }
-        chunk
-    });
+    let stream = read_ahead(file.into_std().await, count, state.clone());
     builder
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Chunk size of artifact reads.
+const CHUNK: usize = 1 << 20;
+
+/// Streams `count` bytes of `file` from a blocking reader thread through a small channel, so
+/// disk reads run ahead of (and in parallel with) socket writes, one pool hop per transfer
+/// rather than one per chunk; memory stays bounded at a few chunks per transfer.
+fn read_ahead(
+    mut file: std::fs::File,
+    count: u64,
+    state: Arc<State>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    use std::io::Read;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut left = count;
+        while left > 0 {
+            let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
+            // read_to_end into spare capacity: no zero-filling of the chunk first.
+            let mut buf = Vec::with_capacity(want);
+            if let Err(e) = (&mut file).take(want as u64).read_to_end(&mut buf) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            let filled = buf.len();
+            if filled == 0 {
+                let _ = tx.blocking_send(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "artifact shrank while being served",
+                )));
+                return;
+            }
+            left -= filled as u64;
+            Metrics::inc_by(&state.metrics.http_bytes, filled as u64);
+            if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) })
 }
 
 #[cfg(test)]

@@ -74,6 +74,18 @@ fn check_accepts_good_config_and_names_every_bad_one() {
     );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("unknown-mac Ignore"), "{out}");
+    // phase: the shipped example parses and merges under the flags (which make it proxy
+    // mode, where its dhcp-range is rightly refused)
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pxe-server.example.toml");
+    let mut a = vec!["--config".to_string(), example.display().to_string()];
+    a.extend(good.clone());
+    let (code, out) = run("check", &a, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--dhcp-range: proxy mode assigns no addresses"),
+        "{out}"
+    );
     std::fs::write(&toml, "interfcae = \"lo\"\n").unwrap();
     let (code, out) = run(
         "check",
