@@ -74,8 +74,8 @@ fn check_accepts_good_config_and_names_every_bad_one() {
     );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("unknown-mac Ignore"), "{out}");
-    // phase: the shipped example parses and merges under the flags (which make it proxy
-    // mode, where its dhcp-range is rightly refused)
+    // phase: the shipped example parses and merges under the flags (its dhcp-range, for a
+    // real boot network, is rightly refused on lo)
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pxe-server.example.toml");
     let mut a = vec!["--config".to_string(), example.display().to_string()];
@@ -83,7 +83,7 @@ fn check_accepts_good_config_and_names_every_bad_one() {
     let (code, out) = run("check", &a, &[]);
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("--dhcp-range: proxy mode assigns no addresses"),
+        out.contains("--dhcp-range: 10.99.0.100 is outside lo"),
         "{out}"
     );
     std::fs::write(&toml, "interfcae = \"lo\"\n").unwrap();
