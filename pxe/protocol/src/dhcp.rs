@@ -305,7 +305,13 @@ pub struct ReplyParams {
     pub boot: BootFile,
     /// Add the PXE vendor options (60 `PXEClient`/`HTTPClient`, 43 discovery control, 97).
     pub pxe_options: bool,
+    /// Tell iPXE not to wait for ProxyDHCP offers (option 175, encapsulated 176 = 1). Only
+    /// when we are the segment's sole DHCP server (full mode).
+    pub ipxe_no_proxydhcp: bool,
 }
+
+/// iPXE's encapsulated option space (175) with `no-pxedhcp` (176) = 1.
+pub const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
 
 /// PXE 2.1 vendor option 43 with sub-option 6 (PXE_DISCOVERY_CONTROL) = 8: "use the boot file
 /// in this reply, do no boot server discovery".
@@ -371,6 +377,12 @@ pub fn build_reply(req: &DhcpRequest, p: &ReplyParams) -> Result<Vec<u8>, Protoc
             if let Some(uuid) = &req.uuid {
                 opts.insert(DhcpOption::ClientMachineIdentifier(uuid.clone()));
             }
+        }
+        if p.ipxe_no_proxydhcp && req.ipxe {
+            opts.insert(DhcpOption::Unknown(v4::UnknownOption::new(
+                OptionCode::from(175u8),
+                IPXE_NO_PXEDHCP.to_vec(),
+            )));
         }
         // The BOOTP file and sname fields too: older PXE ROMs read only those.
         let file = match &p.boot {

@@ -154,6 +154,7 @@ fn replies_to_captured_requests_decode_with_boot_info() {
             lease_secs: None,
             boot: BootFile::Tftp("snponly.efi".into()),
             pxe_options: true,
+            ipxe_no_proxydhcp: true,
         },
     )
     .expect("encode");
@@ -190,6 +191,7 @@ fn replies_to_captured_requests_decode_with_boot_info() {
             lease_secs: Some(3600),
             boot: BootFile::Url(url.into()),
             pxe_options: true,
+            ipxe_no_proxydhcp: true,
         },
     )
     .expect("encode");

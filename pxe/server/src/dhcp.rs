@@ -182,6 +182,7 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
         lease_secs: yiaddr.map(|_| cfg.lease_secs),
         boot: boot.clone(),
         pxe_options: req.is_boot_client(),
+        ipxe_no_proxydhcp: true,
     };
     match req.kind {
         RequestKind::Discover => {
@@ -372,6 +373,7 @@ fn handle_proxy(
         lease_secs: None,
         boot,
         pxe_options: true,
+        ipxe_no_proxydhcp: false,
     };
     let bytes = encode(state, req, &params)?;
     let counter = if kind == ReplyKind::Offer {
