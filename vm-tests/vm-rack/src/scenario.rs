@@ -1,0 +1,96 @@
+//! The scenarios `vm-tests/rack` takes, by name.
+
+use std::fmt;
+
+/// How a VM's firmware boots it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Firmware {
+    /// SeaBIOS + the iPXE option ROM of the NIC (machine `pc`).
+    Bios,
+    /// OVMF (machine `q35`, pflash code + a copy of the vars).
+    Uefi,
+}
+
+/// One scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Scenario {
+    /// `cold-3`: three nodes cold boot to cluster-ready.
+    Cold3,
+    /// `cold-5`: five nodes cold boot to cluster-ready.
+    Cold5,
+    /// `uefi-3`: `cold-3` booted by OVMF.
+    Uefi3,
+    /// `reboot`: `cold-3`, then one node power-cycles, PXE-boots again, and comes back as the
+    /// same member with its data.
+    Reboot,
+    /// `leader-loss`: `cold-3`, then the Raft leader powers off; the other two keep serving
+    /// writes; it comes back and rejoins.
+    LeaderLoss,
+    /// `unknown-mac`: a VM whose MAC is not in the contract boots the default entry and gets
+    /// none of the cluster's secrets.
+    UnknownMac,
+}
+
+/// Every scenario, in priority order.
+pub const ALL: &[Scenario] = &[
+    Scenario::Cold3,
+    Scenario::Reboot,
+    Scenario::LeaderLoss,
+    Scenario::UnknownMac,
+    Scenario::Cold5,
+    Scenario::Uefi3,
+];
+
+impl Scenario {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Cold3 => "cold-3",
+            Scenario::Cold5 => "cold-5",
+            Scenario::Uefi3 => "uefi-3",
+            Scenario::Reboot => "reboot",
+            Scenario::LeaderLoss => "leader-loss",
+            Scenario::UnknownMac => "unknown-mac",
+        }
+    }
+
+    /// Parses a scenario name.
+    pub fn parse(s: &str) -> Option<Self> {
+        ALL.iter().copied().find(|x| x.name() == s)
+    }
+
+    /// Nodes in the contract (every one boots as a VM, except in `unknown-mac`).
+    pub fn nodes(self) -> usize {
+        match self {
+            Scenario::Cold5 => 5,
+            _ => 3,
+        }
+    }
+
+    /// The firmware.
+    pub fn firmware(self) -> Firmware {
+        match self {
+            Scenario::Uefi3 => Firmware::Uefi,
+            _ => Firmware::Bios,
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for s in ALL {
+            assert_eq!(Scenario::parse(s.name()), Some(*s));
+        }
+        assert_eq!(Scenario::parse("cold-4"), None);
+    }
+}
