@@ -95,6 +95,17 @@ fn boot_full(fx: &Fixture, fw: Firmware, node: usize) -> f64 {
     for phase in ["\"dhcp\"", "\"ipxe-script\"", "\"kernel\"", "\"overlay\""] {
         assert!(status.contains(phase), "{fw:?}: no {phase} event: {status}");
     }
+    if fw == Firmware::Uefi {
+        // OVMF's native PXE took snponly.efi over TFTP (its windowsize 4 request granted).
+        assert!(
+            status.contains("snponly.efi") && status.contains("\"tftp\""),
+            "UEFI: no TFTP of snponly.efi: {status}"
+        );
+        assert!(
+            status.contains("efi-x64"),
+            "UEFI: arch 7 not seen: {status}"
+        );
+    }
     vm.kill();
     drop(server);
     secs

@@ -490,7 +490,14 @@ pub fn start_vm(
     args.push("-netdev".into());
     args.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
     args.push("-device".into());
-    args.push(format!("virtio-net-pci,netdev=n0,mac={mac}"));
+    // UEFI: no option ROM, so OVMF's own PXE stack (option 93 = 7) fetches snponly.efi over
+    // TFTP from us, which then runs iPXE; BIOS: QEMU's iPXE ROM asks for the script directly.
+    let rom = if fw == Firmware::Uefi {
+        ",romfile="
+    } else {
+        ""
+    };
+    args.push(format!("virtio-net-pci,netdev=n0,mac={mac}{rom}"));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let cmd = Rack::exec(&rack.hub, &refs);
     Process::spawn("qemu", cmd, &dir.join(format!("{tap}-qemu.log"))).unwrap()
