@@ -333,6 +333,18 @@ fn tftp_and_http_with_real_clients() {
     let (_, code) = curl(&n1, &["-o", "/dev/null", "-w", "%{http_code}", &forged]);
     assert_eq!(code, "403", "guessed token");
 
+    eprintln!("phase: a MAC not in the contract gets the default entry, without any overlay");
+    let (ok, text) = curl(
+        &other,
+        &["http://10.77.0.1:8081/boot/52-54-00-cc-00-01.ipxe"],
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("initrd=initrd.img console=ttyS0"), "{text}");
+    assert!(
+        !text.contains("/s/") && !text.contains("plasmacloud.node="),
+        "{text}"
+    );
+
     eprintln!("phase: HTTP HEAD, Range and ETag on the kernel");
     let (_, head) = curl(&other, &["-I", "http://10.77.0.1:8081/files/vmlinuz"]);
     let head_l = head.to_ascii_lowercase();

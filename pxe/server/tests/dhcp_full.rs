@@ -247,3 +247,78 @@ fn full_mode_real_clients_and_restart() {
     assert!(!m.contains("pxe_dhcp_acks_total{mode=\"full\"} 0\n"), "{m}");
     drop(rack);
 }
+
+#[test]
+fn unknown_macs_are_ignored_under_the_ignore_policy() {
+    if !require(
+        "unknown_macs_are_ignored_under_the_ignore_policy",
+        &[Need::Root, Need::Tool("udhcpc")],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rack = Rack::new();
+    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
+    let n3 = rack.attach("n3", "cli0", NODES[2].1, None);
+    let stranger = rack.attach("x", "cli0", "52:54:00:bb:00:09", None);
+    let cluster = write_contract(d, 8081, 8082);
+    let bundle = write_bundle(d, &cluster, b"kernel", b"base", "console=ttyS0");
+    let ipxe = write_ipxe_dir(d);
+    let args = server_args(
+        "full",
+        &cluster,
+        &bundle,
+        &ipxe,
+        &d.join("state"),
+        &[
+            "--dhcp-range",
+            "10.77.0.100-10.77.0.150",
+            "--unknown-mac",
+            "ignore",
+            "--ipv6-ra",
+            "off",
+        ],
+    );
+    let _server = start_server(&srv, &args, &d.join("server.log"));
+
+    eprintln!("phase: a contract node still gets its address");
+    let got = udhcpc(&n3, d, "n3", Some("PXEClient:Arch:00000:UNDI:002001"));
+    assert!(got.contains("ip=10.77.0.13 "), "{got}");
+
+    eprintln!("phase: an unknown MAC gets no answer, and a boot event says so");
+    let script = d.join("udhcpc-x.sh");
+    std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
+    sh(&["chmod", "+x", script.to_str().unwrap()]);
+    let (ok, log) = try_sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &stranger,
+        "udhcpc",
+        "-i",
+        "cli0",
+        "-f",
+        "-q",
+        "-n",
+        "-t",
+        "2",
+        "-T",
+        "1",
+        "-s",
+        script.to_str().unwrap(),
+        "-V",
+        "PXEClient:Arch:00000:UNDI:002001",
+    ]);
+    assert!(!ok, "an ignored MAC must get no lease: {log}");
+    let (_, status) = curl(&srv, &["http://10.77.0.1:8082/v1/status"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let unknown = v["unknown"].as_array().unwrap();
+    assert!(
+        unknown
+            .iter()
+            .any(|e| e["mac"] == "52:54:00:bb:00:09" && e["status"] == "ignored"),
+        "{status}"
+    );
+    drop(rack);
+}
