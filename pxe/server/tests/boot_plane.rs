@@ -13,6 +13,29 @@ use plasmacloud_testkit::{require, Need};
 const CONFIGURE_SCRIPT: &str =
     "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/24\" dev \"$interface\"\nexit 0\n";
 
+/// Two stalled transfers fill a limit of 2; a third request is refused as busy; then the two
+/// are aborted with ERROR packets.
+const LIMIT_PY: &str = r#"
+import socket, sys
+srv = (sys.argv[1], 69)
+stalled = []
+for _ in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(b"\x00\x01small.bin\x00octet\x00", srv)
+    d, peer = s.recvfrom(2048)
+    assert d[:2] == b"\x00\x03", d[:4]
+    stalled.append((s, peer))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.sendto(b"\x00\x01small.bin\x00octet\x00", srv)
+d, _ = c.recvfrom(2048)
+assert d[:2] == b"\x00\x05", d
+print("third refused: " + d[4:-1].decode())
+for s, peer in stalled:
+    s.sendto(b"\x00\x05\x00\x00done\x00", peer)
+"#;
+
 /// A TFTP client that withholds its first ACK and reports whether DATA 1 came again.
 const LOST_ACK_PY: &str = r#"
 import socket, struct, sys, time
@@ -80,7 +103,7 @@ fn tftp_and_http_with_real_clients() {
         &bundle,
         &ipxe,
         &state,
-        &["--ipv6-ra", "off"],
+        &["--ipv6-ra", "off", "--tftp-max-transfers", "2"],
     );
     let server = start_server(&srv, &args, &d.join("server.log"));
 
@@ -119,6 +142,29 @@ fn tftp_and_http_with_real_clients() {
             want.len()
         );
     };
+
+    eprintln!("phase: the concurrent-transfer limit (2) refuses a third transfer");
+    let py = d.join("limit.py");
+    std::fs::write(&py, LIMIT_PY).unwrap();
+    let got = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &n1,
+        "python3",
+        py.to_str().unwrap(),
+        "10.77.0.1",
+    ]);
+    assert!(got.contains("third refused: server busy"), "{got}");
+    plasmacloud_testkit::wait_until(
+        "the aborted transfers to end",
+        std::time::Duration::from_secs(10),
+        || {
+            let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
+            m.contains("pxe_tftp_active_transfers 0").then_some(())
+        },
+    )
+    .unwrap();
 
     eprintln!("phase: tftp-hpa, default options, byte-exact");
     let out = d.join("hpa.bin");
