@@ -41,7 +41,7 @@ fn newest(dir: &str, prefix: &str) -> Option<PathBuf> {
         .flatten()
         .filter(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with(prefix) && !n.contains(".tmp")
+            n.starts_with(prefix) && !n.contains(".tmp") && !n.ends_with(".json")
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
@@ -80,6 +80,20 @@ fn secret(dir: &Path, node: &str, on_node: &str, content: &str, mode: u32) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(&p, content).unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// CPU seconds (user + system) of this process and of its waited-for children, from
+/// /proc/self/stat (clock ticks of 1/100 s).
+fn cpu_seconds() -> (f64, f64) {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // After the ")": state is [0]; utime [11], stime [12], cutime [13], cstime [14].
+    let get = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
+    (get(11) + get(12), get(13) + get(14))
 }
 
 fn secs(d: Duration) -> f64 {
@@ -178,9 +192,12 @@ fn main() {
     let mut base = Vec::new();
     let mut our_bytes = 0;
     let mut base_bytes = 0;
-    for round in 0..3 {
+    let (mut our_cpu, mut base_cpu) = (0.0, 0.0);
+    let rounds = 5;
+    for round in 0..rounds {
         let out = w.join(format!("baseline-{round}.img"));
         let t = Instant::now();
+        let c0 = cpu_seconds();
         let st = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -192,6 +209,7 @@ fn main() {
             .unwrap();
         assert!(st.success());
         base.push(secs(t.elapsed()));
+        base_cpu += cpu_seconds().1 - c0.1;
         base_bytes = fs::metadata(&out).unwrap().len();
         fs::remove_file(&out).unwrap();
 
@@ -209,8 +227,10 @@ fn main() {
             jobs: 0,
         };
         let t = Instant::now();
+        let c0 = cpu_seconds();
         let r = build_appliance(&spec).unwrap();
         ours.push(secs(t.elapsed()));
+        our_cpu += cpu_seconds().0 - c0.0;
         our_bytes = r.bytes;
         fs::remove_dir_all(&spec.cache_dir).unwrap();
         fs::remove_file(&spec.out).unwrap();
@@ -221,9 +241,12 @@ fn main() {
     };
     let (o, b) = (median(&mut ours), median(&mut base));
     println!(
-        "appliance cold, tree only ({}): ours {o:.2} s ({our_bytes} B) vs find|cpio|zstd -3 -T0 {b:.2} s ({base_bytes} B): speed-up {:.2}x (median of 3)",
+        "appliance cold, tree only ({}): ours {o:.2} s ({our_bytes} B) vs find|cpio|zstd -3 -T0 {b:.2} s ({base_bytes} B): speed-up {:.2}x (median of {rounds}); CPU time per build: ours {:.2} s vs {:.2} s ({:.2}x less)",
         rootfs.display(),
-        b / o
+        b / o,
+        our_cpu / rounds as f64,
+        base_cpu / rounds as f64,
+        base_cpu / our_cpu.max(0.001)
     );
 
     // 3. Full appliance cold, then rebuild after changing one binary.
@@ -298,5 +321,15 @@ fn main() {
         cold.bytes,
         cold.kernel_release.as_deref().unwrap_or("none"),
         warm_t / cold_t
+    );
+    println!(
+        "load average during the run (1/5/15 min, {} CPUs): {}",
+        netboot_image::jobs(0),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 }

@@ -197,7 +197,13 @@ pub fn ensure_rootfs(src: &RootfsSource, cache: &Path) -> Result<PathBuf, ImageE
         });
     }
     prune_rootfs(&tmp)?;
-    fs::rename(&tmp, &dir).map_err(ImageError::io(&dir, "renaming into the cache"))?;
+    if let Err(e) = fs::rename(&tmp, &dir) {
+        // Another build finished the same tree first: use it.
+        let _ = fs::remove_dir_all(&tmp);
+        if !dir.is_dir() {
+            return Err(ImageError::io(&dir, "renaming into the cache")(e));
+        }
+    }
     tracing::info!(elapsed = ?started.elapsed(), rootfs = %dir.display(), "debootstrap done");
     Ok(dir)
 }
@@ -348,7 +354,7 @@ fn chunk_rootfs(entries: Vec<Entry>, material: Vec<String>) -> Vec<Layer> {
         size += e.size();
         cur.push(e);
         cur_mat.push(m);
-        if size >= ROOTFS_CHUNK_BYTES {
+        if size >= chunk_bytes() {
             layers.push((std::mem::take(&mut cur), std::mem::take(&mut cur_mat)));
             size = 0;
         }
@@ -365,6 +371,17 @@ fn chunk_rootfs(entries: Vec<Entry>, material: Vec<String>) -> Vec<Layer> {
             keying: Keying::Given(crate::layers::given_key(APPLIANCE_ZSTD_LEVEL, &mat)),
         })
         .collect()
+}
+
+/// [`ROOTFS_CHUNK_BYTES`], or `PLASMACLOUD_IMAGE_CHUNK_MIB` MiB (for measurements; changing
+/// it re-keys every rootfs layer).
+fn chunk_bytes() -> u64 {
+    std::env::var("PLASMACLOUD_IMAGE_CHUNK_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&m| m > 0)
+        .map(|m| m * 1024 * 1024)
+        .unwrap_or(ROOTFS_CHUNK_BYTES)
 }
 
 /// A record of the layers of an immutable (debootstrapped, cached) tree: their names and keys,
@@ -797,6 +814,9 @@ pub fn plan_layers(
     let mut layers = rootfs_layers(root, immutable, &spec.cache_dir)?;
     tracing::debug!(elapsed = ?t.elapsed(), "walked the tree");
     let mut release = None;
+    if spec.kernel.is_none() {
+        tracing::warn!("no --kernel: no kernel modules packed (virtio and e1000 NICs are modules in Debian's kernel)");
+    }
     if let Some(kernel) = &spec.kernel {
         let (rel, l) = modules_layer(root, kernel, &spec.modules_root, &spec.modules)?;
         release = Some(rel);
