@@ -431,7 +431,7 @@ async fn serve_file(
 }
 
 /// Chunk size of artifact reads.
-const CHUNK: usize = 1 << 20;
+const CHUNK: usize = 128 << 10;
 
 /// Streams `count` bytes of `file` from a blocking reader thread through a small channel, so
 /// disk reads run ahead of (and in parallel with) socket writes, one pool hop per transfer
@@ -442,7 +442,7 @@ fn read_ahead(
     state: Arc<State>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
     use std::io::Read;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
         let mut left = count;
         while left > 0 {
