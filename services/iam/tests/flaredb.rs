@@ -4,6 +4,7 @@
 //! build (`workspace_binary` rules, `PLASMACLOUD_BIN_DIR` first); when it has not been built the
 //! tests skip by hand and fail under `CI=true`.
 
+use plasmacloud_store_client::{Member, StoreClient};
 use plasmacloud_testkit::{free_port, in_ci, loopback_ip, wait_until_async, Process};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -54,17 +55,19 @@ struct Flare {
     args: Vec<String>,
     dir: tempfile::TempDir,
     url: String,
+    member: Member,
 }
 
 impl Flare {
-    async fn start(bin: PathBuf) -> Flare {
+    /// Starts node `id` and waits for its `listening` line (no cluster yet).
+    fn spawn(bin: PathBuf, id: u64) -> Flare {
         let dir = tempfile::tempdir().expect("tempdir");
         let ip = loopback_ip();
         let api = format!("{ip}:{}", free_port(ip));
         let raft = format!("{ip}:{}", free_port(ip));
         let args: Vec<String> = [
             "--id",
-            "1",
+            &id.to_string(),
             "--data-dir",
             &dir.path().join("data").display().to_string(),
             "--api-addr",
@@ -75,30 +78,42 @@ impl Flare {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let proc = Process::start("flaredb", &bin, &args, &dir.path().join("flaredb.log"))
+        let mut proc = Process::start("flaredb", &bin, &args, &dir.path().join("flaredb.log"))
             .expect("start flaredb-server");
-        let url = format!("http://{api}");
-        let client = http();
-        let init = json!({"members": [{"id": 1, "raft_addr": raft, "api_addr": api}]});
-        let init_url = format!("{url}/v1/cluster/init");
-        wait_until_async("FlareDB to accept cluster init", START, || {
-            let (client, init_url, init) = (client.clone(), init_url.clone(), init.clone());
-            async move {
-                let r = client.post(&init_url).json(&init).send().await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- flaredb log ---\n{}", proc.output()));
-        let flare = Flare {
+        tokio::task::block_in_place(|| proc.wait_for_output("listening", START))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Flare {
             proc,
             bin,
             args,
             dir,
-            url,
-        };
+            url: format!("http://{api}"),
+            member: Member {
+                id,
+                raft_addr: raft,
+                api_addr: api,
+            },
+        }
+    }
+
+    /// A single-node cluster.
+    async fn start(bin: PathBuf) -> Flare {
+        let flare = Flare::spawn(bin, 1);
+        flare
+            .client()
+            .init(std::slice::from_ref(&flare.member))
+            .await
+            .unwrap_or_else(|e| panic!("init: {e}\n--- flaredb log ---\n{}", flare.proc.output()));
         flare.wait_healthy().await;
         flare
+    }
+
+    fn client(&self) -> StoreClient {
+        StoreClient::builder([self.url.clone()])
+            .timeout(Duration::from_secs(20))
+            .membership_timeout(START)
+            .build()
+            .expect("store client")
     }
 
     async fn wait_healthy(&self) {
@@ -503,4 +518,65 @@ async fn flaredb_killed_mid_session() {
     let fresh = iam.login("admin", PW).await;
     let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&fresh), None).await;
     assert_eq!(s, 200, "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_iam_per_node_of_a_three_node_flaredb() {
+    let Some(bin) = flaredb_binary("one_iam_per_node_of_a_three_node_flaredb") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    phase("form a three-node FlareDB cluster");
+    let nodes: Vec<Flare> = (1..=3).map(|id| Flare::spawn(bin.clone(), id)).collect();
+    let seed = nodes[0].client();
+    seed.init(std::slice::from_ref(&nodes[0].member))
+        .await
+        .unwrap_or_else(|e| panic!("init: {e}"));
+    nodes[0].wait_healthy().await;
+    for n in &nodes[1..] {
+        seed.add_learner(&n.member)
+            .await
+            .unwrap_or_else(|e| panic!("add learner {}: {e}", n.member.id));
+    }
+    seed.promote_voters(&[2, 3])
+        .await
+        .unwrap_or_else(|e| panic!("promote: {e}"));
+    for n in &nodes {
+        n.wait_healthy().await;
+    }
+
+    phase("one IAM per node, each on its local FlareDB (followers forward writes)");
+    let iams: Vec<Iam> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Iam::start(&format!("iam-{}", i + 1), n, dir.path()))
+        .collect();
+
+    phase("all three bootstrap at once with the same credentials: all succeed, one creates");
+    let body = || Some(json!({"username": "admin", "password": PW}));
+    let (r1, r2, r3) = tokio::join!(
+        iams[0].call("POST", "/v1/bootstrap", None, body()),
+        iams[1].call("POST", "/v1/bootstrap", None, body()),
+        iams[2].call("POST", "/v1/bootstrap", None, body()),
+    );
+    for r in [&r1, &r2, &r3] {
+        assert_eq!(r.0, 200, "{r:?}");
+    }
+    let created = [&r1, &r2, &r3]
+        .iter()
+        .filter(|r| r.1["created"] == true)
+        .count();
+    assert_eq!(created, 1, "{r1:?} {r2:?} {r3:?}");
+
+    phase("a token from node 3 works on node 1; exactly one admin");
+    let tok = iams[2].login("admin", PW).await;
+    let (s, j) = iams[0]
+        .call("GET", "/v1/auth/whoami", Some(&tok), None)
+        .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["roles"], json!(["admin"]));
+    let (s, j) = iams[1].call("GET", "/v1/users", Some(&tok), None).await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["users"].as_array().map(Vec::len), Some(1), "{j}");
 }
