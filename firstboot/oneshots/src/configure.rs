@@ -85,9 +85,18 @@ pub async fn resolve_raft_id(ctx: &Ctx, deadline: Duration) -> StepResult<u64> {
 /// Does a Chainfire cluster already run on the other voters? (Only the seed asks: a wiped seed
 /// must not found a second cluster beside a living one.)
 async fn cluster_exists(ctx: &Ctx) -> StepResult<bool> {
-    let Ok(peers) = ctx.peers_client(Store::Chainfire) else {
+    let peers: Vec<_> = ctx
+        .contract
+        .voters()
+        .into_iter()
+        .filter(|n| n.name != ctx.me.name)
+        .cloned()
+        .collect();
+    if peers.is_empty() {
         return Ok(false); // a single-voter cluster has no peers to ask
-    };
+    }
+    // A short probe: peers that boot with us refuse connections at once.
+    let peers = ctx.client(Store::Chainfire, &peers, Duration::from_millis(1500))?;
     match peers.members().await {
         Ok(m) => Ok(!m.members.is_empty()),
         Err(e) => {

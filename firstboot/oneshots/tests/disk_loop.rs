@@ -26,10 +26,18 @@ impl Loop {
             .arg(&img)
             .output()
             .unwrap();
-        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let mount = dir.path().join("mnt");
-        Self { dev, mount, _dir: dir }
+        Self {
+            dev,
+            mount,
+            _dir: dir,
+        }
     }
 
     fn layout(&self, wipe_foreign: bool) -> DiskLayout {
@@ -55,14 +63,24 @@ impl Drop for Loop {
 }
 
 fn blkid(dev: &Path) -> String {
-    let out = Command::new("blkid").args(["-p", "-o", "export"]).arg(dev).output().unwrap();
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(dev)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn needs() -> bool {
     require(
         "firstboot disk on loop devices",
-        &[Need::Root, Need::Tool("losetup"), Need::Tool("sfdisk"), Need::Tool("mkfs.ext4"), Need::Tool("wipefs")],
+        &[
+            Need::Root,
+            Need::Tool("losetup"),
+            Need::Tool("sfdisk"),
+            Need::Tool("mkfs.ext4"),
+            Need::Tool("wipefs"),
+        ],
     )
 }
 
@@ -74,7 +92,10 @@ fn blank_disk_is_formatted_then_found_never_reformatted() {
     let disk = Loop::new(64);
 
     // Phase 1: a blank disk gets a GPT, a labelled filesystem, a mount.
-    assert_eq!(prepare(&disk.layout(false)).unwrap(), Outcome::Formatted { wiped: false });
+    assert_eq!(
+        prepare(&disk.layout(false)).unwrap(),
+        Outcome::Formatted { wiped: false }
+    );
     let marker = disk.mount.join("raft-data");
     std::fs::write(&marker, "keep me").unwrap();
 
@@ -106,14 +127,28 @@ fn foreign_disk_is_refused_unless_the_contract_allows_wiping() {
     let err = prepare(&disk.layout(false)).expect_err("must refuse foreign data");
     assert!(matches!(err, StepError::Config(_)), "{err}");
     let text = err.to_string();
-    assert!(text.contains("ext4 filesystem labelled \"someone-else\""), "{text}");
+    assert!(
+        text.contains("ext4 filesystem labelled \"someone-else\""),
+        "{text}"
+    );
     assert!(text.contains("wipe_foreign = true"), "{text}");
-    assert_eq!(blkid(&disk.dev), before, "a refused disk must be left untouched");
+    assert_eq!(
+        blkid(&disk.dev),
+        before,
+        "a refused disk must be left untouched"
+    );
 
     // Allowed: wiped and formatted as ours.
-    assert_eq!(prepare(&disk.layout(true)).unwrap(), Outcome::Formatted { wiped: true });
+    assert_eq!(
+        prepare(&disk.layout(true)).unwrap(),
+        Outcome::Formatted { wiped: true }
+    );
     let part = firstboot::disk::first_partition(&disk.dev);
-    assert!(blkid(&part).contains("LABEL=plasmacloud"), "{}", blkid(&part));
+    assert!(
+        blkid(&part).contains("LABEL=plasmacloud"),
+        "{}",
+        blkid(&part)
+    );
 }
 
 #[test]
@@ -127,5 +162,7 @@ fn missing_device_is_retry_later() {
     };
     let err = prepare(&layout).expect_err("no such device");
     assert!(matches!(err, StepError::Retry(_)), "{err}");
-    assert!(err.to_string().contains("/dev/plasmacloud-no-such-disk is not present"));
+    assert!(err
+        .to_string()
+        .contains("/dev/plasmacloud-no-such-disk is not present"));
 }

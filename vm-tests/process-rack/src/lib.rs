@@ -102,7 +102,7 @@ pub fn write_contract(spec: &RackSpec) -> std::io::Result<PathBuf> {
     let cred = spec.work.join("secrets/iam-bootstrap.json");
     std::fs::write(
         &cred,
-        r#"{"username":"admin","password":"rack-admin-password-1"}"#,
+        r#"{"username":"admin","password":"Rack-Seed-Passphrase-7"}"#,
     )?;
     let voters = voter_count_for_rack(spec.nodes);
     let nodes: Vec<serde_json::Value> = (0..spec.nodes)

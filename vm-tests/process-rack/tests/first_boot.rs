@@ -61,7 +61,10 @@ fn step(rack: &Rack, name: &str, step: &str) -> (i32, String) {
 
 async fn iam_login(rack: &Rack, node: usize, user: &str, password: &str) -> u16 {
     reqwest::Client::new()
-        .post(format!("http://{}:8080/v1/auth/login", node_ip(rack.spec.subnet, node)))
+        .post(format!(
+            "http://{}:8080/v1/auth/login",
+            node_ip(rack.spec.subnet, node)
+        ))
         .json(&serde_json::json!({"username": user, "password": password}))
         .send()
         .await
@@ -88,10 +91,17 @@ async fn three_nodes_shuffled_form_one_cluster_and_reruns_change_nothing() {
     // Phase: exactly one cluster of 3 voters in each store, with a leader.
     for store in ["chainfire", "flaredb"] {
         let m = members(&rack, store).await;
-        assert_eq!(voters(&m), vec![1, 2, 3], "{store}: ids 1 (seed) and 2, 3 from the counter");
+        assert_eq!(
+            voters(&m),
+            vec![1, 2, 3],
+            "{store}: ids 1 (seed) and 2, 3 from the counter"
+        );
         assert_eq!(m.voter_ids().len(), 3, "{store}: {m:?}");
         assert!(m.leader.is_some(), "{store}: no leader");
-        assert!(m.members.iter().all(|x| x.role == MemberRole::Voter), "{store}: {m:?}");
+        assert!(
+            m.members.iter().all(|x| x.role == MemberRole::Voter),
+            "{store}: {m:?}"
+        );
     }
     let cf_before = members(&rack, "chainfire").await;
     let fd_before = members(&rack, "flaredb").await;
@@ -99,7 +109,11 @@ async fn three_nodes_shuffled_form_one_cluster_and_reruns_change_nothing() {
     // Phase: one IAM admin: the bootstrap credential logs in on every node; another
     // credential cannot bootstrap a second admin.
     for i in 0..3 {
-        assert_eq!(iam_login(&rack, i, "admin", "rack-admin-password-1").await, 200, "login on node {i}");
+        assert_eq!(
+            iam_login(&rack, i, "admin", "Rack-Seed-Passphrase-7").await,
+            200,
+            "login on node {i}"
+        );
     }
     let second = reqwest::Client::new()
         .post(format!("http://{}:8080/v1/bootstrap", node_ip(61, 2)))
@@ -111,36 +125,89 @@ async fn three_nodes_shuffled_form_one_cluster_and_reruns_change_nothing() {
 
     // Phase: every step again on every node changes nothing.
     for name in rack.names.clone() {
-        for s in ["disk", "configure", "chainfire-join", "flaredb-join", "iam-setup", "health-check"] {
+        for s in [
+            "disk",
+            "configure",
+            "chainfire-join",
+            "flaredb-join",
+            "iam-setup",
+            "health-check",
+        ] {
             let (code, out) = step(&rack, &name, s);
             assert_eq!(code, 0, "{name} {s} again: {out}");
         }
     }
-    assert_eq!(voters(&members(&rack, "chainfire").await), voters(&cf_before));
+    assert_eq!(
+        voters(&members(&rack, "chainfire").await),
+        voters(&cf_before)
+    );
     assert_eq!(voters(&members(&rack, "flaredb").await), voters(&fd_before));
     assert_eq!(members(&rack, "chainfire").await.members.len(), 3);
 
     // Phase: restart one node's services with its data: it comes back as the same member.
-    let id_before = std::fs::read_to_string(rack.node_dir("node02").join("state/chainfire/node_id")).unwrap();
+    let id_before =
+        std::fs::read_to_string(rack.node_dir("node02").join("state/chainfire/node_id")).unwrap();
     for s in ["iam", "flaredb", "chainfire"] {
         rack.kill_service("node02", s).await;
     }
     rack.run_chain("node02").await.expect("node02 comes back");
-    let id_after = std::fs::read_to_string(rack.node_dir("node02").join("state/chainfire/node_id")).unwrap();
+    let id_after =
+        std::fs::read_to_string(rack.node_dir("node02").join("state/chainfire/node_id")).unwrap();
     assert_eq!(id_before, id_after);
-    assert_eq!(voters(&members(&rack, "chainfire").await), voters(&cf_before));
+    assert_eq!(
+        voters(&members(&rack, "chainfire").await),
+        voters(&cf_before)
+    );
     assert_eq!(voters(&members(&rack, "flaredb").await), voters(&fd_before));
+
+    // Phase: wipe node03's disk: it joins under a fresh id, its old incarnation is removed, and
+    // the voter set stays at the contract's three.
+    for s in ["iam", "flaredb", "chainfire"] {
+        rack.kill_service("node03", s).await;
+    }
+    let id_file = rack.node_dir("node03").join("state/chainfire/node_id");
+    let old: u64 = std::fs::read_to_string(&id_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::fs::remove_dir_all(rack.node_dir("node03").join("state")).unwrap();
+    rack.run_chain("node03")
+        .await
+        .expect("wiped node03 rejoins");
+    let new: u64 = std::fs::read_to_string(&id_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(new, 4, "a wiped node takes the next id from the counter");
+    for store in ["chainfire", "flaredb"] {
+        let m = members(&rack, store).await;
+        let v = voters(&m);
+        assert_eq!(v.len(), 3, "{store}: {m:?}");
+        assert!(
+            v.contains(&new) && !v.contains(&old),
+            "{store}: id {old} retired, never reused: {m:?}"
+        );
+        assert_eq!(m.members.len(), 3, "{store}: {m:?}");
+    }
 
     // Phase: bad input is a clear error and joins nothing.
     let (code, out) = step(&rack, "node09", "configure");
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("node \"node09\" is not in cluster"), "{out}");
 
-    let mut other = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&rack.contract).unwrap()).unwrap();
+    let mut other = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(&rack.contract).unwrap(),
+    )
+    .unwrap();
     other["cluster"]["id"] = serde_json::json!("some-other-cluster");
-    other["nodes"].as_array_mut().unwrap().push(serde_json::json!({
-        "name": "node04", "mac": "52:54:00:3d:00:09", "ipv4": "127.0.61.13", "roles": ["worker"]
-    }));
+    other["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "node04", "mac": "52:54:00:3d:00:09", "ipv4": "127.0.61.13", "roles": ["worker"]
+        }));
     let other_path = dir.path().join("other-contract.json");
     std::fs::write(&other_path, other.to_string()).unwrap();
     let out = Command::new(bin_dir().join("firstboot"))
@@ -156,7 +223,15 @@ async fn three_nodes_shuffled_form_one_cluster_and_reruns_change_nothing() {
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("two contracts disagree"), "{text}");
-    assert_eq!(members(&rack, "chainfire").await.members.len(), 3, "nothing half-joined");
+    assert_eq!(
+        members(&rack, "chainfire").await.members.len(),
+        3,
+        "nothing half-joined"
+    );
+    assert!(
+        !dir.path().join("node04/state/chainfire/node_id").exists(),
+        "no id taken"
+    );
 
     std::fs::write(dir.path().join("broken.json"), "{\"version\": 1,").unwrap();
     let out = Command::new(bin_dir().join("firstboot"))
@@ -182,8 +257,17 @@ async fn unreachable_peers_past_the_deadline_exit_75_and_name_what_was_awaited()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(75), "{text}");
-    assert!(text.contains("waiting for a Raft id from the Chainfire counter"), "{text}");
-    assert!(!rack.node_dir("node02").join("state/chainfire/node_id").exists(), "nothing written");
+    assert!(
+        text.contains("waiting for a Raft id from the Chainfire counter"),
+        "{text}"
+    );
+    assert!(
+        !rack
+            .node_dir("node02")
+            .join("state/chainfire/node_id")
+            .exists(),
+        "nothing written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +283,33 @@ async fn five_nodes_with_one_starting_30_s_late() {
         let m = members(&rack, store).await;
         assert_eq!(m.voter_ids().len(), 5, "{store}: {m:?}");
         assert_eq!(m.members.len(), 5, "{store}: {m:?}");
+    }
+    rack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_five_nodes_join_at_once_and_the_quorum_stays_five() {
+    let dir = tempfile::tempdir().unwrap();
+    let rack = Arc::new(Rack::new(spec(25, 64, vec![], dir.path())).unwrap());
+    let ready = rack.run_all().await;
+    eprintln!("{}", rack.summary_line());
+    assert_eq!(ready, 25, "{:#?}", rack.timelines.lock().unwrap());
+    for store in ["chainfire", "flaredb"] {
+        let m = members(&rack, store).await;
+        assert_eq!(m.voter_ids().len(), 5, "{store}: {m:?}");
+        assert_eq!(
+            m.members.len(),
+            25,
+            "{store}: 5 voters and 20 learners: {m:?}"
+        );
+        assert_eq!(
+            m.members
+                .iter()
+                .filter(|x| x.role == MemberRole::Learner)
+                .count(),
+            20,
+            "{store}"
+        );
     }
     rack.shutdown().await;
 }
