@@ -1,5 +1,7 @@
 //! `firstboot disk` on real loop devices over sparse files (root only; never skipped in CI).
 
+#![allow(clippy::unwrap_used)] // a test that cannot set up its fixture should panic
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

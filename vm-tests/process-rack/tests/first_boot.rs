@@ -1,6 +1,8 @@
 //! The first-boot chain on racks of real processes (chainfire, flaredb, iam, firstboot) on
 //! 127.0.x.y. Each test reads as phases; every wait has a deadline.
 
+#![allow(clippy::unwrap_used)] // a test that cannot set up its fixture should panic
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
