@@ -2,7 +2,8 @@
 //!
 //! Each test reads as phases, logged with `phase:`. FlareDB's binary comes from the workspace
 //! build (`workspace_binary` rules, `PLASMACLOUD_BIN_DIR` first); when it has not been built the
-//! tests skip by hand and fail under `CI=true`.
+//! tests skip by hand and fail under `CI=true` — unless `services/flaredb` is not a workspace
+//! member at all (nothing could build it), where they skip and say so.
 
 use plasmacloud_store_client::{Member, StoreClient};
 use plasmacloud_testkit::{free_port, in_ci, loopback_ip, wait_until_async, Process};
@@ -32,6 +33,16 @@ fn flaredb_binary(test: &str) -> Option<PathBuf> {
     }
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
         return Some(found.clone());
+    }
+    // While FlareDB is not (yet) a member of the workspace, nothing can build it: skip even in
+    // CI. Once it is a member, CI builds it and a missing binary is a failure.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+    let is_member = std::fs::read_to_string(&root)
+        .map(|t| t.contains("\"services/flaredb\""))
+        .unwrap_or(false);
+    if !is_member {
+        eprintln!("SKIP {test}: services/flaredb is not a workspace member yet");
+        return None;
     }
     assert!(
         !in_ci(),
