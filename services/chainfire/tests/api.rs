@@ -1,0 +1,223 @@
+//! The KV API on a one-node cluster (revisions, compare-and-swap, 404s, prefixes, bad input),
+//! health before and after init, and TLS (a client without the CA is refused).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{phase, wait_healthy, Node};
+use plasmacloud_store_client::{Error, Precondition, RaftRole, StoreClient};
+
+const BIN: &str = "chainfire-server";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_semantics_on_one_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut n = Node::new(BIN, 1, tmp.path());
+    n.start(true);
+    let c = n.client();
+
+    phase("pristine node: unhealthy, not initialised");
+    let h = c.health().await.expect("health");
+    assert_eq!(h.status, "unhealthy");
+    assert!(
+        h.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("not initialised"),
+        "{h:?}"
+    );
+    let raw = reqwest::get(format!("http://{}/health", n.api))
+        .await
+        .expect("get");
+    assert_eq!(raw.status(), 503);
+    let (ready, text) = c.readyz().await.expect("readyz");
+    assert!(!ready && text.contains("[-]initialized"), "{text}");
+
+    phase("init");
+    c.init(&[n.member()]).await.expect("init");
+    wait_healthy(&n, Duration::from_secs(20)).await;
+    let h = c.health().await.expect("health");
+    assert_eq!((h.raft, h.cluster_size), (RaftRole::Leader, 1));
+    let (ready, text) = c.readyz().await.expect("readyz");
+    assert!(ready && text.contains("[+]leader ok"), "{text}");
+
+    phase("put, get, revisions");
+    let r1 = c.put("a/b/c", "one").await.expect("put");
+    let r2 = c.put("a/b/d", "two").await.expect("put");
+    assert!(r2 > r1);
+    let v = c.get("a/b/c").await.expect("get").expect("present");
+    assert_eq!((v.value.as_str(), v.revision), ("one", r1));
+    assert!(c.get("missing").await.expect("get").is_none());
+    let odd = "sp ace?&%/ü";
+    c.put(odd, "x").await.expect("odd key");
+    assert_eq!(c.get(odd).await.expect("get").expect("present").value, "x");
+
+    phase("compare-and-swap");
+    let e = c
+        .put_if("a/b/c", "lost", Precondition::Revision(r1 - 1))
+        .await
+        .expect_err("stale");
+    match e {
+        Error::Conflict { revision, .. } => assert_eq!(revision, r1),
+        other => panic!("want conflict, got {other}"),
+    }
+    let r3 = c
+        .put_if("a/b/c", "won", Precondition::Revision(r1))
+        .await
+        .expect("cas");
+    assert!(r3 > r2);
+    let e = c
+        .put_if("a/b/c", "x", Precondition::Absent)
+        .await
+        .expect_err("exists");
+    assert!(e.is_conflict());
+    let e = c
+        .put_if("new", "x", Precondition::Revision(5))
+        .await
+        .expect_err("absent");
+    assert!(matches!(e, Error::Conflict { revision: 0, .. }), "{e}");
+    c.put_if("lock", "me", Precondition::Absent)
+        .await
+        .expect("create");
+
+    phase("list and delete");
+    let l = c.list("a/b/").await.expect("list");
+    assert_eq!(l.items.len(), 2);
+    assert_eq!(l.items[0].key, "a/b/c");
+    assert!(l.revision >= r3);
+    let e = c
+        .kv()
+        .delete_if("a/b/d", r2 + 100)
+        .await
+        .expect_err("cas delete");
+    assert!(e.is_conflict());
+    let d = c.delete("a/b/d").await.expect("delete");
+    assert!(d.deleted && d.revision > r3);
+    let d = c.delete("a/b/d").await.expect("delete again");
+    assert!(!d.deleted);
+
+    phase("bad input: JSON errors");
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("http://{}/v1/kv/bin", n.api))
+        .body(vec![0xff, 0xfe])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("UTF-8"),
+        "{body}"
+    );
+    let r = http
+        .put(format!("http://{}/v1/kv/x?prev_revision=abc", n.api))
+        .body("v")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let r = http
+        .put(format!("http://{}/v1/kv/x", n.api))
+        .body("v")
+        .send()
+        .await
+        .expect("send");
+    assert!(r.headers().get("x-revision").is_some());
+    let r = http
+        .post(format!("http://{}/v1/cluster/init", n.api))
+        .body("{")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(body["error"].is_string());
+}
+
+fn certs(ip: std::net::Ipv4Addr) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(vec![ip.to_string()]).expect("params");
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).expect("cert");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_refuses_a_client_without_the_ca() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut n = Node::new(BIN, 1, tmp.path());
+    let ip = match n.api.ip() {
+        std::net::IpAddr::V4(v4) => v4,
+        std::net::IpAddr::V6(_) => unreachable!("loopback v4"),
+    };
+    let (ca, cert, key) = certs(ip);
+    let (ca_p, cert_p, key_p) = (
+        tmp.path().join("ca.pem"),
+        tmp.path().join("cert.pem"),
+        tmp.path().join("key.pem"),
+    );
+    std::fs::write(&ca_p, &ca).expect("write");
+    std::fs::write(&cert_p, &cert).expect("write");
+    std::fs::write(&key_p, &key).expect("write");
+    n.extra = vec![
+        "--tls-cert".into(),
+        cert_p.display().to_string(),
+        "--tls-key".into(),
+        key_p.display().to_string(),
+        "--tls-ca".into(),
+        ca_p.display().to_string(),
+    ];
+    n.start(true);
+
+    phase("a client with the CA works");
+    let good = StoreClient::builder([n.api.to_string()])
+        .ca_pem(ca.as_bytes())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    assert!(good.endpoints()[0].starts_with("https://"));
+    good.init(&[n.member()]).await.expect("init over TLS");
+    plasmacloud_testkit::wait_until_async("healthy over TLS", Duration::from_secs(20), || {
+        let good = good.clone();
+        async move { good.health().await.ok().filter(|h| h.is_healthy()) }
+    })
+    .await
+    .expect("healthy");
+    good.put("secret", "s3cr3t").await.expect("put over TLS");
+    assert_eq!(
+        good.get("secret")
+            .await
+            .expect("get")
+            .expect("present")
+            .value,
+        "s3cr3t"
+    );
+
+    phase("a client without the CA is refused");
+    let bad = StoreClient::builder([format!("https://{}", n.api)])
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    let e = bad.get("secret").await.expect_err("untrusted certificate");
+    assert!(
+        !matches!(e, Error::Api { .. }),
+        "no HTTP answer expected: {e}"
+    );
+    let r = reqwest::Client::new()
+        .get(format!("https://{}/health", n.api))
+        .send()
+        .await;
+    assert!(r.is_err(), "a client without the CA must not get an answer");
+    // plain HTTP to a TLS port gets no answer either
+    let plain = StoreClient::builder([format!("http://{}", n.api)])
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    assert!(plain.get("secret").await.is_err());
+}

@@ -1,0 +1,337 @@
+//! A 3-node Chainfire cluster as real processes on 127.0.0.x with RocksDB on disk: formation
+//! through the API, replication, kill -9 of the leader under concurrent writes (every
+//! acknowledged write survives; one register's history is linearizable), restart with data,
+//! a wiped node refused under its old id and joining under a new one (by snapshot).
+
+mod common;
+#[path = "common/lin.rs"]
+mod lin;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client_all, form_cluster, phase, wait_healthy, Node};
+use lin::{Op, OpKind};
+use plasmacloud_store_client::{MemberRole, StoreClient};
+use plasmacloud_testkit::wait_until_async;
+
+const BIN: &str = "chainfire-server";
+
+async fn leader_of(c: &StoreClient) -> u64 {
+    wait_until_async("a leader", Duration::from_secs(30), || {
+        let c = c.clone();
+        async move { c.members().await.ok().and_then(|m| m.leader) }
+    })
+    .await
+    .expect("leader")
+}
+
+async fn readyz_field(n: &Node, field: &str) -> u64 {
+    let (_, text) = n.client().readyz().await.expect("readyz");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == field)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_survive_leader_kill_restart_and_wipe() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = (1..=3).map(|id| Node::new(BIN, id, tmp.path())).collect();
+    for n in &mut nodes {
+        // small snapshot interval so a late joiner must catch up by snapshot
+        n.extra = vec!["--snapshot-logs".into(), "100".into()];
+        n.start(true);
+    }
+
+    phase("form cluster: init, two learners, promote");
+    {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        form_cluster(&refs).await;
+    }
+    let members = nodes[0].client().members().await.expect("members");
+    assert_eq!(members.voter_ids(), vec![1, 2, 3], "{members:?}");
+    // init again with the same request: a no-op; a different one: refused
+    nodes[0]
+        .client()
+        .init(&[nodes[0].member()])
+        .await
+        .expect("same init is a no-op");
+    let mut moved = nodes[0].member();
+    moved.api_addr = "127.0.0.1:1".into();
+    let e = nodes[0]
+        .client()
+        .init(&[moved])
+        .await
+        .expect_err("different init refused");
+    assert!(e.is_conflict(), "{e}");
+    // re-adding a member with the same addresses is idempotent
+    nodes[0]
+        .client()
+        .add_learner(&nodes[1].member())
+        .await
+        .expect("idempotent add");
+
+    phase("write through every node, read everywhere");
+    for n in &nodes {
+        let rev = n
+            .client()
+            .put(&format!("hello/from/{}", n.id), &format!("node {}", n.id))
+            .await
+            .expect("put via node");
+        assert!(rev > 0);
+    }
+    for n in &nodes {
+        for m in &nodes {
+            let v = n
+                .client()
+                .get(&format!("hello/from/{}", m.id))
+                .await
+                .expect("get")
+                .expect("present");
+            assert_eq!(v.value, format!("node {}", m.id));
+        }
+        // each replica has it locally too (serializable read through raw HTTP)
+        let url = format!(
+            "http://{}/v1/kv/hello/from/1?consistency=serializable",
+            n.api
+        );
+        let ok = wait_until_async("local replica", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        })
+        .await;
+        assert!(ok.is_ok(), "node {} did not replicate", n.id);
+    }
+
+    phase("concurrent writes; kill -9 the leader mid-stream");
+    let all = client_all(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(5));
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let history: Arc<Mutex<Vec<Op>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let (c, stop, acked, acked_count) = (
+            all.clone(),
+            stop.clone(),
+            acked.clone(),
+            acked_count.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("bulk/{w}/{i:06}");
+                let val = format!("v{w}-{i}");
+                if c.put(&key, &val).await.is_ok() {
+                    acked.lock().expect("lock").insert(key, val);
+                    acked_count.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    for t in 0..4 {
+        let (c, stop, history) = (all.clone(), stop.clone(), history.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let invoke = start.elapsed().as_nanos();
+                if t < 2 {
+                    let val = format!("r{t}-{i}");
+                    let res = c.put("register", &val).await;
+                    let complete = start.elapsed().as_nanos();
+                    let op = match res {
+                        Ok(_) => Some(Op {
+                            invoke,
+                            complete: Some(complete),
+                            kind: OpKind::Write(val),
+                        }),
+                        // certainly not applied: not part of the history
+                        Err(e) if e.is_retryable() => None,
+                        Err(_) => Some(Op {
+                            invoke,
+                            complete: None,
+                            kind: OpKind::Write(val),
+                        }),
+                    };
+                    if let Some(op) = op {
+                        history.lock().expect("lock").push(op);
+                    }
+                } else {
+                    let res = c.get("register").await;
+                    let complete = start.elapsed().as_nanos();
+                    if let Ok(v) = res {
+                        history.lock().expect("lock").push(Op {
+                            invoke,
+                            complete: Some(complete),
+                            kind: OpKind::Read(v.map(|v| v.value)),
+                        });
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    wait_until_async("writes before the kill", Duration::from_secs(30), || {
+        let n = acked_count.load(Ordering::Relaxed);
+        async move { (n >= 200).then_some(()) }
+    })
+    .await
+    .expect("stream running");
+    let leader = leader_of(&all).await;
+    let li = nodes
+        .iter()
+        .position(|n| n.id == leader)
+        .expect("leader is a node");
+    eprintln!("killing leader {leader}");
+    nodes[li].kill();
+    let at_kill = acked_count.load(Ordering::Relaxed);
+    wait_until_async("writes after the kill", Duration::from_secs(60), || {
+        let n = acked_count.load(Ordering::Relaxed);
+        async move { (n >= at_kill + 200).then_some(()) }
+    })
+    .await
+    .expect("writes continue after failover");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("task");
+    }
+
+    phase("check: every acknowledged write is present");
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let c = client_all(&survivors, Duration::from_secs(10));
+    let listed = c.list("bulk/").await.expect("list");
+    let have: BTreeMap<String, String> =
+        listed.items.into_iter().map(|i| (i.key, i.value)).collect();
+    let acked = acked.lock().expect("lock").clone();
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|(k, v)| have.get(*k) != Some(*v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    eprintln!("{} acknowledged writes all present", acked.len());
+
+    phase("check: the register's history is linearizable");
+    let ops = history.lock().expect("lock").clone();
+    let writes = ops
+        .iter()
+        .filter(|o| matches!(o.kind, OpKind::Write(_)))
+        .count();
+    assert!(
+        writes > 20 && ops.len() > 50,
+        "too little history: {} ops",
+        ops.len()
+    );
+    lin::check(&ops, None).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("register history of {} ops is linearizable", ops.len());
+
+    phase("restart the killed leader with its data: same member");
+    nodes[li].start(false);
+    wait_healthy(&nodes[li], Duration::from_secs(30)).await;
+    let members = c.members().await.expect("members");
+    let me = members.get(leader).expect("still a member");
+    assert_eq!(me.raft_addr, nodes[li].raft.to_string());
+    assert_eq!(me.role, MemberRole::Voter);
+    let url = format!(
+        "http://{}/v1/kv?prefix=bulk/&consistency=serializable",
+        nodes[li].api
+    );
+    let want = have.len();
+    wait_until_async("restarted node caught up", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            let v: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            (v["items"].as_array()?.len() >= want).then_some(())
+        }
+    })
+    .await
+    .expect("restarted node has the data");
+
+    phase("wipe a follower: refused under its old id");
+    let leader = leader_of(&c).await;
+    let wi = nodes
+        .iter()
+        .position(|n| n.id != leader)
+        .expect("a follower");
+    let wiped_id = nodes[wi].id;
+    nodes[wi].kill();
+    std::fs::remove_dir_all(&nodes[wi].dir).expect("wipe");
+    nodes[wi].start(true);
+    let li = nodes.iter().position(|n| n.id == leader).expect("leader");
+    let e = nodes[li]
+        .client()
+        .add_learner(&nodes[wi].member())
+        .await
+        .expect_err("old id refused");
+    assert!(e.is_conflict(), "{e}");
+    assert!(e.to_string().contains("never reused"), "{e}");
+    // the leader's traffic for the old incarnation is refused too: the node stays pristine
+    let p = nodes[wi].proc.as_mut().expect("running");
+    p.wait_for_output("refused", Duration::from_secs(20))
+        .expect("raft traffic refused");
+    let h = nodes[wi].client().health().await.expect("health");
+    assert!(!h.is_healthy() && h.cluster_size == 0, "{h:?}");
+    assert!(
+        h.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("not initialised"),
+        "{h:?}"
+    );
+
+    phase("the wiped node joins under a new id (by snapshot)");
+    nodes[wi].kill();
+    let purged = readyz_field(&nodes[li], "purged").await;
+    assert!(
+        purged > 0,
+        "the leader's log should have been purged behind a snapshot"
+    );
+    let mut fresh = Node::new(BIN, 4, tmp.path());
+    fresh.start(true);
+    let lc = nodes[li].client();
+    lc.remove_member(wiped_id)
+        .await
+        .expect("remove the wiped member");
+    lc.add_learner(&fresh.member())
+        .await
+        .expect("join with a new id");
+    lc.promote_voters(&[4]).await.expect("promote");
+    wait_healthy(&fresh, Duration::from_secs(30)).await;
+    let m = lc.members().await.expect("members");
+    let mut voters = m.voter_ids();
+    voters.sort();
+    let mut want_voters: Vec<u64> = nodes
+        .iter()
+        .map(|n| n.id)
+        .filter(|i| *i != wiped_id)
+        .chain([4])
+        .collect();
+    want_voters.sort();
+    assert_eq!(voters, want_voters);
+    assert!(m.get(wiped_id).is_none());
+    let snap = readyz_field(&fresh, "snapshot").await;
+    assert!(snap > 0, "the new node should have installed a snapshot");
+    let v = fresh
+        .client()
+        .get("hello/from/1")
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(v.value, "node 1");
+    // removing the wiped id again is a no-op
+    lc.remove_member(wiped_id).await.expect("idempotent remove");
+}

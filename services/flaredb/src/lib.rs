@@ -1,0 +1,74 @@
+//! FlareDB: the cluster's data store — namespaced, revisioned key-value data with
+//! compare-and-swap (`iam`, `metrics`, `events`, …) and time series, replicated with the same
+//! Raft core as Chainfire (`plasmacloud-raft`).
+//!
+//! Ports: 2479 API, 2480 Raft. Flags as Chainfire's (`PLASMACLOUD_FLAREDB_…`), plus
+//! `--chainfire URL[,URL…]`: when set, the node registers itself under the Chainfire key
+//! `flaredb/members/{id}` (value: `{"id","api_addr","raft_addr"}`) and keeps checking; `/health`
+//! then reports `"chainfire":"connected"|"disconnected"`. Chainfire being down never blocks
+//! FlareDB's reads or writes.
+//!
+//! API: the membership calls, `/health` and `/readyz` are Chainfire's; data:
+//! - `PUT|GET|DELETE /v1/ns/{ns}/kv/{key}`, `GET /v1/ns/{ns}/kv?prefix=P` — Chainfire's KV
+//!   semantics per namespace (`[a-z0-9_-]{1,32}`), including `?prev_revision=N` /
+//!   `?prev_exist=false` compare-and-swap (409 on mismatch);
+//! - `POST /v1/ts/{series}/points` `{"points":[{"t":<unix ms>,"v":<f64>}]}` (a point at an
+//!   existing `t` replaces it); `GET /v1/ts/{series}?from=MS&to=MS` (`from <= t < to`) →
+//!   `{"points":[…]}`; `&step=MS` → per-bucket `{"t","v"(avg),"min","max","count"}`.
+//!
+//! Followers forward writes and linearizable reads to the leader (see `plasmacloud_raft`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plasmacloud_raft::node::NodeState;
+use plasmacloud_store_client::StoreClient;
+
+/// The service name written in the data directory's marker.
+pub const SERVICE: &str = "flaredb";
+/// Environment variable prefix.
+pub const ENV_PREFIX: &str = "PLASMACLOUD_FLAREDB";
+/// The Chainfire prefix FlareDB nodes register under.
+pub const REGISTRATION_PREFIX: &str = "flaredb/members/";
+/// How often the registration is checked.
+pub const REGISTRATION_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The registration value for this node.
+pub fn registration_value(st: &NodeState) -> String {
+    serde_json::json!({
+        "id": st.id,
+        "api_addr": st.cfg.api_addr.to_string(),
+        "raft_addr": st.cfg.raft_addr.to_string(),
+    })
+    .to_string()
+}
+
+/// Keeps `flaredb/members/{id}` in Chainfire current and the health field up to date. Runs
+/// forever; every Chainfire call has a short deadline and failures only flip the link state.
+pub async fn keep_registered(st: Arc<NodeState>, chainfire: StoreClient) {
+    st.set_chainfire_connected(false);
+    let key = format!("{REGISTRATION_PREFIX}{}", st.id);
+    let value = registration_value(&st);
+    loop {
+        let res = match chainfire.get(&key).await {
+            Ok(Some(v)) if v.value == value => Ok(()),
+            Ok(_) => chainfire.put(&key, &value).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(()) => {
+                if st.chainfire_status() != Some("connected") {
+                    tracing::info!(%key, "registered in chainfire");
+                }
+                st.set_chainfire_connected(true);
+            }
+            Err(e) => {
+                if st.chainfire_status() != Some("disconnected") {
+                    tracing::warn!(error = %e, "chainfire unreachable; serving on regardless");
+                }
+                st.set_chainfire_connected(false);
+            }
+        }
+        tokio::time::sleep(REGISTRATION_INTERVAL).await;
+    }
+}

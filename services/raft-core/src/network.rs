@@ -1,0 +1,266 @@
+//! Raft RPC over HTTP on the Raft port: the client side ([`HttpNetwork`]) and the server routes
+//! ([`raft_router`]).
+//!
+//! Every RPC is a `POST /raft/{append,vote,snapshot}` with a JSON body; the answer is the JSON of
+//! `Result<Response, RaftError>`. Each request names the target's id and the incarnation the
+//! sender believes it has (`x-target-id`, `x-target-incarnation`); a node refuses (409) traffic
+//! meant for another id or another incarnation, so a node whose data directory was wiped never
+//! receives log entries meant for its predecessor. `GET /raft/identity` tells a prospective
+//! leader who is listening (service, id, incarnation, whether initialised).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{NodeId, NodeInfo, Raft, TypeConfig};
+
+/// Header naming the target node id.
+pub const HDR_TARGET_ID: &str = "x-target-id";
+/// Header naming the target's expected incarnation.
+pub const HDR_TARGET_INCARNATION: &str = "x-target-incarnation";
+
+/// `GET /raft/identity` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// `chainfire` or `flaredb`.
+    pub service: String,
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The data directory's incarnation.
+    pub incarnation: String,
+    /// Whether the node already belongs to a cluster.
+    pub initialized: bool,
+}
+
+/// Creates connections to peers.
+#[derive(Debug, Clone)]
+pub struct HttpNetwork {
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl HttpNetwork {
+    /// A network using `http` (which carries the TLS trust settings) and `scheme`.
+    pub fn new(http: reqwest::Client, scheme: &'static str) -> Self {
+        Self { http, scheme }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = HttpConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Self::Network {
+        HttpConn {
+            target,
+            node: node.clone(),
+            http: self.http.clone(),
+            scheme: self.scheme,
+        }
+    }
+}
+
+/// A connection to one peer.
+#[derive(Debug)]
+pub struct HttpConn {
+    target: NodeId,
+    node: NodeInfo,
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl HttpConn {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        kind: &str,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let url = format!("{}://{}/raft/{kind}", self.scheme, self.node.raft_addr);
+        let resp = self
+            .http
+            .post(&url)
+            .header(HDR_TARGET_ID, self.target.to_string())
+            .header(HDR_TARGET_INCARNATION, &self.node.incarnation)
+            .json(req)
+            .timeout(ttl)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if !status.is_success() {
+            let msg = String::from_utf8_lossy(&body).into_owned();
+            // Refused (wrong incarnation, wrong service): back off like an unreachable peer.
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!("{url}: {status}: {msg}")),
+            )));
+        }
+        let res: Result<Resp, E> =
+            serde_json::from_slice(&body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for HttpConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.rpc("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc("snapshot", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.rpc("vote", &rpc, option.hard_ttl()).await
+    }
+}
+
+/// What the Raft routes need.
+#[derive(Clone)]
+pub struct RaftRpcState {
+    /// The Raft handle.
+    pub raft: Raft,
+    /// This node's identity.
+    pub identity: Arc<Identity>,
+}
+
+fn check_target(st: &RaftRpcState, headers: &HeaderMap) -> Result<(), Response> {
+    let id = headers
+        .get(HDR_TARGET_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<NodeId>().ok());
+    let inc = headers
+        .get(HDR_TARGET_INCARNATION)
+        .and_then(|v| v.to_str().ok());
+    if id != Some(st.identity.node_id) || inc != Some(st.identity.incarnation.as_str()) {
+        let msg = format!(
+            "refused: this is node {} incarnation {}, the sender expected node {:?} incarnation {:?}; a node whose data directory was wiped cannot rejoin under its old id — join it as a learner with a new id",
+            st.identity.node_id, st.identity.incarnation, id, inc
+        );
+        tracing::warn!("{msg}");
+        return Err((StatusCode::CONFLICT, msg).into_response());
+    }
+    Ok(())
+}
+
+async fn append(
+    State(st): State<RaftRpcState>,
+    headers: HeaderMap,
+    Json(req): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    if let Err(r) = check_target(&st, &headers) {
+        return r;
+    }
+    Json(st.raft.append_entries(req).await).into_response()
+}
+
+async fn vote(
+    State(st): State<RaftRpcState>,
+    headers: HeaderMap,
+    Json(req): Json<VoteRequest<NodeId>>,
+) -> Response {
+    if let Err(r) = check_target(&st, &headers) {
+        return r;
+    }
+    Json(st.raft.vote(req).await).into_response()
+}
+
+async fn snapshot(
+    State(st): State<RaftRpcState>,
+    headers: HeaderMap,
+    Json(req): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    if let Err(r) = check_target(&st, &headers) {
+        return r;
+    }
+    Json(st.raft.install_snapshot(req).await).into_response()
+}
+
+async fn identity(State(st): State<RaftRpcState>) -> Json<Identity> {
+    let mut id = (*st.identity).clone();
+    id.initialized = st.raft.is_initialized().await.unwrap_or(false);
+    Json(id)
+}
+
+/// The Raft port's routes.
+pub fn raft_router(st: RaftRpcState) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/raft/identity", get(identity))
+        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .with_state(st)
+}
+
+/// Asks the node at `raft_addr` who it is.
+pub async fn fetch_identity(
+    http: &reqwest::Client,
+    scheme: &str,
+    raft_addr: &str,
+    timeout: Duration,
+) -> Result<Identity, String> {
+    let url = format!("{scheme}://{raft_addr}/raft/identity");
+    let resp = http
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    resp.json::<Identity>()
+        .await
+        .map_err(|e| format!("{url}: not a PlasmaCloud store's Raft port: {e}"))
+}

@@ -1,0 +1,554 @@
+//! Starting and running one node: data directory, listeners, Raft, TLS, sd-notify.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use openraft::{Config, ServerState, SnapshotPolicy};
+use tokio::sync::mpsc;
+
+use crate::datadir::{open_data_dir, write_marker, DataDir};
+use crate::db::open_db;
+use crate::log_store::LogStore;
+use crate::network::{raft_router, HttpNetwork, Identity, RaftRpcState};
+use crate::state_machine::{StateMachine, StateReader};
+use crate::types::{NodeId, NodeInfo, Raft};
+use crate::Error;
+
+/// TLS material: the server certificate and key (PEM) and the CA peers are verified against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA used to verify peers (Raft, forwarding); the system roots when absent.
+    pub ca: Option<PathBuf>,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `chainfire` or `flaredb` (also the data directory's marker).
+    pub service: &'static str,
+    /// `--id`; optional once `<data-dir>/node_id` exists.
+    pub id: Option<NodeId>,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
+    /// `--api-addr` (bound and advertised).
+    pub api_addr: SocketAddr,
+    /// `--raft-addr` (bound and advertised).
+    pub raft_addr: SocketAddr,
+    /// TLS on both ports when set.
+    pub tls: Option<TlsConfig>,
+    /// Build a snapshot (and purge the log behind it) every this many entries.
+    pub snapshot_logs: u64,
+    /// Raft heartbeat interval, ms; elections time out after 5–10 heartbeats.
+    pub heartbeat_ms: u64,
+    /// Deadline of one client request inside the server (writes, reads, forwarding).
+    pub request_timeout: Duration,
+}
+
+/// Default snapshot interval (entries).
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
+/// Default heartbeat (ms).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
+
+impl NodeConfig {
+    /// A configuration with defaults for everything but the four required settings.
+    pub fn new(
+        service: &'static str,
+        id: Option<NodeId>,
+        data_dir: PathBuf,
+        api_addr: SocketAddr,
+        raft_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            service,
+            id,
+            data_dir,
+            api_addr,
+            raft_addr,
+            tls: None,
+            snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks values that do not need I/O.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.api_addr == self.raft_addr {
+            return Err(Error::Config(format!(
+                "--api-addr and --raft-addr are both {}; give them different ports",
+                self.api_addr
+            )));
+        }
+        for (flag, a) in [
+            ("--api-addr", self.api_addr),
+            ("--raft-addr", self.raft_addr),
+        ] {
+            if a.ip().is_unspecified() {
+                return Err(Error::Config(format!(
+                    "{flag} {a}: peers are told this address, so it must be a concrete IP, not {}",
+                    a.ip()
+                )));
+            }
+            if a.port() == 0 {
+                return Err(Error::Config(format!(
+                    "{flag} {a}: port 0 is not supported"
+                )));
+            }
+        }
+        if self.snapshot_logs < 10 {
+            return Err(Error::Config("--snapshot-logs must be at least 10".into()));
+        }
+        if !(10..=10_000).contains(&self.heartbeat_ms) {
+            return Err(Error::Config(
+                "--heartbeat-ms must be between 10 and 10000".into(),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(Error::Config("--data-dir is empty".into()));
+        }
+        Ok(())
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Everything the API handlers share.
+pub struct NodeState {
+    /// This node's id.
+    pub id: NodeId,
+    /// This node's data-directory incarnation.
+    pub incarnation: String,
+    /// The configuration.
+    pub cfg: NodeConfig,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// Reads of the applied state.
+    pub reader: StateReader,
+    /// HTTP client for peers (forwarding, identity), with the TLS trust settings.
+    pub http: reqwest::Client,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Membership changes run one at a time.
+    pub membership_lock: tokio::sync::Mutex<()>,
+    /// FlareDB's link to Chainfire: 0 = not applicable, 1 = connected, 2 = disconnected.
+    pub chainfire_link: AtomicU8,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("id", &self.id)
+            .field("service", &self.cfg.service)
+            .finish()
+    }
+}
+
+impl NodeState {
+    /// This node as a membership record.
+    pub fn self_info(&self) -> NodeInfo {
+        NodeInfo {
+            raft_addr: self.cfg.raft_addr.to_string(),
+            api_addr: self.cfg.api_addr.to_string(),
+            incarnation: self.incarnation.clone(),
+        }
+    }
+
+    /// Sets FlareDB's Chainfire link state (reported in `/health`).
+    pub fn set_chainfire_connected(&self, connected: bool) {
+        self.chainfire_link
+            .store(if connected { 1 } else { 2 }, Ordering::Relaxed);
+    }
+
+    /// `Some("connected" | "disconnected")` once a Chainfire link is configured.
+    pub fn chainfire_status(&self) -> Option<&'static str> {
+        match self.chainfire_link.load(Ordering::Relaxed) {
+            1 => Some("connected"),
+            2 => Some("disconnected"),
+            _ => None,
+        }
+    }
+}
+
+/// A started node whose listeners are bound but not yet serving.
+pub struct StoreNode {
+    state: Arc<NodeState>,
+    api_listener: std::net::TcpListener,
+    raft_listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+fn load_server_tls(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let cert_pem = std::fs::read(&tls.cert)
+        .map_err(|e| Error::Tls(format!("reading --tls-cert {}: {e}", tls.cert.display())))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("--tls-cert {}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "--tls-cert {} holds no PEM certificate",
+            tls.cert.display()
+        )));
+    }
+    let key_pem = std::fs::read(&tls.key)
+        .map_err(|e| Error::Tls(format!("reading --tls-key {}: {e}", tls.key.display())))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| Error::Tls(format!("--tls-key {}: {e}", tls.key.display())))?
+        .ok_or_else(|| {
+            Error::Tls(format!(
+                "--tls-key {} holds no PEM private key",
+                tls.key.display()
+            ))
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(format!("--tls-cert/--tls-key do not match: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn peer_client(cfg: &NodeConfig) -> Result<reqwest::Client, Error> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(128)
+        .tcp_nodelay(true);
+    if let Some(tls) = &cfg.tls {
+        if let Some(ca) = &tls.ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::Tls(format!("reading --tls-ca {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Tls(format!("--tls-ca {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(Error::Tls(format!(
+                    "--tls-ca {} holds no certificate",
+                    ca.display()
+                )));
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+    }
+    b.build()
+        .map_err(|e| Error::Tls(format!("building the peer HTTP client: {e}")))
+}
+
+fn bind(which: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind {
+        which,
+        addr,
+        source,
+    })?;
+    l.set_nonblocking(true).map_err(|source| Error::Bind {
+        which,
+        addr,
+        source,
+    })?;
+    Ok(l)
+}
+
+impl StoreNode {
+    /// Validates the configuration, binds both ports, opens (or creates) the data directory and
+    /// starts Raft. Nothing is created when any step before opening the directory fails.
+    pub async fn start(cfg: NodeConfig) -> Result<StoreNode, Error> {
+        cfg.validate()?;
+        let tls = match &cfg.tls {
+            Some(t) => Some(load_server_tls(t)?),
+            None => None,
+        };
+        let http = peer_client(&cfg)?;
+        let api_listener = bind("api", cfg.api_addr)?;
+        let raft_listener = bind("raft", cfg.raft_addr)?;
+
+        let (path, service, id) = (cfg.data_dir.clone(), cfg.service, cfg.id);
+        let (dir, db) = tokio::task::spawn_blocking(move || -> Result<(DataDir, _), Error> {
+            let dir = open_data_dir(&path, service, id)?;
+            let db = open_db(&dir.db_path(), dir.fresh)?;
+            if dir.fresh {
+                write_marker(&dir, service)?;
+            }
+            Ok((dir, db))
+        })
+        .await
+        .map_err(|e| Error::Raft(format!("opening the data directory: {e}")))??;
+        tracing::info!(
+            node_id = dir.node_id,
+            incarnation = %dir.incarnation,
+            data_dir = %dir.path.display(),
+            created = dir.fresh,
+            "data directory ready"
+        );
+
+        let hb = cfg.heartbeat_ms;
+        let raft_cfg = Config {
+            cluster_name: cfg.service.to_string(),
+            heartbeat_interval: hb,
+            election_timeout_min: hb * 5,
+            election_timeout_max: hb * 10,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+            max_in_snapshot_log_to_keep: cfg.snapshot_logs / 2,
+            purge_batch_size: (cfg.snapshot_logs / 4).clamp(1, 256),
+            snapshot_max_chunk_size: 1024 * 1024,
+            max_payload_entries: 512,
+            ..Default::default()
+        };
+        let raft_cfg = Arc::new(
+            raft_cfg
+                .validate()
+                .map_err(|e| Error::Config(format!("raft settings: {e}")))?,
+        );
+        let scheme = cfg.scheme();
+        let network = HttpNetwork::new(http.clone(), scheme);
+        let sm = StateMachine::new(db.clone());
+        let reader = sm.reader();
+        let raft = Raft::new(dir.node_id, raft_cfg, network, LogStore::new(db), sm)
+            .await
+            .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
+        let state = Arc::new(NodeState {
+            id: dir.node_id,
+            incarnation: dir.incarnation,
+            cfg,
+            raft,
+            reader,
+            http,
+            scheme,
+            membership_lock: tokio::sync::Mutex::new(()),
+            chainfire_link: AtomicU8::new(0),
+        });
+        Ok(StoreNode {
+            state,
+            api_listener,
+            raft_listener,
+            tls,
+        })
+    }
+
+    /// The shared state (for building the API router).
+    pub fn state(&self) -> Arc<NodeState> {
+        self.state.clone()
+    }
+
+    /// Serves `api` on the API port and Raft on the Raft port until SIGTERM or SIGINT, then
+    /// shuts Raft down. Logs `listening …` and sends `READY=1` once both ports serve.
+    pub async fn serve(self, api: Router) -> Result<(), Error> {
+        let st = self.state.clone();
+        let raft_app = raft_router(RaftRpcState {
+            raft: st.raft.clone(),
+            identity: Arc::new(Identity {
+                service: st.cfg.service.to_string(),
+                node_id: st.id,
+                incarnation: st.incarnation.clone(),
+                initialized: false,
+            }),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let api_task = spawn_server(
+            "api",
+            self.api_listener,
+            self.tls.clone(),
+            api,
+            stop_rx.clone(),
+        )?;
+        let raft_task = spawn_server("raft", self.raft_listener, self.tls, raft_app, stop_rx)?;
+        tracing::info!(
+            node_id = st.id,
+            api = %st.cfg.api_addr,
+            raft = %st.cfg.raft_addr,
+            tls = st.cfg.tls.is_some(),
+            "{} listening on api {} raft {}",
+            st.cfg.service,
+            st.cfg.api_addr,
+            st.cfg.raft_addr
+        );
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        tokio::spawn(watch_role(st.clone()));
+
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), st.raft.shutdown()).await;
+        api_task.abort();
+        raft_task.abort();
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+/// Logs role changes and reports them as sd-notify `STATUS=` lines.
+async fn watch_role(st: Arc<NodeState>) {
+    let mut rx = st.raft.metrics();
+    let mut last: Option<(ServerState, Option<NodeId>, usize)> = None;
+    loop {
+        let now = {
+            let m = rx.borrow_and_update();
+            (
+                m.state,
+                m.current_leader,
+                m.membership_config.membership().nodes().count(),
+            )
+        };
+        if last != Some(now) {
+            let (state, leader, size) = now;
+            let role = crate::api::role_of(state).as_str();
+            let leader_s = leader
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "none".into());
+            tracing::info!(role, leader = %leader_s, cluster_size = size, "raft role");
+            let _ = sd_notify::notify(
+                false,
+                &[sd_notify::NotifyState::Status(&format!(
+                    "raft {role}, leader {leader_s}, cluster size {size}"
+                ))],
+            );
+            last = Some(now);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A listener that yields TLS streams; handshakes run concurrently off the accept loop.
+struct TlsListener {
+    rx: mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+fn spawn_server(
+    which: &'static str,
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Raft(e.to_string()))?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Bind {
+        which,
+        addr,
+        source,
+    })?;
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let task = match tls {
+        None => {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(which, error = %e, "server stopped");
+                }
+            })
+        }
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                loop {
+                    let (tcp, peer) = match listener.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(which, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => {
+                                let _ = tx.send((s, peer)).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(which, %peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(which, %peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            });
+            let l = TlsListener { rx, local: addr };
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(shutdown).await {
+                    tracing::error!(which, error = %e, "server stopped");
+                }
+            })
+        }
+    };
+    Ok(task)
+}
+
+/// The membership as a map (used by init comparisons).
+pub fn members_map(st: &NodeState) -> BTreeMap<NodeId, NodeInfo> {
+    let m = st.raft.metrics().borrow().membership_config.clone();
+    m.membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.clone()))
+        .collect()
+}

@@ -1,0 +1,512 @@
+//! The replicated state machine: a revisioned key-value store with key spaces (Chainfire uses
+//! the empty key space, FlareDB one per namespace), time series, and the record of every node id
+//! the cluster has ever had (so ids are never reused).
+//!
+//! A write's revision is the index of the Raft log entry that made it: global and monotonic.
+//! Applied state and `last_applied` go in one RocksDB batch; it is made durable by the next
+//! synced log write (one shared write-ahead log) or explicitly before a snapshot is built.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use plasmacloud_store_client::KvItem;
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+
+use crate::db::{blocking, read_err, write_err, CF_KV, CF_SM_META, CF_SNAPSHOT, CF_TS};
+use crate::types::{
+    Command, CommandResult, Cond, Entry, LogId, NodeId, NodeInfo, Snapshot, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
+};
+
+const KEY_APPLIED: &[u8] = b"last_applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+const NODE_PREFIX: &[u8] = b"node/";
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+
+fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
+    db.cf_handle(name).ok_or_else(|| {
+        read_err(&std::io::Error::other(format!(
+            "column family {name} missing"
+        )))
+    })
+}
+
+/// `ks \0 key`.
+pub fn kv_key(ks: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(ks.len() + 1 + key.len());
+    k.extend_from_slice(ks.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn ts_key(series: &str, t: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(series.len() + 9);
+    k.extend_from_slice(series.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&((t as u64) ^ (1u64 << 63)).to_be_bytes());
+    k
+}
+
+fn node_key(id: NodeId) -> Vec<u8> {
+    let mut k = NODE_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn kv_value(rev: u64, value: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&rev.to_be_bytes());
+    v.extend_from_slice(value.as_bytes());
+    v
+}
+
+fn split_kv_value(v: &[u8]) -> Option<(u64, String)> {
+    if v.len() < 8 {
+        return None;
+    }
+    let (r, rest) = v.split_at(8);
+    let rev = u64::from_be_bytes(r.try_into().ok()?);
+    Some((rev, String::from_utf8_lossy(rest).into_owned()))
+}
+
+/// Read access to the applied state, shared with the API (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    db: Arc<DB>,
+}
+
+impl StateReader {
+    /// Reads one key: `(revision, value)`. Blocking.
+    pub fn get(&self, ks: &str, key: &str) -> Result<Option<(u64, String)>, StorageError> {
+        let cf = cf(&self.db, CF_KV)?;
+        Ok(self
+            .db
+            .get_cf(cf, kv_key(ks, key))
+            .map_err(|e| read_err(&e))?
+            .and_then(|v| split_kv_value(&v)))
+    }
+
+    /// Lists keys of `ks` starting with `prefix`, with the store revision. Blocking.
+    pub fn list(&self, ks: &str, prefix: &str) -> Result<(u64, Vec<KvItem>), StorageError> {
+        let snap = self.db.snapshot();
+        let cf = cf(&self.db, CF_KV)?;
+        let meta = cf_meta(&self.db)?;
+        let applied: Option<LogId> =
+            match snap.get_cf(meta, KEY_APPLIED).map_err(|e| read_err(&e))? {
+                Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
+                None => None,
+            };
+        let start = kv_key(ks, prefix);
+        let ks_len = ks.len() + 1;
+        let mut items = Vec::new();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let it = self
+            .db
+            .iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(|e| read_err(&e))?;
+            if !k.starts_with(&start) {
+                break;
+            }
+            if let Some((revision, value)) = split_kv_value(&v) {
+                items.push(KvItem {
+                    key: String::from_utf8_lossy(&k[ks_len..]).into_owned(),
+                    value,
+                    revision,
+                });
+            }
+        }
+        Ok((applied.map(|l| l.index).unwrap_or(0), items))
+    }
+
+    /// Points of `series` with `from <= t < to`. Blocking.
+    pub fn ts_range(
+        &self,
+        series: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, f64)>, StorageError> {
+        let cf = cf(&self.db, CF_TS)?;
+        let start = ts_key(series, from);
+        let end = ts_key(series, to);
+        let mut out = Vec::new();
+        let it = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward));
+        for item in it {
+            let (k, v) = item.map_err(|e| read_err(&e))?;
+            if k.as_ref() >= end.as_slice() || k.len() != series.len() + 9 {
+                break;
+            }
+            let t = u64::from_be_bytes(
+                k[series.len() + 1..]
+                    .try_into()
+                    .map_err(|_| read_err(&std::io::Error::other("bad ts key")))?,
+            ) ^ (1u64 << 63);
+            let v = f64::from_bits(u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| read_err(&std::io::Error::other("bad ts value")))?,
+            ));
+            out.push((t as i64, v));
+        }
+        Ok(out)
+    }
+
+    /// The node record for `id` if that id was ever a member. Blocking.
+    pub fn node_ever(&self, id: NodeId) -> Result<Option<NodeInfo>, StorageError> {
+        let meta = cf_meta(&self.db)?;
+        match self
+            .db
+            .get_cf(meta, node_key(id))
+            .map_err(|e| read_err(&e))?
+        {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| read_err(&e)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn cf_meta(db: &DB) -> Result<&rocksdb::ColumnFamily, StorageError> {
+    cf(db, CF_SM_META)
+}
+
+/// The state machine handed to openraft.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    db: Arc<DB>,
+}
+
+impl StateMachine {
+    /// A state machine over `db`.
+    pub fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    /// A reader for the API.
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            db: self.db.clone(),
+        }
+    }
+
+    fn apply_blocking(db: &DB, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
+        let kv = cf(db, CF_KV)?;
+        let ts = cf(db, CF_TS)?;
+        let meta = cf_meta(db)?;
+        let mut batch = WriteBatch::default();
+        // Keys written earlier in this batch: key -> Some(revision) or None (deleted).
+        let mut overlay: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
+        let mut results = Vec::with_capacity(entries.len());
+        let mut last: Option<LogId> = None;
+        let current_rev = |overlay: &HashMap<Vec<u8>, Option<u64>>,
+                           k: &[u8]|
+         -> Result<Option<u64>, StorageError> {
+            if let Some(r) = overlay.get(k) {
+                return Ok(*r);
+            }
+            Ok(db
+                .get_cf(kv, k)
+                .map_err(|e| read_err(&e))?
+                .and_then(|v| split_kv_value(&v).map(|(r, _)| r)))
+        };
+        for entry in entries {
+            let index = entry.log_id.index;
+            last = Some(entry.log_id);
+            let res = match entry.payload {
+                EntryPayload::Blank => CommandResult::default(),
+                EntryPayload::Membership(m) => {
+                    for (id, node) in m.nodes() {
+                        let bytes = serde_json::to_vec(node).map_err(|e| write_err(&e))?;
+                        batch.put_cf(meta, node_key(*id), bytes);
+                    }
+                    let stored = StoredMembership::new(Some(entry.log_id), m);
+                    let bytes = serde_json::to_vec(&stored).map_err(|e| write_err(&e))?;
+                    batch.put_cf(meta, KEY_MEMBERSHIP, bytes);
+                    CommandResult::default()
+                }
+                EntryPayload::Normal(cmd) => match cmd {
+                    Command::Put {
+                        ks,
+                        key,
+                        value,
+                        cond,
+                    } => {
+                        let k = kv_key(&ks, &key);
+                        let cur = current_rev(&overlay, &k)?;
+                        let holds = match cond {
+                            None => true,
+                            Some(Cond::Revision(r)) => cur == Some(r),
+                            Some(Cond::Absent) => cur.is_none(),
+                            Some(Cond::Exists) => cur.is_some(),
+                        };
+                        if holds {
+                            batch.put_cf(kv, &k, kv_value(index, &value));
+                            overlay.insert(k, Some(index));
+                            CommandResult {
+                                ok: true,
+                                revision: index,
+                                ..Default::default()
+                            }
+                        } else {
+                            CommandResult {
+                                ok: false,
+                                revision: cur.unwrap_or(0),
+                                ..Default::default()
+                            }
+                        }
+                    }
+                    Command::Delete {
+                        ks,
+                        key,
+                        prev_revision,
+                    } => {
+                        let k = kv_key(&ks, &key);
+                        let cur = current_rev(&overlay, &k)?;
+                        match prev_revision {
+                            Some(p) if cur != Some(p) => CommandResult {
+                                ok: false,
+                                revision: cur.unwrap_or(0),
+                                ..Default::default()
+                            },
+                            _ => {
+                                let existed = cur.is_some();
+                                if existed {
+                                    batch.delete_cf(kv, &k);
+                                    overlay.insert(k, None);
+                                }
+                                CommandResult {
+                                    ok: true,
+                                    revision: index,
+                                    deleted: existed,
+                                    count: 0,
+                                }
+                            }
+                        }
+                    }
+                    Command::TsAppend { series, points } => {
+                        for (t, v) in &points {
+                            batch.put_cf(ts, ts_key(&series, *t), v.to_bits().to_be_bytes());
+                        }
+                        CommandResult {
+                            ok: true,
+                            revision: index,
+                            deleted: false,
+                            count: points.len() as u64,
+                        }
+                    }
+                },
+            };
+            results.push(res);
+        }
+        if let Some(l) = last {
+            let bytes = serde_json::to_vec(&Some(l)).map_err(|e| write_err(&e))?;
+            batch.put_cf(meta, KEY_APPLIED, bytes);
+        }
+        db.write(batch).map_err(|e| write_err(&e))?;
+        Ok(results)
+    }
+
+    fn build_blocking(db: &DB) -> Result<Snapshot, StorageError> {
+        db.flush_wal(true).map_err(|e| write_err(&e))?;
+        let snap = db.snapshot();
+        let meta_cf = cf_meta(db)?;
+        let applied: Option<LogId> = match snap
+            .get_cf(meta_cf, KEY_APPLIED)
+            .map_err(|e| read_err(&e))?
+        {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
+            None => None,
+        };
+        let membership: StoredMembership = match snap
+            .get_cf(meta_cf, KEY_MEMBERSHIP)
+            .map_err(|e| read_err(&e))?
+        {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
+            None => StoredMembership::default(),
+        };
+        let mut data = Vec::new();
+        for (tag, cf_name) in [(0u8, CF_KV), (1u8, CF_TS), (2u8, CF_SM_META)] {
+            let c = cf(db, cf_name)?;
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snap);
+            for item in db.iterator_cf_opt(c, ro, IteratorMode::Start) {
+                let (k, v) = item.map_err(|e| read_err(&e))?;
+                if tag == 2 && !k.starts_with(NODE_PREFIX) {
+                    continue;
+                }
+                data.push(tag);
+                data.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                data.extend_from_slice(&k);
+                data.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                data.extend_from_slice(&v);
+            }
+        }
+        let snapshot_id = match applied {
+            Some(l) => format!(
+                "{}-{}-{}",
+                l.leader_id.term,
+                l.index,
+                hex::encode(rand::random::<[u8; 4]>())
+            ),
+            None => format!("0-0-{}", hex::encode(rand::random::<[u8; 4]>())),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        Self::save_snapshot(db, &meta, &data)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+
+    fn save_snapshot(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let c = cf(db, CF_SNAPSHOT)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            c,
+            SNAP_META,
+            serde_json::to_vec(meta).map_err(|e| write_err(&e))?,
+        );
+        batch.put_cf(c, SNAP_DATA, data);
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        db.write_opt(batch, &o).map_err(|e| write_err(&e))
+    }
+
+    fn install_blocking(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let kv = cf(db, CF_KV)?;
+        let ts = cf(db, CF_TS)?;
+        let sm = cf_meta(db)?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(kv, [0u8].as_slice(), [0xffu8; 8].as_slice());
+        batch.delete_range_cf(ts, [0u8].as_slice(), [0xffu8; 8].as_slice());
+        batch.delete_range_cf(sm, NODE_PREFIX, b"node0".as_slice());
+        let bad = || write_err(&std::io::Error::other("truncated snapshot data"));
+        let mut i = 0usize;
+        let take = |i: &mut usize, n: usize| -> Result<&[u8], StorageError> {
+            let s = data.get(*i..*i + n).ok_or_else(bad)?;
+            *i += n;
+            Ok(s)
+        };
+        while i < data.len() {
+            let tag = take(&mut i, 1)?[0];
+            let kl = u32::from_be_bytes(take(&mut i, 4)?.try_into().map_err(|_| bad())?) as usize;
+            let k = take(&mut i, kl)?;
+            let vl = u32::from_be_bytes(take(&mut i, 4)?.try_into().map_err(|_| bad())?) as usize;
+            let v = take(&mut i, vl)?;
+            let c = match tag {
+                0 => kv,
+                1 => ts,
+                2 => sm,
+                _ => return Err(bad()),
+            };
+            batch.put_cf(c, k, v);
+        }
+        batch.put_cf(
+            sm,
+            KEY_APPLIED,
+            serde_json::to_vec(&meta.last_log_id).map_err(|e| write_err(&e))?,
+        );
+        batch.put_cf(
+            sm,
+            KEY_MEMBERSHIP,
+            serde_json::to_vec(&meta.last_membership).map_err(|e| write_err(&e))?,
+        );
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        db.write_opt(batch, &o).map_err(|e| write_err(&e))?;
+        Self::save_snapshot(db, meta, data)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let db = self.db.clone();
+        blocking(move || Self::build_blocking(&db)).await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let meta = cf_meta(&db)?;
+            let applied: Option<LogId> =
+                match db.get_cf(meta, KEY_APPLIED).map_err(|e| read_err(&e))? {
+                    Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
+                    None => None,
+                };
+            let membership: StoredMembership =
+                match db.get_cf(meta, KEY_MEMBERSHIP).map_err(|e| read_err(&e))? {
+                    Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
+                    None => StoredMembership::default(),
+                };
+            Ok((applied, membership))
+        })
+        .await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let db = self.db.clone();
+        blocking(move || Self::apply_blocking(&db, entries)).await
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        let meta = meta.clone();
+        let data = snapshot.into_inner();
+        blocking(move || Self::install_blocking(&db, &meta, &data)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let c = cf(&db, CF_SNAPSHOT)?;
+            let meta = db.get_cf(c, SNAP_META).map_err(|e| read_err(&e))?;
+            let data = db.get_cf(c, SNAP_DATA).map_err(|e| read_err(&e))?;
+            match (meta, data) {
+                (Some(m), Some(d)) => {
+                    let meta: SnapshotMeta =
+                        serde_json::from_slice(&m).map_err(|e| read_err(&e))?;
+                    Ok(Some(Snapshot {
+                        meta,
+                        snapshot: Box::new(Cursor::new(d)),
+                    }))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+}
