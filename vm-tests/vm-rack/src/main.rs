@@ -155,7 +155,13 @@ async fn run_in_namespace(plan: &Plan, taps: usize) -> anyhow::Result<Outcome> {
     };
     if interrupted {
         eprintln!("vm-rack: interrupted; tearing down");
-        // The inner run got the signal too when it came from the terminal; give it a moment.
+        // Ask the inner run to stop (it writes its outcome and kills its children); it got
+        // the signal already when it came from the terminal.
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
         if tokio::time::timeout(Duration::from_secs(5), child.wait())
             .await
             .is_err()

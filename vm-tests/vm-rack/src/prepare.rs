@@ -18,7 +18,7 @@ pub const MGMT_PORT: u16 = 8082;
 /// Where the IAM bootstrap credential lives on the seed.
 pub const IAM_CRED_ON_NODE: &str = "/etc/plasmacloud/secrets/iam-bootstrap.json";
 /// The admin the rack seeds.
-pub const IAM_ADMIN: (&str, &str) = ("admin", "vm-rack-admin-password-1");
+pub const IAM_ADMIN: (&str, &str) = ("admin", "Rack-Operator-Passphrase-2026");
 /// The MAC of the stranger VM in `unknown-mac`.
 pub const UNKNOWN_MAC: &str = "52:54:00:00:00:99";
 /// Kernel command line of every entry (before `plasmacloud.node=` and `initrd=`).
@@ -41,6 +41,27 @@ pub fn voters_for(n: usize) -> usize {
         _ => 5,
     }
 }
+
+/// Kernel modules packed into the appliance.
+pub const APPLIANCE_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_console",
+    "virtio_rng",
+    "e1000",
+    "e1000e",
+    "ahci",
+    "ata_piix",
+    "sd_mod",
+    "ext4",
+    "crc32c_generic",
+    "crc32c-intel",
+    "xfs",
+    "autofs4",
+    "binfmt_misc",
+];
 
 /// Runs a command to completion; fails with its output.
 pub fn run(what: &str, cmd: &mut Command) -> anyhow::Result<String> {
@@ -188,6 +209,10 @@ pub fn build(
         ] {
             c.arg("--bin").arg(bin_dir.join(b));
         }
+        // netboot-image's default module list plus crc32c_generic: ext4 needs the crc32c
+        // algorithm (a modules.softdep, not a modules.dep edge), or mounting the data disk
+        // fails with "Cannot load crc32c driver".
+        c.arg("--modules").arg(APPLIANCE_MODULES.join(","));
         c.arg("--units").arg(&units).arg("--out").arg(&appliance);
         let report = run("netboot-image appliance", &mut c)?;
         std::fs::write(work.join("appliance-report.json"), report)?;

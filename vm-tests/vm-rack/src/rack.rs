@@ -106,11 +106,40 @@ const SERIAL_MARKS: &[(&str, &str)] = &[
     ("initramfs: /init", "Run /init"),
     ("systemd: started", "systemd 252"),
     ("network: online", "Reached target network-online.target"),
+    ("unit: firstboot-disk", "Finished firstboot-disk.service"),
+    (
+        "unit: firstboot-configure",
+        "Finished firstboot-configure.service",
+    ),
+    ("unit: chainfire", "Started chainfire.service"),
+    (
+        "unit: chainfire-cluster-join",
+        "Finished chainfire-cluster-join.service",
+    ),
+    ("unit: flaredb", "Started flaredb.service"),
+    (
+        "unit: flaredb-cluster-join",
+        "Finished flaredb-cluster-join.service",
+    ),
+    ("unit: iam", "Started iam.service"),
+    (
+        "unit: iam-initial-setup",
+        "Finished iam-initial-setup.service",
+    ),
+    (
+        "unit: cluster-health-check",
+        "Finished cluster-health-check.service",
+    ),
+    (CONSOLE_READY, "Reached target cluster-ready.target"),
     (
         "multi-user.target",
         "plasmacloud-appliance: multi-user.target reached",
     ),
 ];
+
+/// The console mark that says the node reached cluster-ready.target (a fallback for a lost
+/// phase report, and the only ready signal a node without a reachable boot server gives).
+const CONSOLE_READY: &str = "console: cluster-ready.target";
 
 /// One VM.
 #[derive(Debug)]
@@ -586,11 +615,9 @@ impl Rack {
                     bail!("{name} {svc} /health: {h}");
                 }
             }
-            let passed = self.events.iter().any(|e| {
-                e.node.as_deref() == Some(name)
-                    && e.phase == "health-check"
-                    && e.status == "started"
-            }) && self.nodes.get(name).is_some_and(|p| p.ready_at.is_some());
+            // cluster-ready is reported (or reached on the console) only after the node's
+            // cluster-health-check passed.
+            let passed = self.nodes.get(name).is_some_and(|p| p.ready_at.is_some());
             if !passed {
                 bail!("{name}: no passed health check reported");
             }
