@@ -1,9 +1,12 @@
 //! The Raft log store: entries, vote, committed id and purge point in RocksDB.
 //!
-//! Every `append` and `save_vote` is one RocksDB write batch with `sync = true`, done on a
-//! blocking thread; openraft is told an append is flushed only after that write returned, so an
-//! entry is acknowledged to the leader only once it is on disk.
+//! Every `append`, `save_vote`, `truncate` and `purge` goes to one writer thread, which drains
+//! all queued writes into a single RocksDB batch written with `sync = true` (group commit).
+//! openraft is told an append is flushed (and a vote call returns) only after that synced write,
+//! so an entry is acknowledged to the leader, and a vote granted, only once it is on disk.
+//! Entries queued but not yet written are served to readers from an in-memory overlay.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
@@ -19,10 +22,93 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_PURGED: &[u8] = b"last_purged";
 
-/// The log store (cheap to clone; clones share the database).
-#[derive(Debug, Clone)]
+/// One queued write: its operations and whom to tell once they are synced.
+enum Done {
+    Flushed(LogFlushed<TypeConfig>),
+    Reply(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+enum WOp {
+    Put(&'static str, Vec<u8>, Vec<u8>),
+    DeleteRange(&'static str, Vec<u8>, Vec<u8>),
+}
+
+struct Job {
+    ops: Vec<WOp>,
+    done: Done,
+    /// Log indexes to drop from the pending overlay once written.
+    written: Vec<u64>,
+}
+
+/// Entries handed to the writer but not yet on disk (reads consult them first).
+type Pending = Arc<std::sync::Mutex<BTreeMap<u64, Entry>>>;
+
+/// The log store (cheap to clone; clones share the database and the writer thread).
+///
+/// Writes go to one dedicated thread that drains every queued write into a single RocksDB
+/// batch written with `sync = true` (group commit), then reports each as flushed, in order.
+#[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    tx: std::sync::mpsc::Sender<Job>,
+    pending: Pending,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").finish_non_exhaustive()
+    }
+}
+
+fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, pending: Pending) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+            if jobs.len() >= 1024 {
+                break;
+            }
+        }
+        let mut batch = WriteBatch::default();
+        let mut res: Result<(), String> = Ok(());
+        for j in &jobs {
+            for op in &j.ops {
+                let name = match op {
+                    WOp::Put(n, _, _) | WOp::DeleteRange(n, _, _) => *n,
+                };
+                let Some(cf) = db.cf_handle(name) else {
+                    res = Err(format!("column family {name} missing"));
+                    continue;
+                };
+                match op {
+                    WOp::Put(_, k, v) => batch.put_cf(cf, k, v),
+                    WOp::DeleteRange(_, a, b) => batch.delete_range_cf(cf, a, b),
+                }
+            }
+        }
+        if res.is_ok() {
+            res = db.write_opt(batch, &sync_opts()).map_err(|e| e.to_string());
+        }
+        if res.is_ok() {
+            if let Ok(mut p) = pending.lock() {
+                for j in &jobs {
+                    for i in &j.written {
+                        p.remove(i);
+                    }
+                }
+            }
+        }
+        for j in jobs {
+            match j.done {
+                Done::Flushed(cb) => {
+                    cb.log_io_completed(res.clone().map_err(std::io::Error::other))
+                }
+                Done::Reply(tx) => {
+                    let _ = tx.send(res.clone());
+                }
+            }
+        }
+    }
 }
 
 fn sync_opts() -> WriteOptions {
@@ -53,22 +139,35 @@ fn get_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn put_json_sync<T: serde::Serialize>(
-    db: &DB,
-    cf_name: &str,
-    key: &[u8],
-    v: &T,
-) -> Result<(), StorageError> {
-    let cf = cf(db, cf_name)?;
-    let bytes = serde_json::to_vec(v).map_err(|e| write_err(&e))?;
-    db.put_cf_opt(cf, key, bytes, &sync_opts())
-        .map_err(|e| write_err(&e))
-}
-
 impl LogStore {
-    /// A log store over `db`.
+    /// A log store over `db`, starting its writer thread.
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending: Pending = Arc::default();
+        let (wdb, wp) = (db.clone(), pending.clone());
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || writer_loop(wdb, rx, wp))
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!("cannot start the log writer thread: {e}"));
+        Self { db, tx, pending }
+    }
+
+    /// Queues `ops` and waits until they are synced.
+    async fn write_synced(&self, ops: Vec<WOp>) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job {
+                ops,
+                done: Done::Reply(tx),
+                written: Vec::new(),
+            })
+            .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(write_err(&std::io::Error::other(e))),
+            Err(_) => Err(write_err(&std::io::Error::other("log writer stopped"))),
+        }
     }
 
     fn read_range(db: &DB, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StorageError> {
@@ -108,8 +207,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => Some(*x),
             Bound::Unbounded => None,
         };
+        // Overlay first, then disk: an entry leaves the overlay only after it is on disk.
+        let overlay: Vec<Entry> = match self.pending.lock() {
+            Ok(p) => p
+                .range(start..end.unwrap_or(u64::MAX))
+                .map(|(_, e)| e.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let db = self.db.clone();
-        blocking(move || Self::read_range(&db, start, end)).await
+        let mut out = blocking(move || Self::read_range(&db, start, end)).await?;
+        if !overlay.is_empty() {
+            let mut map: BTreeMap<u64, Entry> =
+                out.into_iter().map(|e| (e.log_id.index, e)).collect();
+            for e in overlay {
+                map.insert(e.log_id.index, e);
+            }
+            out = map.into_values().collect();
+        }
+        Ok(out)
     }
 }
 
@@ -143,9 +259,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        let vote = *vote;
-        blocking(move || put_json_sync(&db, CF_RAFT_META, KEY_VOTE, &vote)).await
+        let bytes = serde_json::to_vec(vote).map_err(|e| write_err(&e))?;
+        self.write_synced(vec![WOp::Put(CF_RAFT_META, KEY_VOTE.to_vec(), bytes)])
+            .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -180,47 +296,54 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        let db = self.db.clone();
-        let res = blocking(move || {
-            let cf = cf(&db, CF_LOG)?;
-            let mut batch = WriteBatch::default();
-            for e in &entries {
-                let bytes = serde_json::to_vec(e).map_err(|e| write_err(&e))?;
-                batch.put_cf(cf, index_key(e.log_id.index), bytes);
+        let mut ops = Vec::new();
+        let mut written = Vec::new();
+        {
+            let mut p = self
+                .pending
+                .lock()
+                .map_err(|_| write_err(&std::io::Error::other("pending log lock poisoned")))?;
+            for e in entries {
+                let bytes = serde_json::to_vec(&e).map_err(|e| write_err(&e))?;
+                ops.push(WOp::Put(CF_LOG, index_key(e.log_id.index).to_vec(), bytes));
+                written.push(e.log_id.index);
+                p.insert(e.log_id.index, e);
             }
-            db.write_opt(batch, &sync_opts()).map_err(|e| write_err(&e))
-        })
-        .await;
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
-        res
+        self.tx
+            .send(Job {
+                ops,
+                done: Done::Flushed(callback),
+                written,
+            })
+            .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let cf = cf(&db, CF_LOG)?;
-            let mut batch = WriteBatch::default();
-            batch.delete_range_cf(cf, index_key(log_id.index), index_key(u64::MAX));
-            db.write_opt(batch, &sync_opts()).map_err(|e| write_err(&e))
-        })
+        if let Ok(mut p) = self.pending.lock() {
+            let _ = p.split_off(&log_id.index);
+        }
+        self.write_synced(vec![WOp::DeleteRange(
+            CF_LOG,
+            index_key(log_id.index).to_vec(),
+            index_key(u64::MAX).to_vec(),
+        )])
         .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let meta = cf(&db, CF_RAFT_META)?;
-            let log = cf(&db, CF_LOG)?;
-            let mut batch = WriteBatch::default();
-            let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| write_err(&e))?;
-            batch.put_cf(meta, KEY_PURGED, bytes);
-            batch.delete_range_cf(log, index_key(0), index_key(log_id.index + 1));
-            db.write_opt(batch, &sync_opts()).map_err(|e| write_err(&e))
-        })
+        if let Ok(mut p) = self.pending.lock() {
+            *p = p.split_off(&(log_id.index + 1));
+        }
+        let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| write_err(&e))?;
+        self.write_synced(vec![
+            WOp::Put(CF_RAFT_META, KEY_PURGED.to_vec(), bytes),
+            WOp::DeleteRange(
+                CF_LOG,
+                index_key(0).to_vec(),
+                index_key(log_id.index + 1).to_vec(),
+            ),
+        ])
         .await
     }
 }
