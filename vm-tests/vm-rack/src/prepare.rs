@@ -22,7 +22,12 @@ pub const IAM_ADMIN: (&str, &str) = ("admin", "Rack-Operator-Passphrase-2026");
 /// The MAC of the stranger VM in `unknown-mac`.
 pub const UNKNOWN_MAC: &str = "52:54:00:00:00:99";
 /// Kernel command line of every entry (before `plasmacloud.node=` and `initrd=`).
-pub const CMDLINE: &str = "console=ttyS0 panic=-1 systemd.show_status=1";
+/// `modules-load=` makes the data disk (and ext4 with its crc32c) exist before
+/// `firstboot-disk.service` starts: its `After=systemd-udev-settle.service` orders without
+/// pulling settle in, so on a cold boot the disk step can run before udev loaded virtio_blk,
+/// fail, and leave the rest of the chain with a failed dependency.
+pub const CMDLINE: &str =
+    "console=ttyS0 panic=-1 systemd.show_status=1 modules-load=virtio_blk,crc32c_generic,ext4";
 
 /// Node `i` (0-based) of the rack: name, MAC, address.
 pub fn node(i: usize) -> (String, String, String) {

@@ -145,6 +145,7 @@ const CONSOLE_READY: &str = "console: cluster-ready.target";
 #[derive(Debug)]
 struct Vm {
     name: String,
+    label: String,
     mac: String,
     tap: String,
     disk: PathBuf,
@@ -162,11 +163,12 @@ struct Vm {
 impl Vm {
     fn start(&mut self, t: f64) -> anyhow::Result<()> {
         self.boots += 1;
-        self.serial = self.work.join(if self.boots == 1 {
-            format!("{}.serial.log", self.name)
-        } else {
-            format!("{}.serial-boot{}.log", self.name, self.boots)
-        });
+        self.serial = self.work.join(format!(
+            "{}-{}.serial-boot{}.log",
+            self.name, self.label, self.boots
+        ));
+        // A console left by an earlier run must not feed this one's marks.
+        let _ = std::fs::remove_file(&self.serial);
         self.marks.clear();
         self.powered_on = t;
         let mut c = Command::new("qemu-system-x86_64");
@@ -216,10 +218,10 @@ impl Vm {
                     .arg(format!("if=pflash,format=raw,file={}", vars.display()));
             }
         }
-        let log = std::fs::File::create(
-            self.work
-                .join(format!("{}.qemu-boot{}.log", self.name, self.boots)),
-        )?;
+        let log = std::fs::File::create(self.work.join(format!(
+            "{}-{}.qemu-boot{}.log",
+            self.name, self.label, self.boots
+        )))?;
         c.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -1000,6 +1002,7 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
         mac_to_node.insert(mac.clone(), name.clone());
         vms.push(Vm {
             name,
+            label: plan.label.clone(),
             mac,
             tap: format!("tap{i}"),
             disk,
@@ -1016,6 +1019,7 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
     if plan.scenario == Scenario::UnknownMac {
         vms.push(Vm {
             name: "stranger".into(),
+            label: plan.label.clone(),
             mac: UNKNOWN_MAC.into(),
             tap: "tap0".into(),
             disk: PathBuf::new(),
