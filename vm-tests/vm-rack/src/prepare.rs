@@ -113,6 +113,7 @@ pub struct Artifacts {
 
 /// Writes the rack's contract for `n` nodes and the IAM credential under `work/secrets`.
 pub fn write_contract(work: &Path, n: usize) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(work).with_context(|| format!("while creating {}", work.display()))?;
     let voters = voters_for(n);
     let nodes: Vec<serde_json::Value> = (0..n)
         .map(|i| {
