@@ -641,7 +641,7 @@ impl Rack {
         let mut last = String::new();
         loop {
             for ip in ips {
-                let url = format!("http://{ip}:{port}/v1/kv/{key}");
+                let url = kv_url(ip, port, key);
                 match self.http.put(&url).body(value.to_string()).send().await {
                     Ok(r) if r.status().is_success() => return Ok(ip.clone()),
                     Ok(r) => last = format!("{url}: {}", r.status()),
@@ -656,7 +656,7 @@ impl Rack {
     }
 
     async fn get_value(&self, ip: &str, port: u16, key: &str) -> anyhow::Result<String> {
-        let url = format!("http://{ip}:{port}/v1/kv/{key}");
+        let url = kv_url(ip, port, key);
         let r = self.http.get(&url).send().await.context(url.clone())?;
         let s = r.status();
         let t = r.text().await.unwrap_or_default();
@@ -922,6 +922,15 @@ impl Rack {
                 )
             })
             .collect()
+    }
+}
+
+/// A key's URL: Chainfire's `/v1/kv/KEY`, FlareDB's namespaced `/v1/ns/vm-rack/kv/KEY`.
+fn kv_url(ip: &str, port: u16, key: &str) -> String {
+    if port == 2479 {
+        format!("http://{ip}:{port}/v1/ns/vm-rack/kv/{key}")
+    } else {
+        format!("http://{ip}:{port}/v1/kv/{key}")
     }
 }
 
