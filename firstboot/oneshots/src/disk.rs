@@ -278,9 +278,29 @@ pub async fn run(ctx: &Ctx) -> StepResult<Outcome> {
             })?;
             Outcome::NoDisk
         }
-        Some(layout) => tokio::task::spawn_blocking(move || prepare(&layout))
-            .await
-            .map_err(|e| StepError::Retry(format!("disk task: {e}")))??,
+        Some(layout) => {
+            // The disk may appear after this unit starts (udev, a slow controller): wait for it
+            // within the deadline instead of failing the whole chain.
+            let device = PathBuf::from(&layout.device);
+            crate::step::retry_until(
+                &format!("disk {} to appear", device.display()),
+                ctx.args.deadline,
+                || {
+                    let present = device.exists();
+                    async move {
+                        Ok(if present {
+                            crate::step::Attempt::Done(())
+                        } else {
+                            crate::step::Attempt::NotYet("not present".into())
+                        })
+                    }
+                },
+            )
+            .await?;
+            tokio::task::spawn_blocking(move || prepare(&layout))
+                .await
+                .map_err(|e| StepError::Retry(format!("disk task: {e}")))??
+        }
     };
     let detail = format!("{outcome:?}");
     ctx.mark_done("disk", serde_json::json!({ "outcome": detail }))?;

@@ -63,7 +63,7 @@ pub fn graph() -> Vec<Unit> {
             description: "PlasmaCloud first boot: prepare the Raft data disk",
             kind: Kind::Oneshot,
             exec: &["firstboot", "disk"],
-            after: &["local-fs.target", "systemd-udev-settle.service"],
+            after: &["local-fs.target", "systemd-udevd.service"],
             requires: &[],
             wants: &[],
             before: &["firstboot-configure.service"],

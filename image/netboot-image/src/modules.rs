@@ -23,6 +23,9 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ata_piix",
     "sd_mod",
     "ext4",
+    // ext4 names crc32c only as a soft dependency, which the closure does not follow; without
+    // it mounting an ext4 filesystem fails ("Cannot load crc32c driver").
+    "crc32c_generic",
     "xfs",
     "autofs4",
     "binfmt_misc",
