@@ -2,6 +2,8 @@
 //! registration in Chainfire and degraded health when Chainfire is gone (reads and writes go
 //! on), and replication to a second node.
 
+// The process helpers are shared with Chainfire's tests (same binary flags, same API).
+#[path = "../../chainfire/tests/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

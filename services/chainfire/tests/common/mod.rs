@@ -1,4 +1,5 @@
-//! Shared helpers of Chainfire's integration tests: nodes as real processes on 127.0.0.x.
+//! Shared helpers of Chainfire's and FlareDB's integration tests (FlareDB includes this file by
+//! path): nodes as real processes on 127.0.0.x.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
