@@ -9,7 +9,11 @@
 //! | `GET /ipxe/{path}` | iPXE binaries (UEFI HTTP boot) | anyone |
 //!
 //! Artifacts are streamed from disk (never read whole into memory) with `HEAD`, single
-//! `Range` requests, and strong `ETag`s (the manifest's sha256 for bundle files).
+//! `Range` requests, and strong `ETag`s (the manifest's sha256 for bundle files). A plain
+//! HTTP/1 `GET` that reached us through [`crate::http_conn`]'s own loop (the request carries
+//! [`SendfileOk`]) gets its body, whole file or range, sent with `sendfile(2)` straight from the
+//! page cache; requests that hyper serves (after a `HEAD`, a request with a body, …) use the
+//! read-ahead stream below.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -19,7 +23,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use pxe_protocol::ipxe::{
     initrd_name, render_boot_script, render_refusal_script, BootScript, ScriptInitrd,
@@ -29,6 +33,7 @@ use tokio::io::AsyncSeekExt;
 use tracing::{info, warn};
 
 use crate::config::UnknownMac;
+use crate::http_conn::{SendfileBody, SendfileOk};
 use crate::leases::now_unix;
 use crate::state::{lock, BootToken, Metrics, NewEvent, State};
 
@@ -220,6 +225,7 @@ async fn bundle_file(
     AxPath(path): AxPath<String>,
     headers: HeaderMap,
     method: http::Method,
+    sendfile: Option<Extension<SendfileOk>>,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
     let Some(f) = state.config.manifest.file(&path) else {
@@ -234,7 +240,7 @@ async fn bundle_file(
     let etag = format!("\"{}\"", f.sha256);
     let full = state.config.bundle_dir.join(&f.path);
     note_artifact(&state, peer, &path, &method, &headers);
-    serve_file(&state, full, etag, &headers, &method).await
+    serve_file(&state, full, etag, &headers, &method, sendfile.is_some()).await
 }
 
 async fn secret_file(
@@ -243,6 +249,7 @@ async fn secret_file(
     AxPath((token, path)): AxPath<(String, String)>,
     headers: HeaderMap,
     method: http::Method,
+    sendfile: Option<Extension<SendfileOk>>,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
     let tok = lock(&state.tokens).get(&token).cloned();
@@ -273,7 +280,7 @@ async fn secret_file(
     let etag = format!("\"{}\"", f.sha256);
     let full = state.config.bundle_dir.join(&f.path);
     note_artifact(&state, peer, &path, &method, &headers);
-    serve_file(&state, full, etag, &headers, &method).await
+    serve_file(&state, full, etag, &headers, &method, sendfile.is_some()).await
 }
 
 async fn ipxe_file(
@@ -281,6 +288,7 @@ async fn ipxe_file(
     AxPath(path): AxPath<String>,
     headers: HeaderMap,
     method: http::Method,
+    sendfile: Option<Extension<SendfileOk>>,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
     let Ok(full) = crate::tftp::resolve_path(&state.config.ipxe_dir, &path) else {
@@ -298,7 +306,7 @@ async fn ipxe_file(
         }
         Err(_) => return not_found(&state, &path),
     };
-    serve_file(&state, full, etag, &headers, &method).await
+    serve_file(&state, full, etag, &headers, &method, sendfile.is_some()).await
 }
 
 fn note_artifact(
@@ -363,6 +371,7 @@ async fn serve_file(
     etag: String,
     headers: &HeaderMap,
     method: &http::Method,
+    sendfile_ok: bool,
 ) -> Response {
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
@@ -420,10 +429,25 @@ async fn serve_file(
             .body(Body::empty())
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
+    Metrics::inc(&state.metrics.http_transfers);
+    if sendfile_ok && count > 0 {
+        // Our own connection loop sends the body with sendfile(2) (see `http_conn`).
+        let mut resp = builder
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        if resp.status() != StatusCode::INTERNAL_SERVER_ERROR {
+            resp.extensions_mut().insert(SendfileBody {
+                file: Arc::new(file.into_std().await),
+                offset: start,
+                count,
+                state: state.clone(),
+            });
+        }
+        return resp;
+    }
     if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
         return not_found(state, "seek failed");
     }
-    Metrics::inc(&state.metrics.http_transfers);
     let stream = read_ahead(file.into_std().await, count, state.clone());
     builder
         .body(Body::from_stream(stream))

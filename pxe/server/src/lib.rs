@@ -19,6 +19,7 @@
 pub mod config;
 pub mod dhcp;
 pub mod http;
+pub mod http_conn;
 pub mod leases;
 pub mod mgmt;
 pub mod ra;
@@ -161,10 +162,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
         spawn_thread("ipv6-ra", move || ra::run(st, s))?;
     }
     tokio::spawn(tftp::run(state.clone(), tftp_s));
-    let http_app =
-        http::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let http_app = http::router(state.clone());
     let mgmt_app = mgmt::router(state.clone());
-    let http_task = tokio::spawn(async move { axum::serve(http_l, http_app).await });
+    let http_task = tokio::spawn(http_conn::serve(http_l, http_app));
     let mgmt_task = tokio::spawn(async move { axum::serve(mgmt_l, mgmt_app).await });
     info!(
         mode = cfg.mode.as_str(),

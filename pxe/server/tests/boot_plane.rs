@@ -476,6 +476,33 @@ fn tftp_and_http_with_real_clients() {
     assert_eq!(code, "200");
     same(&out, &kernel, "full kernel over HTTP");
 
+    eprintln!("phase: one keep-alive connection: sendfile GETs, a script (hyper), GET again");
+    let outs: Vec<std::path::PathBuf> = (0..4).map(|i| d.join(format!("ka{i}.bin"))).collect();
+    let mut args: Vec<String> = vec!["-w".into(), "%{http_code} %{num_connects}\\n".into()];
+    let urls = [
+        "http://10.77.0.1:8081/files/vmlinuz",
+        "http://10.77.0.1:8081/files/vmlinuz",
+        "http://10.77.0.1:8081/boot/52-54-00-cc-00-01.ipxe",
+        "http://10.77.0.1:8081/files/vmlinuz",
+    ];
+    for (o, u) in outs.iter().zip(urls) {
+        args.extend(["-o".into(), o.display().to_string(), u.into()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, codes) = curl(&other, &args);
+    assert!(ok, "{codes}");
+    assert_eq!(
+        codes.lines().collect::<Vec<_>>(),
+        ["200 1", "200 0", "200 0", "200 0"],
+        "one connection, four answers"
+    );
+    for i in [0, 1, 3] {
+        same(&outs[i], &kernel, "kernel over a kept-alive connection");
+    }
+    assert!(std::fs::read_to_string(&outs[2])
+        .unwrap()
+        .starts_with("#!ipxe"));
+
     eprintln!("phase: metrics count it");
     let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
     for needle in [
