@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/plasmacloud/target-pxe}"
-cargo test --release -p pxe-server --test bench -- --ignored --nocapture --test-threads 1 "$@" 2>&1 | grep -E '^BENCH|panicked|test result'
+cargo test --release -p pxe-server --test bench -- --ignored --nocapture --test-threads 1 "$@" 2>&1 | grep -oE 'BENCH.*|panicked.*|test result.*'

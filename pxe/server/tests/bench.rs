@@ -276,10 +276,13 @@ fn bench_http() {
         }
     }
     let (rack, srv, cli) = net();
-    let run16 = |url: &str, label: &str| -> f64 {
+    // Returns (aggregate MiB/s, server CPU seconds per GiB served).
+    let run16 = |url: &str, label: &str, pid: u32| -> (f64, f64) {
         // warm the page cache and check the size once
         let (_, n) = curl(&cli, &["-o", "/dev/null", "-w", "%{size_download}", url]);
         assert_eq!(n.trim(), size.to_string(), "{label}");
+        let cpu0 = tree_cpu_secs(pid);
+        let cli0 = children_cpu_secs();
         let t = parallel(&cli, 16, &|_| {
             vec![
                 "curl".into(),
@@ -289,9 +292,11 @@ fn bench_http() {
                 url.to_string(),
             ]
         });
+        let cpu = (tree_cpu_secs(pid) - cpu0) / 8.0; // 16 x 512 MiB = 8 GiB
+        let cli_cpu = (children_cpu_secs() - cli0) / 8.0;
         let r = mib_s(size * 16, t);
-        println!("BENCH http {label}: 16 clients x 512 MiB {r:.0} MiB/s aggregate ({t:.2} s)");
-        r
+        println!("BENCH http {label}: 16 clients x 512 MiB {r:.0} MiB/s aggregate ({t:.2} s), CPU s/GiB: server {cpu:.2}, curl clients {cli_cpu:.2}");
+        (r, cpu)
     };
     let args = server_args(
         "proxy",
@@ -302,13 +307,14 @@ fn bench_http() {
         &["--log-format", "json"],
     );
     let server = start_server(&srv, &args, &f.d.join("srv.log"));
-    let ours = run16("http://10.77.0.1:8081/ipxe/big.img", "pxe-server");
-    drop(server);
+    // nginx beside it on another port, so the rounds can alternate: the machine's load (other
+    // builds, VMs) moves by tens of per cent within seconds, and alternating exposes both
+    // servers to the same drift.
     let conf = f.d.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 1024; }}\nhttp {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d}; server {{ listen 10.77.0.1:8081; root {root}; }} }}\n",
+            "daemon off;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{ worker_connections 1024; }}\nhttp {{ access_log off; sendfile on; tcp_nopush on; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d}; server {{ listen 10.77.0.1:8090; root {root}; }} }}\n",
             d = f.d.display(),
             root = f.ipxe.display()
         ),
@@ -329,11 +335,69 @@ fn bench_http() {
         &f.d.join("nginx.log"),
     )
     .unwrap();
-    wait_tcp_port(&srv, 8081);
-    let nginx = run16("http://10.77.0.1:8081/big.img", "nginx");
+    wait_tcp_port(&srv, 8090);
+    let rounds: usize = std::env::var("PXE_BENCH_HTTP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (ours_pid, ng_pid) = (server.proc.pid().unwrap(), ng.pid().unwrap());
+    let mut ratios = Vec::new();
+    for r in 0..rounds {
+        let run_ours = || run16("http://10.77.0.1:8081/ipxe/big.img", "pxe-server", ours_pid);
+        let run_nginx = || run16("http://10.77.0.1:8090/big.img", "nginx", ng_pid);
+        // alternate which goes first
+        let (ours, nginx) = if r % 2 == 0 {
+            let o = run_ours();
+            (o, run_nginx())
+        } else {
+            let n = run_nginx();
+            (run_ours(), n)
+        };
+        println!(
+            "BENCH http round {}: pxe-server {:.0} MiB/s, nginx {:.0} MiB/s, ratio {:.2}x; server CPU {:.2} vs {:.2} s/GiB",
+            r + 1,
+            ours.0,
+            nginx.0,
+            ours.0 / nginx.0,
+            ours.1,
+            nginx.1
+        );
+        ratios.push(ours.0 / nginx.0);
+    }
     drop(ng);
-    println!("BENCH http ratio pxe-server/nginx: {:.2}x", ours / nginx);
+    drop(server);
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "BENCH http ratio pxe-server/nginx: median {:.2}x (min {:.2}x, max {:.2}x, {rounds} alternating rounds)",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    );
     drop(rack);
+}
+
+/// User + system CPU seconds of `pid` and its direct children (nginx's workers).
+fn tree_cpu_secs(pid: u32) -> f64 {
+    let ticks = |p: &str| stat_ticks(p, 11);
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let total: f64 = ticks(&pid.to_string()) + children.split_whitespace().map(ticks).sum::<f64>();
+    total / 100.0 // USER_HZ
+}
+
+/// Two consecutive CPU-tick fields of /proc/`p`/stat, counted from the field after the `)`
+/// that closes comm (state is 0: utime+stime at 11, children's cutime+cstime at 13).
+fn stat_ticks(p: &str, first: usize) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    get(first) + get(first + 1)
+}
+
+/// CPU seconds of this process's reaped children (the curl clients).
+fn children_cpu_secs() -> f64 {
+    stat_ticks("self", 13) / 100.0
 }
 
 fn burst(cli: &str, n: usize) -> serde_json::Value {
