@@ -489,9 +489,34 @@ fn boot_once(rack: &Rack, d: &Path, tag: &str, node: usize) -> f64 {
     let serial = d.join(format!("serial-{tag}.log"));
     let t0 = Instant::now();
     let mut vm = start_vm(rack, "tap0", NODES[node].1, Firmware::Bios, d, &serial);
-    let secs = wait_serial(&serial, INIT_MARKER, t0, Duration::from_secs(180)).unwrap();
+    // When each stage first shows on the serial console (whatever the firmware prints there).
+    let stages = ["iPXE", "PlasmaCloud netboot", "Linux version", INIT_MARKER];
+    let mut seen: Vec<Option<f64>> = vec![None; stages.len()];
+    let secs = plasmacloud_testkit::wait_until(
+        "serial console to show the init marker",
+        Duration::from_secs(180),
+        || {
+            let text = std::fs::read(&serial).unwrap_or_default();
+            let text = String::from_utf8_lossy(&text);
+            for (s, t) in stages.iter().zip(seen.iter_mut()) {
+                if t.is_none() && text.contains(s) {
+                    *t = Some(t0.elapsed().as_secs_f64());
+                }
+            }
+            seen[stages.len() - 1]
+        },
+    )
+    .unwrap();
     vm.kill();
-    println!("BENCH boot {tag}: power-on to /init {secs:.1} s");
+    let marks: Vec<String> = stages
+        .iter()
+        .zip(&seen)
+        .filter_map(|(s, t)| t.map(|t| format!("{s:?} {t:.1} s")))
+        .collect();
+    println!(
+        "BENCH boot {tag}: power-on to /init {secs:.1} s (first seen on serial: {})",
+        marks.join(", ")
+    );
     secs
 }
 
