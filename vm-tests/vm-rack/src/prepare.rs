@@ -26,8 +26,10 @@ pub const UNKNOWN_MAC: &str = "52:54:00:00:00:99";
 /// `firstboot-disk.service` starts: its `After=systemd-udev-settle.service` orders without
 /// pulling settle in, so on a cold boot the disk step can run before udev loaded virtio_blk,
 /// fail, and leave the rest of the chain with a failed dependency.
-pub const CMDLINE: &str =
-    "console=ttyS0 panic=-1 systemd.show_status=1 modules-load=virtio_blk,crc32c_generic,ext4";
+/// `systemd.status_unit_format=name` makes the console say `Finished firstboot-disk.service.`
+/// instead of the unit name and description ellipsized to 80 columns, so the harness's console
+/// marks (one per first-boot unit) match.
+pub const CMDLINE: &str = "console=ttyS0 panic=-1 systemd.show_status=1 systemd.status_unit_format=name modules-load=virtio_blk,crc32c_generic,ext4";
 
 /// Node `i` (0-based) of the rack: name, MAC, address.
 pub fn node(i: usize) -> (String, String, String) {

@@ -99,12 +99,21 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Console markers: (label in the timeline, text on the serial console).
+/// Console markers: (label in the timeline, text on a serial console line once its ANSI
+/// colour codes are stripped). The unit lines match because the kernel command line carries
+/// `systemd.status_unit_format=name` ([`prepare::CMDLINE`]): by default systemd 252 prints
+/// `Finished firstboot-disk.se… boot: prepare the Raft data disk.` (name and description
+/// ellipsized to the console's width, unit name in bold), which no fixed needle matches.
+/// systemd's own `systemd[1]: Finished UNIT - …` kernel-log lines (before journald takes the
+/// log over) match too.
 const SERIAL_MARKS: &[(&str, &str)] = &[
-    ("firmware: iPXE", "iPXE"),
     ("kernel: started", "Linux version"),
     ("initramfs: /init", "Run /init"),
     ("systemd: started", "systemd 252"),
+    (
+        "udev: coldplug done",
+        "Finished systemd-udev-trigger.service",
+    ),
     ("network: online", "Reached target network-online.target"),
     ("unit: firstboot-disk", "Finished firstboot-disk.service"),
     (
@@ -135,7 +144,35 @@ const SERIAL_MARKS: &[(&str, &str)] = &[
         "multi-user.target",
         "plasmacloud-appliance: multi-user.target reached",
     ),
+    (
+        "unit: firstboot-disk FAILED",
+        "Failed to start firstboot-disk.service",
+    ),
 ];
+
+/// A console line without its ANSI escape sequences (`ESC [ … letter`) and carriage returns.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // Parameters and intermediates, then one final byte in @..~.
+                    for d in chars.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// The console mark that says the node reached cluster-ready.target (a fallback for a lost
 /// phase report, and the only ready signal a node without a reachable boot server gives).
@@ -155,6 +192,9 @@ struct Vm {
     child: Option<Child>,
     boots: u32,
     serial: PathBuf,
+    /// Bytes of `serial` already scanned, and the unfinished last line.
+    serial_read: u64,
+    serial_tail: Vec<u8>,
     /// Rack-relative seconds of this boot's power-on.
     powered_on: f64,
     marks: BTreeMap<&'static str, f64>,
@@ -169,6 +209,8 @@ impl Vm {
         ));
         // A console left by an earlier run must not feed this one's marks.
         let _ = std::fs::remove_file(&self.serial);
+        self.serial_read = 0;
+        self.serial_tail.clear();
         self.marks.clear();
         self.powered_on = t;
         let mut c = Command::new("qemu-system-x86_64");
@@ -244,17 +286,35 @@ impl Vm {
         }
     }
 
+    /// Reads what the console gained since the last scan and records the first time each
+    /// marker's line shows up (at `t`, rack-relative).
     fn scan_serial(&mut self, t: f64) {
+        use std::io::{Read, Seek, SeekFrom};
         if self.marks.len() == SERIAL_MARKS.len() {
             return;
         }
-        let Ok(bytes) = std::fs::read(&self.serial) else {
+        let Ok(mut f) = std::fs::File::open(&self.serial) else {
             return;
         };
-        let text = String::from_utf8_lossy(&bytes);
-        for (label, needle) in SERIAL_MARKS {
-            if !self.marks.contains_key(label) && text.contains(needle) {
-                self.marks.insert(label, t);
+        if f.seek(SeekFrom::Start(self.serial_read)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let Ok(n) = f.read_to_end(&mut buf) else {
+            return;
+        };
+        self.serial_read += n as u64;
+        self.serial_tail.extend_from_slice(&buf);
+        let Some(end) = self.serial_tail.iter().rposition(|b| *b == b'\n') else {
+            return;
+        };
+        let done: Vec<u8> = self.serial_tail.drain(..=end).collect();
+        for line in String::from_utf8_lossy(&done).lines() {
+            let line = strip_ansi(line);
+            for (label, needle) in SERIAL_MARKS {
+                if !self.marks.contains_key(label) && line.contains(needle) {
+                    self.marks.insert(label, t);
+                }
             }
         }
     }
@@ -594,17 +654,27 @@ impl Rack {
             "check: chainfire voters {cv:?} leader {cl}; flaredb voters {fv:?} leader {fl} (same on all {n} nodes)"
         ));
         let seed = &ips[0];
-        let r = self
-            .http
-            .post(format!("http://{seed}:8080/v1/auth/login"))
-            .json(&serde_json::json!({"username": prepare::IAM_ADMIN.0, "password": prepare::IAM_ADMIN.1}))
-            .send()
-            .await
-            .context("IAM login on the seed")?;
-        let s = r.status();
-        let v: serde_json::Value = r.json().await.unwrap_or_default();
-        if !s.is_success() || v["token"].as_str().is_none() {
-            bail!("IAM admin login on the seed answered {s}: {v}");
+        // IAM answers 503 while its FlareDB read times out (a loaded host); retry until a
+        // deadline, fail at once on any other refusal.
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self
+                .http
+                .post(format!("http://{seed}:8080/v1/auth/login"))
+                .json(&serde_json::json!({"username": prepare::IAM_ADMIN.0, "password": prepare::IAM_ADMIN.1}))
+                .send()
+                .await
+                .context("IAM login on the seed")?;
+            let s = r.status();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            if s.is_success() && v["token"].as_str().is_some() {
+                break;
+            }
+            if s != reqwest::StatusCode::SERVICE_UNAVAILABLE || Instant::now() >= until {
+                bail!("IAM admin login on the seed answered {s}: {v}");
+            }
+            self.say(&format!("check: IAM login answered {s}; retrying: {v}"));
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
         self.say("check: IAM admin logs in on the seed");
         for (name, ip) in names.iter().zip(&ips) {
@@ -814,6 +884,11 @@ impl Rack {
         }
     }
 
+    /// What the stranger got, checked from the host: the server's events for its MAC (the
+    /// default script, kernel and base initrd; no overlay, no node name, no phase reports), its
+    /// lease (from the pool, no node), its console (appliance name, no cluster-ready, no
+    /// secret), and the boot plane refusing every way to a node's overlay or script that the
+    /// stranger could try.
     async fn check_unknown(&mut self, at: f64) -> anyhow::Result<f64> {
         let mine: Vec<&Event> = self
             .events
@@ -827,22 +902,80 @@ impl Rack {
         {
             bail!("the stranger was served as a contract node: {phases:?}");
         }
-        if !phases.iter().any(|p| p == "kernel") {
-            bail!("the stranger did not fetch the default kernel: {phases:?}");
+        if !phases.iter().any(|p| p == "kernel") || !phases.iter().any(|p| p == "initrd") {
+            bail!("the stranger did not fetch the default kernel and initrd: {phases:?}");
         }
-        let console = std::fs::read_to_string(&self.vm("stranger")?.serial).unwrap_or_default();
-        if console.contains("plasmacloud-appliance: multi-user.target reached hostname=node") {
-            bail!("the stranger took a contract node's name");
+        if self.events.iter().any(|e| e.source == "node") {
+            bail!("a phase report reached the server, but no contract node is powered on");
         }
-        if console.contains(prepare::IAM_ADMIN.1) {
-            bail!("the IAM secret shows on the stranger's console");
-        }
+        // Its lease: from the pool, no contract node's address or name.
         let status = self
             .get_json(&format!("http://{SERVER_IP}:{MGMT_PORT}/v1/status"))
             .await?;
+        let lease = status["leases"]
+            .as_array()
+            .and_then(|a| a.iter().find(|l| l["mac"].as_str() == Some(UNKNOWN_MAC)))
+            .cloned()
+            .ok_or_else(|| anyhow!("no lease for the stranger: {status}"))?;
+        let ip = lease["ip"].as_str().unwrap_or("").to_string();
+        let contract_ips: Vec<String> =
+            (0..self.plan.scenario.nodes()).map(|i| node(i).2).collect();
+        if !lease["node"].is_null() || contract_ips.contains(&ip) || !ip.starts_with("10.99.0.1") {
+            bail!("the stranger's lease is not a pool address without a node: {lease}");
+        }
+        // Its console.
+        let raw = std::fs::read_to_string(&self.vm("stranger")?.serial).unwrap_or_default();
+        let console: String = raw.lines().map(|l| strip_ansi(l) + "\n").collect();
+        if !console.contains(&format!(
+            "{} hostname=plasmacloud-appliance ipv4: ens2={ip}/",
+            "plasmacloud-appliance: multi-user.target reached"
+        )) {
+            bail!("the stranger's console does not show the appliance name with its pool address {ip}");
+        }
+        if console.contains("Reached target cluster-ready.target") {
+            bail!("the stranger reached cluster-ready.target");
+        }
+        if console.contains("plasmacloud.node=") || console.contains(prepare::IAM_ADMIN.1) {
+            bail!("a node name or the IAM secret shows on the stranger's console");
+        }
+        // The boot plane, asked the way the stranger could ask it.
+        let base = format!("http://{SERVER_IP}:{}", prepare::HTTP_PORT);
+        let dashed = UNKNOWN_MAC.replace(':', "-");
+        let script = self
+            .http
+            .get(format!("{base}/boot/{dashed}.ipxe"))
+            .send()
+            .await
+            .context("GET the unknown MAC's script")?;
+        let code = script.status();
+        let script = script.text().await.unwrap_or_default();
+        if !code.is_success()
+            || script.contains("/s/")
+            || script.contains("overlay")
+            || script.contains("plasmacloud.node=")
+        {
+            bail!("the unknown MAC's script is not the bare default entry ({code}):\n{script}");
+        }
+        let seed = node(0);
+        let seed_dashed = seed.1.replace(':', "-");
+        let refused = [
+            format!("{base}/files/overlay-{}.cpio.zst", seed.0),
+            format!("{base}/s/{}/overlay-{}.cpio.zst", "0".repeat(32), seed.0),
+            format!("{base}/boot/{seed_dashed}.ipxe"),
+        ];
+        for url in &refused {
+            let r = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            if r.status() != reqwest::StatusCode::FORBIDDEN {
+                bail!("GET {url} answered {}, expected 403 Forbidden", r.status());
+            }
+        }
         self.say(&format!(
-            "unknown-mac: booted the default entry ({phases:?}), no overlay, no node name; server lists it as unknown: {}",
-            status["unknown"].as_array().map(|a| a.len()).unwrap_or(0)
+            "unknown-mac: the stranger booted the default entry ({phases:?}) at pool address {ip}: no overlay, no node name, no phase report, no cluster-ready; the seed's overlay (plain and with a forged token) and script are refused (403)"
         ));
         Ok(at)
     }
@@ -864,15 +997,22 @@ impl Rack {
             }
         }
         eprint!("{out}");
-        // Phases common to both boot servers: console marks and node reports.
+        // Phases, each ending at a console mark, a server event or a node report. A bound
+        // that is missing (dnsmasq runs have no server events; a lost report) merges its phase
+        // into the next one.
         let bounds: &[(&str, &str)] = &[
+            ("firmware, DHCP, iPXE script", "server: kernel"),
             (
-                "firmware, DHCP, iPXE, kernel+initrd download",
+                "kernel + initrds over the net, kernel decompress",
                 "kernel: started",
             ),
-            ("kernel + initramfs unpack", "systemd: started"),
-            ("systemd to first-boot disk", "disk ok"),
-            ("configure", "configure ok"),
+            ("kernel boot + initramfs unpack", "initramfs: /init"),
+            ("systemd start-up to udev coldplug", "udev: coldplug done"),
+            (
+                "udev to data disk ready (mkfs, mount)",
+                "unit: firstboot-disk",
+            ),
+            ("network online + configure", "configure ok"),
             ("chainfire + join", "chainfire-join ok"),
             ("flaredb + join", "flaredb-join ok"),
             ("iam + setup", "iam-setup ok"),
@@ -896,7 +1036,7 @@ impl Rack {
                 };
                 if let Some(t) = t {
                     sums[i] += (t - prev).max(0.0);
-                    prev = t;
+                    prev = f64::max(prev, t);
                 }
             }
             total += ready;
@@ -1021,6 +1161,8 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
             child: None,
             boots: 0,
             serial: PathBuf::new(),
+            serial_read: 0,
+            serial_tail: Vec::new(),
             powered_on: 0.0,
             marks: BTreeMap::new(),
         });
@@ -1038,6 +1180,8 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
             child: None,
             boots: 0,
             serial: PathBuf::new(),
+            serial_read: 0,
+            serial_tail: Vec::new(),
             powered_on: 0.0,
             marks: BTreeMap::new(),
         });
@@ -1205,4 +1349,41 @@ fn start_dnsmasq(plan: &Plan) -> anyhow::Result<Child> {
         .kill_on_drop(true);
     c.spawn()
         .context("while starting dnsmasq (is dnsmasq-base installed?)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_lose_their_colour_codes() {
+        let line =
+            "[\x1b[0;32m  OK  \x1b[0m] Finished \x1b[0;1;39mfirstboot-disk.service\x1b[0m.\r";
+        assert_eq!(
+            strip_ansi(line),
+            "[  OK  ] Finished firstboot-disk.service."
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
+
+    #[test]
+    fn every_first_boot_unit_has_a_console_mark() {
+        for unit in [
+            "firstboot-disk",
+            "firstboot-configure",
+            "chainfire",
+            "chainfire-cluster-join",
+            "flaredb",
+            "flaredb-cluster-join",
+            "iam",
+            "iam-initial-setup",
+            "cluster-health-check",
+        ] {
+            let label = format!("unit: {unit}");
+            assert!(
+                SERIAL_MARKS.iter().any(|(l, _)| *l == label),
+                "no console mark for {unit}"
+            );
+        }
+    }
 }
