@@ -16,7 +16,11 @@
 //! 6. `appliance`: `/init`, `/dev/console`, an empty `/etc/machine-id` (each boot gets its own),
 //!    systemd-networkd with DHCP on every ethernet, the hostname unit (the contract's node name:
 //!    `plasmacloud.node=` on the kernel command line, else the overlay's identity file) and a
-//!    console marker once `multi-user.target` is reached ([`READY_MARKER`]).
+//!    console marker once `multi-user.target` is reached ([`READY_MARKER`]); `multi-user.target`
+//!    as the default target, and [`MASKED_UNITS`] and [`MASKED_GENERATORS`] masked (less to
+//!    start under TCG).
+//!
+//! The rootfs layers leave out [`PACK_OMIT`] (files an appliance in RAM never reads).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -389,6 +393,40 @@ fn chunk_bytes() -> u64 {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct TreeSnapshot {
     layers: Vec<(String, String)>,
+    /// [`PACK_VERSION`] when recorded (a snapshot of another version is walked again).
+    #[serde(default)]
+    pack: u32,
+}
+
+/// Version of what the rootfs layers leave out ([`PACK_OMIT`]); bump it when that changes.
+const PACK_VERSION: u32 = 1;
+
+/// Paths of the root filesystem tree (and everything under them) that are not packed: an
+/// appliance that boots into RAM never reads them, and every byte costs its transfer and
+/// unpacking on every boot. udev's compiled hardware database (vendor and model names only),
+/// Perl (maintainer scripts), dpkg's and apt's state and libraries, time zones (without them
+/// the clock is UTC), shell completions and licence texts.
+pub const PACK_OMIT: &[&str] = &[
+    "usr/lib/udev/hwdb.bin",
+    "usr/bin/perl",
+    "usr/bin/perl5.36.0",
+    "usr/lib/x86_64-linux-gnu/perl-base",
+    "usr/share/perl5",
+    "var/lib/dpkg",
+    "var/lib/apt",
+    "usr/lib/apt",
+    "usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0",
+    "usr/lib/x86_64-linux-gnu/libapt-pkg.so.6.0.0",
+    "usr/lib/x86_64-linux-gnu/libapt-private.so.0.0",
+    "usr/lib/x86_64-linux-gnu/libapt-private.so.0.0.0",
+    "usr/share/zoneinfo",
+    "usr/share/bash-completion",
+    "usr/share/lintian",
+    "usr/share/common-licenses",
+];
+
+fn omitted(path: &Path) -> bool {
+    PACK_OMIT.iter().any(|o| path.starts_with(o))
 }
 
 fn snapshot_path(root: &Path) -> PathBuf {
@@ -403,7 +441,7 @@ fn rootfs_layers(root: &Path, immutable: bool, cache_dir: &Path) -> Result<Vec<L
         let cached: Option<TreeSnapshot> = fs::read(&snap)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(s) = cached {
+        if let Some(s) = cached.filter(|s| s.pack == PACK_VERSION) {
             let all_cached = s.layers.iter().all(|(_, k)| {
                 cache_dir
                     .join("layers")
@@ -424,6 +462,11 @@ fn rootfs_layers(root: &Path, immutable: bool, cache_dir: &Path) -> Result<Vec<L
         }
     }
     let (entries, material) = walk_tree_keyed(root)?;
+    let (entries, material): (Vec<Entry>, Vec<String>) = entries
+        .into_iter()
+        .zip(material)
+        .filter(|(e, _)| !omitted(&e.path))
+        .unzip();
     let layers = chunk_rootfs(entries, material);
     if immutable {
         let s = TreeSnapshot {
@@ -434,6 +477,7 @@ fn rootfs_layers(root: &Path, immutable: bool, cache_dir: &Path) -> Result<Vec<L
                     _ => None,
                 })
                 .collect(),
+            pack: PACK_VERSION,
         };
         let tmp = snap.with_extension(format!("tmp-{}", std::process::id()));
         let json = serde_json::to_vec(&s).unwrap_or_default();
@@ -714,6 +758,61 @@ ExecStart=/bin/sh /usr/local/lib/plasmacloud/appliance-ready
 WantedBy=multi-user.target
 ";
 
+/// Units the appliance masks: under TCG every unit started costs a fork and exec at boot, and
+/// none of these serves a node that runs from RAM with no console login (timers for apt, dpkg
+/// and filesystem maintenance, kernel filesystems nobody mounts, module loads for hardware a
+/// node does not have, utmp, the random seed and pstore of a disk it does not have, journal
+/// flushing to a /var that is RAM anyway, logins).
+pub const MASKED_UNITS: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-tmpfiles-clean.timer",
+    "getty@tty1.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+    "modprobe@dm_mod.service",
+    "modprobe@configfs.service",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "sys-fs-fuse-connections.mount",
+    "proc-sys-fs-binfmt_misc.automount",
+    "kmod-static-nodes.service",
+    "systemd-pstore.service",
+    "systemd-random-seed.service",
+    "systemd-journal-flush.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-remount-fs.service",
+    "systemd-logind.service",
+];
+
+/// systemd generators the appliance masks (each runs at every boot and daemon-reload, before
+/// any unit starts): no fstab, no crypt/verity/integrity devices, no SysV scripts that lack a
+/// unit, no gettys, no rc.local, no hibernation, no `systemd.run=` or debug shell.
+pub const MASKED_GENERATORS: &[&str] = &[
+    "systemd-cryptsetup-generator",
+    "systemd-debug-generator",
+    "systemd-fstab-generator",
+    "systemd-getty-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-rc-local-generator",
+    "systemd-run-generator",
+    "systemd-system-update-generator",
+    "systemd-sysv-generator",
+    "systemd-veritysetup-generator",
+];
+
 fn appliance_layer(root: &Path) -> Result<Layer, ImageError> {
     let systemd = in_tree(root, Path::new("/lib/systemd/systemd"));
     if !root.join(&systemd).is_file() {
@@ -792,6 +891,19 @@ fn appliance_layer(root: &Path) -> Result<Layer, ImageError> {
             format!("{lib_units}/systemd-networkd.service"),
         ),
     ];
+    entries.push(Entry::symlink(
+        sys.join("default.target"),
+        format!("{lib_units}/multi-user.target"),
+    ));
+    for unit in MASKED_UNITS {
+        entries.push(Entry::symlink(sys.join(unit), "/dev/null"));
+    }
+    for g in MASKED_GENERATORS {
+        entries.push(Entry::symlink(
+            Path::new("etc/systemd/system-generators").join(g),
+            "/dev/null",
+        ));
+    }
     // The tree's own /dev contents are skipped; keep the directory itself.
     entries.push(Entry::dir("dev", 0o755));
     let mut l = layer_from("appliance".into(), root, Vec::new());
