@@ -4,7 +4,9 @@
 //! all queued writes into a single RocksDB batch written with `sync = true` (group commit).
 //! openraft is told an append is flushed (and a vote call returns) only after that synced write,
 //! so an entry is acknowledged to the leader, and a vote granted, only once it is on disk.
-//! Entries queued but not yet written are served to readers from an in-memory overlay.
+//! The newest entries, queued or written, are also kept in a bounded in-memory cache, so that
+//! replication (which reads what was just appended) is served without touching the disk; a
+//! cached entry is dropped only after it is written.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -26,6 +28,8 @@ const KEY_PURGED: &[u8] = b"last_purged";
 enum Done {
     Flushed(LogFlushed<TypeConfig>),
     Reply(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// Nobody waits (the committed id: written in order with the log, never awaited).
+    Nothing,
 }
 
 enum WOp {
@@ -36,12 +40,74 @@ enum WOp {
 struct Job {
     ops: Vec<WOp>,
     done: Done,
-    /// Log indexes to drop from the pending overlay once written.
-    written: Vec<u64>,
+    /// `(index, sequence)` of the cached entries this job writes.
+    written: Vec<(u64, u64)>,
 }
 
-/// Entries handed to the writer but not yet on disk (reads consult them first).
-type Pending = Arc<std::sync::Mutex<BTreeMap<u64, Entry>>>;
+/// How many written entries the cache keeps at most (unwritten ones are never dropped).
+const CACHE_ENTRIES: usize = 4096;
+/// How many bytes (as serialised) of written entries the cache keeps at most.
+const CACHE_BYTES: usize = 16 << 20;
+
+struct Cached {
+    entry: Entry,
+    /// Distinguishes this append of the index from an earlier one (after a truncation).
+    seq: u64,
+    written: bool,
+    bytes: usize,
+}
+
+/// The newest entries: every entry handed to the writer and not yet written, plus the most
+/// recently written ones. Always a contiguous suffix of the log (appends go to the end,
+/// truncation and purge cut it like the log).
+#[derive(Default)]
+struct Recent {
+    map: BTreeMap<u64, Cached>,
+    next_seq: u64,
+    bytes: usize,
+}
+
+impl Recent {
+    fn mark_written(&mut self, written: &[(u64, u64)]) {
+        for (i, seq) in written {
+            if let Some(c) = self.map.get_mut(i) {
+                if c.seq == *seq {
+                    c.written = true;
+                }
+            }
+        }
+        while self.map.len() > CACHE_ENTRIES || self.bytes > CACHE_BYTES {
+            match self.map.first_entry() {
+                Some(e) if e.get().written => {
+                    self.bytes -= e.remove().bytes;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn cut(&mut self, keep: impl Fn(u64) -> bool) {
+        self.map.retain(|i, _| keep(*i));
+        self.bytes = self.map.values().map(|c| c.bytes).sum();
+    }
+
+    /// The entries in `start..end` if the cache holds all of them (`end: None` = to the end
+    /// of the log, which the cache always holds once it holds `start`).
+    fn covering(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let first = *self.map.keys().next()?;
+        if start < first {
+            return None;
+        }
+        Some(
+            self.map
+                .range(start..end.unwrap_or(u64::MAX))
+                .map(|(_, c)| c.entry.clone())
+                .collect(),
+        )
+    }
+}
+
+type Shared = Arc<std::sync::Mutex<Recent>>;
 
 /// The log store (cheap to clone; clones share the database and the writer thread).
 ///
@@ -51,7 +117,7 @@ type Pending = Arc<std::sync::Mutex<BTreeMap<u64, Entry>>>;
 pub struct LogStore {
     db: Arc<DB>,
     tx: std::sync::mpsc::Sender<Job>,
-    pending: Pending,
+    recent: Shared,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -60,7 +126,7 @@ impl std::fmt::Debug for LogStore {
     }
 }
 
-fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, pending: Pending) {
+fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, recent: Shared) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while let Ok(j) = rx.try_recv() {
@@ -87,14 +153,16 @@ fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, pending: Pending
             }
         }
         if res.is_ok() {
-            res = db.write_opt(batch, &sync_opts()).map_err(|e| e.to_string());
+            // Sync unless every job is one nobody waits for (the committed id alone).
+            let sync = jobs.iter().any(|j| !matches!(j.done, Done::Nothing));
+            let mut opts = WriteOptions::default();
+            opts.set_sync(sync);
+            res = db.write_opt(batch, &opts).map_err(|e| e.to_string());
         }
         if res.is_ok() {
-            if let Ok(mut p) = pending.lock() {
+            if let Ok(mut r) = recent.lock() {
                 for j in &jobs {
-                    for i in &j.written {
-                        p.remove(i);
-                    }
+                    r.mark_written(&j.written);
                 }
             }
         }
@@ -106,15 +174,14 @@ fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, pending: Pending
                 Done::Reply(tx) => {
                     let _ = tx.send(res.clone());
                 }
+                Done::Nothing => {
+                    if let Err(e) = &res {
+                        tracing::warn!("saving the committed log id failed: {e}");
+                    }
+                }
             }
         }
     }
-}
-
-fn sync_opts() -> WriteOptions {
-    let mut o = WriteOptions::default();
-    o.set_sync(true);
-    o
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
@@ -143,14 +210,14 @@ impl LogStore {
     /// A log store over `db`, starting its writer thread.
     pub fn new(db: Arc<DB>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
-        let pending: Pending = Arc::default();
-        let (wdb, wp) = (db.clone(), pending.clone());
+        let recent: Shared = Arc::default();
+        let (wdb, wp) = (db.clone(), recent.clone());
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(wdb, rx, wp))
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!("cannot start the log writer thread: {e}"));
-        Self { db, tx, pending }
+        Self { db, tx, recent }
     }
 
     /// Queues `ops` and waits until they are synced.
@@ -207,12 +274,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => Some(*x),
             Bound::Unbounded => None,
         };
-        // Overlay first, then disk: an entry leaves the overlay only after it is on disk.
-        let overlay: Vec<Entry> = match self.pending.lock() {
-            Ok(p) => p
-                .range(start..end.unwrap_or(u64::MAX))
-                .map(|(_, e)| e.clone())
-                .collect(),
+        // The cache alone when it holds the whole range (replication reading what was just
+        // appended); otherwise disk, with the cache's entries (possibly not yet written) over it.
+        let overlay: Vec<Entry> = match self.recent.lock() {
+            Ok(r) => {
+                if let Some(all) = r.covering(start, end) {
+                    return Ok(all);
+                }
+                r.map
+                    .range(start..end.unwrap_or(u64::MAX))
+                    .map(|(_, c)| c.entry.clone())
+                    .collect()
+            }
             Err(_) => Vec::new(),
         };
         let db = self.db.clone();
@@ -270,15 +343,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: losing it only means re-applying from the last applied id.
-        let db = self.db.clone();
-        blocking(move || {
-            let cf = cf(&db, CF_RAFT_META)?;
-            let bytes = serde_json::to_vec(&committed).map_err(|e| write_err(&e))?;
-            db.put_cf(cf, KEY_COMMITTED, bytes)
-                .map_err(|e| write_err(&e))
-        })
-        .await
+        // Queued behind the log writes it follows and never awaited: RaftCore calls this on
+        // every commit advance, and waiting here would stall it behind the writer's fsync.
+        // Losing it (a crash before the next synced batch) only means re-applying from the
+        // state machine's last applied id on restart.
+        let bytes = serde_json::to_vec(&committed).map_err(|e| write_err(&e))?;
+        self.tx
+            .send(Job {
+                ops: vec![WOp::Put(CF_RAFT_META, KEY_COMMITTED.to_vec(), bytes)],
+                done: Done::Nothing,
+                written: Vec::new(),
+            })
+            .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -299,15 +375,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut ops = Vec::new();
         let mut written = Vec::new();
         {
-            let mut p = self
-                .pending
+            let mut r = self
+                .recent
                 .lock()
-                .map_err(|_| write_err(&std::io::Error::other("pending log lock poisoned")))?;
+                .map_err(|_| write_err(&std::io::Error::other("log cache lock poisoned")))?;
             for e in entries {
                 let bytes = serde_json::to_vec(&e).map_err(|e| write_err(&e))?;
-                ops.push(WOp::Put(CF_LOG, index_key(e.log_id.index).to_vec(), bytes));
-                written.push(e.log_id.index);
-                p.insert(e.log_id.index, e);
+                let (index, seq, len) = (e.log_id.index, r.next_seq, bytes.len());
+                r.next_seq += 1;
+                ops.push(WOp::Put(CF_LOG, index_key(index).to_vec(), bytes));
+                written.push((index, seq));
+                r.bytes += len;
+                let old = r.map.insert(
+                    index,
+                    Cached {
+                        entry: e,
+                        seq,
+                        written: false,
+                        bytes: len,
+                    },
+                );
+                if let Some(old) = old {
+                    r.bytes -= old.bytes;
+                }
             }
         }
         self.tx
@@ -320,8 +410,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        if let Ok(mut p) = self.pending.lock() {
-            let _ = p.split_off(&log_id.index);
+        if let Ok(mut r) = self.recent.lock() {
+            r.cut(|i| i < log_id.index);
         }
         self.write_synced(vec![WOp::DeleteRange(
             CF_LOG,
@@ -332,8 +422,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        if let Ok(mut p) = self.pending.lock() {
-            *p = p.split_off(&(log_id.index + 1));
+        if let Ok(mut r) = self.recent.lock() {
+            r.cut(|i| i > log_id.index);
         }
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| write_err(&e))?;
         self.write_synced(vec![
@@ -345,5 +435,78 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ),
         ])
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn add(r: &mut Recent, term: u64, index: u64) -> (u64, u64) {
+        let seq = r.next_seq;
+        r.next_seq += 1;
+        r.bytes += 10;
+        r.map.insert(
+            index,
+            Cached {
+                entry: entry(term, index),
+                seq,
+                written: false,
+                bytes: 10,
+            },
+        );
+        (index, seq)
+    }
+
+    #[test]
+    fn the_cache_serves_a_suffix_and_drops_only_written_entries() {
+        let mut r = Recent::default();
+        assert!(r.covering(0, None).is_none(), "empty: go to disk");
+        let mut jobs = Vec::new();
+        for i in 1..=(CACHE_ENTRIES as u64 + 10) {
+            jobs.push(add(&mut r, 1, i));
+        }
+        // Nothing written yet: nothing may be dropped, however many.
+        r.mark_written(&[]);
+        assert_eq!(r.map.len(), CACHE_ENTRIES + 10);
+        r.mark_written(&jobs[..20]);
+        assert_eq!(r.map.len(), CACHE_ENTRIES);
+        assert_eq!(r.map.keys().next(), Some(&11), "oldest written first");
+        assert!(r.covering(5, None).is_none(), "starts before the cache");
+        let got = r.covering(11, Some(14)).expect("covered");
+        let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(idx, [11, 12, 13]);
+        assert_eq!(
+            r.covering(20, None).map(|v| v.len()),
+            Some(CACHE_ENTRIES - 9)
+        );
+    }
+
+    #[test]
+    fn a_truncated_and_rewritten_index_is_not_marked_by_the_old_write() {
+        let mut r = Recent::default();
+        let old = add(&mut r, 1, 7);
+        r.cut(|i| i < 7);
+        assert!(r.map.is_empty() && r.bytes == 0);
+        add(&mut r, 2, 7);
+        r.mark_written(&[old]);
+        assert!(!r.map[&7].written, "the term-2 entry is still unwritten");
+        assert_eq!(
+            r.covering(7, None).expect("covered")[0]
+                .log_id
+                .leader_id
+                .term,
+            2
+        );
+        r.cut(|i| i > 7);
+        assert!(r.covering(7, None).is_none());
     }
 }
