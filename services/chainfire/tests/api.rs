@@ -81,6 +81,48 @@ async fn kv_semantics_on_one_node() {
         .await
         .expect("create");
 
+    phase("concurrent writes (batched into shared entries by the proposer)");
+    // 64 writers at once: distinct keys all land; racing creates of one key have exactly
+    // one winner; racing writes to one key each get their own revision.
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let distinct = c.put(&format!("many/{i}"), &format!("v{i}")).await;
+            let create = c
+                .put_if("race/create", &format!("{i}"), Precondition::Absent)
+                .await;
+            let same = c.put("race/same", &format!("{i}")).await;
+            (distinct, create, same)
+        }));
+    }
+    let (mut created, mut same_revs) = (0, Vec::new());
+    for t in tasks {
+        let (distinct, create, same) = t.await.expect("task");
+        distinct.expect("distinct key put");
+        match create {
+            Ok(_) => created += 1,
+            Err(e) => assert!(e.is_conflict(), "{e}"),
+        }
+        same_revs.push(same.expect("same key put"));
+    }
+    assert_eq!(created, 1, "exactly one create of race/create may win");
+    same_revs.sort_unstable();
+    same_revs.dedup();
+    assert_eq!(
+        same_revs.len(),
+        64,
+        "each write of one key has its own revision"
+    );
+    let l = c.list("many/").await.expect("list");
+    assert_eq!(l.items.len(), 64);
+    assert!(l
+        .items
+        .iter()
+        .all(|it| it.value == format!("v{}", &it.key[5..])));
+    let last = c.get("race/same").await.expect("get").expect("present");
+    assert_eq!(last.revision, *same_revs.last().expect("revisions"));
+
     phase("list and delete");
     let l = c.list("a/b/").await.expect("list");
     assert_eq!(l.items.len(), 2);

@@ -13,7 +13,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use plasmacloud_store_client::types::{valid_namespace, valid_series};
 use plasmacloud_store_client::{
@@ -24,6 +23,7 @@ use plasmacloud_store_client::{
 
 use crate::network::fetch_identity;
 use crate::node::{members_map, NodeState};
+use crate::proposer::WriteFail;
 use crate::types::{Command, CommandResult, Cond, NodeId, NodeInfo};
 
 /// Handlers' state.
@@ -297,13 +297,13 @@ async fn maybe_forward(
 }
 
 async fn write(st: &NodeState, cmd: Command) -> Result<CommandResult, Response> {
-    match tokio::time::timeout(st.cfg.request_timeout, st.raft.client_write(cmd)).await {
-        Ok(Ok(r)) => Ok(r.data),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(retry(
+    match tokio::time::timeout(st.cfg.request_timeout, st.proposer.write(cmd)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(WriteFail::ForwardToLeader(leader))) => Err(retry(
             "leadership changed before the write was committed; it was not applied",
-            f.leader_id,
+            leader,
         )),
-        Ok(Err(e)) => Err(err(
+        Ok(Err(WriteFail::Failed(e))) => Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("write failed: {e}"),
         )),

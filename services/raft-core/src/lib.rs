@@ -7,6 +7,8 @@
 //!   snapshot.
 //! - [`network`]: Raft RPC as JSON over HTTP on the Raft port (axum server, reqwest client),
 //!   with the target's id and data-directory incarnation on every request.
+//! - [`proposer`]: client writes, batched into single entries while earlier ones are in
+//!   flight (one fsync and one replicated entry for many concurrent writes).
 //! - [`node`]: starting a node (data directory, listeners, Raft, TLS, sd-notify, role logging).
 //! - [`api`]: the HTTP API both services share: `/health`, `/readyz?verbose`, the membership
 //!   calls under `/v1/cluster`, and the revisioned key-value handlers (Chainfire mounts them at
@@ -43,6 +45,7 @@ pub mod db;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod state_machine;
 pub mod types;
 

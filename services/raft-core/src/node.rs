@@ -147,6 +147,8 @@ pub struct NodeState {
     pub membership_lock: tokio::sync::Mutex<()>,
     /// FlareDB's link to Chainfire: 0 = not applicable, 1 = connected, 2 = disconnected.
     pub chainfire_link: AtomicU8,
+    /// Client writes go through it (batched into single entries under load).
+    pub proposer: crate::proposer::Proposer,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -326,7 +328,9 @@ impl StoreNode {
         let raft = Raft::new(dir.node_id, raft_cfg, network, LogStore::new(db), sm)
             .await
             .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
+        let proposer = crate::proposer::Proposer::start(raft.clone());
         let state = Arc::new(NodeState {
+            proposer,
             id: dir.node_id,
             incarnation: dir.incarnation,
             cfg,
@@ -384,6 +388,7 @@ impl StoreNode {
         );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         tokio::spawn(watch_role(st.clone()));
+        tokio::spawn(nudge_replication(st.raft.clone()));
 
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -438,6 +443,44 @@ async fn watch_role(st: Arc<NodeState>) {
                 ))],
             );
             last = Some(now);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps replication streaming while a leader has entries its followers lack.
+///
+/// openraft 0.9 sends a follower its next batch of entries only when a new client write
+/// arrives or the heartbeat ticks, not when the previous batch is acknowledged. Under load the
+/// writers are the very clients waiting for that acknowledgement, so entries that arrived
+/// during one round trip would wait for the next write (or the 100 ms heartbeat) before being
+/// sent. Each time a follower's matched index advances while it still lags the leader's log,
+/// this asks openraft for a heartbeat round, which sends each idle stream everything it lacks
+/// (a stream with a request in flight is left alone).
+async fn nudge_replication(raft: Raft) {
+    let mut rx = raft.metrics();
+    let mut matched: std::collections::BTreeMap<NodeId, u64> = Default::default();
+    loop {
+        let lagging_advanced = {
+            let m = rx.borrow_and_update();
+            let mut hit = false;
+            if let (Some(repl), Some(last)) = (&m.replication, m.last_log_index) {
+                for (id, log) in repl {
+                    let at = log.map_or(0, |l| l.index);
+                    let before = matched.insert(*id, at);
+                    if before.is_some_and(|b| at > b) && at < last {
+                        hit = true;
+                    }
+                }
+            } else {
+                matched.clear();
+            }
+            hit
+        };
+        if lagging_advanced && raft.trigger().heartbeat().await.is_err() {
+            return;
         }
         if rx.changed().await.is_err() {
             return;

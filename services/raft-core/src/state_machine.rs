@@ -3,6 +3,8 @@
 //! the cluster has ever had (so ids are never reused).
 //!
 //! A write's revision is the index of the Raft log entry that made it: global and monotonic.
+//! Writes the proposer batched into one entry ([`Command::Batch`]) share its index; a batch
+//! never holds two writes to one key, so a key's revision still names exactly one write.
 //! Applied state and `last_applied` go in one RocksDB batch; it is made durable by the next
 //! synced log write (one shared write-ahead log) or explicitly before a snapshot is built.
 
@@ -175,6 +177,118 @@ impl StateReader {
     }
 }
 
+/// Applies commands of one apply call into one RocksDB batch.
+struct Applier<'a> {
+    db: &'a DB,
+    kv: &'a rocksdb::ColumnFamily,
+    ts: &'a rocksdb::ColumnFamily,
+    batch: WriteBatch,
+    /// Keys written earlier in this batch: key -> Some(revision) or None (deleted).
+    overlay: HashMap<Vec<u8>, Option<u64>>,
+}
+
+impl Applier<'_> {
+    fn current_rev(&self, k: &[u8]) -> Result<Option<u64>, StorageError> {
+        if let Some(r) = self.overlay.get(k) {
+            return Ok(*r);
+        }
+        Ok(self
+            .db
+            .get_cf(self.kv, k)
+            .map_err(|e| read_err(&e))?
+            .and_then(|v| split_kv_value(&v).map(|(r, _)| r)))
+    }
+
+    /// Applies one command made by the log entry at `index` (its revision).
+    fn apply(&mut self, cmd: Command, index: u64) -> Result<CommandResult, StorageError> {
+        Ok(match cmd {
+            Command::Put {
+                ks,
+                key,
+                value,
+                cond,
+            } => {
+                let k = kv_key(&ks, &key);
+                let cur = self.current_rev(&k)?;
+                let holds = match cond {
+                    None => true,
+                    Some(Cond::Revision(r)) => cur == Some(r),
+                    Some(Cond::Absent) => cur.is_none(),
+                    Some(Cond::Exists) => cur.is_some(),
+                };
+                if holds {
+                    self.batch.put_cf(self.kv, &k, kv_value(index, &value));
+                    self.overlay.insert(k, Some(index));
+                    CommandResult {
+                        ok: true,
+                        revision: index,
+                        ..Default::default()
+                    }
+                } else {
+                    CommandResult {
+                        ok: false,
+                        revision: cur.unwrap_or(0),
+                        ..Default::default()
+                    }
+                }
+            }
+            Command::Delete {
+                ks,
+                key,
+                prev_revision,
+            } => {
+                let k = kv_key(&ks, &key);
+                let cur = self.current_rev(&k)?;
+                match prev_revision {
+                    Some(p) if cur != Some(p) => CommandResult {
+                        ok: false,
+                        revision: cur.unwrap_or(0),
+                        ..Default::default()
+                    },
+                    _ => {
+                        let existed = cur.is_some();
+                        if existed {
+                            self.batch.delete_cf(self.kv, &k);
+                            self.overlay.insert(k, None);
+                        }
+                        CommandResult {
+                            ok: true,
+                            revision: index,
+                            deleted: existed,
+                            ..Default::default()
+                        }
+                    }
+                }
+            }
+            Command::TsAppend { series, points } => {
+                for (t, v) in &points {
+                    self.batch
+                        .put_cf(self.ts, ts_key(&series, *t), v.to_bits().to_be_bytes());
+                }
+                CommandResult {
+                    ok: true,
+                    revision: index,
+                    count: points.len() as u64,
+                    ..Default::default()
+                }
+            }
+            // The proposer's batches (never nested).
+            Command::Batch(cmds) => {
+                let mut batch = Vec::with_capacity(cmds.len());
+                for c in cmds {
+                    batch.push(self.apply(c, index)?);
+                }
+                CommandResult {
+                    ok: true,
+                    revision: index,
+                    batch,
+                    ..Default::default()
+                }
+            }
+        })
+    }
+}
+
 fn cf_meta(db: &DB) -> Result<&rocksdb::ColumnFamily, StorageError> {
     cf(db, CF_SM_META)
 }
@@ -199,25 +313,16 @@ impl StateMachine {
     }
 
     fn apply_blocking(db: &DB, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
-        let kv = cf(db, CF_KV)?;
-        let ts = cf(db, CF_TS)?;
         let meta = cf_meta(db)?;
-        let mut batch = WriteBatch::default();
-        // Keys written earlier in this batch: key -> Some(revision) or None (deleted).
-        let mut overlay: HashMap<Vec<u8>, Option<u64>> = HashMap::new();
+        let mut ap = Applier {
+            db,
+            kv: cf(db, CF_KV)?,
+            ts: cf(db, CF_TS)?,
+            batch: WriteBatch::default(),
+            overlay: HashMap::new(),
+        };
         let mut results = Vec::with_capacity(entries.len());
         let mut last: Option<LogId> = None;
-        let current_rev = |overlay: &HashMap<Vec<u8>, Option<u64>>,
-                           k: &[u8]|
-         -> Result<Option<u64>, StorageError> {
-            if let Some(r) = overlay.get(k) {
-                return Ok(*r);
-            }
-            Ok(db
-                .get_cf(kv, k)
-                .map_err(|e| read_err(&e))?
-                .and_then(|v| split_kv_value(&v).map(|(r, _)| r)))
-        };
         for entry in entries {
             let index = entry.log_id.index;
             last = Some(entry.log_id);
@@ -226,87 +331,18 @@ impl StateMachine {
                 EntryPayload::Membership(m) => {
                     for (id, node) in m.nodes() {
                         let bytes = serde_json::to_vec(node).map_err(|e| write_err(&e))?;
-                        batch.put_cf(meta, node_key(*id), bytes);
+                        ap.batch.put_cf(meta, node_key(*id), bytes);
                     }
                     let stored = StoredMembership::new(Some(entry.log_id), m);
                     let bytes = serde_json::to_vec(&stored).map_err(|e| write_err(&e))?;
-                    batch.put_cf(meta, KEY_MEMBERSHIP, bytes);
+                    ap.batch.put_cf(meta, KEY_MEMBERSHIP, bytes);
                     CommandResult::default()
                 }
-                EntryPayload::Normal(cmd) => match cmd {
-                    Command::Put {
-                        ks,
-                        key,
-                        value,
-                        cond,
-                    } => {
-                        let k = kv_key(&ks, &key);
-                        let cur = current_rev(&overlay, &k)?;
-                        let holds = match cond {
-                            None => true,
-                            Some(Cond::Revision(r)) => cur == Some(r),
-                            Some(Cond::Absent) => cur.is_none(),
-                            Some(Cond::Exists) => cur.is_some(),
-                        };
-                        if holds {
-                            batch.put_cf(kv, &k, kv_value(index, &value));
-                            overlay.insert(k, Some(index));
-                            CommandResult {
-                                ok: true,
-                                revision: index,
-                                ..Default::default()
-                            }
-                        } else {
-                            CommandResult {
-                                ok: false,
-                                revision: cur.unwrap_or(0),
-                                ..Default::default()
-                            }
-                        }
-                    }
-                    Command::Delete {
-                        ks,
-                        key,
-                        prev_revision,
-                    } => {
-                        let k = kv_key(&ks, &key);
-                        let cur = current_rev(&overlay, &k)?;
-                        match prev_revision {
-                            Some(p) if cur != Some(p) => CommandResult {
-                                ok: false,
-                                revision: cur.unwrap_or(0),
-                                ..Default::default()
-                            },
-                            _ => {
-                                let existed = cur.is_some();
-                                if existed {
-                                    batch.delete_cf(kv, &k);
-                                    overlay.insert(k, None);
-                                }
-                                CommandResult {
-                                    ok: true,
-                                    revision: index,
-                                    deleted: existed,
-                                    count: 0,
-                                }
-                            }
-                        }
-                    }
-                    Command::TsAppend { series, points } => {
-                        for (t, v) in &points {
-                            batch.put_cf(ts, ts_key(&series, *t), v.to_bits().to_be_bytes());
-                        }
-                        CommandResult {
-                            ok: true,
-                            revision: index,
-                            deleted: false,
-                            count: points.len() as u64,
-                        }
-                    }
-                },
+                EntryPayload::Normal(cmd) => ap.apply(cmd, index)?,
             };
             results.push(res);
         }
+        let mut batch = ap.batch;
         if let Some(l) = last {
             let bytes = serde_json::to_vec(&Some(l)).map_err(|e| write_err(&e))?;
             batch.put_cf(meta, KEY_APPLIED, bytes);
@@ -508,5 +544,58 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn normal(index: u64, cmd: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    fn put(key: &str, value: &str, cond: Option<Cond>) -> Command {
+        Command::Put {
+            ks: String::new(),
+            key: key.into(),
+            value: value.into(),
+            cond,
+        }
+    }
+
+    #[test]
+    fn a_batch_applies_each_command_at_its_entry_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::db::open_db(tmp.path(), true).unwrap();
+        let sm = StateMachine::new(db.clone());
+        let r = StateMachine::apply_blocking(&db, vec![normal(3, put("x", "old", None))]).unwrap();
+        assert_eq!(r[0].revision, 3);
+        let batch = Command::Batch(vec![
+            put("y", "new", None),
+            put("x", "lost", Some(Cond::Absent)),
+            Command::Delete {
+                ks: String::new(),
+                key: "gone".into(),
+                prev_revision: None,
+            },
+            put("z", "cas", Some(Cond::Revision(3))),
+        ]);
+        let r = StateMachine::apply_blocking(&db, vec![normal(4, batch)]).unwrap();
+        let b = &r[0].batch;
+        assert_eq!(b.len(), 4, "{r:?}");
+        assert!(b[0].ok && b[0].revision == 4);
+        assert!(!b[1].ok && b[1].revision == 3, "x exists at 3: {:?}", b[1]);
+        assert!(b[2].ok && !b[2].deleted);
+        assert!(!b[3].ok && b[3].revision == 0, "z is absent");
+        let reader = sm.reader();
+        assert_eq!(reader.get("", "y").unwrap(), Some((4, "new".into())));
+        assert_eq!(reader.get("", "x").unwrap(), Some((3, "old".into())));
+        assert_eq!(reader.get("", "z").unwrap(), None);
     }
 }

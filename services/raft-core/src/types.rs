@@ -73,6 +73,10 @@ pub enum Command {
         /// `(unix ms, value)` pairs.
         points: Vec<(i64, f64)>,
     },
+    /// Several commands proposed together, applied in order at one log index (so they share
+    /// its revision). The proposer never puts two writes to one key in a batch, so a key's
+    /// revision still names exactly one write.
+    Batch(Vec<Command>),
 }
 
 impl fmt::Display for Command {
@@ -87,6 +91,7 @@ impl fmt::Display for Command {
             Command::TsAppend { series, points } => {
                 write!(f, "ts append {series} ({} points)", points.len())
             }
+            Command::Batch(cmds) => write!(f, "batch of {}", cmds.len()),
         }
     }
 }
@@ -103,6 +108,9 @@ pub struct CommandResult {
     pub deleted: bool,
     /// Time series: points stored.
     pub count: u64,
+    /// A batch: the result of each of its commands, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<CommandResult>,
 }
 
 openraft::declare_raft_types!(

@@ -1,0 +1,259 @@
+//! Batches concurrent client writes into single Raft entries.
+//!
+//! openraft 0.9 appends, fsyncs, replicates and applies every `client_write` as its own log
+//! entry. Under concurrent load that means one fsync per write on the leader and a replication
+//! batch made of many small entries. The proposer keeps at most [`MAX_IN_FLIGHT`] proposals in
+//! Raft at a time; writes that arrive while those are in flight queue up and go together as one
+//! [`Command::Batch`] entry once a slot frees. A lone write (no queue) is proposed at once, so
+//! batching costs a single client nothing.
+//!
+//! A batch never holds two writes to the same key: all commands in a batch share the entry's
+//! log index as their revision, and a key's revision must name exactly one write (compare-and-
+//! swap on a revision depends on it). A write to a key already in the batch starts the next one.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::types::{Command, CommandResult, NodeId, Raft};
+
+/// Proposals (single writes or batches) in Raft at once.
+pub const MAX_IN_FLIGHT: usize = 2;
+/// Writes in one batch at most.
+pub const MAX_BATCH: usize = 256;
+/// Payload bytes (keys and values) in one batch at most; a single larger write goes alone.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// Why a proposed write did not commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteFail {
+    /// This node is not the leader (any more); the write was not applied. The current
+    /// leader, when known.
+    ForwardToLeader(Option<NodeId>),
+    /// Raft refused or failed; the message says why.
+    Failed(String),
+}
+
+type Reply = oneshot::Sender<Result<CommandResult, WriteFail>>;
+
+struct Proposal {
+    cmd: Command,
+    reply: Reply,
+}
+
+/// The handle the API writes through (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Proposer {
+    tx: mpsc::UnboundedSender<Proposal>,
+}
+
+impl Proposer {
+    /// Starts the batching task for `raft`.
+    pub fn start(raft: Raft) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(raft, rx));
+        Self { tx }
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied (or fails).
+    pub async fn write(&self, cmd: Command) -> Result<CommandResult, WriteFail> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Proposal { cmd, reply })
+            .map_err(|_| WriteFail::Failed("the node is shutting down".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(WriteFail::Failed("the node is shutting down".into())))
+    }
+}
+
+/// The key a command writes, if it writes exactly one.
+fn key_of(cmd: &Command) -> Option<(&str, &str)> {
+    match cmd {
+        Command::Put { ks, key, .. } | Command::Delete { ks, key, .. } => Some((ks, key)),
+        Command::TsAppend { .. } | Command::Batch(_) => None,
+    }
+}
+
+fn size_of(cmd: &Command) -> usize {
+    match cmd {
+        Command::Put { ks, key, value, .. } => ks.len() + key.len() + value.len(),
+        Command::Delete { ks, key, .. } => ks.len() + key.len(),
+        Command::TsAppend { series, points } => series.len() + points.len() * 16,
+        Command::Batch(c) => c.iter().map(size_of).sum(),
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut carry: Option<Proposal> = None;
+    loop {
+        // Wait for a free slot first: while none is free, writes queue up and batch.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let batch = gather(first, &mut rx, &mut carry);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            propose(&raft, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// `first` plus whatever is queued behind it, up to the limits; a write that cannot join
+/// (its key is already in the batch, or it would pass the byte limit) is left in `carry`.
+fn gather(
+    first: Proposal,
+    rx: &mut mpsc::UnboundedReceiver<Proposal>,
+    carry: &mut Option<Proposal>,
+) -> Vec<Proposal> {
+    let mut bytes = size_of(&first.cmd);
+    let mut keys: HashSet<(String, String)> = HashSet::new();
+    if let Some((ks, k)) = key_of(&first.cmd) {
+        keys.insert((ks.to_string(), k.to_string()));
+    }
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        let Ok(p) = rx.try_recv() else { break };
+        let size = size_of(&p.cmd);
+        let clash =
+            key_of(&p.cmd).is_some_and(|(ks, k)| !keys.insert((ks.to_string(), k.to_string())));
+        if clash || bytes + size > MAX_BATCH_BYTES {
+            *carry = Some(p);
+            break;
+        }
+        bytes += size;
+        batch.push(p);
+    }
+    batch
+}
+
+async fn propose(raft: &Raft, mut batch: Vec<Proposal>) {
+    if batch.len() == 1 {
+        if let Some(p) = batch.pop() {
+            let res = raft.client_write(p.cmd).await;
+            let _ = p.reply.send(res.map(|r| r.data).map_err(fail));
+        }
+        return;
+    }
+    let (cmds, replies): (Vec<Command>, Vec<Reply>) =
+        batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+    let n = cmds.len();
+    match raft.client_write(Command::Batch(cmds)).await {
+        Ok(r) if r.data.batch.len() == n => {
+            for (reply, res) in replies.into_iter().zip(r.data.batch) {
+                let _ = reply.send(Ok(res));
+            }
+        }
+        Ok(r) => {
+            let msg = format!(
+                "internal: a batch of {n} writes produced {} results",
+                r.data.batch.len()
+            );
+            for reply in replies {
+                let _ = reply.send(Err(WriteFail::Failed(msg.clone())));
+            }
+        }
+        Err(e) => {
+            let f = fail(e);
+            for reply in replies {
+                let _ = reply.send(Err(f.clone()));
+            }
+        }
+    }
+}
+
+fn fail(e: RaftError<NodeId, ClientWriteError<NodeId, crate::types::NodeInfo>>) -> WriteFail {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            WriteFail::ForwardToLeader(f.leader_id)
+        }
+        e => WriteFail::Failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value_len: usize) -> Proposal {
+        Proposal {
+            cmd: Command::Put {
+                ks: String::new(),
+                key: key.into(),
+                value: "v".repeat(value_len),
+                cond: None,
+            },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn keys(b: &[Proposal]) -> Vec<String> {
+        b.iter()
+            .map(|p| match &p.cmd {
+                Command::Put { key, .. } => key.clone(),
+                Command::TsAppend { series, .. } => format!("ts:{series}"),
+                other => format!("{other}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_but_never_one_key_twice() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for k in ["b", "c", "a", "d"] {
+            tx.send(put(k, 1)).ok();
+        }
+        tx.send(Proposal {
+            cmd: Command::TsAppend {
+                series: "s".into(),
+                points: vec![(1, 1.0)],
+            },
+            reply: oneshot::channel().0,
+        })
+        .ok();
+        let mut carry = None;
+        let b = gather(put("a", 1), &mut rx, &mut carry);
+        assert_eq!(keys(&b), ["a", "b", "c"]);
+        let next = carry.take().expect("the second write of a waits");
+        let b = gather(next, &mut rx, &mut carry);
+        assert_eq!(keys(&b), ["a", "d", "ts:s"]);
+        assert!(carry.is_none());
+        // Nothing queued: a lone write goes alone, at once.
+        let b = gather(put("z", 1), &mut rx, &mut carry);
+        assert_eq!(keys(&b), ["z"]);
+    }
+
+    #[test]
+    fn a_batch_stops_at_the_byte_and_count_limits() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 0..3 {
+            tx.send(put(&format!("big{i}"), MAX_BATCH_BYTES / 2)).ok();
+        }
+        let mut carry = None;
+        let b = gather(put("small", 10), &mut rx, &mut carry);
+        assert_eq!(keys(&b), ["small", "big0"]);
+        assert!(carry.is_some());
+        // A single write over the limit still goes (alone).
+        let b = gather(put("huge", MAX_BATCH_BYTES * 2), &mut rx, &mut carry);
+        assert_eq!(b.len(), 1);
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 0..MAX_BATCH + 10 {
+            tx.send(put(&format!("k{i}"), 1)).ok();
+        }
+        let mut carry = None;
+        let b = gather(put("first", 1), &mut rx, &mut carry);
+        assert_eq!(b.len(), MAX_BATCH);
+        assert!(carry.is_none(), "the count limit leaves the rest queued");
+    }
+}
