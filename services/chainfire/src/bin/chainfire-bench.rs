@@ -3,7 +3,11 @@
 //! Starts three Chainfire nodes and three etcd nodes on loopback (fsync on for both: Chainfire
 //! syncs every log append, etcd 3.4 always fsyncs its WAL), then drives each with the same
 //! client code (one reqwest client, N concurrent tasks, 256-byte values, all requests to the
-//! leader): puts/s, p50/p99 latency and the peak RSS (VmHWM, summed over the three processes).
+//! leader): puts/s, p50/p99 latency, server CPU time per put (user + system, summed over the
+//! three processes) and the peak RSS (VmHWM, summed over the three processes).
+//!
+//! The measured time is split into `--rounds` alternating slices (Chainfire, etcd, Chainfire,
+//! …), so that load from elsewhere on the machine falls on both alike.
 //! etcd is driven through its HTTP/JSON gateway (`POST /v3/kv/put`), the only HTTP write path
 //! of etcd 3.4 with the v2 API off.
 //!
@@ -25,9 +29,12 @@ use plasmacloud_store_client::{Member, StoreClient};
 #[derive(Debug, Parser)]
 #[command(name = "chainfire-bench", about)]
 struct Args {
-    /// Seconds measured per run (after a 1 s warm-up).
+    /// Seconds measured per system and client count (after a 1 s warm-up), split into rounds.
     #[arg(long, env = "PLASMACLOUD_BENCH_SECONDS", default_value_t = 10)]
     seconds: u64,
+    /// Alternating rounds the measured seconds are split into.
+    #[arg(long, env = "PLASMACLOUD_BENCH_ROUNDS", default_value_t = 4)]
+    rounds: u32,
     /// Concurrent clients, comma-separated.
     #[arg(long, env = "PLASMACLOUD_BENCH_CLIENTS", default_value = "1,64")]
     clients: String,
@@ -57,6 +64,24 @@ impl Drop for Procs {
 }
 
 impl Procs {
+    /// User + system CPU time of the processes so far, in seconds.
+    fn cpu_secs(&self) -> f64 {
+        // USER_HZ, the unit of /proc/PID/stat times, is 100 on every Linux architecture we run on.
+        const TICKS: f64 = 100.0;
+        self.0
+            .iter()
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+            .filter_map(|s| {
+                // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+                let rest = s.rsplit_once(')')?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ut: f64 = f.get(11)?.parse().ok()?;
+                let st: f64 = f.get(12)?.parse().ok()?;
+                Some((ut + st) / TICKS)
+            })
+            .sum()
+    }
+
     fn peak_rss_kib(&self) -> u64 {
         self.0
             .iter()
@@ -255,11 +280,43 @@ enum Target {
     Etcd,
 }
 
+/// What one system did over all its rounds at one client count.
+#[derive(Default)]
+struct Tally {
+    lat_us: Vec<u64>,
+    errors: u64,
+    secs: f64,
+    cpu_secs: f64,
+}
+
 struct RunResult {
     puts_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Server CPU milliseconds per put.
+    cpu_ms_per_put: f64,
     errors: u64,
+}
+
+impl Tally {
+    fn result(mut self) -> RunResult {
+        self.lat_us.sort_unstable();
+        let lat = &self.lat_us;
+        let pct = |p: f64| -> f64 {
+            if lat.is_empty() {
+                return f64::NAN;
+            }
+            let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+            lat[i] as f64 / 1000.0
+        };
+        RunResult {
+            puts_per_s: lat.len() as f64 / self.secs,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            cpu_ms_per_put: self.cpu_secs * 1000.0 / lat.len().max(1) as f64,
+            errors: self.errors,
+        }
+    }
 }
 
 async fn put_once(
@@ -286,70 +343,60 @@ async fn put_once(
     }
 }
 
+/// One system under test: how to talk to it, its leader's URL, its processes.
+struct System<'a> {
+    target: Target,
+    base: &'a str,
+    procs: &'a Procs,
+}
+
+/// Drives `clients` concurrent writers for `measure` and adds what happened to `tally`.
 async fn drive(
     http: &reqwest::Client,
-    target: Target,
-    base: &str,
+    sys: &System<'_>,
     clients: usize,
-    value_size: usize,
-    seconds: u64,
-) -> RunResult {
-    let value: String = "x".repeat(value_size);
-    let run = |measure: Duration| {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for c in 0..clients {
-            let (http, base, value, stop) =
-                (http.clone(), base.to_string(), value.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut errors = 0u64;
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("bench/{c}/{}", i % 1000);
-                    let t = Instant::now();
-                    if put_once(&http, target, &base, &key, &value).await {
-                        lat.push(t.elapsed().as_micros() as u64);
-                    } else {
-                        errors += 1;
-                    }
-                    i += 1;
+    value: &str,
+    measure: Duration,
+    tally: &mut Tally,
+) {
+    let (target, base, procs) = (sys.target, sys.base, sys.procs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, base, value, stop) = (
+            http.clone(),
+            base.to_string(),
+            value.to_string(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("bench/{c}/{}", i % 1000);
+                let t = Instant::now();
+                if put_once(&http, target, &base, &key, &value).await {
+                    lat.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
                 }
-                (lat, errors)
-            }));
-        }
-        async move {
-            tokio::time::sleep(measure).await;
-            stop.store(true, Ordering::Relaxed);
-            let mut all = Vec::new();
-            let mut errors = 0;
-            for t in tasks {
-                if let Ok((l, e)) = t.await {
-                    all.extend(l);
-                    errors += e;
-                }
+                i += 1;
             }
-            (all, errors)
-        }
-    };
-    let _ = run(Duration::from_secs(1)).await;
-    let t = Instant::now();
-    let (mut lat, errors) = run(Duration::from_secs(seconds)).await;
-    let secs = t.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i] as f64 / 1000.0
-    };
-    RunResult {
-        puts_per_s: lat.len() as f64 / secs,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        errors,
+            (lat, errors)
+        }));
     }
+    let (t, cpu) = (Instant::now(), procs.cpu_secs());
+    tokio::time::sleep(measure).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        if let Ok((l, e)) = task.await {
+            tally.lat_us.extend(l);
+            tally.errors += e;
+        }
+    }
+    tally.secs += t.elapsed().as_secs_f64();
+    tally.cpu_secs += procs.cpu_secs() - cpu;
 }
 
 #[tokio::main]
@@ -419,25 +466,32 @@ async fn main() -> anyhow::Result<()> {
         "p50 x",
         "p99 x"
     );
+    let value = "x".repeat(args.value_size);
+    let rounds = args.rounds.max(1);
+    let slice = Duration::from_secs_f64(args.seconds as f64 / f64::from(rounds));
+    let mut cpu_lines = Vec::new();
+    let cf_sys = System {
+        target: Target::Chainfire,
+        base: &cf_url,
+        procs: &cf_procs,
+    };
+    let etcd_sys = System {
+        target: Target::Etcd,
+        base: &etcd_url,
+        procs: &etcd_procs,
+    };
     for &n in &clients {
-        let cf = drive(
-            &http,
-            Target::Chainfire,
-            &cf_url,
-            n,
-            args.value_size,
-            args.seconds,
-        )
-        .await;
-        let et = drive(
-            &http,
-            Target::Etcd,
-            &etcd_url,
-            n,
-            args.value_size,
-            args.seconds,
-        )
-        .await;
+        let (mut cf, mut et) = (Tally::default(), Tally::default());
+        // Warm-up (not counted), then alternating slices.
+        let mut scratch = Tally::default();
+        let warm = Duration::from_secs(1);
+        drive(&http, &cf_sys, n, &value, warm, &mut scratch).await;
+        drive(&http, &etcd_sys, n, &value, warm, &mut scratch).await;
+        for _ in 0..rounds {
+            drive(&http, &cf_sys, n, &value, slice, &mut cf).await;
+            drive(&http, &etcd_sys, n, &value, slice, &mut et).await;
+        }
+        let (cf, et) = (cf.result(), et.result());
         println!(
             "{:>8} | {:>12.0} {:>9.2} {:>9.2} | {:>12.0} {:>9.2} {:>9.2} | {:>9.2} {:>9.2} {:>9.2}",
             n,
@@ -457,6 +511,15 @@ async fn main() -> anyhow::Result<()> {
                 cf.errors, et.errors
             );
         }
+        cpu_lines.push(format!(
+            "server CPU per put at {n} clients: chainfire {:.3} ms, etcd {:.3} ms, ratio {:.2}",
+            cf.cpu_ms_per_put,
+            et.cpu_ms_per_put,
+            cf.cpu_ms_per_put / et.cpu_ms_per_put
+        ));
+    }
+    for l in cpu_lines {
+        println!("{l}");
     }
     let (cf_rss, et_rss) = (cf_procs.peak_rss_kib(), etcd_procs.peak_rss_kib());
     println!(
