@@ -71,8 +71,9 @@ const MAX_HEAD: usize = 16 << 10;
 const MAX_HEADERS: usize = 64;
 /// Largest non-file response body collected and written here (errors, 304s: a few bytes).
 const MAX_SMALL_BODY: usize = 1 << 20;
-/// Most bytes asked of one `sendfile` call (it also stops when the socket buffer is full).
-const SENDFILE_MAX: usize = 4 << 20;
+/// Most bytes asked of one `sendfile` call (it also stops when the socket buffer is full);
+/// nginx's `sendfile_max_chunk` default.
+const SENDFILE_MAX: usize = 2 << 20;
 
 /// Accepts connections on `listener` for ever, serving `app` (which gets each peer's address as
 /// `ConnectInfo<SocketAddr>`).
@@ -299,7 +300,10 @@ async fn send_file(
                 );
                 break;
             }
-            Ok(_) => {}
+            // Let the worker's other connections run before the next chunk (nginx's
+            // `sendfile_max_chunk`): a receiver that keeps draining would otherwise hold the
+            // worker thread for the whole file while the other sockets sit empty.
+            Ok(_) => tokio::task::yield_now().await,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable().await?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
