@@ -31,7 +31,8 @@ use crate::error::ImageError;
 use crate::newc::{Body, Entry, Kind, NewcWriter};
 
 /// Bumped when the archive layout changes, so old cached layers are not reused.
-const LAYER_FORMAT: &str = "plasmacloud-layer-v1";
+/// v2: layers are compressed in zstd's multi-threaded mode (see [`pack_layer`]).
+const LAYER_FORMAT: &str = "plasmacloud-layer-v2";
 
 /// How file contents enter a layer's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,13 +209,22 @@ fn layer_key(layer: &Layer, level: i32, hashes: &mut HashCache) -> Result<String
     Ok(hex::encode(h.finalize()))
 }
 
-/// Packs one layer into `dst` (through a temporary file renamed at the end).
-pub fn pack_layer(layer: &Layer, dst: &Path, level: i32) -> Result<u64, ImageError> {
+/// Packs one layer into `dst` (through a temporary file renamed at the end), compressing with
+/// `workers` zstd threads.
+///
+/// Always zstd's multi-threaded mode (at least one worker): its output is the same for any
+/// number of workers (unlike single-threaded mode's), so the bytes do not depend on the CPUs
+/// of the machine that built them, and a rebuild that re-packs one big layer can still use
+/// every CPU.
+pub fn pack_layer(layer: &Layer, dst: &Path, level: i32, workers: u32) -> Result<u64, ImageError> {
     let tmp = dst.with_extension(format!("tmp-{}", std::process::id()));
     let result = (|| {
         let file = fs::File::create(&tmp).map_err(ImageError::io(&tmp, "creating"))?;
-        let enc = zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 20, file), level)
-            .map_err(ImageError::io(&tmp, "starting zstd"))?;
+        let mut enc =
+            zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 20, file), level)
+                .map_err(ImageError::io(&tmp, "starting zstd"))?;
+        enc.multithread(workers.max(1))
+            .map_err(ImageError::io(&tmp, "starting zstd workers"))?;
         let mut w = NewcWriter::new(BufWriter::with_capacity(256 * 1024, enc), &tmp);
         for e in &layer.entries {
             w.append(e)?;
@@ -276,7 +286,10 @@ pub fn build_initrd(
     todo.sort_by_key(|&i| std::cmp::Reverse(layers[i].input_bytes()));
     let next = AtomicUsize::new(0);
     let errors: Mutex<Vec<ImageError>> = Mutex::new(Vec::new());
-    let jobs = crate::jobs(jobs).min(todo.len()).max(1);
+    let cpus = crate::jobs(jobs);
+    let jobs = cpus.min(todo.len()).max(1);
+    // CPUs left over when fewer layers than CPUs need packing go to zstd workers.
+    let workers = u32::try_from(cpus / jobs).unwrap_or(1).max(1);
     let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<usize>();
     // The output is written while layers are still being packed: each layer is appended as
@@ -289,7 +302,7 @@ pub fn build_initrd(
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&i) = todo.get(n) else { break };
                 let t = Instant::now();
-                match pack_layer(&layers[i], &paths[i], level) {
+                match pack_layer(&layers[i], &paths[i], level, workers) {
                     Ok(bytes) => {
                         tracing::info!(layer = %layers[i].name, bytes, elapsed = ?t.elapsed(), "packed");
                         let _ = done_tx.send(i);
@@ -402,5 +415,52 @@ mod tests {
         let l = crate::newc::list(&data).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(l[1].data, b"bbbc");
+    }
+
+    #[test]
+    fn packed_bytes_do_not_depend_on_the_number_of_zstd_workers() {
+        let d = tempfile::tempdir().unwrap();
+        // 12 MiB of compressible but not trivial data: several zstd jobs.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let data: Vec<u8> = (0..12 << 20)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 3 == 0 {
+                    b'a' + (x % 8) as u8
+                } else {
+                    (x % 251) as u8
+                }
+            })
+            .collect();
+        let big = d.path().join("big");
+        fs::write(&big, &data).unwrap();
+        let layer = Layer {
+            name: "big".into(),
+            entries: vec![Entry {
+                path: PathBuf::from("big"),
+                perm: 0o644,
+                uid: 0,
+                gid: 0,
+                kind: Kind::File(Body::File {
+                    path: big.clone(),
+                    size: data.len() as u64,
+                }),
+            }],
+            keying: Keying::Content,
+        };
+        let packed: Vec<Vec<u8>> = [1, 2, 4]
+            .iter()
+            .map(|&w| {
+                let dst = d.path().join(format!("w{w}.cpio.zst"));
+                pack_layer(&layer, &dst, 3, w).unwrap();
+                fs::read(&dst).unwrap()
+            })
+            .collect();
+        assert!(packed[0] == packed[1] && packed[1] == packed[2]);
+        let cpio = zstd::stream::decode_all(&packed[0][..]).unwrap();
+        let l = crate::newc::list(&cpio).unwrap();
+        assert_eq!(l[0].data, data);
     }
 }
