@@ -49,57 +49,26 @@ pub fn voters_for(n: usize) -> usize {
     }
 }
 
-/// Kernel modules packed into the appliance: what the rack's VMs use (virtio NIC, disk and
-/// RNG, ext4 with its crc32c), and what systemd loads itself. Nothing for the disk controllers QEMU adds
-/// on its own (IDE / AHCI for the DVD drive): unpacked, probed and waited for on every boot
-/// for nothing.
+/// Kernel modules packed into the appliance.
 pub const APPLIANCE_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
     "virtio_blk",
+    "virtio_scsi",
+    "virtio_console",
     "virtio_rng",
+    "e1000",
+    "e1000e",
+    "ahci",
+    "ata_piix",
+    "sd_mod",
     "ext4",
     "crc32c_generic",
     "crc32c-intel",
+    "xfs",
     "autofs4",
+    "binfmt_misc",
 ];
-
-/// The binaries the appliance carries.
-pub const APPLIANCE_BINS: &[&str] = &[
-    "firstboot",
-    "chainfire-server",
-    "flaredb-server",
-    "iam-server",
-];
-
-/// Copies of `bins` (in `bin_dir`) without their symbol tables, in `out` (a quarter less to
-/// download and unpack on every boot; the release profile keeps symbols). Falls back to the
-/// original binary when `strip` is missing or fails.
-pub fn stripped_bins(bin_dir: &Path, out: &Path, bins: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(out).with_context(|| format!("while creating {}", out.display()))?;
-    let mut v = Vec::new();
-    for b in bins {
-        let src = bin_dir.join(b);
-        let dst = out.join(b);
-        let ok = Command::new("strip")
-            .arg("--strip-all")
-            .arg("-o")
-            .arg(&dst)
-            .arg(&src)
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            v.push(dst);
-        } else {
-            eprintln!(
-                "vm-rack: build: strip {} failed; packing it as it is",
-                src.display()
-            );
-            v.push(src);
-        }
-    }
-    Ok(v)
-}
 
 /// Runs a command to completion; fails with its output.
 pub fn run(what: &str, cmd: &mut Command) -> anyhow::Result<String> {
@@ -240,11 +209,17 @@ pub fn build(
         let mut c = Command::new(bin_dir.join("netboot-image"));
         c.args(["appliance", "--debootstrap", "--kernel"])
             .arg(kernel);
-        for b in stripped_bins(bin_dir, &work.join("appliance-bin"), APPLIANCE_BINS)? {
-            c.arg("--bin").arg(b);
+        for b in [
+            "firstboot",
+            "chainfire-server",
+            "flaredb-server",
+            "iam-server",
+        ] {
+            c.arg("--bin").arg(bin_dir.join(b));
         }
-        // crc32c_generic: ext4 needs the crc32c algorithm (a modules.softdep, not a
-        // modules.dep edge), or mounting the data disk fails with "Cannot load crc32c driver".
+        // netboot-image's default module list plus crc32c_generic: ext4 needs the crc32c
+        // algorithm (a modules.softdep, not a modules.dep edge), or mounting the data disk
+        // fails with "Cannot load crc32c driver".
         c.arg("--modules").arg(APPLIANCE_MODULES.join(","));
         c.arg("--units").arg(&units).arg("--out").arg(&appliance);
         let report = run("netboot-image appliance", &mut c)?;

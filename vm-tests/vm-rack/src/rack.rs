@@ -237,11 +237,7 @@ impl Vm {
                 self.tap
             ))
             .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={}", self.mac))
-            // Entropy from the host: without it the guest's CRNG initialises late under TCG
-            // and whatever calls getrandom() first at boot waits for it.
-            .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
-            .args(["-device", "virtio-rng-pci,rng=rng0"]);
+            .arg(format!("virtio-net-pci,netdev=n0,mac={}", self.mac));
         if self.name != "stranger" {
             c.arg("-drive").arg(format!(
                 "file={},if=virtio,format=raw,cache=writeback",
