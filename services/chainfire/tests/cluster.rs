@@ -335,3 +335,58 @@ async fn three_nodes_survive_leader_kill_restart_and_wipe() {
     // removing the wiped id again is a no-op
     lc.remove_member(wiped_id).await.expect("idempotent remove");
 }
+
+/// A follower that was down while large batched entries (24 MiB of writes in ~30 entries) were
+/// written catches up by log replication (append RPCs are capped at `MAX_APPEND_BYTES`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_on_large_batched_entries_catches_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = (1..=3).map(|id| Node::new(BIN, id, tmp.path())).collect();
+    for n in &mut nodes {
+        n.start(true);
+    }
+    form_cluster(&nodes.iter().collect::<Vec<_>>()).await;
+    let c = client_all(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30));
+    let leader = leader_of(&c).await;
+    let fi = nodes
+        .iter()
+        .position(|n| n.id != leader)
+        .expect("a follower");
+
+    phase("a follower is down while 64 writers write 24 MiB");
+    nodes[fi].kill();
+    let value = "v".repeat(48 * 1024);
+    let mut tasks = Vec::new();
+    for w in 0..64 {
+        let (c, value) = (c.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..8 {
+                c.put(&format!("big/{w}/{i}"), &value).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let (_, text) = nodes[(fi + 1) % 3].client().readyz().await.expect("readyz");
+    eprintln!("{text}");
+
+    phase("it comes back and catches up by log replication");
+    nodes[fi].start(false);
+    let target = readyz_field(&nodes[(fi + 1) % 3], "applied").await;
+    let f = &nodes[fi];
+    wait_until_async(
+        "the follower applied everything",
+        Duration::from_secs(60),
+        || async { (readyz_field(f, "applied").await >= target).then_some(()) },
+    )
+    .await
+    .expect("the follower caught up");
+    let url = format!(
+        "http://{}/v1/kv/big/63/7?consistency=serializable",
+        nodes[fi].api
+    );
+    let r = reqwest::get(&url).await.expect("get");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body").len(), value.len());
+}

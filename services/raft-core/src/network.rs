@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -46,6 +47,14 @@ pub struct Identity {
     /// Whether the node already belongs to a cluster.
     pub initialized: bool,
 }
+
+/// Largest append-entries body sent in one RPC (JSON bytes; a single larger entry still goes).
+///
+/// openraft 0.9 gives an append RPC one heartbeat interval to complete and sends up to
+/// `max_payload_entries` entries in it; with batched entries a follower catching up could be
+/// offered more than it can take in that time, again and again. Above this size the RPC is
+/// refused locally as too large, and openraft retries at once with fewer entries.
+pub const MAX_APPEND_BYTES: usize = 2 << 20;
 
 /// Creates connections to peers.
 #[derive(Debug, Clone)]
@@ -95,13 +104,28 @@ impl HttpConn {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.rpc_body(kind, body, ttl).await
+    }
+
+    async fn rpc_body<Resp, E>(
+        &self,
+        kind: &str,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let url = format!("{}://{}/raft/{kind}", self.scheme, self.node.raft_addr);
         let resp = self
             .http
             .post(&url)
             .header(HDR_TARGET_ID, self.target.to_string())
             .header(HDR_TARGET_INCARNATION, &self.node.incarnation)
-            .json(req)
+            .header(axum::http::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .timeout(ttl)
             .send()
             .await
@@ -142,7 +166,17 @@ impl RaftNetwork<TypeConfig> for HttpConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.rpc("append", &rpc, option.hard_ttl()).await
+        let n = rpc.entries.len();
+        let body =
+            serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if n > 1 && body.len() > MAX_APPEND_BYTES {
+            // openraft retries at once with at most this many entries (for the next few RPCs).
+            let fits = (n * MAX_APPEND_BYTES / body.len()).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fits as u64),
+            ));
+        }
+        self.rpc_body("append", body, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -263,4 +297,58 @@ pub async fn fetch_identity(
     resp.json::<Identity>()
         .await
         .map_err(|e| format!("{url}: not a PlasmaCloud store's Raft port: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Command, Entry};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+
+    fn request(entries: usize, value_bytes: usize) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: (1..=entries as u64)
+                .map(|i| Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+                    payload: EntryPayload::Normal(Command::Put {
+                        ks: String::new(),
+                        key: format!("k{i}"),
+                        value: "v".repeat(value_bytes),
+                        cond: None,
+                    }),
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_append_is_cut_down_before_it_is_sent() {
+        // Nothing listens there: a refusal that reaches the network would be Unreachable.
+        let mut conn = HttpConn {
+            target: 2,
+            node: NodeInfo {
+                raft_addr: "127.0.0.1:9".into(),
+                api_addr: "127.0.0.1:9".into(),
+                incarnation: "x".into(),
+            },
+            http: reqwest::Client::new(),
+            scheme: "http",
+        };
+        let opt = RPCOption::new(Duration::from_millis(500));
+        // 8 entries of 1 MiB: about 4x the cap, so about 2 entries fit.
+        match conn.append_entries(request(8, 1 << 20), opt.clone()).await {
+            Err(RPCError::PayloadTooLarge(p)) => {
+                assert!((1..=2).contains(&p.entries_hint()), "{p}");
+            }
+            other => panic!("want PayloadTooLarge, got {other:?}"),
+        }
+        // One entry over the cap still goes (and here finds nobody listening).
+        match conn.append_entries(request(1, 3 << 20), opt).await {
+            Err(RPCError::Unreachable(_)) | Err(RPCError::Network(_)) => {}
+            other => panic!("want a network error, got {other:?}"),
+        }
+    }
 }
