@@ -7,6 +7,10 @@
 //! [`Command::Batch`] entry once a slot frees. A lone write (no queue) is proposed at once, so
 //! batching costs a single client nothing.
 //!
+//! A write whose caller stopped waiting (its request deadline passed while Raft had no quorum
+//! and it sat in the queue) is dropped unproposed, so an outage does not pile up writes that
+//! would all land at once when the quorum returns.
+//!
 //! A batch never holds two writes to the same key: all commands in a batch share the entry's
 //! log index as their revision, and a key's revision must name exactly one write (compare-and-
 //! swap on a revision depends on it). A write to a key already in the batch starts the next one.
@@ -100,6 +104,9 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
                 None => return,
             },
         };
+        if first.reply.is_closed() {
+            continue;
+        }
         let batch = gather(first, &mut rx, &mut carry);
         let raft = raft.clone();
         tokio::spawn(async move {
@@ -124,6 +131,11 @@ fn gather(
     let mut batch = vec![first];
     while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
         let Ok(p) = rx.try_recv() else { break };
+        if p.reply.is_closed() {
+            // Its caller gave up (the request's deadline passed while it queued): it was
+            // answered "outcome unknown", and is never proposed.
+            continue;
+        }
         let size = size_of(&p.cmd);
         let clash =
             key_of(&p.cmd).is_some_and(|(ks, k)| !keys.insert((ks.to_string(), k.to_string())));
@@ -185,6 +197,13 @@ fn fail(e: RaftError<NodeId, ClientWriteError<NodeId, crate::types::NodeInfo>>) 
 mod tests {
     use super::*;
 
+    /// A reply whose caller waits forever (the receiver is leaked on purpose).
+    fn live_reply() -> Reply {
+        let (tx, rx) = oneshot::channel();
+        std::mem::forget(rx);
+        tx
+    }
+
     fn put(key: &str, value_len: usize) -> Proposal {
         Proposal {
             cmd: Command::Put {
@@ -193,7 +212,7 @@ mod tests {
                 value: "v".repeat(value_len),
                 cond: None,
             },
-            reply: oneshot::channel().0,
+            reply: live_reply(),
         }
     }
 
@@ -218,7 +237,7 @@ mod tests {
                 series: "s".into(),
                 points: vec![(1, 1.0)],
             },
-            reply: oneshot::channel().0,
+            reply: live_reply(),
         })
         .ok();
         let mut carry = None;
@@ -231,6 +250,22 @@ mod tests {
         // Nothing queued: a lone write goes alone, at once.
         let b = gather(put("z", 1), &mut rx, &mut carry);
         assert_eq!(keys(&b), ["z"]);
+    }
+
+    #[test]
+    fn writes_whose_callers_gave_up_are_dropped_unproposed() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (reply, waiting) = oneshot::channel();
+        let mut gone = put("gone", 1);
+        gone.reply = oneshot::channel().0; // its receiver is dropped at once
+        tx.send(gone).ok();
+        let mut kept = put("kept", 1);
+        kept.reply = reply;
+        tx.send(kept).ok();
+        let mut carry = None;
+        let b = gather(put("first", 1), &mut rx, &mut carry);
+        assert_eq!(keys(&b), ["first", "kept"]);
+        drop(waiting);
     }
 
     #[test]
