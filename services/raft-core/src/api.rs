@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, OriginalUri, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -390,13 +390,39 @@ fn parse_cond(q: &HashMap<String, String>) -> Result<Option<Cond>, Response> {
     }
 }
 
-/// The inputs of every KV handler.
+/// The inputs of every KV handler (method, URI and headers for forwarding, the query, the
+/// body), extracted in one go.
 struct Req {
     method: Method,
     uri: OriginalUri,
     headers: HeaderMap,
     body: Bytes,
     query: HashMap<String, String>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Req {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let uri = OriginalUri::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(query) = Query::<HashMap<String, String>>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (method, headers) = (parts.method.clone(), parts.headers.clone());
+        let body = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Req {
+            method,
+            uri,
+            headers,
+            body,
+            query,
+        })
+    }
 }
 
 async fn kv_get(st: St, ks: String, key: String, r: Req) -> Response {
@@ -541,77 +567,20 @@ async fn kv_list(st: St, ks: String, r: Req) -> Response {
     }
 }
 
-macro_rules! req {
-    ($method:ident, $uri:ident, $headers:ident, $query:ident, $body:expr) => {
-        Req {
-            method: $method,
-            uri: $uri,
-            headers: $headers,
-            body: $body,
-            query: $query,
-        }
-    };
+async fn cf_get(State(st): State<St>, Path(key): Path<String>, r: Req) -> Response {
+    kv_get(st, String::new(), key, r).await
 }
 
-async fn cf_get(
-    State(st): State<St>,
-    Path(key): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Response {
-    kv_get(
-        st,
-        String::new(),
-        key,
-        req!(method, uri, headers, q, Bytes::new()),
-    )
-    .await
+async fn cf_put(State(st): State<St>, Path(key): Path<String>, r: Req) -> Response {
+    kv_put(st, String::new(), key, r).await
 }
 
-async fn cf_put(
-    State(st): State<St>,
-    Path(key): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    kv_put(st, String::new(), key, req!(method, uri, headers, q, body)).await
+async fn cf_delete(State(st): State<St>, Path(key): Path<String>, r: Req) -> Response {
+    kv_delete(st, String::new(), key, r).await
 }
 
-async fn cf_delete(
-    State(st): State<St>,
-    Path(key): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Response {
-    kv_delete(
-        st,
-        String::new(),
-        key,
-        req!(method, uri, headers, q, Bytes::new()),
-    )
-    .await
-}
-
-async fn cf_list(
-    State(st): State<St>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Response {
-    kv_list(
-        st,
-        String::new(),
-        req!(method, uri, headers, q, Bytes::new()),
-    )
-    .await
+async fn cf_list(State(st): State<St>, r: Req) -> Response {
+    kv_list(st, String::new(), r).await
 }
 
 fn check_ns(ns: &str) -> Result<(), Response> {
@@ -625,61 +594,36 @@ fn check_ns(ns: &str) -> Result<(), Response> {
     }
 }
 
-async fn ns_get(
-    State(st): State<St>,
-    Path((ns, key)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Response {
+async fn ns_get(State(st): State<St>, Path((ns, key)): Path<(String, String)>, r: Req) -> Response {
     if let Err(e) = check_ns(&ns) {
         return e;
     }
-    kv_get(st, ns, key, req!(method, uri, headers, q, Bytes::new())).await
+    kv_get(st, ns, key, r).await
 }
 
-async fn ns_put(
-    State(st): State<St>,
-    Path((ns, key)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn ns_put(State(st): State<St>, Path((ns, key)): Path<(String, String)>, r: Req) -> Response {
     if let Err(e) = check_ns(&ns) {
         return e;
     }
-    kv_put(st, ns, key, req!(method, uri, headers, q, body)).await
+    kv_put(st, ns, key, r).await
 }
 
 async fn ns_delete(
     State(st): State<St>,
     Path((ns, key)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
+    r: Req,
 ) -> Response {
     if let Err(e) = check_ns(&ns) {
         return e;
     }
-    kv_delete(st, ns, key, req!(method, uri, headers, q, Bytes::new())).await
+    kv_delete(st, ns, key, r).await
 }
 
-async fn ns_list(
-    State(st): State<St>,
-    Path(ns): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Response {
+async fn ns_list(State(st): State<St>, Path(ns): Path<String>, r: Req) -> Response {
     if let Err(e) = check_ns(&ns) {
         return e;
     }
-    kv_list(st, ns, req!(method, uri, headers, q, Bytes::new())).await
+    kv_list(st, ns, r).await
 }
 
 // ---------------------------------------------------------------- time series
@@ -760,14 +704,14 @@ pub fn downsample(points: &[(i64, f64)], step: i64) -> Vec<Bucket> {
     out
 }
 
-async fn ts_query(
-    State(st): State<St>,
-    Path(series): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-) -> Response {
+async fn ts_query(State(st): State<St>, Path(series): Path<String>, r: Req) -> Response {
+    let Req {
+        method,
+        uri,
+        headers,
+        query: q,
+        ..
+    } = r;
     if !valid_series(&series) {
         return err(
             StatusCode::BAD_REQUEST,
@@ -1024,14 +968,14 @@ fn timeout_param(q: &HashMap<String, String>) -> Duration {
         .unwrap_or(LEARNER_CATCHUP_TIMEOUT)
 }
 
-async fn add_learner(
-    State(st): State<St>,
-    Query(q): Query<HashMap<String, String>>,
-    method: Method,
-    uri: OriginalUri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn add_learner(State(st): State<St>, r: Req) -> Response {
+    let Req {
+        method,
+        uri,
+        headers,
+        body,
+        query: q,
+    } = r;
     let m: Member = match parse_body(&body, r#"{"id","raft_addr","api_addr"}"#) {
         Ok(r) => r,
         Err(e) => return e,
