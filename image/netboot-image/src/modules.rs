@@ -26,6 +26,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     // ext4 names crc32c only as a soft dependency, which the closure does not follow; without
     // it mounting an ext4 filesystem fails ("Cannot load crc32c driver").
     "crc32c_generic",
+    // The accelerated implementation, used instead when the CPU has SSE4.2.
+    "crc32c-intel",
     "xfs",
     "autofs4",
     "binfmt_misc",
