@@ -250,6 +250,26 @@ pub fn pack_layer(layer: &Layer, dst: &Path, level: i32, workers: u32) -> Result
     result
 }
 
+/// Puts `new` in place of `dst` atomically: `dst` always names either the old or the new
+/// content.
+///
+/// An existing `dst` is swapped with `new` (`renameat2(RENAME_EXCHANGE)`), then the old
+/// content is unlinked. A plain `rename` over an existing file would cost more on ext4: its
+/// `auto_da_alloc` treats replace-by-rename as a request to allocate and start writing every
+/// block of the new file at once (about 45 ms for a 39 MB initrd here, more than half a
+/// rebuild); an exchange leaves that to the writeback threads. Falls back to `rename` where
+/// the filesystem cannot exchange.
+pub fn replace_file(new: &Path, dst: &Path) -> Result<(), ImageError> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, new, CWD, dst, RenameFlags::EXCHANGE) {
+        Ok(()) => {
+            // `new` now names the old content.
+            fs::remove_file(new).map_err(ImageError::io(new, "removing the previous version"))
+        }
+        Err(_) => fs::rename(new, dst).map_err(ImageError::io(dst, "renaming into place")),
+    }
+}
+
 /// Keys every layer, packs the missing ones (`jobs` at a time, largest first), and writes the
 /// concatenation to `out` (through a temporary file renamed at the end).
 pub fn build_initrd(
@@ -327,6 +347,7 @@ pub fn build_initrd(
                 let p = &paths[written];
                 let mut src = fs::File::open(p).map_err(ImageError::io(p, "opening"))?;
                 std::io::copy(&mut src, &mut dst).map_err(ImageError::io(&tmp, "writing"))?;
+                tracing::trace!(layer = %layers[written].name, elapsed = ?started.elapsed(), "copied");
                 written += 1;
             }
             if written == layers.len() {
@@ -348,7 +369,7 @@ pub fn build_initrd(
                 }));
         }
         drop(dst);
-        fs::rename(&tmp, out).map_err(ImageError::io(out, "renaming into place"))
+        replace_file(&tmp, out)
     });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -415,6 +436,22 @@ mod tests {
         let l = crate::newc::list(&data).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(l[1].data, b"bbbc");
+    }
+
+    #[test]
+    fn replacing_swaps_in_the_new_content_and_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let (new, dst) = (d.path().join("new"), d.path().join("dst"));
+        fs::write(&new, b"first").unwrap();
+        replace_file(&new, &dst).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), b"first");
+        fs::write(&new, b"second").unwrap();
+        replace_file(&new, &dst).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), b"second");
+        assert!(!new.exists());
+        let e = replace_file(&d.path().join("missing"), &dst).unwrap_err();
+        assert!(e.to_string().contains("dst"), "{e}");
+        assert_eq!(fs::read(&dst).unwrap(), b"second");
     }
 
     #[test]
