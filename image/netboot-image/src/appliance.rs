@@ -30,7 +30,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::elf::{library_closure, Library};
+use crate::elf::{library_closure_cached, Library};
 use crate::error::ImageError;
 use crate::layers::{build_initrd, Keying, Layer, LayerReport};
 use crate::newc::{Body, Entry, Kind};
@@ -935,7 +935,7 @@ pub fn plan_layers(
         layers.push(l);
     }
     tracing::debug!(elapsed = ?t.elapsed(), "modules planned");
-    let libs = library_closure(&spec.bins, &spec.lib_dirs)?;
+    let libs = library_closure_cached(&spec.bins, &spec.lib_dirs, Some(&spec.cache_dir))?;
     tracing::debug!(elapsed = ?t.elapsed(), "library closure");
     layers.push(libs_layer(root, &libs)?);
     let bindir = in_tree(root, Path::new(&spec.bindir));

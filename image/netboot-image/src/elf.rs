@@ -23,7 +23,7 @@ pub const DEFAULT_LIB_DIRS: &[&str] = &[
 ];
 
 /// What one ELF file asks of the dynamic loader.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DynamicInfo {
     /// `PT_INTERP`, for executables.
     pub interpreter: Option<String>,
@@ -97,6 +97,92 @@ pub fn library_closure(
     binaries: &[PathBuf],
     lib_dirs: &[PathBuf],
 ) -> Result<Vec<Library>, ImageError> {
+    library_closure_cached(binaries, lib_dirs, None)
+}
+
+/// `CACHE/elf.json`: each file's [`DynamicInfo`] against its stat identity (device, inode,
+/// size, mtime, ctime), so a rebuild reads again only the ELF files that changed. The
+/// binaries and their libraries are tens of MB; their dynamic sections are a few hundred
+/// bytes.
+#[derive(Debug, Default)]
+struct InfoCache {
+    path: Option<PathBuf>,
+    map: BTreeMap<String, (String, DynamicInfo)>,
+    dirty: bool,
+}
+
+impl InfoCache {
+    fn load(cache_dir: Option<&Path>) -> Self {
+        let Some(dir) = cache_dir else {
+            return Self::default();
+        };
+        let path = dir.join("elf.json");
+        let map = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Self {
+            path: Some(path),
+            map,
+            dirty: false,
+        }
+    }
+
+    fn info(&mut self, file: &Path) -> Result<DynamicInfo, ImageError> {
+        if self.path.is_none() {
+            return dynamic_info(file);
+        }
+        let m = fs::metadata(file).map_err(ImageError::io(file, "reading metadata"))?;
+        let id = crate::layers::stat_key_material(&m);
+        let key = file.display().to_string();
+        if let Some((cached_id, info)) = self.map.get(&key) {
+            if *cached_id == id {
+                return Ok(info.clone());
+            }
+        }
+        let info = dynamic_info(file)?;
+        self.map.insert(key, (id, info.clone()));
+        self.dirty = true;
+        Ok(info)
+    }
+
+    /// Best effort: a cache that cannot be written only costs the next build a re-read.
+    fn save(&self) {
+        let Some(path) = self.path.as_ref().filter(|_| self.dirty) else {
+            return;
+        };
+        if let Some(dir) = path.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+        let json = serde_json::to_vec(&self.map).unwrap_or_default();
+        if fs::write(&tmp, json)
+            .and_then(|_| fs::rename(&tmp, path))
+            .is_err()
+        {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// [`library_closure`], remembering each ELF file's dynamic section in `cache_dir` (see
+/// [`InfoCache`]).
+pub fn library_closure_cached(
+    binaries: &[PathBuf],
+    lib_dirs: &[PathBuf],
+    cache_dir: Option<&Path>,
+) -> Result<Vec<Library>, ImageError> {
+    let mut cache = InfoCache::load(cache_dir);
+    let r = closure(binaries, lib_dirs, &mut cache);
+    cache.save();
+    r
+}
+
+fn closure(
+    binaries: &[PathBuf],
+    lib_dirs: &[PathBuf],
+    cache: &mut InfoCache,
+) -> Result<Vec<Library>, ImageError> {
     let mut found: BTreeMap<String, Library> = BTreeMap::new();
     let mut queue: VecDeque<PathBuf> = binaries.iter().cloned().collect();
     let mut seen_files = std::collections::HashSet::new();
@@ -104,7 +190,7 @@ pub fn library_closure(
         if !seen_files.insert(file.clone()) {
             continue;
         }
-        let info = dynamic_info(&file)?;
+        let info = cache.info(&file)?;
         if let Some(interp) = &info.interpreter {
             let key = format!("interp:{interp}");
             if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(key) {
@@ -190,6 +276,31 @@ mod tests {
             .collect();
         assert!(names.iter().any(|n| n.ends_with("/libc.so.6")), "{names:?}");
         assert!(names.iter().any(|n| n.contains("ld-linux")), "{names:?}");
+    }
+
+    #[test]
+    fn the_cache_answers_like_a_fresh_read_and_notices_a_changed_file() {
+        let ls = PathBuf::from("/bin/ls");
+        if !ls.exists() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let bin = d.path().join("ls");
+        std::fs::copy(&ls, &bin).unwrap();
+        let cache = d.path().join("cache");
+        let dirs: Vec<PathBuf> = DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect();
+        let fresh = library_closure(std::slice::from_ref(&bin), &dirs).unwrap();
+        let first =
+            library_closure_cached(std::slice::from_ref(&bin), &dirs, Some(&cache)).unwrap();
+        assert!(cache.join("elf.json").is_file());
+        let second =
+            library_closure_cached(std::slice::from_ref(&bin), &dirs, Some(&cache)).unwrap();
+        assert_eq!(fresh, first);
+        assert_eq!(first, second);
+        // Replaced by something that is not ELF: read again, not answered from the cache.
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        let e = library_closure_cached(&[bin], &dirs, Some(&cache)).unwrap_err();
+        assert!(e.to_string().contains("not an ELF"), "{e}");
     }
 
     #[test]
