@@ -80,10 +80,14 @@ fn norm(name: &str) -> String {
     name.replace('-', "_")
 }
 
-fn module_name(rel: &str) -> String {
+/// `kernel/fs/xfs/xfs.ko.xz` → `xfs` (not normalised).
+fn module_stem(rel: &str) -> &str {
     let base = rel.rsplit('/').next().unwrap_or(rel);
-    let stem = base.split(".ko").next().unwrap_or(base);
-    norm(stem)
+    base.split(".ko").next().unwrap_or(base)
+}
+
+fn module_name(rel: &str) -> String {
+    norm(module_stem(rel))
 }
 
 /// Files (relative to `/lib/modules/<release>`) to pack: the index files and `wanted` with
@@ -95,32 +99,44 @@ pub fn module_files(
 ) -> Result<(Vec<PathBuf>, Vec<String>), ImageError> {
     let dep_path = modules_dir.join("modules.dep");
     let deps = fs::read_to_string(&dep_path).map_err(ImageError::io(&dep_path, "reading"))?;
-    let builtin: BTreeSet<String> = fs::read_to_string(modules_dir.join("modules.builtin"))
-        .unwrap_or_default()
-        .lines()
-        .map(module_name)
-        .collect();
-    let mut by_name: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    // One pass over modules.dep (thousands of lines), allocating only for the wanted ones: its
+    // lines already list every dependency, transitively.
+    let mut want: HashMap<String, bool> = wanted.iter().map(|w| (norm(w), false)).collect();
+    let mut files: BTreeSet<&str> = BTreeSet::new();
     for line in deps.lines() {
         let Some((m, rest)) = line.split_once(':') else {
             continue;
         };
-        let d = rest.split_whitespace().map(str::to_string).collect();
-        by_name.insert(module_name(m), (m.to_string(), d));
-    }
-    let mut files: BTreeSet<String> = BTreeSet::new();
-    let mut missing = Vec::new();
-    for w in wanted {
-        let n = norm(w);
-        match by_name.get(&n) {
-            Some((path, d)) => {
-                files.insert(path.clone());
-                files.extend(d.iter().cloned());
-            }
-            None if builtin.contains(&n) => {}
-            None => missing.push(w.clone()),
+        let name = module_stem(m);
+        let hit = if name.contains('-') {
+            want.get_mut(&norm(name))
+        } else {
+            want.get_mut(name)
+        };
+        if let Some(found) = hit {
+            *found = true;
+            files.insert(m);
+            files.extend(rest.split_whitespace());
         }
     }
+    let missing_names: Vec<&String> = wanted
+        .iter()
+        .filter(|w| want.get(&norm(w)) == Some(&false))
+        .collect();
+    let missing = if missing_names.is_empty() {
+        Vec::new()
+    } else {
+        let builtin: BTreeSet<String> = fs::read_to_string(modules_dir.join("modules.builtin"))
+            .unwrap_or_default()
+            .lines()
+            .map(module_name)
+            .collect();
+        missing_names
+            .into_iter()
+            .filter(|w| !builtin.contains(&norm(w)))
+            .cloned()
+            .collect()
+    };
     let mut out: Vec<PathBuf> = INDEX_FILES
         .iter()
         .filter(|f| modules_dir.join(f).is_file())
