@@ -243,7 +243,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> StepResult<()> {
     std::fs::rename(&tmp, path).map_err(|e| fail("rename into", e))
 }
 
-/// Exponential backoff with jitter: 100 ms doubling to 3 s, ±25 %.
+/// The longest pause between attempts. Every wait here is for a peer on the same LAN (a
+/// seed's store, a health endpoint), which answers a poll in milliseconds, while a longer cap
+/// overshoots a wait by up to the cap (seconds at first boot).
+pub const BACKOFF_CAP: Duration = Duration::from_millis(500);
+
+/// Exponential backoff with jitter: 100 ms doubling to [`BACKOFF_CAP`], ±25 %.
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
@@ -261,7 +266,7 @@ impl Backoff {
     /// The next pause (and advances).
     pub fn pause(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(3));
+        self.next = (self.next * 2).min(BACKOFF_CAP);
         let jitter = rand::thread_rng().gen_range(0.75..1.25);
         base.mul_f64(jitter)
     }
@@ -312,7 +317,7 @@ mod tests {
         let first = b.pause();
         assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
         for _ in 0..20 {
-            assert!(b.pause() <= Duration::from_millis(3750));
+            assert!(b.pause() <= BACKOFF_CAP.mul_f64(1.25));
         }
     }
 
