@@ -43,7 +43,7 @@ struct Args {
     /// Build a snapshot and purge the log every this many entries (default 10000).
     #[arg(long, env = "PLASMACLOUD_FLAREDB_SNAPSHOT_LOGS")]
     snapshot_logs: Option<u64>,
-    /// Raft heartbeat in ms (default 100; elections after 5-10 heartbeats).
+    /// Raft heartbeat in ms (default 100; elections after 10-20 heartbeats).
     #[arg(long, env = "PLASMACLOUD_FLAREDB_HEARTBEAT_MS")]
     heartbeat_ms: Option<u64>,
     /// Server-side deadline of one request in ms (default 10000).

@@ -47,7 +47,9 @@ pub struct NodeConfig {
     pub tls: Option<TlsConfig>,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_logs: u64,
-    /// Raft heartbeat interval, ms; elections time out after 5–10 heartbeats.
+    /// Raft heartbeat interval, ms; elections time out after 10–20 heartbeats (etcd's advice:
+    /// about ten round trips), so a node that stalls for a few heartbeats (a busy or
+    /// emulated CPU) does not start an election.
     pub heartbeat_ms: u64,
     /// Deadline of one client request inside the server (writes, reads, forwarding).
     pub request_timeout: Duration,
@@ -306,8 +308,8 @@ impl StoreNode {
         let raft_cfg = Config {
             cluster_name: cfg.service.to_string(),
             heartbeat_interval: hb,
-            election_timeout_min: hb * 5,
-            election_timeout_max: hb * 10,
+            election_timeout_min: hb * 10,
+            election_timeout_max: hb * 20,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
             max_in_snapshot_log_to_keep: cfg.snapshot_logs / 2,
