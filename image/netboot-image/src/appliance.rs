@@ -793,6 +793,15 @@ pub const MASKED_UNITS: &[&str] = &[
     "systemd-update-utmp-runlevel.service",
     "systemd-remount-fs.service",
     "systemd-logind.service",
+    // Every user and group Debian's sysusers.d declares is already in the tree's passwd and
+    // group, and the static device permissions it sets are for devices (sound, kvm, fuse, tun)
+    // a node does not have; both run before udevd starts, so they delay every device.
+    "systemd-sysusers.service",
+    "systemd-tmpfiles-setup-dev.service",
+    // Nothing on a node talks D-Bus (systemctl uses systemd's private socket; networkd runs
+    // without a bus), and starting the bus costs seconds of CPU under TCG.
+    "dbus.service",
+    "dbus.socket",
 ];
 
 /// systemd generators the appliance masks (each runs at every boot and daemon-reload, before
