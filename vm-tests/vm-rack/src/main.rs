@@ -33,7 +33,8 @@ struct Cli {
     /// Work directory (bundle, disks, consoles, logs) [default: /tmp/vm-rack-SCENARIO-PID].
     #[arg(long, env = "PLASMACLOUD_RACK_WORK")]
     work_dir: Option<PathBuf>,
-    /// Debian kernel for the appliance [default: the newest /boot/vmlinuz-*].
+    /// Debian kernel for the appliance [default: the newest /boot/vmlinuz-*-cloud-amd64, else
+    /// the newest /boot/vmlinuz-*]; its modules come from /lib/modules.
     #[arg(long, env = "PLASMACLOUD_RACK_KERNEL")]
     kernel: Option<PathBuf>,
     /// MiB of RAM per VM.
@@ -215,7 +216,9 @@ async fn outer(cli: &Cli) -> anyhow::Result<(bool, String)> {
         .kernel
         .clone()
         .or_else(prepare::default_kernel)
-        .ok_or_else(|| anyhow!("no /boot/vmlinuz-*: install linux-image-amd64 or pass --kernel"))?;
+        .ok_or_else(|| {
+            anyhow!("no /boot/vmlinuz-*: install linux-image-cloud-amd64 or pass --kernel")
+        })?;
     let work = cli.work_dir.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "/tmp/vm-rack-{}-{}",

@@ -29,7 +29,24 @@ pub const UNKNOWN_MAC: &str = "52:54:00:00:00:99";
 /// `systemd.status_unit_format=name` makes the console say `Finished firstboot-disk.service.`
 /// instead of the unit name and description ellipsized to 80 columns, so the harness's console
 /// marks (one per first-boot unit) match.
-pub const CMDLINE: &str = "console=ttyS0 panic=-1 systemd.show_status=1 systemd.status_unit_format=name modules-load=virtio_blk,crc32c_generic,ext4";
+pub const CMDLINE: &str = "console=ttyS0 panic=-1 systemd.show_status=1 systemd.status_unit_format=name modules-load=virtio_pci,virtio_net,virtio_blk,crc32c_generic,ext4";
+
+/// Kernel modules of the rack's appliance: only what its QEMU machines have (a virtio NIC and
+/// disk) and what the first boot needs (ext4 with crc32c, autofs for systemd). Less than
+/// netboot-image's default, which also covers SATA, SCSI, e1000 and XFS: every module packed
+/// costs unpacking on every boot, and udev loads those it finds a device for (the IDE
+/// controller of QEMU's `pc` machine pulled in libata, SCSI and `ata_piix` on the critical
+/// path).
+pub const RACK_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "virtio_blk",
+    "virtio_rng",
+    "ext4",
+    "crc32c_generic",
+    "crc32c-intel",
+    "autofs4",
+];
 
 /// Node `i` (0-based) of the rack: name, MAC, address.
 pub fn node(i: usize) -> (String, String, String) {
@@ -65,7 +82,11 @@ pub fn run(what: &str, cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The newest Debian kernel in /boot.
+/// The Debian kernel in /boot the rack boots: the newest `-cloud-amd64` one, else the newest.
+///
+/// Debian's cloud kernel is LZ4-compressed (the generic one is XZ) and has fewer drivers to
+/// probe: under TCG it decompresses in about 2 s instead of 9 s per node, and the whole
+/// 3-node rack reaches cluster-ready about 20 s sooner.
 pub fn default_kernel() -> Option<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir("/boot")
         .ok()?
@@ -77,7 +98,8 @@ pub fn default_kernel() -> Option<PathBuf> {
                 .is_some_and(|n| n.starts_with("vmlinuz-"))
         })
         .collect();
-    v.sort();
+    let is_cloud = |p: &PathBuf| p.to_string_lossy().ends_with("-cloud-amd64");
+    v.sort_by(|a, b| (is_cloud(a), a).cmp(&(is_cloud(b), b)));
     v.pop()
 }
 
@@ -188,15 +210,27 @@ pub fn build(
         let mut c = Command::new(bin_dir.join("netboot-image"));
         c.args(["appliance", "--debootstrap", "--kernel"])
             .arg(kernel);
+        // Stripped copies, as a Nix build installs them: a quarter less to send and unpack.
+        let stripped = work.join("bin");
+        std::fs::create_dir_all(&stripped)?;
         for b in [
             "firstboot",
             "chainfire-server",
             "flaredb-server",
             "iam-server",
         ] {
-            c.arg("--bin").arg(bin_dir.join(b));
+            let out = stripped.join(b);
+            run(
+                "strip",
+                Command::new("strip")
+                    .arg("--strip-all")
+                    .arg("-o")
+                    .arg(&out)
+                    .arg(bin_dir.join(b)),
+            )?;
+            c.arg("--bin").arg(out);
         }
-        // Modules: netboot-image's default list (virtio hardware, ext4 with crc32c, xfs).
+        c.arg("--modules").arg(RACK_MODULES.join(","));
         c.arg("--units").arg(&units).arg("--out").arg(&appliance);
         let report = run("netboot-image appliance", &mut c)?;
         std::fs::write(work.join("appliance-report.json"), report)?;

@@ -214,7 +214,12 @@ impl Vm {
         self.marks.clear();
         self.powered_on = t;
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-accel", "tcg", "-smp", "1", "-m"])
+        // `-cpu qemu64,+rdrand`: TCG implements RDRAND and Debian's kernel trusts it
+        // (RANDOM_TRUST_CPU), so the kernel's random pool is ready at boot instead of tens of
+        // seconds later (util-linux's UUIDs for the data disk and others wait on it).
+        // `-nodefaults`: no IDE CD-ROM, floppy or default NIC to probe at boot.
+        c.args(["-accel", "tcg", "-cpu", "qemu64,+rdrand", "-nodefaults"])
+            .args(["-smp", "1", "-m"])
             .arg(self.memory_mib.to_string())
             .args([
                 "-display",
