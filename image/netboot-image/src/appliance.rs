@@ -438,9 +438,7 @@ fn snapshot_path(root: &Path) -> PathBuf {
 fn rootfs_layers(root: &Path, immutable: bool, cache_dir: &Path) -> Result<Vec<Layer>, ImageError> {
     let snap = snapshot_path(root);
     if immutable {
-        let cached: Option<TreeSnapshot> = fs::read(&snap)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let cached: Option<TreeSnapshot> = crate::layers::read_json_or_default(&snap);
         if let Some(s) = cached.filter(|s| s.pack == PACK_VERSION) {
             let all_cached = s.layers.iter().all(|(_, k)| {
                 cache_dir
@@ -479,13 +477,7 @@ fn rootfs_layers(root: &Path, immutable: bool, cache_dir: &Path) -> Result<Vec<L
                 .collect(),
             pack: PACK_VERSION,
         };
-        let tmp = snap.with_extension(format!("tmp-{}", std::process::id()));
-        let json = serde_json::to_vec(&s).unwrap_or_default();
-        if fs::write(&tmp, json)
-            .and_then(|_| fs::rename(&tmp, &snap))
-            .is_err()
-        {
-            let _ = fs::remove_file(&tmp);
+        if crate::layers::write_json_atomic(&snap, &s).is_err() {
             tracing::warn!(snapshot = %snap.display(), "could not record the tree's layers; the next build walks it again");
         }
     }

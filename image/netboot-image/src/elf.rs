@@ -117,13 +117,9 @@ impl InfoCache {
             return Self::default();
         };
         let path = dir.join("elf.json");
-        let map = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         Self {
+            map: crate::layers::read_json_or_default(&path),
             path: Some(path),
-            map,
             dirty: false,
         }
     }
@@ -151,17 +147,7 @@ impl InfoCache {
         let Some(path) = self.path.as_ref().filter(|_| self.dirty) else {
             return;
         };
-        if let Some(dir) = path.parent() {
-            let _ = fs::create_dir_all(dir);
-        }
-        let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
-        let json = serde_json::to_vec(&self.map).unwrap_or_default();
-        if fs::write(&tmp, json)
-            .and_then(|_| fs::rename(&tmp, path))
-            .is_err()
-        {
-            let _ = fs::remove_file(&tmp);
-        }
+        let _ = crate::layers::write_json_atomic(path, &self.map);
     }
 }
 

@@ -110,6 +110,30 @@ fn stat_identity(m: &fs::Metadata) -> (u64, u64, u64, i128, i128) {
     )
 }
 
+/// A JSON cache file's contents, or the default when it is missing or unreadable (a cache
+/// that cannot be read only costs work).
+pub(crate) fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path) -> T {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Writes `value` as JSON to `path` through a temporary file renamed at the end (creating the
+/// directory), so a reader sees the old or the new contents, never a part.
+pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
+    let json = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    let r = fs::write(&tmp, json).and_then(|_| fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
 /// `CACHE/hashes.json`: path → stat identity + sha256.
 #[derive(Debug, Default)]
 struct HashCache {
@@ -121,13 +145,9 @@ struct HashCache {
 impl HashCache {
     fn load(cache_dir: &Path) -> Self {
         let path = cache_dir.join("hashes.json");
-        let map = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         Self {
+            map: read_json_or_default(&path),
             path,
-            map,
             dirty: false,
         }
     }
@@ -163,12 +183,7 @@ impl HashCache {
         if !self.dirty {
             return Ok(());
         }
-        let tmp = self
-            .path
-            .with_extension(format!("json.tmp-{}", std::process::id()));
-        let json = serde_json::to_vec(&self.map).unwrap_or_default();
-        fs::write(&tmp, json).map_err(ImageError::io(&tmp, "writing"))?;
-        fs::rename(&tmp, &self.path).map_err(ImageError::io(&self.path, "replacing"))
+        write_json_atomic(&self.path, &self.map).map_err(ImageError::io(&self.path, "writing"))
     }
 }
 
