@@ -118,6 +118,26 @@ pub struct LogStore {
     db: Arc<DB>,
     tx: std::sync::mpsc::Sender<Job>,
     recent: Shared,
+    /// Declared after `tx`, so when the last clone drops, every sender is gone before the
+    /// writer thread is joined.
+    _writer: Arc<WriterThread>,
+}
+
+/// Joins the writer thread when the last [`LogStore`] clone drops: the thread drains what is
+/// queued, then drops its handle on the database. Without the join a process could exit while
+/// that thread was still closing RocksDB, and RocksDB's static destructors then ran under it
+/// (`free(): invalid pointer`, SIGABRT, in about a quarter of the storage-suite runs).
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            // Never join from the writer thread itself (it holds no store, but be sure).
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LogStore {
@@ -212,12 +232,17 @@ impl LogStore {
         let (tx, rx) = std::sync::mpsc::channel();
         let recent: Shared = Arc::default();
         let (wdb, wp) = (db.clone(), recent.clone());
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer_loop(wdb, rx, wp))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the log writer thread: {e}"));
-        Self { db, tx, recent }
+            .map_err(|e| tracing::error!("cannot start the log writer thread: {e}"))
+            .ok();
+        Self {
+            db,
+            tx,
+            recent,
+            _writer: Arc::new(WriterThread(handle)),
+        }
     }
 
     /// Queues `ops` and waits until they are synced.
