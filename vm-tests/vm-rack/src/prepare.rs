@@ -26,6 +26,8 @@ pub const UNKNOWN_MAC: &str = "52:54:00:00:00:99";
 /// `firstboot-disk.service` starts: its `After=systemd-udev-settle.service` orders without
 /// pulling settle in, so on a cold boot the disk step can run before udev loaded virtio_blk,
 /// fail, and leave the rest of the chain with a failed dependency.
+/// `virtio_pci,virtio_net` there too: the NIC then appears at once instead of behind the rest
+/// of udev's coldplug events (its `virtio` subsystem is not among udev's prioritized ones).
 /// `systemd.status_unit_format=name` makes the console say `Finished firstboot-disk.service.`
 /// instead of the unit name and description ellipsized to 80 columns, so the harness's console
 /// marks (one per first-boot unit) match.
