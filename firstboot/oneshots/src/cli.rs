@@ -1,13 +1,14 @@
-//! Command-line interface: flags shared by every subcommand, and the dispatch.
+//! Command-line interface: the subcommands, logging set-up, and the dispatch to each step
+//! (the flags every node-side step takes are [`crate::node_args::NodeArgs`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use plasmacloud_contract::{Contract, ContractError, DEFAULT_CONTRACT_PATH};
+use clap::{Parser, Subcommand};
+use plasmacloud_contract::{Contract, ContractError};
 
 use crate::exit;
+use crate::node_args::NodeArgs;
 use crate::step::{Ctx, StepResult, Store};
 
 /// The first-boot oneshots of a PlasmaCloud node.
@@ -34,58 +35,6 @@ pub enum LogFormat {
     Pretty,
     /// One JSON object per line.
     Json,
-}
-
-/// Flags every node-side step takes, so that a process rack can run many nodes on one host.
-#[derive(Debug, Clone, Args)]
-pub struct NodeArgs {
-    /// The cluster contract.
-    #[arg(long = "cluster", env = "PLASMACLOUD_CLUSTER", default_value = DEFAULT_CONTRACT_PATH)]
-    pub cluster: PathBuf,
-    /// This node's name (default: `plasmacloud.node=` on the kernel command line, then the
-    /// identity file, then a local MAC).
-    #[arg(long, env = "PLASMACLOUD_NODE")]
-    pub node: Option<String>,
-    /// Where this node's persistent state lives (Raft data, done-markers).
-    #[arg(
-        long,
-        env = "PLASMACLOUD_STATE_DIR",
-        default_value = "/var/lib/plasmacloud"
-    )]
-    pub state_dir: PathBuf,
-    /// The cluster-ready marker the health check writes.
-    #[arg(
-        long,
-        env = "PLASMACLOUD_READY_FILE",
-        default_value = "/run/plasmacloud/cluster-ready"
-    )]
-    pub ready_file: PathBuf,
-    /// Where `configure` writes the services' TOML files.
-    #[arg(long, env = "PLASMACLOUD_ETC_DIR", default_value = "/etc/plasmacloud")]
-    pub etc_dir: PathBuf,
-    /// How long a step waits for peers before it exits 75 (retry later), e.g. `300s`, `10m`.
-    #[arg(long, env = "PLASMACLOUD_DEADLINE", default_value = "10m", value_parser = parse_duration)]
-    pub deadline: Duration,
-}
-
-/// Parses `90`, `90s`, `1500ms`, `10m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 90s, 1500ms, 10m)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!(
-            "{s:?}: unknown unit {unit:?} (expected ms, s or m)"
-        )),
-    }
 }
 
 /// Subcommands.

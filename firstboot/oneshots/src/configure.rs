@@ -13,26 +13,15 @@ use std::time::Duration;
 
 use plasmacloud_store_client::{Precondition, StoreClient};
 
+use crate::ids::{check_cluster_id, node_id_path, ID_BY_NODE_PREFIX, ID_COUNTER_KEY, SEED_ID};
 use crate::step::{retry_until, write_atomic, Attempt, Ctx, StepError, StepResult, Store};
-
-/// Chainfire key of the Raft id counter (the next id to hand out).
-pub const ID_COUNTER_KEY: &str = "plasmacloud/raft-ids/next";
-/// Chainfire key recording which node took which id (`…/<node>` → id), for operators.
-pub const ID_BY_NODE_PREFIX: &str = "plasmacloud/raft-ids/by-node/";
-/// Chainfire key holding the contract's cluster id, written once by the seed.
-pub const CLUSTER_ID_KEY: &str = "plasmacloud/cluster-id";
-/// The id the seed bootstraps with.
-pub const SEED_ID: u64 = 1;
-
-/// The file a store's server reads its id from.
-const NODE_ID_FILE: &str = "node_id";
 
 /// Runs the step.
 pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<()> {
     ctx.progress("configure", "started", "").await;
     let id = resolve_raft_id(ctx, deadline).await?;
     for store in [Store::Chainfire, Store::Flaredb] {
-        let path = ctx.data_dir(store).join(NODE_ID_FILE);
+        let path = node_id_path(ctx, store);
         if !path.exists() {
             write_atomic(&path, format!("{id}\n").as_bytes())?;
         }
@@ -46,7 +35,7 @@ pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<()> {
 /// Reads a stored id: the server's `node_id`, then the id this step allocated earlier.
 fn stored_id(ctx: &Ctx) -> StepResult<Option<u64>> {
     for path in [
-        ctx.data_dir(Store::Chainfire).join(NODE_ID_FILE),
+        node_id_path(ctx, Store::Chainfire),
         ctx.firstboot_dir().join("raft-id"),
     ] {
         if let Ok(text) = std::fs::read_to_string(&path) {
@@ -85,13 +74,7 @@ pub async fn resolve_raft_id(ctx: &Ctx, deadline: Duration) -> StepResult<u64> {
 /// Does a Chainfire cluster already run on the other voters? (Only the seed asks: a wiped seed
 /// must not found a second cluster beside a living one.)
 async fn cluster_exists(ctx: &Ctx) -> StepResult<bool> {
-    let peers: Vec<_> = ctx
-        .contract
-        .voters()
-        .into_iter()
-        .filter(|n| n.name != ctx.me.name)
-        .cloned()
-        .collect();
+    let peers = ctx.other_voters();
     if peers.is_empty() {
         return Ok(false); // a single-voter cluster has no peers to ask
     }
@@ -103,21 +86,6 @@ async fn cluster_exists(ctx: &Ctx) -> StepResult<bool> {
             tracing::info!(error = %e, "no Chainfire peer answers; the seed bootstraps");
             Ok(false)
         }
-    }
-}
-
-/// Checks that the cluster the peers run is the contract's.
-pub async fn check_cluster_id(ctx: &Ctx, client: &StoreClient) -> StepResult<Option<()>> {
-    match client.kv().get(CLUSTER_ID_KEY).await {
-        Ok(Some(v)) if v.value == ctx.contract.id() => Ok(Some(())),
-        Ok(Some(v)) => Err(StepError::Config(format!(
-            "the running cluster has id {:?} but {} says {:?}: two contracts disagree; boot this node with the contract of that cluster",
-            v.value,
-            ctx.args.cluster.display(),
-            ctx.contract.id()
-        ))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(StepError::Retry(e.to_string())),
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use plasmacloud_store_client::MemberRole;
 use serde::Serialize;
 
-use crate::iam_setup::{iam_url, read_credential};
-use crate::join::my_id;
+use crate::credential::read_credential;
+use crate::ids::my_id;
 use crate::step::{write_atomic, Backoff, Ctx, StepError, StepResult, Store};
 
 /// One check's outcome.
@@ -59,22 +59,6 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// An HTTP client honouring the contract's CA.
-pub fn http_client(ctx: &Ctx) -> StepResult<reqwest::Client> {
-    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(5));
-    if let Some(tls) = &ctx.contract.config.tls {
-        let pem = std::fs::read(&tls.ca_cert).map_err(|e| {
-            StepError::Config(format!("tls.ca_cert {}: {e}", tls.ca_cert.display()))
-        })?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-            StepError::Config(format!("tls.ca_cert {}: {e}", tls.ca_cert.display()))
-        })?;
-        b = b.add_root_certificate(cert);
-    }
-    b.build()
-        .map_err(|e| StepError::Config(format!("http client: {e}")))
-}
-
 fn check(wave: &str, name: &str, ok: bool, detail: impl Into<String>) -> Check {
     Check {
         wave: wave.into(),
@@ -95,7 +79,7 @@ async fn wave_local(ctx: &Ctx, http: &reqwest::Client) -> Vec<Check> {
             "flaredb.health",
             format!("{}/health", ctx.api_url(Store::Flaredb, &ctx.me)),
         ),
-        ("iam.health", format!("{}/health", iam_url(ctx))),
+        ("iam.health", format!("{}/health", ctx.iam_url())),
     ] {
         let c = match http.get(&url).send().await {
             Ok(r) => {
@@ -207,7 +191,7 @@ async fn wave_iam(ctx: &Ctx, http: &reqwest::Client) -> StepResult<Vec<Check>> {
             )])
         }
     };
-    let base = iam_url(ctx);
+    let base = ctx.iam_url();
     let login = http
         .post(format!("{base}/v1/auth/login"))
         .json(&serde_json::json!({"username": cred.username, "password": cred.password}))
@@ -278,7 +262,7 @@ async fn wave_iam(ctx: &Ctx, http: &reqwest::Client) -> StepResult<Vec<Check>> {
 /// Runs the step: waves until ready or the deadline; writes the report and the ready file.
 pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<Report> {
     ctx.progress("health-check", "started", "").await;
-    let http = http_client(ctx)?;
+    let http = ctx.http_client()?;
     let start = Instant::now();
     let mut waves = Vec::new();
     let mut checks = Vec::new();

@@ -6,47 +6,14 @@
 //! once-only (the same credentials again succeed without change), so a retried first boot
 //! passes and a second seed could not create a second admin.
 
-use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use crate::credential::{read_credential, Credential};
 use crate::step::{retry_until, Attempt, Ctx, StepError, StepResult};
-
-/// The bootstrap credential file: `{"username": "...", "password": "..."}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Credential {
-    /// The admin's user name.
-    pub username: String,
-    /// The admin's password.
-    pub password: String,
-}
-
-/// Reads the credential file; every problem is a configuration error naming the file.
-pub fn read_credential(path: &Path) -> StepResult<Credential> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        StepError::Config(format!(
-            "iam.bootstrap_credential {}: {e} (the seed's overlay must carry it)",
-            path.display()
-        ))
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        StepError::Config(format!(
-            "iam.bootstrap_credential {}: {e} (expected {{\"username\": \"…\", \"password\": \"…\"}})",
-            path.display()
-        ))
-    })
-}
-
-/// The local IAM's base URL.
-pub fn iam_url(ctx: &Ctx) -> String {
-    format!("{}://{}", ctx.scheme(), ctx.me.iam_api())
-}
 
 /// Waits until the local IAM reports healthy.
 pub async fn wait_healthy(ctx: &Ctx, http: &reqwest::Client, deadline: Duration) -> StepResult<()> {
-    let url = format!("{}/health", iam_url(ctx));
+    let url = format!("{}/health", ctx.iam_url());
     retry_until("the local IAM to report healthy", deadline, || async {
         match http.get(&url).send().await {
             Ok(r) if r.status().is_success() => Ok(Attempt::Done(())),
@@ -64,7 +31,7 @@ pub async fn wait_healthy(ctx: &Ctx, http: &reqwest::Client, deadline: Duration)
 /// Runs the step.
 pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<()> {
     ctx.progress("iam-setup", "started", "").await;
-    let http = crate::health::http_client(ctx)?;
+    let http = ctx.http_client()?;
     wait_healthy(ctx, &http, deadline).await?;
     let how = match (ctx.is_seed(), ctx.contract.iam_bootstrap_credential()) {
         (true, Some(path)) => {
@@ -86,7 +53,7 @@ async fn bootstrap(
     cred: &Credential,
     deadline: Duration,
 ) -> StepResult<()> {
-    let url = format!("{}/v1/bootstrap", iam_url(ctx));
+    let url = format!("{}/v1/bootstrap", ctx.iam_url());
     let body = serde_json::json!({"username": cred.username, "password": cred.password});
     retry_until("IAM to bootstrap the admin", deadline, || async {
         let r = match http.post(&url).json(&body).send().await {

@@ -19,22 +19,8 @@ use std::time::Duration;
 
 use plasmacloud_store_client::{Member, MemberRole, MembersResponse, Precondition, StoreClient};
 
-use crate::configure::{check_cluster_id, CLUSTER_ID_KEY, ID_COUNTER_KEY, SEED_ID};
+use crate::ids::{check_cluster_id, my_id, CLUSTER_ID_KEY, ID_COUNTER_KEY, SEED_ID};
 use crate::step::{retry_until, Attempt, Ctx, StepError, StepResult, Store};
-
-/// The Raft id `configure` chose (it is in `<data-dir>/node_id` of both stores).
-pub fn my_id(ctx: &Ctx, store: Store) -> StepResult<u64> {
-    let path = ctx.data_dir(store).join("node_id");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        StepError::Config(format!(
-            "{}: {e}; firstboot-configure.service must run first",
-            path.display()
-        ))
-    })?;
-    text.trim()
-        .parse()
-        .map_err(|_| StepError::Config(format!("{}: not a Raft id", path.display())))
-}
 
 fn me_as_member(ctx: &Ctx, store: Store, id: u64) -> Member {
     Member {

@@ -1,5 +1,6 @@
 //! What every step shares: the loaded contract and *self*, the step error (which decides the
-//! exit code), waits with deadlines and backoff, progress reporting, and done-markers.
+//! exit code), the URLs of and clients for the node's services, waits with deadlines and
+//! backoff, progress reporting, and done-markers.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,8 @@ use plasmacloud_contract::{Contract, ContractError, IdentitySources, NodeSpec};
 use plasmacloud_store_client::StoreClient;
 use rand::Rng;
 
-use crate::cli::NodeArgs;
 use crate::exit;
+use crate::node_args::NodeArgs;
 
 /// Why a step failed; the variant decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,11 @@ impl Ctx {
         format!("{}://{addr}", self.scheme())
     }
 
+    /// The local IAM's base URL.
+    pub fn iam_url(&self) -> String {
+        format!("{}://{}", self.scheme(), self.me.iam_api())
+    }
+
     /// Raft address of `store` on `node`.
     pub fn raft_addr(&self, store: Store, node: &NodeSpec) -> String {
         match store {
@@ -132,6 +138,22 @@ impl Ctx {
             .map_err(|e| StepError::Config(format!("{} client: {e}", store.name())))
     }
 
+    /// A plain HTTP client (for IAM and `/health`) honouring the contract's CA.
+    pub fn http_client(&self) -> StepResult<reqwest::Client> {
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.contract.config.tls {
+            let pem = std::fs::read(&tls.ca_cert).map_err(|e| {
+                StepError::Config(format!("tls.ca_cert {}: {e}", tls.ca_cert.display()))
+            })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                StepError::Config(format!("tls.ca_cert {}: {e}", tls.ca_cert.display()))
+            })?;
+            b = b.add_root_certificate(cert);
+        }
+        b.build()
+            .map_err(|e| StepError::Config(format!("http client: {e}")))
+    }
+
     /// A client for `store` on this node only.
     pub fn local_client(&self, store: Store) -> StepResult<StoreClient> {
         let me = self.me.clone();
@@ -140,13 +162,7 @@ impl Ctx {
 
     /// A client for `store` over every other initial voter (the members a joiner asks).
     pub fn peers_client(&self, store: Store) -> StepResult<StoreClient> {
-        let peers: Vec<NodeSpec> = self
-            .contract
-            .voters()
-            .into_iter()
-            .filter(|n| n.name != self.me.name)
-            .cloned()
-            .collect();
+        let peers = self.other_voters();
         if peers.is_empty() {
             return Err(StepError::Config(format!(
                 "{} is the only voter; there is no cluster to join",
@@ -154,6 +170,16 @@ impl Ctx {
             )));
         }
         self.client(store, &peers, Duration::from_secs(5))
+    }
+
+    /// The contract's initial voters other than this node.
+    pub fn other_voters(&self) -> Vec<NodeSpec> {
+        self.contract
+            .voters()
+            .into_iter()
+            .filter(|n| n.name != self.me.name)
+            .cloned()
+            .collect()
     }
 
     /// Is this node the seed (bootstraps the stores, seeds IAM)?
