@@ -149,6 +149,10 @@ in
     services.flaredb.openFirewall = mkDefault true;
     services.iam.openFirewall = mkDefault true;
 
-    # (system.stateVersion: nixpkgs' netboot module sets it.)
+    # The image runs from RAM (a tmpfs root): no NixOS state survives a boot, and the data
+    # disk holds only PlasmaCloud's own state, which no stateVersion-dependent default
+    # touches. So the release these modules are written against (nixpkgs' netboot module
+    # does not set it, and NixOS warns when nobody does).
+    system.stateVersion = mkDefault "25.05";
   };
 }
