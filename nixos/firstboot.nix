@@ -15,17 +15,10 @@
   ...
 }:
 let
-  inherit (lib)
-    mkOption
-    mkEnableOption
-    mkIf
-    types
-    literalExpression
-    ;
-  contractLib = import ./lib/contract.nix;
   cfg = config.services.plasmacloud.firstboot;
-  # Read at evaluation only when that builds nothing (see contract.nix: readableAtEval).
-  contract = contractLib.loadIfReadable cfg.contract;
+  contractLib = import ./lib/contract.nix;
+  contract = contractLib.fromOption cfg.contract;
+  inherit (lib) mkOption types literalExpression;
 
   # The oneshots of the chain (the units that run `firstboot …`).
   oneshots = [
@@ -45,7 +38,7 @@ in
   ];
 
   options.services.plasmacloud.firstboot = {
-    enable = mkEnableOption "the PlasmaCloud first-boot chain and cluster-ready.target";
+    enable = lib.mkEnableOption "the PlasmaCloud first-boot chain and cluster-ready.target";
 
     package = mkOption {
       type = types.package;
@@ -60,7 +53,7 @@ in
         flaredb = config.services.flaredb.package;
         iam = config.services.iam.package;
       };
-      defaultText = literalExpression "the units `firstboot units` renders for the configured packages";
+      defaultText = lib.literalMD "the units `firstboot units` renders for the configured packages";
       description = ''
         The rendered unit files (lib/systemd/system/*). The default renders them at build time
         from the configured firstboot, chainfire, flaredb and iam packages, so ExecStart=
@@ -69,14 +62,20 @@ in
     };
 
     contract = mkOption {
-      type = types.nullOr types.path;
+      type = types.nullOr (contractLib.optionType lib);
       default = null;
-      example = literalExpression "./examples/cluster-3.json";
+      example = literalExpression "./cluster-config.json";
       description = ''
-        A cluster contract to install at `contractPath`. null on netbooted nodes: the
+        The cluster contract, installed at `contractPath`. null on netbooted nodes: the
         per-node overlay initrd brings the contract, and netboot-base.nix copies it into the
-        running system at stage 1. When set, the service modules also read their port
-        defaults from it.
+        running system at stage 1.
+
+        The modules read it while evaluating (port defaults, the data disk's mount point, the
+        node-name check), so give it as data: a file in your flake's source
+        (`./cluster-config.json`), the contract as an attribute set
+        (`lib.importJSON ./cluster-config.json // { … }`), or its JSON text. A store path
+        built by a derivation, or a file on the target machine, is installed but never read
+        (pure evaluation refuses to read absolute store paths): the built-in defaults apply.
       '';
     };
 
@@ -104,7 +103,7 @@ in
           (contractLib.disk contract cfg.nodeName).mount_point
         else
           contractLib.defaultMountPoint;
-      defaultText = literalExpression "the node's disk.mount_point in the contract, else /var/lib/plasmacloud";
+      defaultText = lib.literalMD "the node's `disk.mount_point` in the contract, else `/var/lib/plasmacloud`";
       description = "The data disk's mount point: Raft data, done-markers (PLASMACLOUD_STATE_DIR).";
     };
 
@@ -121,7 +120,7 @@ in
         e2fsprogs
         xfsprogs
       ];
-      defaultText = literalExpression "[ util-linux e2fsprogs xfsprogs ]";
+      defaultText = literalExpression "with pkgs; [ util-linux e2fsprogs xfsprogs ]";
       description = "What `firstboot disk` runs: sfdisk, wipefs, partx, blkid, mkfs.*, mount.";
     };
 
@@ -150,7 +149,7 @@ in
     };
   };
 
-  config = mkIf cfg.enable {
+  config = lib.mkIf cfg.enable {
     assertions = [
       {
         assertion =
@@ -179,10 +178,10 @@ in
     environment.systemPackages = [ cfg.package ];
 
     environment.etc = lib.mkMerge [
-      (mkIf (cfg.contract != null) {
-        "${lib.removePrefix "/etc/" cfg.contractPath}".source = cfg.contract;
+      (lib.mkIf (cfg.contract != null) {
+        "${lib.removePrefix "/etc/" cfg.contractPath}" = contractLib.etcEntry cfg.contract;
       })
-      (mkIf (cfg.nodeName != null) { "plasmacloud/node".text = "${cfg.nodeName}\n"; })
+      (lib.mkIf (cfg.nodeName != null) { "plasmacloud/node".text = "${cfg.nodeName}\n"; })
     ];
 
     systemd.packages = [ cfg.unitsPackage ];

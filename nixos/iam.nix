@@ -10,57 +10,28 @@
   ...
 }:
 let
-  inherit (lib)
-    mkOption
-    mkEnableOption
-    mkIf
-    types
-    literalExpression
-    ;
+  inherit (lib) mkOption types;
   contractLib = import ./lib/contract.nix;
+  service = import ./lib/service.nix { inherit lib; };
   cfg = config.services.iam;
   firstboot = config.services.plasmacloud.firstboot;
-  # Read at evaluation only when that builds nothing (see contract.nix: readableAtEval).
-  contract = contractLib.loadIfReadable firstboot.contract;
-  contractPort =
-    if contract == null then contractLib.defaultPorts.iam_api else (contractLib.ports contract).iam_api;
+  contract = contractLib.fromOption firstboot.contract;
+  contractPort = (contractLib.ports contract).iam_api;
   settingsFormat = pkgs.formats.toml { };
   defaultDataDir = "${firstboot.stateDir}/iam";
-  # The StateDirectory= of the rendered unit: writable without a drop-in.
-  unitStateDir = "/var/lib/plasmacloud/iam";
 in
 {
-  options.services.iam = {
-    enable = mkEnableOption "PlasmaCloud IAM (unit iam.service from the rendered unit files)";
-
-    package = mkOption {
-      type = types.package;
-      description = "The package with the iam-server binary (the units' ExecStart= uses it).";
-    };
-
-    user = mkOption {
-      type = types.str;
-      default = "iam";
-      description = "User iam-server runs as (`root` keeps the unit as rendered).";
-    };
-
-    group = mkOption {
-      type = types.str;
-      default = "iam";
-      description = "Group iam-server runs as.";
-    };
-
+  options.services.iam = service.coreOptions "iam" "iam-server" "PlasmaCloud IAM" // {
     port = mkOption {
       type = types.port;
       default = contractPort;
-      defaultText = literalExpression "the contract's ports.iam_api";
+      defaultText = lib.literalMD "the contract's `ports.iam_api`";
       description = "The API port (opened by `openFirewall`; must match the contract).";
     };
 
-    dataDir = mkOption {
-      type = types.str;
+    dataDir = service.dataDirOption {
+      name = "iam";
       default = defaultDataDir;
-      defaultText = literalExpression ''"''${services.plasmacloud.firstboot.stateDir}/iam"'';
       description = ''
         IAM's state directory (its signing key, `signing-key.pem`, lives there). Users and
         roles live in FlareDB, not here.
@@ -101,14 +72,10 @@ in
       '';
     };
 
-    openFirewall = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Open the API port.";
-    };
+    openFirewall = service.openFirewallOption "the API port";
   };
 
-  config = mkIf cfg.enable (
+  config = lib.mkIf cfg.enable (
     let
       signingKey =
         if cfg.signingKeyFile != null then
@@ -122,49 +89,32 @@ in
         // lib.optionalAttrs (cfg.tokenTtl != null) { token_ttl = cfg.tokenTtl; }
         // cfg.settings;
     in
-    {
-      assertions = [
-        {
-          assertion = firstboot.enable;
-          message = "services.iam needs services.plasmacloud.firstboot.enable: its unit requires the first-boot chain.";
-        }
-        {
-          assertion = contract == null || cfg.port == contractPort;
-          message = "services.iam.port (${toString cfg.port}) differs from the contract's ports.iam_api (${toString contractPort}); change the contract.";
-        }
-      ];
+    lib.mkMerge [
+      {
+        assertions = [
+          {
+            assertion = firstboot.enable;
+            message = "services.iam needs services.plasmacloud.firstboot.enable: its unit requires the first-boot chain.";
+          }
+          {
+            assertion = contract == null || cfg.port == contractPort;
+            message = "services.iam.port (${toString cfg.port}) differs from the contract's ports.iam_api (${toString contractPort}); change the contract.";
+          }
+          (service.notInStore "services.iam.signingKeyFile" cfg.signingKeyFile)
+        ];
 
-      users.users = mkIf (cfg.user == "iam") {
-        iam = {
-          isSystemUser = true;
-          group = cfg.group;
-          description = "PlasmaCloud IAM server";
+        environment.etc."plasmacloud/iam.settings.toml" = lib.mkIf (effectiveSettings != { }) {
+          source = settingsFormat.generate "iam.settings.toml" effectiveSettings;
         };
-      };
-      users.groups = mkIf (cfg.group == "iam") { iam = { }; };
 
-      environment.etc."plasmacloud/iam.settings.toml" = mkIf (effectiveSettings != { }) {
-        source = settingsFormat.generate "iam.settings.toml" effectiveSettings;
-      };
-
-      systemd.services.iam = {
-        environment = contractLib.settingsToEnv "PLASMACLOUD_IAM" effectiveSettings;
-        serviceConfig = {
-          User = cfg.user;
-          Group = cfg.group;
-          ReadWritePaths = lib.optional (cfg.dataDir != unitStateDir) cfg.dataDir;
+        systemd.services.iam = {
+          environment = contractLib.settingsToEnv "PLASMACLOUD_IAM" effectiveSettings;
         };
-      };
-
-      systemd.tmpfiles.settings."10-iam" = mkIf (cfg.dataDir != unitStateDir) {
-        ${cfg.dataDir}.d = {
-          user = cfg.user;
-          group = cfg.group;
-          mode = "0700";
-        };
-      };
-
-      networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall [ cfg.port ];
-    }
+      }
+      (service.account cfg "iam" "PlasmaCloud IAM server")
+      # The rendered unit's StateDirectory= is writable without a drop-in.
+      (service.movedDataDir cfg "iam" "/var/lib/plasmacloud/iam")
+      (service.firewall cfg { tcp = [ cfg.port ]; })
+    ]
   );
 }

@@ -8,36 +8,21 @@
   ...
 }:
 let
-  inherit (lib)
-    mkOption
-    mkEnableOption
-    mkIf
-    types
-    literalExpression
-    ;
+  service = import ./lib/service.nix { inherit lib; };
   contractLib = import ./lib/contract.nix;
+  inherit (lib) mkOption types literalExpression;
   cfg = config.services.pxe-server;
   settingsFormat = pkgs.formats.toml { };
-
-  # Read at evaluation only when that builds nothing (see contract.nix: readableAtEval).
-  contract = contractLib.loadIfReadable cfg.cluster;
-  bootServer =
-    if contract == null then
-      {
-        http_port = 8081;
-        management_port = 8082;
-      }
-    else
-      contractLib.bootServer contract;
+  bootServer = contractLib.bootServer (contractLib.fromOption cfg.cluster);
 
   configFile = settingsFormat.generate "pxe-server.toml" (
     lib.filterAttrs (_: v: v != null) {
       interface = cfg.interface;
       mode = cfg.mode;
-      cluster = toString cfg.cluster;
-      bundle = toString cfg.bundle;
+      cluster = "${contractLib.fileOf cfg.cluster}";
+      bundle = "${cfg.bundle}";
       dhcp-range = cfg.dhcpRange;
-      ipxe-dir = toString cfg.ipxeDir;
+      ipxe-dir = "${cfg.ipxeDir}";
       state-dir = cfg.stateDir;
       http-addr = cfg.httpAddr;
       management-addr = cfg.managementAddr;
@@ -46,20 +31,45 @@ let
     }
     // cfg.settings
   );
-in
-{
-  options.services.pxe-server = {
-    enable = mkEnableOption "the PlasmaCloud provisioning server";
 
-    package = mkOption {
-      type = types.package;
-      description = "The package with the pxe-server binary.";
+  # A listener address; null = the boot interface's address and the contract's port.
+  listenOption =
+    what: port:
+    mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "10.99.0.1:${toString (contractLib.bootServer null).${port}}";
+      description = "${what} listener (`ip:port`); null = the interface's address and the contract's `boot_server.${port}`.";
+    };
+  # The port the firewall opens for a listener.
+  listenPort = addr: port: if addr == null then bootServer.${port} else contractLib.portOfAddr addr;
+
+  portOption =
+    what: default:
+    mkOption {
+      type = types.port;
+      inherit default;
+      description = "${what} port.";
     };
 
+  # FIRST-LAST, two IPv4 addresses (pxe-server checks them).
+  addressRange = types.strMatching "[0-9.]+ *- *[0-9.]+";
+
+  # pxe-server's capabilities: ports below 1024, raw sockets (RA responder), binding to the
+  # boot interface and sending broadcasts; nothing more.
+  capabilities = [
+    "CAP_NET_BIND_SERVICE"
+    "CAP_NET_RAW"
+    "CAP_NET_ADMIN"
+    "CAP_NET_BROADCAST"
+  ];
+in
+{
+  options.services.pxe-server = service.coreOptions "pxe-server" "pxe-server" "the PlasmaCloud provisioning server" // {
     interface = mkOption {
       type = types.str;
       example = "eth1";
-      description = "The boot network interface; it must carry the contract's boot_server.address.";
+      description = "The boot network interface; it must carry the contract's `boot_server.address`.";
     };
 
     mode = mkOption {
@@ -76,9 +86,15 @@ in
     };
 
     cluster = mkOption {
-      type = types.path;
-      example = literalExpression "./examples/cluster-3.json";
-      description = "The cluster contract (cluster-config.json).";
+      type = contractLib.optionType lib;
+      example = literalExpression "./cluster-config.json";
+      description = ''
+        The cluster contract (cluster-config.json), as for
+        `services.plasmacloud.firstboot.contract`: a file in your flake's source, the
+        contract as an attribute set, or its JSON text are read at evaluation (the firewall
+        opens the contract's `boot_server` ports); a path on this machine or a store path a
+        derivation builds is passed to pxe-server as it is.
+      '';
     };
 
     bundle = mkOption {
@@ -91,7 +107,7 @@ in
     };
 
     dhcpRange = mkOption {
-      type = types.nullOr (types.strMatching "[0-9.]+ *- *[0-9.]+");
+      type = types.nullOr addressRange;
       default = null;
       example = "10.99.0.100-10.99.0.200";
       description = "Pool for machines not in the contract (full mode only).";
@@ -100,41 +116,24 @@ in
     ipxeDir = mkOption {
       type = types.path;
       default = pkgs.callPackage ./pkgs/ipxe.nix { };
-      defaultText = literalExpression "pkgs.ipxe with snponly.efi added";
+      defaultText = lib.literalMD "nixpkgs' `ipxe` with `snponly.efi` added (`nixos/pkgs/ipxe.nix`)";
       description = "iPXE first stages (undionly.kpxe, snponly.efi, ipxe.efi); also the TFTP root.";
     };
 
     stateDir = mkOption {
-      type = types.str;
+      type = types.strMatching "/.*";
       default = "/var/lib/pxe-server";
-      description = "Where leases are persisted.";
+      description = ''
+        pxe-server's state: the leases, and (trust design) the cluster CA under `pki/`. It
+        holds secrets, so it is a directory on this machine, never in the Nix store (an
+        assertion says so); under /var/lib/ it is the unit's StateDirectory= (mode 0700).
+      '';
     };
 
-    httpAddr = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "10.99.0.1:8081";
-      description = "Boot-plane listener; null = the interface's address and the contract's boot_server.http_port.";
-    };
-
-    managementAddr = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "10.99.0.1:8082";
-      description = "Management listener (status, boot events, metrics); null = interface address and boot_server.management_port.";
-    };
-
-    dhcpPort = mkOption {
-      type = types.port;
-      default = 67;
-      description = "DHCP server port.";
-    };
-
-    tftpPort = mkOption {
-      type = types.port;
-      default = 69;
-      description = "TFTP port.";
-    };
+    httpAddr = listenOption "Boot-plane (HTTP)" "http_port";
+    managementAddr = listenOption "Management (status, boot events, metrics)" "management_port";
+    dhcpPort = portOption "DHCP server" 67;
+    tftpPort = portOption "TFTP" 69;
 
     settings = mkOption {
       type = types.submodule { freeformType = settingsFormat.type; };
@@ -151,123 +150,84 @@ in
       '';
     };
 
-    openFirewall = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Open, on `interface` only, UDP 67, 69 and 4011 and the boot-plane and management TCP ports.";
-    };
-
-    user = mkOption {
-      type = types.str;
-      default = "pxe-server";
-      description = "User pxe-server runs as (it gets the network capabilities it needs, nothing else).";
-    };
-
-    group = mkOption {
-      type = types.str;
-      default = "pxe-server";
-      description = "Group pxe-server runs as.";
-    };
+    openFirewall = service.openFirewallOption "on `interface` only, UDP 67, 69 and 4011 and the boot-plane and management TCP ports";
   };
 
-  config = mkIf cfg.enable {
-    assertions = [
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
       {
-        assertion = cfg.mode == "full" || cfg.dhcpRange == null;
-        message = "services.pxe-server: proxy mode assigns no addresses; drop dhcpRange or use mode = \"full\".";
+        assertions = [
+          {
+            assertion = cfg.mode == "full" || cfg.dhcpRange == null;
+            message = "services.pxe-server: proxy mode assigns no addresses; drop dhcpRange or use mode = \"full\".";
+          }
+          (service.notInStore "services.pxe-server.stateDir" cfg.stateDir)
+        ];
+
+        environment.systemPackages = [ cfg.package ];
+
+        systemd.services.pxe-server = {
+          description = "PlasmaCloud provisioning server (DHCP, TFTP, HTTP boot)";
+          wantedBy = [ "multi-user.target" ];
+          # The interface must have its address before `serve` looks it up.
+          # (network-addresses-IF.service exists with scripted networking; After= on a missing
+          # unit is ignored.) A missing address is a configuration error (exit 2, no restart).
+          after = [
+            "network-online.target"
+            "sys-subsystem-net-devices-${cfg.interface}.device"
+            "network-addresses-${cfg.interface}.service"
+          ];
+          wants = [ "network-online.target" ];
+          bindsTo = [ "sys-subsystem-net-devices-${cfg.interface}.device" ];
+          serviceConfig = {
+            ExecStartPre = "${lib.getExe' cfg.package "pxe-server"} check --config ${configFile}";
+            ExecStart = "${lib.getExe' cfg.package "pxe-server"} serve --config ${configFile}";
+            Restart = "on-failure";
+            RestartSec = 2;
+            # Exit 2: the configuration is wrong; restarting will not fix it.
+            RestartPreventExitStatus = 2;
+            StateDirectory = lib.mkIf (lib.hasPrefix "/var/lib/" cfg.stateDir) (
+              lib.removePrefix "/var/lib/" cfg.stateDir
+            );
+            StateDirectoryMode = "0700";
+            ReadWritePaths = lib.optional (!lib.hasPrefix "/var/lib/" cfg.stateDir) cfg.stateDir;
+            AmbientCapabilities = capabilities;
+            CapabilityBoundingSet = capabilities;
+            NoNewPrivileges = true;
+            ProtectSystem = "strict";
+            ProtectHome = true;
+            PrivateTmp = true;
+            PrivateDevices = true;
+            ProtectKernelTunables = true;
+            ProtectKernelModules = true;
+            ProtectControlGroups = true;
+            RestrictAddressFamilies = [
+              "AF_INET"
+              "AF_INET6"
+              "AF_NETLINK"
+              "AF_PACKET"
+              "AF_UNIX"
+            ];
+            RestrictNamespaces = true;
+            RestrictSUIDSGID = true;
+            LockPersonality = true;
+            MemoryDenyWriteExecute = true;
+            SystemCallArchitectures = "native";
+          };
+        };
       }
-    ];
-
-    users.users = mkIf (cfg.user == "pxe-server") {
-      pxe-server = {
-        isSystemUser = true;
-        group = cfg.group;
-        description = "PlasmaCloud provisioning server";
-      };
-    };
-    users.groups = mkIf (cfg.group == "pxe-server") { pxe-server = { }; };
-
-    environment.systemPackages = [ cfg.package ];
-
-    systemd.services.pxe-server = {
-      description = "PlasmaCloud provisioning server (DHCP, TFTP, HTTP boot)";
-      wantedBy = [ "multi-user.target" ];
-      # The interface must have its address before `serve` looks it up.
-      # (network-addresses-IF.service exists with scripted networking; After= on a missing
-      # unit is ignored.) A missing address is a configuration error (exit 2, no restart).
-      after = [
-        "network-online.target"
-        "sys-subsystem-net-devices-${cfg.interface}.device"
-        "network-addresses-${cfg.interface}.service"
-      ];
-      wants = [ "network-online.target" ];
-      bindsTo = [ "sys-subsystem-net-devices-${cfg.interface}.device" ];
-      serviceConfig = {
-        ExecStartPre = "${lib.getExe' cfg.package "pxe-server"} check --config ${configFile}";
-        ExecStart = "${lib.getExe' cfg.package "pxe-server"} serve --config ${configFile}";
-        Restart = "on-failure";
-        RestartSec = 2;
-        # Exit 2: the configuration is wrong; restarting will not fix it.
-        RestartPreventExitStatus = 2;
-        User = cfg.user;
-        Group = cfg.group;
-        StateDirectory = lib.mkIf (lib.hasPrefix "/var/lib/" cfg.stateDir) (
-          lib.removePrefix "/var/lib/" cfg.stateDir
-        );
-        StateDirectoryMode = "0700";
-        ReadWritePaths = lib.optional (!lib.hasPrefix "/var/lib/" cfg.stateDir) cfg.stateDir;
-        # Ports below 1024, raw sockets (RA responder), binding to the boot interface and
-        # sending broadcasts: nothing more.
-        AmbientCapabilities = [
-          "CAP_NET_BIND_SERVICE"
-          "CAP_NET_RAW"
-          "CAP_NET_ADMIN"
-          "CAP_NET_BROADCAST"
+      (service.account cfg "pxe-server" "PlasmaCloud provisioning server")
+      (service.firewallOnInterface cfg {
+        udp = lib.unique [
+          cfg.dhcpPort
+          cfg.tftpPort
+          4011
         ];
-        CapabilityBoundingSet = [
-          "CAP_NET_BIND_SERVICE"
-          "CAP_NET_RAW"
-          "CAP_NET_ADMIN"
-          "CAP_NET_BROADCAST"
+        tcp = [
+          (listenPort cfg.httpAddr "http_port")
+          (listenPort cfg.managementAddr "management_port")
         ];
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectControlGroups = true;
-        RestrictAddressFamilies = [
-          "AF_INET"
-          "AF_INET6"
-          "AF_NETLINK"
-          "AF_PACKET"
-          "AF_UNIX"
-        ];
-        RestrictNamespaces = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        SystemCallArchitectures = "native";
-      };
-    };
-
-    networking.firewall.interfaces.${cfg.interface} = mkIf cfg.openFirewall {
-      allowedUDPPorts = lib.unique [
-        cfg.dhcpPort
-        cfg.tftpPort
-        4011
-      ];
-      allowedTCPPorts = [
-        (if cfg.httpAddr == null then bootServer.http_port else contractLib.portOfAddr cfg.httpAddr)
-        (
-          if cfg.managementAddr == null then
-            bootServer.management_port
-          else
-            contractLib.portOfAddr cfg.managementAddr
-        )
-      ];
-    };
-  };
+      })
+    ]
+  );
 }

@@ -23,60 +23,22 @@
   ...
 }:
 let
-  inherit (lib)
-    mkOption
-    mkEnableOption
-    mkIf
-    types
-    literalExpression
-    ;
   contractLib = import ./lib/contract.nix;
+  service = import ./lib/service.nix { inherit lib; };
+  inherit (lib) mkOption types literalMD;
   cfg = config.services.${name};
   firstboot = config.services.plasmacloud.firstboot;
-  # Read at evaluation only when that builds nothing (see contract.nix: readableAtEval).
-  contract = contractLib.loadIfReadable firstboot.contract;
-  contractPort =
-    key:
-    if contract == null then contractLib.defaultPorts.${key} else (contractLib.ports contract).${key};
+  contract = contractLib.fromOption firstboot.contract;
+  contractPort = key: (contractLib.ports contract).${key};
   settingsFormat = pkgs.formats.toml { };
   defaultDataDir = "${firstboot.stateDir}/${name}";
-  # The StateDirectory= of the rendered unit: writable without a drop-in.
-  unitStateDir = "/var/lib/plasmacloud/${name}";
-  tlsEnv = lib.filterAttrs (_: v: v != null) {
-    "${envPrefix}_TLS_CERT" = cfg.tls.certFile;
-    "${envPrefix}_TLS_KEY" = if cfg.tls.keyFile == null then null else "%d/tls-key";
-    "${envPrefix}_TLS_CA" = cfg.tls.caFile;
-  };
 in
 {
-  options.services.${name} = {
-    enable = mkEnableOption "${displayName} (unit ${name}.service from the rendered unit files)";
-
-    package = mkOption {
-      type = types.package;
-      description = "The package with the ${name}-server binary (the units' ExecStart= uses it).";
-    };
-
-    user = mkOption {
-      type = types.str;
-      default = name;
-      description = ''
-        User the server runs as. The default is a dedicated system user; `root` keeps the
-        units as rendered (useful when the contract names TLS keys readable by root only and
-        `tls.keyFile` is not set).
-      '';
-    };
-
-    group = mkOption {
-      type = types.str;
-      default = name;
-      description = "Group the server runs as.";
-    };
-
+  options.services.${name} = service.coreOptions name "${name}-server" displayName // {
     apiPort = mkOption {
       type = types.port;
       default = contractPort apiPortKey;
-      defaultText = literalExpression "the contract's ports.${apiPortKey}";
+      defaultText = literalMD "the contract's `ports.${apiPortKey}`";
       description = ''
         The API port. The contract decides the addresses (`firstboot configure` writes them);
         this option opens the firewall and must match the contract.
@@ -86,23 +48,22 @@ in
     raftPort = mkOption {
       type = types.port;
       default = contractPort raftPortKey;
-      defaultText = literalExpression "the contract's ports.${raftPortKey}";
+      defaultText = literalMD "the contract's `ports.${raftPortKey}`";
       description = "The Raft port (opened by `openFirewall`; must match the contract).";
     };
 
     extraPorts = mkOption {
       type = types.listOf types.port;
       default = lib.optional (gossipPortKey != null) (contractPort gossipPortKey);
-      defaultText = literalExpression (
-        if gossipPortKey == null then "[ ]" else "[ the contract's ports.${gossipPortKey} ]"
+      defaultText = literalMD (
+        if gossipPortKey == null then "`[ ]`" else "the contract's `[ ports.${gossipPortKey} ]`"
       );
       description = "Further TCP ports the service uses (Chainfire's gossip port).";
     };
 
-    dataDir = mkOption {
-      type = types.str;
+    dataDir = service.dataDirOption {
+      inherit name;
       default = defaultDataDir;
-      defaultText = literalExpression ''"''${services.plasmacloud.firstboot.stateDir}/${name}"'';
       description = ''
         Where the Raft log and state machine live: on the data disk. The default is where
         `firstboot configure` puts it (the unit's StateDirectory); another path is passed as
@@ -152,81 +113,64 @@ in
       };
     };
 
-    openFirewall = mkOption {
-      type = types.bool;
-      default = false;
-      description = "Open the API, Raft (and gossip) TCP ports.";
-    };
+    openFirewall = service.openFirewallOption "the API, Raft (and gossip) TCP ports";
   };
 
-  config = mkIf cfg.enable {
-    assertions = [
+  config = lib.mkIf cfg.enable (
+    lib.mkMerge [
       {
-        assertion = firstboot.enable;
-        message = "services.${name} needs services.plasmacloud.firstboot.enable: its unit requires firstboot-configure.service.";
-      }
-      {
-        assertion =
-          contract == null
-          || (cfg.apiPort == contractPort apiPortKey && cfg.raftPort == contractPort raftPortKey);
-        message = "services.${name}: apiPort/raftPort (${toString cfg.apiPort}/${toString cfg.raftPort}) differ from the contract's ports.${apiPortKey}/${raftPortKey} (${toString (contractPort apiPortKey)}/${toString (contractPort raftPortKey)}); the contract decides the addresses — change it there.";
-      }
-      {
-        assertion = (cfg.tls.certFile == null) == (cfg.tls.keyFile == null);
-        message = "services.${name}.tls: certFile and keyFile go together.";
-      }
-    ];
+        assertions = [
+          {
+            assertion = firstboot.enable;
+            message = "services.${name} needs services.plasmacloud.firstboot.enable: its unit requires firstboot-configure.service.";
+          }
+          {
+            assertion =
+              contract == null
+              || (cfg.apiPort == contractPort apiPortKey && cfg.raftPort == contractPort raftPortKey);
+            message = "services.${name}: apiPort/raftPort (${toString cfg.apiPort}/${toString cfg.raftPort}) differ from the contract's ports.${apiPortKey}/${raftPortKey} (${toString (contractPort apiPortKey)}/${toString (contractPort raftPortKey)}); the contract decides the addresses — change it there.";
+          }
+          {
+            assertion = (cfg.tls.certFile == null) == (cfg.tls.keyFile == null);
+            message = "services.${name}.tls: certFile and keyFile go together.";
+          }
+          (service.notInStore "services.${name}.tls.keyFile" cfg.tls.keyFile)
+        ];
 
-    warnings = lib.optional (
-      contract != null
-      && (contract.tls or null) != null
-      && cfg.tls.keyFile == null
-      && cfg.user != "root"
-    ) "services.${name}: the contract names TLS keys (root-only files on the node) and the server runs as ${cfg.user}; set services.${name}.tls.* to hand the key over as a credential, or user = \"root\".";
+        warnings = lib.optional (
+          contract != null && contractLib.hasTls contract && cfg.tls.keyFile == null && cfg.user != "root"
+        ) "services.${name}: the contract names TLS keys (root-only files on the node) and the server runs as ${cfg.user}; set services.${name}.tls.* to hand the key over as a credential, or user = \"root\".";
 
-    users.users = mkIf (cfg.user == name) {
-      ${name} = {
-        isSystemUser = true;
-        group = cfg.group;
-        description = "${displayName} server";
-      };
-    };
-    users.groups = mkIf (cfg.group == name) { ${name} = { }; };
-
-    environment.etc."plasmacloud/${name}.settings.toml" = mkIf (cfg.settings != { }) {
-      source = settingsFormat.generate "${name}.settings.toml" cfg.settings;
-    };
-
-    # A drop-in on the rendered unit (never a second ExecStart=).
-    systemd.services.${name} = {
-      environment =
-        contractLib.settingsToEnv envPrefix cfg.settings
-        // tlsEnv
-        // lib.optionalAttrs (cfg.dataDir != defaultDataDir) {
-          "${envPrefix}_DATA_DIR" = cfg.dataDir;
+        environment.etc."plasmacloud/${name}.settings.toml" = lib.mkIf (cfg.settings != { }) {
+          source = settingsFormat.generate "${name}.settings.toml" cfg.settings;
         };
-      serviceConfig = {
-        User = cfg.user;
-        Group = cfg.group;
-        ReadWritePaths = lib.optional (cfg.dataDir != unitStateDir) cfg.dataDir;
-        LoadCredential = lib.optional (cfg.tls.keyFile != null) "tls-key:${cfg.tls.keyFile}";
-      };
-    };
 
-    systemd.tmpfiles.settings."10-${name}" = mkIf (cfg.dataDir != unitStateDir) {
-      ${cfg.dataDir}.d = {
-        user = cfg.user;
-        group = cfg.group;
-        mode = "0700";
-      };
-    };
-
-    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall (
-      [
-        cfg.apiPort
-        cfg.raftPort
-      ]
-      ++ cfg.extraPorts
-    );
-  };
+        # A drop-in on the rendered unit (never a second ExecStart=).
+        systemd.services.${name} = {
+          environment =
+            contractLib.settingsToEnv envPrefix cfg.settings
+            // lib.filterAttrs (_: v: v != null) {
+              "${envPrefix}_TLS_CERT" = cfg.tls.certFile;
+              "${envPrefix}_TLS_KEY" = if cfg.tls.keyFile == null then null else "%d/tls-key";
+              "${envPrefix}_TLS_CA" = cfg.tls.caFile;
+            }
+            // lib.optionalAttrs (cfg.dataDir != defaultDataDir) {
+              "${envPrefix}_DATA_DIR" = cfg.dataDir;
+            };
+          serviceConfig.LoadCredential = lib.optional (
+            cfg.tls.keyFile != null
+          ) "tls-key:${cfg.tls.keyFile}";
+        };
+      }
+      (service.account cfg name "${displayName} server")
+      # The rendered unit's StateDirectory= is writable without a drop-in.
+      (service.movedDataDir cfg name "/var/lib/plasmacloud/${name}")
+      (service.firewall cfg {
+        tcp = [
+          cfg.apiPort
+          cfg.raftPort
+        ] ++ cfg.extraPorts;
+      })
+    ]
+  );
 }

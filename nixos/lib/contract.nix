@@ -59,32 +59,77 @@ let
   self = rec {
     inherit defaultPorts defaultMountPoint;
 
-    # Reads a contract file (a path or a string path).
+    # Reads a contract file (a Nix path, e.g. one in the flake's source).
     load = path: fromJSON (readFile path);
 
-    # Can a module read this contract while evaluating, without building anything? Yes for a
-    # Nix path and for a store file made at evaluation (builtins.toFile); no for a derivation
-    # (reading it would be import-from-derivation) and for a plain string, which names a file
-    # on the target machine (e.g. /etc/plasmacloud/cluster-config.json).
-    readableAtEval =
+    # The contract a module option (`services.plasmacloud.firstboot.contract`,
+    # `services.pxe-server.cluster`) holds, as evaluation-time data, or null when it holds none.
+    # A contract is data the modules read while evaluating, so it must be given as data:
+    #   - a Nix path (a file in the flake's source): read;
+    #   - an attribute set: the parsed contract itself;
+    #   - a string of JSON (it starts with `{`): parsed.
+    # Anything else is a file the modules never read: a store path a derivation builds (reading
+    # it would need the build, and pure evaluation refuses absolute store paths) or a file on
+    # the target machine (`/etc/plasmacloud/cluster-config.json`). The built-in defaults then
+    # apply.
+    fromOption =
       v:
-      builtins.isPath v
-      || (
-        builtins.isString v
-        && builtins.hasContext v
-        && builtins.all (c: c ? path && !(c ? outputs) && !(c ? allOutputs)) (
-          builtins.attrValues (builtins.getContext v)
-        )
-      );
+      if builtins.isPath v then
+        load v
+      else if isAttrs v then
+        (if (v.type or null) == "derivation" then null else v)
+      else if builtins.isString v && isJsonText v then
+        fromJSON v
+      else
+        null;
 
-    # The contract when readable at evaluation, else null.
-    loadIfReadable = v: if v != null && readableAtEval v then load v else null;
+    # The type of an option holding a contract in one of the forms `fromOption` reads (the
+    # only function here that takes nixpkgs' lib).
+    optionType =
+      lib:
+      lib.types.oneOf [
+        lib.types.path
+        (lib.types.attrsOf lib.types.anything)
+        lib.types.str
+      ];
 
-    # The service ports, with the contract crate's defaults filled in.
-    ports = contract: defaultPorts // (contract.ports or { });
+    # A file holding what a contract option holds, for a program to read at run time: the
+    # attribute set or JSON text written to the store at evaluation (builtins.toFile: written,
+    # never read back), anything else as it is.
+    fileOf =
+      v:
+      if isAttrs v && (v.type or null) != "derivation" then
+        builtins.toFile "cluster-config.json" (builtins.toJSON v)
+      else if builtins.isString v && isJsonText v then
+        builtins.toFile "cluster-config.json" v
+      else
+        v;
 
-    # The boot server entry, with default ports.
-    bootServer = contract: defaultBootServer // contract.boot_server;
+    # Is this string a contract's JSON text (not a file name)?
+    isJsonText = s: match "[[:space:]]*[{].*" s != null;
+
+    # The `environment.etc.<name>` entry that installs what a contract option holds.
+    etcEntry =
+      v:
+      if builtins.isPath v || (isAttrs v && (v.type or null) == "derivation") then
+        { source = v; }
+      else if isAttrs v then
+        { text = builtins.toJSON v; }
+      else if isJsonText v then
+        { text = v; }
+      else
+        { source = v; };
+
+    # Does the contract name TLS material? (Contract v1: `tls`.)
+    hasTls = contract: (contract.tls or null) != null;
+
+    # The service ports, with the contract crate's defaults filled in (all defaults for a
+    # null contract).
+    ports = contract: defaultPorts // (if contract == null then { } else contract.ports or { });
+
+    # The boot server entry, with default ports (only the ports for a null contract).
+    bootServer =
+      contract: defaultBootServer // (if contract == null then { } else contract.boot_server);
 
     nodeNames = contract: map (n: n.name) contract.nodes;
 
@@ -122,7 +167,7 @@ let
             iam = p.iam_api;
           }
           .${service};
-        scheme = if contract ? tls && contract.tls != null then "https" else "http";
+        scheme = if hasTls contract then "https" else "http";
       in
       "${scheme}://${n.ipv4}:${toString port}";
 

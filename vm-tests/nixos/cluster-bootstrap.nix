@@ -34,7 +34,7 @@ let
 
       services.plasmacloud.firstboot = {
         enable = true;
-        contract = t.file;
+        inherit contract;
         nodeName = name;
         deadline = "15m";
       };

@@ -32,6 +32,10 @@ let
       {
         environment.systemPackages = [ pkgs.curl ];
         services.plasmacloud.firstboot.deadline = "15m";
+        # The instrumentation gives root an empty hashedPasswordFile (for interactive runs);
+        # netboot-base's locked hashedPassword beside it makes NixOS warn about two password
+        # options. The test image keeps the instrumentation's.
+        users.users.root.hashedPassword = lib.mkForce null;
       }
     ];
   };
@@ -84,7 +88,7 @@ pkgs.testers.runNixOSTest {
         enable = true;
         interface = "eth1";
         mode = "full";
-        cluster = t.file;
+        cluster = contract;
         inherit bundle;
         openFirewall = true;
       };

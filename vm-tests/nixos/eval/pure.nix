@@ -225,22 +225,77 @@ in
     ];
   }
   {
-    name = "contracts readable at evaluation: paths and toFile files, not derivations or runtime paths";
+    name = "a contract option is read as data: a source path, an attribute set, JSON text; never a store or target path";
+    expected = [
+      "demo-3"
+      "a"
+      "b"
+      null
+      null
+      null
+    ];
+    actual =
+      map
+        (
+          v:
+          let
+            r = c.fromOption v;
+          in
+          if r == null then null else r.cluster.name
+        )
+        [
+          (root + "/examples/cluster-3.json")
+          { cluster.name = "a"; }
+          ''
+            { "cluster": { "name": "b" } }
+          ''
+          # A file written at evaluation is a store path: pure evaluation refuses to read it.
+          (builtins.toFile "c.json" "{}")
+          (derivation {
+            name = "c.json";
+            builder = "/bin/sh";
+            system = "x86_64-linux";
+          })
+          "/etc/plasmacloud/cluster-config.json"
+        ];
+  }
+  {
+    name = "a contract option installs as /etc text (data) or source (files)";
+    expected = [
+      "source"
+      "text"
+      "text"
+      "source"
+    ];
+    actual = map (v: builtins.head (builtins.attrNames (c.etcEntry v))) [
+      (root + "/examples/cluster-3.json")
+      { cluster.name = "a"; }
+      "{}"
+      "/etc/plasmacloud/cluster-config.json"
+    ];
+  }
+  {
+    name = "a contract given as data becomes a store file for programs; files stay as they are";
     expected = [
       true
-      true
-      false
-      false
+      "/etc/plasmacloud/cluster-config.json"
     ];
     actual = [
-      (c.readableAtEval (root + "/examples/cluster-3.json"))
-      (c.readableAtEval (builtins.toFile "c.json" "{}"))
-      (c.readableAtEval "${derivation {
-        name = "c.json";
-        builder = "/bin/sh";
-        system = "x86_64-linux";
-      }}")
-      (c.readableAtEval "/etc/plasmacloud/cluster-config.json")
+      (builtins.match "${builtins.storeDir}/[a-z0-9]{32}-cluster-config.json" (
+        builtins.unsafeDiscardStringContext (c.fileOf { cluster.name = "a"; })
+      ) != null)
+      (c.fileOf "/etc/plasmacloud/cluster-config.json")
+    ];
+  }
+  {
+    name = "ports and boot server of no contract are the defaults";
+    expected = [
+      8080
+      8082
+    ];
+    actual = [
+      (c.ports null).iam_api
+      (c.bootServer null).management_port
     ];
   }
 ]

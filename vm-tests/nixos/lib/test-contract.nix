@@ -1,6 +1,10 @@
 # The contract both suites run: examples/cluster-3.json with an IAM bootstrap credential (so
 # the seed creates an admin the checks log in with) and, for netbooted nodes whose only virtio
 # disk is the data disk, that disk on /dev/vda.
+#
+# The contract is evaluation-time data: the modules get the attribute set itself (they read
+# it for ports and the data disk; a store file would have to be read back, which pure
+# evaluation refuses), and derivations that want a file get `file`.
 {
   dataDisk ? null,
   ...
@@ -19,9 +23,13 @@ let
   };
 in
 {
-  inherit contract credential credentialPath contractLib;
-  # builtins.toFile, not writeText: a store file made at evaluation, which the modules can
-  # read for their port defaults without import-from-derivation.
-  file = builtins.toFile "cluster-config.json" (builtins.toJSON contract);
+  inherit
+    contract
+    credential
+    credentialPath
+    contractLib
+    ;
+  # For derivations (the bundle): written at evaluation, never read back.
+  file = contractLib.fileOf contract;
   credentialFile = builtins.toFile "iam-admin.json" (builtins.toJSON credential);
 }
