@@ -16,8 +16,11 @@
 //!   unreachable), backing off between rounds;
 //! - follows `307`/`308` redirects to the leader (servers forward to the leader themselves, but
 //!   the client handles both);
-//! - never retries a request whose outcome is unknown (a timeout after sending, a connection
-//!   reset): it returns the error, and the caller decides.
+//! - sends an idempotent call once more on a fresh connection when the first connection broke
+//!   after sending (a peer that rebooted resets the pooled connections from before; see
+//!   [`http`]), and never repeats a call whose outcome is then unknown (a compare-and-swap,
+//!   an append, or any timeout after sending): it returns [`Error::Broken`] or
+//!   [`Error::Timeout`], and the caller decides.
 //!
 //! Chainfire's KV is [`StoreClient::kv`] (the shortcuts [`StoreClient::get`], [`StoreClient::put`]
 //! … use it); FlareDB's namespaces are [`StoreClient::namespace`]; FlareDB's time series are
@@ -49,6 +52,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 
+pub mod http;
 pub mod types;
 
 pub use types::{
@@ -230,25 +234,32 @@ impl ClientBuilder {
         for e in &self.endpoints {
             endpoints.push(normalise_endpoint(e, default_scheme)?);
         }
-        let mut http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true);
-        if let Some(pem) = &self.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::Config(format!("CA PEM: {e}")))?;
-            if certs.is_empty() {
-                return Err(Error::Config("CA PEM holds no certificate".into()));
+        let certs = match &self.ca_pem {
+            Some(pem) => {
+                let certs = reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| Error::Config(format!("CA PEM: {e}")))?;
+                if certs.is_empty() {
+                    return Err(Error::Config("CA PEM holds no certificate".into()));
+                }
+                Some(certs)
             }
-            http = http.tls_built_in_root_certs(false);
-            for c in certs {
-                http = http.add_root_certificate(c);
+            None => None,
+        };
+        let http = http::Http::new(|| {
+            let mut b = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(2))
+                .pool_idle_timeout(Duration::from_secs(30))
+                .tcp_nodelay(true);
+            if let Some(certs) = &certs {
+                b = b.tls_built_in_root_certs(false);
+                for c in certs {
+                    b = b.add_root_certificate(c.clone());
+                }
             }
-        }
-        let http = http
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+            b
+        })
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         Ok(StoreClient {
             inner: Arc::new(Inner {
                 endpoints,
@@ -289,7 +300,7 @@ fn normalise_endpoint(e: &str, default_scheme: &str) -> Result<String> {
 #[derive(Debug)]
 struct Inner {
     endpoints: Vec<String>,
-    http: reqwest::Client,
+    http: http::Http,
     timeout: Duration,
     membership_timeout: Duration,
     /// Index of the endpoint that answered last (tried first).
@@ -421,6 +432,7 @@ impl StoreClient {
         path_and_query: &str,
         body: Option<Bytes>,
         timeout: Duration,
+        idempotent: bool,
     ) -> Result<Answer> {
         let inner = &self.inner;
         let start = Instant::now();
@@ -451,14 +463,19 @@ impl StoreClient {
             };
             let mut req = inner
                 .http
+                .client()
                 .request(method.clone(), &url)
                 .timeout(deadline - now);
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
-            let resp = match req.send().await {
+            let req = match req.build() {
                 Ok(r) => r,
-                Err(e) if e.is_connect() => {
+                Err(e) => return Err(Error::Config(format!("{what}: bad request {url}: {e}"))),
+            };
+            let reply = match inner.http.send(req, idempotent).await {
+                Ok(r) => r,
+                Err(http::Failure::Connect(e)) => {
                     tracing::debug!(%endpoint, error = %e, "{what}: cannot connect, trying next endpoint");
                     last_err = format!("{endpoint}: {e}");
                     idx = (idx + 1) % n;
@@ -471,33 +488,33 @@ impl StoreClient {
                     }
                     continue;
                 }
-                Err(e) if e.is_timeout() => {
+                Err(http::Failure::Timeout) => {
                     return Err(Error::Timeout {
                         what: what.to_string(),
                         endpoint,
                         after: timeout,
                     })
                 }
-                Err(e) => {
+                Err(http::Failure::Broken(message)) => {
                     return Err(Error::Broken {
                         what: what.to_string(),
                         endpoint,
-                        message: e.to_string(),
+                        message,
                     })
                 }
             };
-            let status = resp.status();
+            let status = reply.status;
             if status == StatusCode::TEMPORARY_REDIRECT || status == StatusCode::PERMANENT_REDIRECT
             {
-                let location = resp
-                    .headers()
+                let location = reply
+                    .headers
                     .get(reqwest::header::LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
                 redirects += 1;
                 match location {
                     Some(loc) if redirects <= MAX_REDIRECTS => {
-                        let target = match resp.url().join(&loc) {
+                        let target = match reqwest::Url::parse(&url).and_then(|u| u.join(&loc)) {
                             Ok(u) => u.to_string(),
                             Err(_) => loc,
                         };
@@ -521,21 +538,12 @@ impl StoreClient {
                     }
                 }
             }
-            let revision = resp
-                .headers()
+            let revision = reply
+                .headers
                 .get(REVISION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            let bytes = match resp.bytes().await {
-                Ok(b) => b,
-                Err(e) => {
-                    return Err(Error::Broken {
-                        what: what.to_string(),
-                        endpoint,
-                        message: e.to_string(),
-                    })
-                }
-            };
+            let bytes = reply.body;
             let answer = Answer {
                 status,
                 revision,
@@ -567,7 +575,14 @@ impl StoreClient {
     /// [`Health`] with `status == "unhealthy"`, not as an error).
     pub async fn health(&self) -> Result<Health> {
         let a = self
-            .call("health", Method::GET, "/health", None, self.inner.timeout)
+            .call(
+                "health",
+                Method::GET,
+                "/health",
+                None,
+                self.inner.timeout,
+                true,
+            )
             .await?;
         if a.status.is_success() || a.status == StatusCode::SERVICE_UNAVAILABLE {
             a.json()
@@ -585,6 +600,7 @@ impl StoreClient {
                 "/readyz?verbose",
                 None,
                 self.inner.timeout,
+                true,
             )
             .await?;
         Ok((
@@ -601,6 +617,7 @@ impl StoreClient {
             "/v1/cluster/members",
             None,
             self.inner.timeout,
+            true,
         )
         .await?
         .ok_json()
@@ -625,6 +642,7 @@ impl StoreClient {
             "/v1/cluster/init",
             Some(body),
             self.inner.membership_timeout,
+            true,
         )
         .await?
         .ok_json()
@@ -641,6 +659,7 @@ impl StoreClient {
             "/v1/cluster/learners",
             Some(body),
             self.inner.membership_timeout,
+            true,
         )
         .await?
         .ok_json()
@@ -656,6 +675,7 @@ impl StoreClient {
             "/v1/cluster/voters",
             Some(body),
             self.inner.membership_timeout,
+            true,
         )
         .await?
         .ok_json()
@@ -669,6 +689,7 @@ impl StoreClient {
             &format!("/v1/cluster/members/{id}"),
             None,
             self.inner.membership_timeout,
+            true,
         )
         .await?
         .ok_json()
@@ -732,6 +753,7 @@ impl StoreClient {
             &format!("/v1/ts/{series}/points"),
             Some(body),
             self.inner.timeout,
+            true,
         )
         .await?
         .ok_json()
@@ -747,6 +769,7 @@ impl StoreClient {
                 &format!("/v1/ts/{series}?from={from_ms}&to={to_ms}"),
                 None,
                 self.inner.timeout,
+                true,
             )
             .await?
             .ok_json()?;
@@ -769,6 +792,7 @@ impl StoreClient {
                 &format!("/v1/ts/{series}?from={from_ms}&to={to_ms}&step={step_ms}"),
                 None,
                 self.inner.timeout,
+                true,
             )
             .await?
             .ok_json()?;
@@ -804,6 +828,7 @@ impl Keyspace {
                 &format!("{}/{}", self.base, encode_key(key)),
                 None,
                 self.client.inner.timeout,
+                true,
             )
             .await?;
         if a.status == StatusCode::NOT_FOUND {
@@ -848,6 +873,8 @@ impl Keyspace {
                 &format!("{}/{}{query}", self.base, encode_key(key)),
                 Some(Bytes::copy_from_slice(value.as_bytes())),
                 self.client.inner.timeout,
+                // A compare-and-swap repeated after it took effect would answer 409.
+                query.is_empty(),
             )
             .await?
             .ok_json()?;
@@ -874,6 +901,7 @@ impl Keyspace {
                 &format!("{}/{}{query}", self.base, encode_key(key)),
                 None,
                 self.client.inner.timeout,
+                query.is_empty(),
             )
             .await?
             .ok_json()
@@ -888,6 +916,7 @@ impl Keyspace {
                 &format!("{}?prefix={}", self.base, encode_query(prefix)),
                 None,
                 self.client.inner.timeout,
+                true,
             )
             .await?
             .ok_json()
