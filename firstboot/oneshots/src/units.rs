@@ -16,6 +16,10 @@ pub const STATE_DIR: &str = "/var/lib/plasmacloud";
 pub const ETC_DIR: &str = "/etc/plasmacloud";
 /// The cluster-ready marker.
 pub const READY_FILE: &str = "/run/plasmacloud/cluster-ready";
+/// Every unit of the graph runs only where this file exists: a machine the contract does not
+/// know (booted from the bundle's `default` entry, which carries no contract) runs none of the
+/// chain, instead of failing it.
+pub const CONTRACT_CONDITION: &str = plasmacloud_contract::DEFAULT_CONTRACT_PATH;
 
 /// How a unit runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +210,9 @@ pub fn render(unit: &Unit, bindir: &Path) -> String {
     line(&mut s, "Requires", unit.requires);
     line(&mut s, "Wants", unit.wants);
     line(&mut s, "Before", unit.before);
+    // Not in the contract, not part of the cluster: skipped (systemd reports the unit as not
+    // started, "condition failed"), never failed.
+    let _ = writeln!(s, "ConditionPathExists={CONTRACT_CONDITION}");
     if unit.kind == Kind::Target {
         let _ = writeln!(s, "RefuseManualStart=no");
         let _ = writeln!(s, "\n[Install]\nWantedBy=multi-user.target");
@@ -353,5 +360,17 @@ mod tests {
         assert!(text.contains("Type=notify"));
         assert!(text.contains("StateDirectory=plasmacloud/chainfire"));
         assert!(text.contains("ProtectSystem=strict"));
+    }
+
+    #[test]
+    fn a_machine_without_a_contract_runs_no_unit_of_the_chain() {
+        for u in graph() {
+            let text = render(&u, Path::new("/usr/bin"));
+            assert!(
+                text.contains("ConditionPathExists=/etc/plasmacloud/cluster-config.json\n"),
+                "{} must be skipped where there is no contract:\n{text}",
+                u.name
+            );
+        }
     }
 }
