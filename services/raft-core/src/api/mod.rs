@@ -1,0 +1,78 @@
+//! The HTTP API both services share, one module per resource:
+//!
+//! - [`health`]: `/health` and `/readyz`;
+//! - [`membership`]: `/v1/cluster/…` (init, members, learners, voters, removal);
+//! - [`kv`]: the revisioned key-value handlers, mounted by Chainfire at `/v1/kv` and by FlareDB
+//!   per namespace at `/v1/ns/{ns}/kv`;
+//! - [`timeseries`]: FlareDB's `/v1/ts/{series}`;
+//! - [`forward`]: where a request runs — here when this node leads, else at the leader, whose
+//!   answer is relayed — and the local write and read steps;
+//! - [`handler`]: what every handler is made of (its state, its inputs, its answers).
+//!
+//! Errors are always JSON (`ErrorBody`). Writes, linearizable reads and membership changes
+//! arriving at a non-leader are forwarded to the leader (see the crate docs). This module holds
+//! only the routers; the modules above never import it back.
+
+use axum::extract::OriginalUri;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+mod forward;
+mod handler;
+mod health;
+mod kv;
+mod membership;
+mod timeseries;
+
+pub use forward::HDR_FORWARDED;
+pub use handler::St;
+pub use health::{health_of, role_of};
+pub use kv::{MAX_KEY, MAX_VALUE};
+pub use membership::LEARNER_CATCHUP_TIMEOUT;
+pub use timeseries::downsample;
+
+async fn not_found(uri: OriginalUri) -> Response {
+    handler::err(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", uri.0.path()),
+    )
+}
+
+/// `/health`, `/readyz` and `/v1/cluster/…`.
+pub fn cluster_routes(st: St) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/cluster/init", post(membership::init))
+        .route("/v1/cluster/members", get(membership::members))
+        .route("/v1/cluster/learners", post(membership::add_learner))
+        .route("/v1/cluster/voters", post(membership::promote))
+        .route(
+            "/v1/cluster/members/{id}",
+            delete(membership::remove_member),
+        )
+        .fallback(not_found)
+        .with_state(st)
+}
+
+/// The KV handlers, listing at `list` and one key at `key`.
+fn kv_routes(list: &str, key: &str) -> Router<St> {
+    Router::new()
+        .route(list, get(kv::list))
+        .route(key, get(kv::get).put(kv::put).delete(kv::delete))
+}
+
+/// Chainfire's key space: `/v1/kv` and `/v1/kv/{*key}`.
+pub fn chainfire_kv_routes(st: St) -> Router {
+    kv_routes("/v1/kv", "/v1/kv/{*key}").with_state(st)
+}
+
+/// FlareDB's namespaces (`/v1/ns/{ns}/kv…`) and time series (`/v1/ts/{series}…`).
+pub fn flaredb_routes(st: St) -> Router {
+    kv_routes("/v1/ns/{ns}/kv", "/v1/ns/{ns}/kv/{*key}")
+        .route("/v1/ts/{series}/points", post(timeseries::ts_append))
+        .route("/v1/ts/{series}", get(timeseries::ts_query))
+        .with_state(st)
+}
