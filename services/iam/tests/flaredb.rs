@@ -52,11 +52,37 @@ fn flaredb_binary(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// The FlareDB binary and a scratch directory for `test`, or `None` when the test skips.
+fn setup(test: &str) -> Option<(PathBuf, tempfile::TempDir)> {
+    let bin = flaredb_binary(test)?;
+    Some((bin, tempfile::tempdir().expect("tempdir")))
+}
+
+/// A single-node FlareDB and two IAM instances on it, `iam-a` and `iam-b`.
+async fn flare_and_two_iams(bin: PathBuf, dir: &Path) -> (Flare, Iam, Iam) {
+    let flare = Flare::start(bin).await;
+    let a = Iam::start("iam-a", &flare, dir);
+    let b = Iam::start("iam-b", &flare, dir);
+    (flare, a, b)
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .expect("http client")
+}
+
+/// Waits until `GET {base}/health` answers 200.
+async fn wait_health_200(what: &str, base: &str) -> Result<(), String> {
+    let client = http();
+    let health = format!("{base}/health");
+    wait_until_async(what, START, || {
+        let (client, health) = (client.clone(), health.clone());
+        async move { (client.get(&health).send().await.ok()?.status() == 200).then_some(()) }
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// A single-node FlareDB cluster.
@@ -128,17 +154,9 @@ impl Flare {
     }
 
     async fn wait_healthy(&self) {
-        let client = http();
-        let health = format!("{}/health", self.url);
-        wait_until_async("FlareDB /health 200", START, || {
-            let (client, health) = (client.clone(), health.clone());
-            async move {
-                let r = client.get(&health).send().await.ok()?;
-                (r.status() == 200).then_some(())
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- flaredb log ---\n{}", self.proc.output()));
+        wait_health_200("FlareDB /health 200", &self.url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n--- flaredb log ---\n{}", self.proc.output()));
     }
 
     /// Starts the same node again on its data (same id, same addresses).
@@ -214,33 +232,53 @@ impl Iam {
         (status, value)
     }
 
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call("GET", path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call("POST", path, token, Some(body)).await
+    }
+
+    /// `POST /v1/bootstrap` with these credentials.
+    async fn bootstrap(&self, user: &str, pw: &str) -> (u16, Value) {
+        self.post("/v1/bootstrap", None, credentials(user, pw))
+            .await
+    }
+
+    /// `POST /v1/auth/login`, whatever it answers.
+    async fn try_login(&self, user: &str, pw: &str) -> (u16, Value) {
+        self.post("/v1/auth/login", None, credentials(user, pw))
+            .await
+    }
+
+    /// Logs in (must succeed) and returns the token.
     async fn login(&self, user: &str, pw: &str) -> String {
-        let (s, j) = self
-            .call(
-                "POST",
-                "/v1/auth/login",
-                None,
-                Some(json!({"username": user, "password": pw})),
-            )
-            .await;
+        let (s, j) = self.try_login(user, pw).await;
         assert_eq!(s, 200, "login {user}: {j}");
         j["token"].as_str().expect("token").to_string()
     }
 }
 
+fn credentials(user: &str, pw: &str) -> Value {
+    json!({"username": user, "password": pw})
+}
+
+/// The `error` message of an error response ("" when there is none).
+fn error_of(j: &Value) -> &str {
+    j["error"].as_str().unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_once_and_concurrently_from_two_instances() {
-    let Some(bin) = flaredb_binary("bootstrap_once_and_concurrently_from_two_instances") else {
+    let Some((bin, dir)) = setup("bootstrap_once_and_concurrently_from_two_instances") else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
 
     phase("start FlareDB and two IAM instances");
-    let flare = Flare::start(bin).await;
-    let a = Iam::start("iam-a", &flare, dir.path());
-    let b = Iam::start("iam-b", &flare, dir.path());
+    let (_flare, a, b) = flare_and_two_iams(bin, dir.path()).await;
     for iam in [&a, &b] {
-        let (s, j) = iam.call("GET", "/health", None, None).await;
+        let (s, j) = iam.get("/health", None).await;
         assert_eq!(s, 200, "{j}");
         assert_eq!(j["status"], "healthy");
         assert_eq!(j["database"], "connected");
@@ -249,46 +287,19 @@ async fn bootstrap_once_and_concurrently_from_two_instances() {
 
     phase("bad bootstrap input writes nothing");
     let (s, j) = a
-        .call(
-            "POST",
+        .post(
             "/v1/bootstrap",
             None,
-            Some(json!({"username": "root", "password": PW, "extra": 1})),
+            json!({"username": "root", "password": PW, "extra": 1}),
         )
         .await;
     assert_eq!(s, 400, "{j}");
-    assert!(
-        j["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("unknown field"),
-        "{j}"
-    );
-    let (s, j) = a
-        .call(
-            "POST",
-            "/v1/bootstrap",
-            None,
-            Some(json!({"username": "root", "password": "weak"})),
-        )
-        .await;
+    assert!(error_of(&j).contains("unknown field"), "{j}");
+    let (s, j) = a.bootstrap("root", "weak").await;
     assert_eq!(s, 400, "{j}");
 
     phase("concurrent bootstrap with different credentials: exactly one wins");
-    let (ra, rb) = tokio::join!(
-        a.call(
-            "POST",
-            "/v1/bootstrap",
-            None,
-            Some(json!({"username": "alice", "password": PW}))
-        ),
-        b.call(
-            "POST",
-            "/v1/bootstrap",
-            None,
-            Some(json!({"username": "bob", "password": PW}))
-        ),
-    );
+    let (ra, rb) = tokio::join!(a.bootstrap("alice", PW), b.bootstrap("bob", PW));
     let mut statuses = [ra.0, rb.0];
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 409], "a: {ra:?} b: {rb:?}");
@@ -298,124 +309,82 @@ async fn bootstrap_once_and_concurrently_from_two_instances() {
 
     phase("the same credentials again succeed without change, on both instances");
     for iam in [&a, &b] {
-        let (s, j) = iam
-            .call(
-                "POST",
-                "/v1/bootstrap",
-                None,
-                Some(json!({"username": winner, "password": PW})),
-            )
-            .await;
+        let (s, j) = iam.bootstrap(winner, PW).await;
         assert_eq!(s, 200, "{j}");
         assert_eq!(j["created"], false);
     }
     phase("other credentials are refused");
-    let (s, j) = a
-        .call(
-            "POST",
-            "/v1/bootstrap",
-            None,
-            Some(json!({"username": loser, "password": PW})),
-        )
-        .await;
+    let (s, j) = a.bootstrap(loser, PW).await;
     assert_eq!(s, 409, "{j}");
-    let (s, j) = b
-        .call(
-            "POST",
-            "/v1/bootstrap",
-            None,
-            Some(json!({"username": winner, "password": "a different password"})),
-        )
-        .await;
+    let (s, j) = b.bootstrap(winner, "a different password").await;
     assert_eq!(s, 409, "{j}");
 
     phase("exactly one admin exists");
     let tok = a.login(winner, PW).await;
-    let (s, j) = b.call("GET", "/v1/users", Some(&tok), None).await;
+    let (s, j) = b.get("/v1/users", Some(&tok)).await;
     assert_eq!(s, 200, "{j}");
     assert_eq!(
         j["users"],
         json!([{"username": winner, "roles": ["admin"], "created_at": j["users"][0]["created_at"]}])
     );
-    let (s, j) = b.call("GET", "/v1/bindings", Some(&tok), None).await;
+    let (s, j) = b.get("/v1/bindings", Some(&tok)).await;
     assert_eq!(s, 200, "{j}");
     assert_eq!(j["bindings"].as_array().map(Vec::len), Some(1), "{j}");
-    let (s, _) = a
-        .call(
-            "POST",
-            "/v1/auth/login",
-            None,
-            Some(json!({"username": loser, "password": PW})),
-        )
-        .await;
+    let (s, _) = a.try_login(loser, PW).await;
     assert_eq!(s, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_whoami_roles_and_revoke_across_instances() {
-    let Some(bin) = flaredb_binary("login_whoami_roles_and_revoke_across_instances") else {
+    let Some((bin, dir)) = setup("login_whoami_roles_and_revoke_across_instances") else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
 
     phase("start FlareDB and two IAM instances; bootstrap on A");
-    let flare = Flare::start(bin).await;
-    let a = Iam::start("iam-a", &flare, dir.path());
-    let b = Iam::start("iam-b", &flare, dir.path());
-    let (s, j) = a
-        .call(
-            "POST",
-            "/v1/bootstrap",
-            None,
-            Some(json!({"username": "admin", "password": PW})),
-        )
-        .await;
+    let (_flare, a, b) = flare_and_two_iams(bin, dir.path()).await;
+    let (s, j) = a.bootstrap("admin", PW).await;
     assert_eq!(s, 200, "{j}");
 
     phase("a token from A is verified by B (published key)");
     let admin = a.login("admin", PW).await;
-    let (s, j) = b.call("GET", "/v1/auth/whoami", Some(&admin), None).await;
+    let (s, j) = b.get("/v1/auth/whoami", Some(&admin)).await;
     assert_eq!(s, 200, "{j}");
     assert_eq!(j["subject"], "admin");
     assert_eq!(j["roles"], json!(["admin"]));
 
     phase("users, custom roles and bindings");
     let (s, j) = b
-        .call(
-            "POST",
+        .post(
             "/v1/users",
             Some(&admin),
-            Some(json!({"username": "carol", "password": "tiger lily 4821"})),
+            json!({"username": "carol", "password": "tiger lily 4821"}),
         )
         .await;
     assert_eq!(s, 201, "{j}");
     let (s, j) = b
-        .call(
-            "POST",
+        .post(
             "/v1/roles",
             Some(&admin),
-            Some(json!({"name": "auditor", "permissions": ["iam:users:read"]})),
+            json!({"name": "auditor", "permissions": ["iam:users:read"]}),
         )
         .await;
     assert_eq!(s, 201, "{j}");
     let (s, j) = a
-        .call(
-            "POST",
+        .post(
             "/v1/bindings",
             Some(&admin),
-            Some(json!({"user": "carol", "role": "auditor"})),
+            json!({"user": "carol", "role": "auditor"}),
         )
         .await;
     assert_eq!(s, 201, "{j}");
     let carol = b.login("carol", "tiger lily 4821").await;
-    let (s, j) = a.call("GET", "/v1/users", Some(&carol), None).await;
+    let (s, j) = a.get("/v1/users", Some(&carol)).await;
     assert_eq!(s, 200, "{j}");
     let (s, j) = a
-        .call(
-            "POST",
+        .post(
             "/v1/users",
             Some(&carol),
-            Some(json!({"username": "dave", "password": "tiger lily 4821"})),
+            json!({"username": "dave", "password": "tiger lily 4821"}),
         )
         .await;
     assert_eq!(s, 403, "{j}");
@@ -428,16 +397,14 @@ async fn login_whoami_roles_and_revoke_across_instances() {
         json!({"username": "dave", "password": "short"}),
     ];
     for body in bad {
-        let (s, j) = a
-            .call("POST", "/v1/users", Some(&admin), Some(body.clone()))
-            .await;
+        let (s, j) = a.post("/v1/users", Some(&admin), body.clone()).await;
         assert_eq!(s, 400, "{body}: {j}");
         assert!(j["error"].is_string(), "{j}");
     }
-    let (_, j) = a.call("GET", "/v1/users", Some(&admin), None).await;
+    let (_, j) = a.get("/v1/users", Some(&admin)).await;
     assert_eq!(j["users"].as_array().map(Vec::len), Some(2), "{j}");
     for tok in ["garbage", "a.b.c"] {
-        let (s, j) = a.call("GET", "/v1/auth/whoami", Some(tok), None).await;
+        let (s, j) = a.get("/v1/auth/whoami", Some(tok)).await;
         assert_eq!(s, 401, "{j}");
     }
 
@@ -445,98 +412,66 @@ async fn login_whoami_roles_and_revoke_across_instances() {
     let (s, j) = b.call("POST", "/v1/auth/revoke", Some(&carol), None).await;
     assert_eq!(s, 200, "{j}");
     for iam in [&a, &b] {
-        let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&carol), None).await;
+        let (s, j) = iam.get("/v1/auth/whoami", Some(&carol)).await;
         assert_eq!(s, 401, "{j}");
-        assert!(
-            j["error"].as_str().unwrap_or_default().contains("revoked"),
-            "{j}"
-        );
+        assert!(error_of(&j).contains("revoked"), "{j}");
     }
-    let (s, _) = a.call("GET", "/v1/auth/whoami", Some(&admin), None).await;
+    let (s, _) = a.get("/v1/auth/whoami", Some(&admin)).await;
     assert_eq!(s, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flaredb_killed_mid_session() {
-    let Some(bin) = flaredb_binary("flaredb_killed_mid_session") else {
+    let Some((bin, dir)) = setup("flaredb_killed_mid_session") else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
 
     phase("start FlareDB and IAM; bootstrap; log in twice, verify one token");
     let mut flare = Flare::start(bin).await;
     let iam = Iam::start("iam", &flare, dir.path());
-    let (s, j) = iam
-        .call(
-            "POST",
-            "/v1/bootstrap",
-            None,
-            Some(json!({"username": "admin", "password": PW})),
-        )
-        .await;
+    let (s, j) = iam.bootstrap("admin", PW).await;
     assert_eq!(s, 200, "{j}");
     let seen = iam.login("admin", PW).await;
     let unseen = iam.login("admin", PW).await;
-    let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&seen), None).await;
+    let (s, j) = iam.get("/v1/auth/whoami", Some(&seen)).await;
     assert_eq!(s, 200, "{j}");
 
     phase("kill FlareDB");
     flare.proc.kill();
 
     phase("health says disconnected");
-    let (s, j) = iam.call("GET", "/health", None, None).await;
+    let (s, j) = iam.get("/health", None).await;
     assert_eq!(s, 503, "{j}");
     assert_eq!(j["database"], "disconnected");
     assert_eq!(j["status"], "unhealthy");
 
     phase("the verified token still works from the cache");
-    let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&seen), None).await;
+    let (s, j) = iam.get("/v1/auth/whoami", Some(&seen)).await;
     assert_eq!(s, 200, "{j}");
     assert_eq!(j["roles"], json!(["admin"]));
 
     phase("new logins and never-seen tokens get a clear 503");
-    let (s, j) = iam
-        .call(
-            "POST",
-            "/v1/auth/login",
-            None,
-            Some(json!({"username": "admin", "password": PW})),
-        )
-        .await;
+    let (s, j) = iam.try_login("admin", PW).await;
     assert_eq!(s, 503, "{j}");
-    assert!(
-        j["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("unreachable"),
-        "{j}"
-    );
-    let (s, j) = iam
-        .call("GET", "/v1/auth/whoami", Some(&unseen), None)
-        .await;
+    assert!(error_of(&j).contains("unreachable"), "{j}");
+    let (s, j) = iam.get("/v1/auth/whoami", Some(&unseen)).await;
     assert_eq!(s, 503, "{j}");
 
     phase("restart FlareDB on its data: IAM reconnects");
     flare.restart().await;
-    let client = http();
-    let health = format!("{}/health", iam.url);
-    wait_until_async("IAM /health 200 after FlareDB restart", START, || {
-        let (client, health) = (client.clone(), health.clone());
-        async move { (client.get(&health).send().await.ok()?.status() == 200).then_some(()) }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    wait_health_200("IAM /health 200 after FlareDB restart", &iam.url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- iam log ---\n{}", iam.proc.output()));
     let fresh = iam.login("admin", PW).await;
-    let (s, j) = iam.call("GET", "/v1/auth/whoami", Some(&fresh), None).await;
+    let (s, j) = iam.get("/v1/auth/whoami", Some(&fresh)).await;
     assert_eq!(s, 200, "{j}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_iam_per_node_of_a_three_node_flaredb() {
-    let Some(bin) = flaredb_binary("one_iam_per_node_of_a_three_node_flaredb") else {
+    let Some((bin, dir)) = setup("one_iam_per_node_of_a_three_node_flaredb") else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
 
     phase("form a three-node FlareDB cluster");
     let nodes: Vec<Flare> = (1..=3).map(|id| Flare::spawn(bin.clone(), id)).collect();
@@ -565,11 +500,10 @@ async fn one_iam_per_node_of_a_three_node_flaredb() {
         .collect();
 
     phase("all three bootstrap at once with the same credentials: all succeed, one creates");
-    let body = || Some(json!({"username": "admin", "password": PW}));
     let (r1, r2, r3) = tokio::join!(
-        iams[0].call("POST", "/v1/bootstrap", None, body()),
-        iams[1].call("POST", "/v1/bootstrap", None, body()),
-        iams[2].call("POST", "/v1/bootstrap", None, body()),
+        iams[0].bootstrap("admin", PW),
+        iams[1].bootstrap("admin", PW),
+        iams[2].bootstrap("admin", PW),
     );
     for r in [&r1, &r2, &r3] {
         assert_eq!(r.0, 200, "{r:?}");
@@ -582,12 +516,10 @@ async fn one_iam_per_node_of_a_three_node_flaredb() {
 
     phase("a token from node 3 works on node 1; exactly one admin");
     let tok = iams[2].login("admin", PW).await;
-    let (s, j) = iams[0]
-        .call("GET", "/v1/auth/whoami", Some(&tok), None)
-        .await;
+    let (s, j) = iams[0].get("/v1/auth/whoami", Some(&tok)).await;
     assert_eq!(s, 200, "{j}");
     assert_eq!(j["roles"], json!(["admin"]));
-    let (s, j) = iams[1].call("GET", "/v1/users", Some(&tok), None).await;
+    let (s, j) = iams[1].get("/v1/users", Some(&tok)).await;
     assert_eq!(s, 200, "{j}");
     assert_eq!(j["users"].as_array().map(Vec::len), Some(1), "{j}");
 }

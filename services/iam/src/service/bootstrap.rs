@@ -1,0 +1,120 @@
+//! Bootstrap: the first admin, created exactly once across every IAM instance.
+//!
+//! The rule: the first call writes the claim `bootstrap` with `prev_exist=false` (user name and
+//! password hash), then creates the user and its `admin` binding and marks the claim completed.
+//! A later call with the same credentials writes nothing (or finishes a first attempt that
+//! stopped half-way); any other credentials get 409. Two instances racing: one claim wins the
+//! compare-and-swap, the other re-reads it, so exactly one admin results.
+
+use super::state::{from_json, to_json, Iam};
+use crate::model::{
+    self, binding_key, now_unix, user_key, BindingRecord, BootstrapRecord, UserRecord, ADMIN_ROLE,
+};
+use crate::store::{PutCondition, Store, StoreError, Versioned, BOOTSTRAP_KEY};
+use crate::{IamError, Result};
+
+/// What bootstrap did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapOutcome {
+    /// This call created the first admin.
+    Created,
+    /// The first admin already existed with these very credentials; nothing changed.
+    AlreadyDone,
+}
+
+impl<S: Store> Iam<S> {
+    /// Creates the first admin exactly once (see the crate docs for the semantics).
+    pub async fn bootstrap(&self, username: &str, password: &str) -> Result<BootstrapOutcome> {
+        model::validate_name("username", username)?;
+        model::validate_password(username, password)?;
+        if let Some(v) = self.store.get(BOOTSTRAP_KEY).await? {
+            return self.bootstrap_replay(v, username, password).await;
+        }
+        let record = BootstrapRecord {
+            username: username.to_string(),
+            password_hash: self.hasher.hash(password).await?,
+            created_at: now_unix(),
+            completed: false,
+        };
+        match self
+            .store
+            .put(BOOTSTRAP_KEY, &to_json(&record)?, PutCondition::Absent)
+            .await
+        {
+            Ok(rev) => {
+                tracing::info!(username, "bootstrap claimed; creating the first admin");
+                self.complete_bootstrap(record, rev).await?;
+                Ok(BootstrapOutcome::Created)
+            }
+            Err(StoreError::Conflict { .. }) => {
+                let v = self.store.get(BOOTSTRAP_KEY).await?.ok_or_else(|| {
+                    IamError::Store("iam/bootstrap vanished after a conflicting write".into())
+                })?;
+                self.bootstrap_replay(v, username, password).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A bootstrap call that found a claim: the same credentials succeed (finishing the
+    /// claim if needed), any others are refused.
+    async fn bootstrap_replay(
+        &self,
+        stored: Versioned,
+        username: &str,
+        password: &str,
+    ) -> Result<BootstrapOutcome> {
+        let record: BootstrapRecord = from_json(BOOTSTRAP_KEY, &stored.value)?;
+        let refused = || {
+            IamError::Conflict(
+                "IAM is already bootstrapped with other credentials; log in as the first admin \
+                 (POST /v1/auth/login) and manage users from there"
+                    .into(),
+            )
+        };
+        if record.username != username {
+            return Err(refused());
+        }
+        if !self.hasher.verify(password, &record.password_hash).await? {
+            return Err(refused());
+        }
+        if !record.completed {
+            // A first attempt stopped half-way (or is running right now elsewhere): finish it.
+            self.complete_bootstrap(record, stored.revision).await?;
+        }
+        Ok(BootstrapOutcome::AlreadyDone)
+    }
+
+    /// Creates the admin user and its binding if missing, then marks the claim completed.
+    /// Every step is conditional, so concurrent completions are harmless.
+    async fn complete_bootstrap(&self, mut record: BootstrapRecord, revision: u64) -> Result<()> {
+        let now = now_unix();
+        let user = UserRecord {
+            username: record.username.clone(),
+            password_hash: record.password_hash.clone(),
+            created_at: now,
+        };
+        self.put_if_absent(&user_key(&user.username), &to_json(&user)?)
+            .await?;
+        let binding = BindingRecord {
+            user: record.username.clone(),
+            role: ADMIN_ROLE.into(),
+            created_at: now,
+        };
+        self.put_if_absent(&binding_key(&binding.user, ADMIN_ROLE), &to_json(&binding)?)
+            .await?;
+        record.completed = true;
+        match self
+            .store
+            .put(
+                BOOTSTRAP_KEY,
+                &to_json(&record)?,
+                PutCondition::Revision(revision),
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The service's rooms together, over two instances (own signing keys) sharing one in-memory
+//! store: bootstrap races, tokens across instances, revocation, outages, roles and bindings.
+
+use super::state::to_json;
+use super::{BootstrapOutcome, Iam};
+use crate::model::{binding_key, now_unix, perm, BootstrapRecord, ADMIN_ROLE};
+use crate::store::memory::MemStore;
+use crate::store::{
+    Item, PutCondition, Store, StoreError, Versioned, BINDINGS_PREFIX, BOOTSTRAP_KEY,
+    REVOKED_PREFIX, USERS_PREFIX,
+};
+use crate::token::TokenSigner;
+use crate::IamError;
+use std::sync::Arc;
+
+const PW: &str = "correct horse battery";
+
+/// Two IAM instances (own signing keys) over one shared in-memory store.
+struct Shared(Arc<MemStore>);
+impl Store for Shared {
+    async fn get(&self, k: &str) -> Result<Option<Versioned>, StoreError> {
+        self.0.get(k).await
+    }
+    async fn put(&self, k: &str, v: &str, c: PutCondition) -> Result<u64, StoreError> {
+        self.0.put(k, v, c).await
+    }
+    async fn list(&self, p: &str) -> Result<Vec<Item>, StoreError> {
+        self.0.list(p).await
+    }
+    async fn delete(&self, k: &str, r: Option<u64>) -> Result<bool, StoreError> {
+        self.0.delete(k, r).await
+    }
+    async fn health(&self) -> Result<(), StoreError> {
+        self.0.health().await
+    }
+}
+
+fn pair() -> (Arc<MemStore>, Iam<Shared>, Iam<Shared>) {
+    let mem = Arc::new(MemStore::default());
+    let a = Iam::new(Shared(mem.clone()), TokenSigner::generate(), 3600);
+    let b = Iam::new(Shared(mem.clone()), TokenSigner::generate(), 3600);
+    (mem, a, b)
+}
+
+#[tokio::test]
+async fn bootstrap_once_then_replay_then_refuse() {
+    let (mem, a, b) = pair();
+    assert_eq!(
+        a.bootstrap("admin", PW).await.unwrap(),
+        BootstrapOutcome::Created
+    );
+    assert_eq!(
+        b.bootstrap("admin", PW).await.unwrap(),
+        BootstrapOutcome::AlreadyDone
+    );
+    let e = a.bootstrap("other", PW).await.unwrap_err();
+    assert!(matches!(e, IamError::Conflict(_)), "{e}");
+    let e = a
+        .bootstrap("admin", "another good password")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, IamError::Conflict(_)), "{e}");
+    assert_eq!(mem.count(USERS_PREFIX), 1);
+    assert_eq!(mem.count(BINDINGS_PREFIX), 1);
+    // A replay after the admin was removed does not resurrect it ("without change").
+    mem.delete(&binding_key("admin", ADMIN_ROLE), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.bootstrap("admin", PW).await.unwrap(),
+        BootstrapOutcome::AlreadyDone
+    );
+    assert_eq!(mem.count(BINDINGS_PREFIX), 0);
+}
+
+#[tokio::test]
+async fn concurrent_bootstraps_make_exactly_one_admin() {
+    let (mem, a, b) = pair();
+    let (ra, rb) = tokio::join!(a.bootstrap("alice", PW), b.bootstrap("bob", PW));
+    assert!(ra.is_ok() ^ rb.is_ok(), "{ra:?} {rb:?}");
+    assert_eq!(mem.count(USERS_PREFIX), 1);
+    assert_eq!(mem.count(BINDINGS_PREFIX), 1);
+    // Same credentials racing: both succeed, one admin.
+    let (mem, a, b) = pair();
+    let (ra, rb) = tokio::join!(a.bootstrap("alice", PW), b.bootstrap("alice", PW));
+    let mut outcomes = vec![ra.unwrap(), rb.unwrap()];
+    outcomes.sort_by_key(|o| *o == BootstrapOutcome::Created);
+    assert_eq!(
+        outcomes,
+        vec![BootstrapOutcome::AlreadyDone, BootstrapOutcome::Created]
+    );
+    assert_eq!(mem.count(USERS_PREFIX), 1);
+}
+
+#[tokio::test]
+async fn a_half_done_bootstrap_is_completed_by_the_retry() {
+    let (mem, a, _) = pair();
+    let rec = BootstrapRecord {
+        username: "admin".into(),
+        password_hash: crate::password::hash_blocking(PW).unwrap(),
+        created_at: 1,
+        completed: false,
+    };
+    mem.put(BOOTSTRAP_KEY, &to_json(&rec).unwrap(), PutCondition::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.bootstrap("admin", PW).await.unwrap(),
+        BootstrapOutcome::AlreadyDone
+    );
+    let t = a.login("admin", PW).await.unwrap();
+    let s = a.authenticate(&t.token).await.unwrap();
+    assert_eq!(s.roles, vec!["admin"]);
+}
+
+#[tokio::test]
+async fn tokens_verify_across_instances_and_revocation_is_global() {
+    let (_, a, b) = pair();
+    a.bootstrap("admin", PW).await.unwrap();
+    let t = a.login("admin", PW).await.unwrap();
+    assert_eq!(t.expires_in, 3600);
+    let s = b.authenticate(&t.token).await.unwrap();
+    assert_eq!(s.subject, "admin");
+    assert_eq!(s.roles, vec!["admin"]);
+    assert!(s.allows(perm::USERS_WRITE));
+
+    let e = a.login("admin", "wrong password!!").await.unwrap_err();
+    assert!(matches!(e, IamError::Unauthenticated(_)), "{e}");
+    let e = a.login("nobody", PW).await.unwrap_err();
+    assert!(matches!(e, IamError::Unauthenticated(_)), "{e}");
+
+    let s = a.authenticate(&t.token).await.unwrap();
+    a.revoke(&s, None).await.unwrap();
+    for iam in [&a, &b] {
+        let e = iam.authenticate(&t.token).await.unwrap_err();
+        assert!(e.to_string().contains("revoked"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn outage_keeps_verified_sessions_and_refuses_logins() {
+    let (mem, a, b) = pair();
+    a.bootstrap("admin", PW).await.unwrap();
+    let t = a.login("admin", PW).await.unwrap();
+    a.authenticate(&t.token).await.unwrap();
+    let t2 = a.login("admin", PW).await.unwrap();
+    mem.set_down(true);
+    assert!(matches!(a.health().await, Err(IamError::Unavailable(_))));
+    let s = a.authenticate(&t.token).await.unwrap();
+    assert_eq!(s.roles, vec!["admin"]);
+    let e = a.login("admin", PW).await.unwrap_err();
+    assert!(matches!(e, IamError::Unavailable(_)), "{e}");
+    // Never verified here: cannot be checked now.
+    let e = a.authenticate(&t2.token).await.unwrap_err();
+    assert!(matches!(e, IamError::Unavailable(_)), "{e}");
+    // Another instance does not know A's key yet.
+    let e = b.authenticate(&t.token).await.unwrap_err();
+    assert!(matches!(e, IamError::Unavailable(_)), "{e}");
+    // Revocation during the outage is refused cluster-wide but holds locally.
+    let e = a.revoke(&s, None).await.unwrap_err();
+    assert!(matches!(e, IamError::Unavailable(_)), "{e}");
+    assert!(a.authenticate(&t.token).await.is_err());
+    mem.set_down(false);
+    a.health().await.unwrap();
+}
+
+#[tokio::test]
+async fn roles_permissions_and_bindings() {
+    let (mem, a, _) = pair();
+    a.bootstrap("admin", PW).await.unwrap();
+    let admin = a
+        .authenticate(&a.login("admin", PW).await.unwrap().token)
+        .await
+        .unwrap();
+    a.create_user("ops", "tiger lily 4821").await.unwrap();
+    assert!(matches!(
+        a.create_user("ops", "tiger lily 4821").await,
+        Err(IamError::Conflict(_))
+    ));
+    let tok = a.login("ops", "tiger lily 4821").await.unwrap().token;
+    let e = a.authorize(&tok, perm::USERS_READ).await.unwrap_err();
+    assert!(matches!(e, IamError::Forbidden(_)), "{e}");
+
+    a.create_role("auditor", "reads users", vec![perm::USERS_READ.into()])
+        .await
+        .unwrap();
+    assert!(matches!(
+        a.create_role("viewer", "", vec!["*".into()]).await,
+        Err(IamError::Conflict(_))
+    ));
+    let (_, created) = a.create_binding("ops", "auditor").await.unwrap();
+    assert!(created);
+    let (_, created) = a.create_binding("ops", "auditor").await.unwrap();
+    assert!(!created);
+    a.authorize(&tok, perm::USERS_READ).await.unwrap();
+    assert!(a.authorize(&tok, perm::USERS_WRITE).await.is_err());
+
+    assert!(matches!(
+        a.delete_role("auditor").await,
+        Err(IamError::Conflict(_))
+    ));
+    assert!(matches!(
+        a.delete_role("admin").await,
+        Err(IamError::Conflict(_))
+    ));
+    assert!(matches!(
+        a.create_binding("ops", "nope").await,
+        Err(IamError::NotFound(_))
+    ));
+    let users = a.list_users().await.unwrap();
+    assert_eq!(users.len(), 2);
+    assert_eq!(a.get_user("ops").await.unwrap().roles, vec!["auditor"]);
+
+    a.update_role(
+        "auditor",
+        None,
+        vec![perm::USERS_READ.into(), perm::ROLES_READ.into()],
+    )
+    .await
+    .unwrap();
+    a.authorize(&tok, perm::ROLES_READ).await.unwrap();
+
+    assert!(matches!(
+        a.delete_binding(&admin, "admin", ADMIN_ROLE).await,
+        Err(IamError::Conflict(_))
+    ));
+    assert!(matches!(
+        a.delete_user(&admin, "admin").await,
+        Err(IamError::Conflict(_))
+    ));
+    a.delete_binding(&admin, "ops", "auditor").await.unwrap();
+    assert!(a.authorize(&tok, perm::USERS_READ).await.is_err());
+    a.delete_role("auditor").await.unwrap();
+    a.delete_user(&admin, "ops").await.unwrap();
+    let e = a.authenticate(&tok).await.unwrap_err();
+    assert!(matches!(e, IamError::Unauthenticated(_)), "{e}");
+    assert_eq!(mem.count(USERS_PREFIX), 1);
+}
+
+#[tokio::test]
+async fn bad_input_writes_nothing() {
+    let (mem, a, _) = pair();
+    for (u, p) in [
+        ("", PW),
+        ("Admin", PW),
+        ("admin", "short"),
+        (&"a".repeat(65)[..], PW),
+    ] {
+        let e = a.bootstrap(u, p).await.unwrap_err();
+        assert!(matches!(e, IamError::Invalid(_)), "{u:?}: {e}");
+    }
+    assert_eq!(mem.count(""), 0);
+    a.bootstrap("admin", PW).await.unwrap();
+    let before = mem.count("");
+    assert!(a.create_user("bob", "bob").await.is_err());
+    assert!(a
+        .create_role("r", "", vec!["Not A Perm".into()])
+        .await
+        .is_err());
+    assert!(a.create_role("r", "", vec![]).await.is_err());
+    assert_eq!(mem.count(""), before);
+    let e = a.authenticate("not.a.token").await.unwrap_err();
+    assert!(matches!(e, IamError::Unauthenticated(_)), "{e}");
+    let e = a.login("admin", "").await.unwrap_err();
+    assert!(matches!(e, IamError::Invalid(_)), "{e}");
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refused_and_revocations_pruned() {
+    let (mem, a, _) = pair();
+    a.bootstrap("admin", PW).await.unwrap();
+    a.ensure_key_published().await.unwrap();
+    let now = now_unix();
+    let (old, _) = a.signer.issue("admin", now - 7200, 3600).unwrap();
+    let e = a.authenticate(&old).await.unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+    // Revoking an expired token is accepted; the record is pruned once it is old enough.
+    let admin = a
+        .authenticate(&a.login("admin", PW).await.unwrap().token)
+        .await
+        .unwrap();
+    let (older, _) = a.signer.issue("admin", now - 90_000, 3600).unwrap();
+    a.revoke(&admin, Some(&older)).await.unwrap();
+    assert_eq!(mem.count(REVOKED_PREFIX), 1);
+    assert_eq!(a.prune_revocations().await.unwrap(), 1);
+    assert_eq!(mem.count(REVOKED_PREFIX), 0);
+}
