@@ -132,25 +132,32 @@ fn arch_label(req: &DhcpRequest) -> String {
     }
 }
 
+/// Drops a request from a MAC the contract does not know (`--unknown-mac ignore`): counts it,
+/// and records a DISCOVER (`what`, e.g. `proxy DHCPDISCOVER`) as an `unknown-mac` event with
+/// status `ignored`, so an operator sees which machine asked.
+fn ignore_unknown_mac(state: &State, req: &DhcpRequest, mac: &str, what: &str) {
+    if req.kind == RequestKind::Discover {
+        state.event(NewEvent {
+            mac: Some(mac.to_string()),
+            phase: "unknown-mac".into(),
+            status: "ignored".into(),
+            detail: format!(
+                "{what} ({}) not answered: --unknown-mac ignore",
+                arch_label(req)
+            ),
+            ..Default::default()
+        });
+    }
+    Metrics::inc(&state.metrics.dhcp_ignored);
+}
+
 fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)> {
     let cfg = &state.config;
     let mac = req.mac_string();
     let node = state.node_of_mac(&mac).map(|n| (n.name.clone(), n.ipv4));
     let now = now_unix();
     if node.is_none() && cfg.unknown_mac == UnknownMac::Ignore {
-        if req.kind == RequestKind::Discover {
-            state.event(NewEvent {
-                mac: Some(mac.clone()),
-                phase: "unknown-mac".into(),
-                status: "ignored".into(),
-                detail: format!(
-                    "DHCPDISCOVER ({}) not answered: --unknown-mac ignore",
-                    arch_label(req)
-                ),
-                ..Default::default()
-            });
-        }
-        Metrics::inc(&state.metrics.dhcp_ignored);
+        ignore_unknown_mac(state, req, &mac, "DHCPDISCOVER");
         return None;
     }
     if let Some(sid) = req.server_id {
@@ -338,19 +345,7 @@ fn handle_proxy(
     }
     let node = state.node_of_mac(&mac).map(|n| n.name.clone());
     if node.is_none() && cfg.unknown_mac == UnknownMac::Ignore {
-        if req.kind == RequestKind::Discover {
-            state.event(NewEvent {
-                mac: Some(mac.clone()),
-                phase: "unknown-mac".into(),
-                status: "ignored".into(),
-                detail: format!(
-                    "proxy DHCPDISCOVER ({}) not answered: --unknown-mac ignore",
-                    arch_label(req)
-                ),
-                ..Default::default()
-            });
-        }
-        Metrics::inc(&state.metrics.dhcp_ignored);
+        ignore_unknown_mac(state, req, &mac, "proxy DHCPDISCOVER");
         return None;
     }
     let kind = match (req.kind, port) {

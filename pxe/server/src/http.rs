@@ -15,15 +15,17 @@
 //! page cache; requests that hyper serves (after a `HEAD`, a request with a body, …) use the
 //! read-ahead stream below.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
+use axum::extract::{ConnectInfo, FromRequestParts, Path as AxPath, State as AxState};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Router};
+use axum::Router;
+use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use pxe_protocol::ipxe::{
     initrd_name, render_boot_script, render_refusal_script, BootScript, ScriptInitrd,
@@ -35,7 +37,8 @@ use tracing::{info, warn};
 use crate::config::UnknownMac;
 use crate::http_conn::{SendfileBody, SendfileOk};
 use crate::leases::now_unix;
-use crate::state::{lock, BootToken, Metrics, NewEvent, State};
+use crate::paths::resolve_path;
+use crate::state::{lock, peer_v4, BootToken, Metrics, NewEvent, State};
 
 /// How long a per-boot token stays valid.
 pub const TOKEN_TTL_SECS: u64 = 3600;
@@ -48,22 +51,6 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/s/{token}/{*path}", get(secret_file))
         .route("/ipxe/{*path}", get(ipxe_file))
         .with_state(state)
-}
-
-fn v4(addr: SocketAddr) -> Option<Ipv4Addr> {
-    match addr.ip() {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(a) => a.to_ipv4_mapped(),
-    }
-}
-
-/// The MAC DHCP saw at this address, if any.
-pub fn mac_for_ip(state: &State, peer: SocketAddr) -> Option<String> {
-    let ip = v4(peer)?;
-    lock(&state.seen)
-        .iter()
-        .find(|(_, a)| **a == ip)
-        .map(|(m, _)| m.clone())
 }
 
 fn forbidden(state: &State, why: &str) -> Response {
@@ -96,7 +83,7 @@ async fn boot_script(
         return not_found(&state, &file);
     };
     let mac = parsed.to_string();
-    let peer_ip = v4(peer);
+    let peer_ip = peer_v4(peer);
     let node = state
         .config
         .contract
@@ -219,13 +206,32 @@ fn phase_of(state: &State, path: &str) -> &'static str {
     }
 }
 
+/// What an artifact route reads from a request besides its path: the conditional and `Range`
+/// headers, `GET` or `HEAD`, and whether [`crate::http_conn`]'s own loop took the request
+/// (it carries [`SendfileOk`]), so that the body may go out with `sendfile(2)`.
+struct FileRequest {
+    headers: HeaderMap,
+    method: http::Method,
+    sendfile_ok: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for FileRequest {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            headers: parts.headers.clone(),
+            method: parts.method.clone(),
+            sendfile_ok: parts.extensions.get::<SendfileOk>().is_some(),
+        })
+    }
+}
+
 async fn bundle_file(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     AxPath(path): AxPath<String>,
-    headers: HeaderMap,
-    method: http::Method,
-    sendfile: Option<Extension<SendfileOk>>,
+    req: FileRequest,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
     let Some(f) = state.config.manifest.file(&path) else {
@@ -237,30 +243,25 @@ async fn bundle_file(
             "a node's overlay is served only through its per-boot URL",
         );
     }
-    let etag = format!("\"{}\"", f.sha256);
-    let full = state.config.bundle_dir.join(&f.path);
-    note_artifact(&state, peer, &path, &method, &headers);
-    serve_file(&state, full, etag, &headers, &method, sendfile.is_some()).await
+    serve_bundle_file(&state, f, peer, &path, &req).await
 }
 
 async fn secret_file(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     AxPath((token, path)): AxPath<(String, String)>,
-    headers: HeaderMap,
-    method: http::Method,
-    sendfile: Option<Extension<SendfileOk>>,
+    req: FileRequest,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
     let tok = lock(&state.tokens).get(&token).cloned();
     let Some(tok) = tok.filter(|t| now_unix().saturating_sub(t.issued) < TOKEN_TTL_SECS) else {
         return forbidden(&state, "unknown or expired boot token");
     };
-    if v4(peer) != Some(tok.ip) {
+    if peer_v4(peer) != Some(tok.ip) {
         warn!(%peer, node = %tok.node, issued_to = %tok.ip, "overlay requested from the wrong address");
         state.event(NewEvent {
             node: Some(tok.node.clone()),
-            ip: v4(peer),
+            ip: peer_v4(peer),
             phase: "overlay".into(),
             status: "failed".into(),
             detail: format!("refused: request from {peer}, token issued to {}", tok.ip),
@@ -277,21 +278,31 @@ async fn secret_file(
     let Some(f) = state.config.manifest.file(&path).filter(|_| allowed) else {
         return forbidden(&state, "not part of this node's boot entry");
     };
+    serve_bundle_file(&state, f, peer, &path, &req).await
+}
+
+/// Serves a file of the bundle (its manifest sha256 is the `ETag`) and notes the fetch as a
+/// boot event; the callers have checked who may have it.
+async fn serve_bundle_file(
+    state: &Arc<State>,
+    f: &plasmacloud_contract::manifest::ManifestFile,
+    peer: SocketAddr,
+    path: &str,
+    req: &FileRequest,
+) -> Response {
     let etag = format!("\"{}\"", f.sha256);
     let full = state.config.bundle_dir.join(&f.path);
-    note_artifact(&state, peer, &path, &method, &headers);
-    serve_file(&state, full, etag, &headers, &method, sendfile.is_some()).await
+    note_artifact(state, peer, path, req);
+    serve_file(state, full, etag, req).await
 }
 
 async fn ipxe_file(
     AxState(state): AxState<Arc<State>>,
     AxPath(path): AxPath<String>,
-    headers: HeaderMap,
-    method: http::Method,
-    sendfile: Option<Extension<SendfileOk>>,
+    req: FileRequest,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
-    let Ok(full) = crate::tftp::resolve_path(&state.config.ipxe_dir, &path) else {
+    let Ok(full) = resolve_path(&state.config.ipxe_dir, &path) else {
         return not_found(&state, &path);
     };
     let etag = match std::fs::metadata(&full) {
@@ -306,20 +317,14 @@ async fn ipxe_file(
         }
         Err(_) => return not_found(&state, &path),
     };
-    serve_file(&state, full, etag, &headers, &method, sendfile.is_some()).await
+    serve_file(&state, full, etag, &req).await
 }
 
-fn note_artifact(
-    state: &State,
-    peer: SocketAddr,
-    path: &str,
-    method: &http::Method,
-    headers: &HeaderMap,
-) {
-    if method != http::Method::GET || headers.contains_key(header::RANGE) {
+fn note_artifact(state: &State, peer: SocketAddr, path: &str, req: &FileRequest) {
+    if req.method != http::Method::GET || req.headers.contains_key(header::RANGE) {
         return;
     }
-    let mac = mac_for_ip(state, peer);
+    let mac = state.mac_for_ip(peer);
     let node = mac
         .as_deref()
         .and_then(|m| state.node_of_mac(m))
@@ -327,7 +332,7 @@ fn note_artifact(
     state.event(NewEvent {
         node,
         mac,
-        ip: v4(peer),
+        ip: peer_v4(peer),
         phase: phase_of(state, path).into(),
         status: "started".into(),
         detail: path.to_string(),
@@ -369,10 +374,9 @@ async fn serve_file(
     state: &Arc<State>,
     path: PathBuf,
     etag: String,
-    headers: &HeaderMap,
-    method: &http::Method,
-    sendfile_ok: bool,
+    req: &FileRequest,
 ) -> Response {
+    let headers = &req.headers;
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) => {
@@ -424,13 +428,13 @@ async fn serve_file(
     if status == StatusCode::PARTIAL_CONTENT {
         builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
     }
-    if method == http::Method::HEAD {
+    if req.method == http::Method::HEAD {
         return builder
             .body(Body::empty())
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
     Metrics::inc(&state.metrics.http_transfers);
-    if sendfile_ok && count > 0 {
+    if req.sendfile_ok && count > 0 {
         // Our own connection loop sends the body with sendfile(2) (see `http_conn`).
         let mut resp = builder
             .body(Body::empty())

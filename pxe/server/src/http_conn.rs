@@ -10,7 +10,7 @@
 //! simple `GET` of `/files/…`, `/s/…` or `/ipxe/…` (HTTP/1.0 or 1.1, no request body, no
 //! `Expect` or `Upgrade`), it is turned into an `http::Request` and handed to the same axum
 //! router as every other request, so the routing, the per-node token and source-address checks,
-//! `Range`, `If-None-Match`/`If-Range` and `ETag` all stay in [`crate::http`]. The request
+//! `Range`, `If-None-Match`/`If-Range` and `ETag` all stay in the router (`http.rs`). The request
 //! carries a [`SendfileOk`] extension; `serve_file` then answers with an empty body and a
 //! [`SendfileBody`] extension naming the open file and byte range, and this loop writes the head
 //! itself and the body with `sendfile`. Any other response (403, 404, 304, 416) is small and is

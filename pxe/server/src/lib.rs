@@ -9,7 +9,13 @@
 //! also serves status and Prometheus metrics.
 //!
 //! Wire formats live in the `pxe-protocol` crate (no sockets); this crate is the listeners,
-//! the lease store ([`leases`]) and shared state ([`state`]). The binary is a thin `main.rs`.
+//! the lease store ([`leases`]), shared state ([`state`]: what DHCP saw, tokens, events,
+//! metrics) and path confinement ([`paths`]). The binary is a thin `main.rs`.
+//!
+//! Layers, bottom up (a module imports only modules below it, never one that imports it back):
+//! [`config`] and [`leases`]; [`state`] and [`paths`]; the listeners [`dhcp`], [`ra`],
+//! [`mgmt`], [`http_conn`] (the boot plane's connection loop), then [`http`] (its router) and
+//! [`tftp`] (which binds its socket the way [`dhcp`] does).
 //!
 //! Security: the boot network is trusted to the extent that a MAC and the address DHCP handed
 //! it identify a node. The source-address check plus the unguessable per-boot token stop
@@ -22,6 +28,7 @@ pub mod http;
 pub mod http_conn;
 pub mod leases;
 pub mod mgmt;
+pub mod paths;
 pub mod ra;
 pub mod state;
 pub mod tftp;

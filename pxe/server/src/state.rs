@@ -2,7 +2,7 @@
 //! boot events, and metrics counters.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -236,6 +236,14 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The IPv4 address of a peer (also when it arrives IPv4-mapped on an IPv6 socket).
+pub fn peer_v4(addr: SocketAddr) -> Option<Ipv4Addr> {
+    match addr.ip() {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    }
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -370,6 +378,15 @@ impl State {
     /// The address DHCP saw for a MAC.
     pub fn seen_ip(&self, mac: &str) -> Option<Ipv4Addr> {
         lock(&self.seen).get(mac).copied()
+    }
+
+    /// The MAC DHCP saw at this peer's address, if any.
+    pub fn mac_for_ip(&self, peer: SocketAddr) -> Option<String> {
+        let ip = peer_v4(peer)?;
+        lock(&self.seen)
+            .iter()
+            .find(|(_, a)| **a == ip)
+            .map(|(m, _)| m.clone())
     }
 
     /// The contract node of a MAC string.

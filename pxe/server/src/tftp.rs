@@ -10,11 +10,11 @@
 //! Each transfer gets its own socket (a new TID, RFC 1350 §4), a semaphore permit (the
 //! concurrency cap), and a window of blocks (RFC 7440) kept in memory for retransmission.
 //! Timeouts start at the negotiated `timeout` (default 1 s) and double per retry up to 8 s;
-//! after 6 retries the transfer fails. Paths are confined to the root: absolute paths, `..`
-//! and symlinks that resolve outside the root are refused with "access violation".
+//! after 6 retries the transfer fails. Paths are confined to the root ([`crate::paths`]):
+//! absolute paths, `..` and symlinks that resolve outside the root are refused with "access
+//! violation".
 
 use std::net::SocketAddr;
-use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn};
 
+use crate::paths::{resolve_path, PathRefusal};
 use crate::state::{Metrics, NewEvent, State};
 
 /// Retransmissions before a transfer is abandoned.
@@ -124,41 +125,6 @@ pub async fn run(state: Arc<State>, sock: UdpSocket) {
     }
 }
 
-/// Why a path was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PathRefusal {
-    /// Absolute, `..`, empty or odd components.
-    Unsafe,
-    /// Resolves outside the root (a symlink).
-    OutsideRoot,
-    /// Not there, or not a regular file.
-    NotFound,
-}
-
-/// Resolves `name` under `root`, refusing anything that escapes it.
-pub fn resolve_path(root: &Path, name: &str) -> Result<PathBuf, PathRefusal> {
-    if name.is_empty() || name.starts_with('/') || name.contains('\\') || name.contains('\0') {
-        return Err(PathRefusal::Unsafe);
-    }
-    let rel = Path::new(name);
-    for c in rel.components() {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            _ => return Err(PathRefusal::Unsafe),
-        }
-    }
-    let root = root.canonicalize().map_err(|_| PathRefusal::NotFound)?;
-    let full = root.join(rel);
-    let real = full.canonicalize().map_err(|_| PathRefusal::NotFound)?;
-    if !real.starts_with(&root) {
-        return Err(PathRefusal::OutsideRoot);
-    }
-    if !real.is_file() {
-        return Err(PathRefusal::NotFound);
-    }
-    Ok(real)
-}
-
 fn serve_read(state: &State, peer: SocketAddr, req: Request) {
     let cfg = &state.config;
     let sock = match std::net::UdpSocket::bind(SocketAddr::from((cfg.interface.ip, 0))) {
@@ -211,7 +177,7 @@ fn serve_read(state: &State, peer: SocketAddr, req: Request) {
     let limits = Limits::for_mtu(cfg.interface.mtu, cfg.tftp_max_window);
     let neg = negotiate(&req.options, size, limits);
     let base_timeout = Duration::from_secs(u64::from(neg.timeout_secs.unwrap_or(1)));
-    let mac = crate::http::mac_for_ip(state, peer);
+    let mac = state.mac_for_ip(peer);
     let node = mac
         .as_deref()
         .and_then(|m| state.node_of_mac(m))
@@ -398,31 +364,4 @@ fn transfer(
         }
     }
     Ok(sent_bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_confined() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("sub")).expect("mkdir");
-        std::fs::write(root.join("a.efi"), b"x").expect("write");
-        std::fs::write(root.join("sub/b"), b"x").expect("write");
-        std::fs::write(dir.path().join("secret"), b"s").expect("write");
-        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link")).expect("symlink");
-        assert!(resolve_path(&root, "a.efi").is_ok());
-        assert!(resolve_path(&root, "sub/b").is_ok());
-        assert_eq!(resolve_path(&root, "../secret"), Err(PathRefusal::Unsafe));
-        assert_eq!(
-            resolve_path(&root, "sub/../../secret"),
-            Err(PathRefusal::Unsafe)
-        );
-        assert_eq!(resolve_path(&root, "/etc/passwd"), Err(PathRefusal::Unsafe));
-        assert_eq!(resolve_path(&root, "link"), Err(PathRefusal::OutsideRoot));
-        assert_eq!(resolve_path(&root, "nope"), Err(PathRefusal::NotFound));
-        assert_eq!(resolve_path(&root, "sub"), Err(PathRefusal::NotFound));
-    }
 }
