@@ -190,6 +190,7 @@ pub struct ClientBuilder {
     timeout: Duration,
     membership_timeout: Duration,
     ca_pem: Option<Vec<u8>>,
+    tls: Option<plasmacloud_pki::tls::TlsMaterial>,
 }
 
 impl ClientBuilder {
@@ -212,6 +213,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Speak mutual TLS as this holder: present its certificate, trust only its cluster CA
+    /// (wins over [`ClientBuilder::ca_pem`]); bare `ip:port` endpoints then default to https.
+    /// Every Chainfire and FlareDB route but `/health`, `/readyz` and `/metrics` needs it.
+    pub fn tls(mut self, material: plasmacloud_pki::tls::TlsMaterial) -> Self {
+        self.tls = Some(material);
+        self
+    }
+
+    /// Loads a holder's files (`node.{key,crt}` + `ca.crt`, or any [`TlsFiles`]) for
+    /// [`ClientBuilder::tls`].
+    ///
+    /// [`TlsFiles`]: plasmacloud_pki::TlsFiles
+    pub fn tls_files(self, files: &plasmacloud_pki::TlsFiles) -> Result<Self> {
+        let m = plasmacloud_pki::tls::TlsMaterial::load(files)
+            .map_err(|e| Error::Config(format!("client certificate: {e}")))?;
+        Ok(self.tls(m))
+    }
+
     /// Reads the CA from a PEM file (see [`ClientBuilder::ca_pem`]).
     pub fn ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -225,7 +244,7 @@ impl ClientBuilder {
         if self.endpoints.is_empty() {
             return Err(Error::Config("no endpoints given".into()));
         }
-        let default_scheme = if self.ca_pem.is_some() {
+        let default_scheme = if self.ca_pem.is_some() || self.tls.is_some() {
             "https"
         } else {
             "http"
@@ -245,13 +264,24 @@ impl ClientBuilder {
             }
             None => None,
         };
+        let mtls = match &self.tls {
+            Some(m) => Some(
+                m.client_config()
+                    .map_err(|e| Error::Config(format!("client certificate: {e}")))?,
+            ),
+            None => None,
+        };
         let http = http::Http::new(|| {
-            let mut b = reqwest::Client::builder()
+            let mut b = match &mtls {
+                Some(cfg) => reqwest::Client::builder().use_preconfigured_tls(cfg.clone()),
+                None => reqwest::Client::builder(),
+            };
+            b = b
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(2))
                 .pool_idle_timeout(Duration::from_secs(30))
                 .tcp_nodelay(true);
-            if let Some(certs) = &certs {
+            if let (Some(certs), None) = (&certs, &mtls) {
                 b = b.tls_built_in_root_certs(false);
                 for c in certs {
                     b = b.add_root_certificate(c.clone());
@@ -411,6 +441,7 @@ impl StoreClient {
             timeout: DEFAULT_TIMEOUT,
             membership_timeout: DEFAULT_MEMBERSHIP_TIMEOUT,
             ca_pem: None,
+            tls: None,
         }
     }
 
