@@ -59,15 +59,17 @@
           ];
         };
 
-      nodeSystem =
-        name:
+      # An installed x86_64 machine with every PlasmaCloud module (nothing enabled by that).
+      installedSystem =
+        configuration:
         lib.nixosSystem {
           modules = [
             { nixpkgs.hostPlatform = "x86_64-linux"; }
             self.nixosModules.default
-            ./nixos/nodes/${name}/configuration.nix
+            configuration
           ];
         };
+      nodeSystem = name: installedSystem ./nixos/nodes/${name}/configuration.nix;
     in
     {
       packages = forAllSystems (
@@ -112,6 +114,8 @@
         node02 = nodeSystem "node02";
         node03 = nodeSystem "node03";
         netboot = netbootSystem "x86_64-linux";
+        # The provisioning server itself (docs/nix.md's example).
+        pxe-host = installedSystem ./nixos/pxe-host/configuration.nix;
       };
 
       # The nixosTest suites (x86_64: the pxe-boot suite boots SeaBIOS + iPXE), and the
