@@ -133,6 +133,14 @@
           pxe-boot = import ./vm-tests/nixos/pxe-boot.nix (
             args // { packages = self.packages.x86_64-linux; }
           );
+          # docs/options.md against the modules' options (nixosOptionsDoc); its passthru has
+          # the page (`markdown`) and nixpkgs' optionsJSON/optionsCommonMark.
+          options-doc =
+            (import ./nixos/options-doc.nix {
+              inherit pkgs;
+              root = ./.;
+              module = self.nixosModules.default;
+            }).check;
           nix-eval = pkgs.runCommand "plasmacloud-nix-eval-tests" {
             nativeBuildInputs = [
               pkgs.nix

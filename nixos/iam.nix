@@ -72,7 +72,7 @@ in
       '';
     };
 
-    openFirewall = service.openFirewallOption "the API port";
+    openFirewall = service.openFirewallOption "Open the API port in the firewall.";
   };
 
   config = lib.mkIf cfg.enable (

@@ -150,7 +150,7 @@ in
       '';
     };
 
-    openFirewall = service.openFirewallOption "on `interface` only, UDP 67, 69 and 4011 and the boot-plane and management TCP ports";
+    openFirewall = service.openFirewallOption "Open, on `interface` only, UDP 67, 69 and 4011 and the boot-plane and management TCP ports.";
   };
 
   config = lib.mkIf cfg.enable (

@@ -113,7 +113,7 @@ in
       };
     };
 
-    openFirewall = service.openFirewallOption "the API, Raft (and gossip) TCP ports";
+    openFirewall = service.openFirewallOption "Open the API, Raft (and gossip) TCP ports in the firewall.";
   };
 
   config = lib.mkIf cfg.enable (

@@ -19,7 +19,7 @@ rec {
 
     package = mkOption {
       type = types.package;
-      description = "The package with the ${binary} binary.";
+      description = "The package with the ${binary} binary. The flake's `nixosModules` default it to this flake's package for the host platform.";
     };
 
     user = mkOption {
@@ -48,13 +48,13 @@ rec {
       defaultText = lib.literalExpression ''"''${config.services.plasmacloud.firstboot.stateDir}/${name}"'';
     };
 
-  # `openFirewall`, off by default; `ports` says what it opens.
+  # `openFirewall`, off by default; `description` says what it opens.
   openFirewallOption =
-    ports:
+    description:
     mkOption {
       type = types.bool;
       default = false;
-      description = "Open ${ports} in the firewall.";
+      inherit description;
     };
 
   # The unit `name` runs as `cfg.user` and `cfg.group`; the dedicated user and group exist

@@ -135,20 +135,22 @@ in
     actual = lib.attrNames o.packages.aarch64-linux;
   }
   {
-    name = "flake: nixosConfigurations node01..node03 and netboot";
+    name = "flake: nixosConfigurations node01..node03, netboot and pxe-host";
     expected = [
       "netboot"
       "node01"
       "node02"
       "node03"
+      "pxe-host"
     ];
     actual = lib.attrNames o.nixosConfigurations;
   }
   {
-    name = "flake: checks are the nixosTest suites and the eval tests";
+    name = "flake: checks are the nixosTest suites, the eval tests and the options doc";
     expected = [
       "cluster-bootstrap"
       "nix-eval"
+      "options-doc"
       "pxe-boot"
     ];
     actual = lib.attrNames o.checks.x86_64-linux;
