@@ -297,7 +297,10 @@ fn read_secret(
     if meta.len() > MAX_SECRET_SIZE {
         return Err(problem(
             Some(src),
-            SecretIssue::TooLarge { size: meta.len() },
+            SecretIssue::TooLarge {
+                size: meta.len(),
+                limit: MAX_SECRET_SIZE,
+            },
         ));
     }
     let mut content = Vec::with_capacity(meta.len() as usize);
@@ -308,6 +311,7 @@ fn read_secret(
             Some(src),
             SecretIssue::TooLarge {
                 size: content.len() as u64,
+                limit: MAX_SECRET_SIZE,
             },
         )),
         Ok(_) => Ok(content),

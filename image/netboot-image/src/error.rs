@@ -31,12 +31,14 @@ pub enum ImageError {
 
     /// A file is too large for a newc cpio member (its size field has 32 bits, so 4 GiB - 1 is
     /// the limit). Leave the file out of the archive, or split it.
-    #[error("{}: {size} bytes is over the newc cpio limit of {limit} bytes (4 GiB - 1); it cannot be packed into an initrd archive", path.display(), limit = crate::newc::MAX_MEMBER_SIZE)]
+    #[error("{}: {size} bytes is over the newc cpio limit of {limit} bytes (4 GiB - 1); it cannot be packed into an initrd archive", path.display())]
     MemberTooLarge {
         /// The file.
         path: PathBuf,
         /// Its size.
         size: u64,
+        /// The largest member the newc format can hold.
+        limit: u64,
     },
 
     /// A file changed size while it was being packed (someone is writing to it). Re-run when
@@ -130,10 +132,12 @@ pub enum SecretIssue {
         /// The file's permission bits.
         mode: u32,
     },
-    /// The source is larger than [`crate::bundle::MAX_SECRET_SIZE`].
+    /// The source is larger than a secret may be (`limit`, the bundle's `MAX_SECRET_SIZE`).
     TooLarge {
         /// Its size.
         size: u64,
+        /// The largest secret taken.
+        limit: u64,
     },
     /// The contract path is not an absolute path without `..`.
     BadPath,
@@ -186,10 +190,9 @@ impl fmt::Display for SecretProblem {
                 f,
                 "{src} is world-readable (mode {mode:04o}); fix: chmod o-rwx {src}"
             ),
-            SecretIssue::TooLarge { size } => write!(
+            SecretIssue::TooLarge { size, limit } => write!(
                 f,
-                "{src} is {size} bytes, over the {} byte limit for a secret (is it the right file?)",
-                crate::bundle::MAX_SECRET_SIZE
+                "{src} is {size} bytes, over the {limit} byte limit for a secret (is it the right file?)"
             ),
             SecretIssue::BadPath => write!(
                 f,

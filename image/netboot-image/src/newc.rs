@@ -228,7 +228,11 @@ impl<W: Write> NewcWriter<W> {
             _ => entry.path.clone(),
         };
         if size > MAX_MEMBER_SIZE {
-            return Err(ImageError::MemberTooLarge { path: source, size });
+            return Err(ImageError::MemberTooLarge {
+                path: source,
+                size,
+                limit: MAX_MEMBER_SIZE,
+            });
         }
         let rdev = match entry.kind {
             Kind::CharDev { major, minor } | Kind::BlockDev { major, minor } => (major, minor),

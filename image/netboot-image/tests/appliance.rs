@@ -17,6 +17,9 @@ use netboot_image::elf::DEFAULT_LIB_DIRS;
 use plasmacloud_contract::manifest::{BundleManifest, DEFAULT_ENTRY};
 use plasmacloud_testkit::{in_ci, require, workspace_binary, Need, Process};
 
+mod command;
+use command::run_ok;
+
 fn lib_dirs() -> Vec<PathBuf> {
     DEFAULT_LIB_DIRS.iter().map(PathBuf::from).collect()
 }
@@ -184,49 +187,41 @@ fn appliance_with_a_node_overlay_boots_to_multi_user() {
 
     // Phase: build the appliance (debootstrap runs once per machine; cached in CACHE).
     let t = Instant::now();
-    let out = Command::new(&bin)
-        .arg("appliance")
-        .arg("--debootstrap")
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--bin")
-        .arg(&bin)
-        .arg("--units")
-        .arg(&units)
-        .arg("--cache")
-        .arg(&cache)
-        .arg("--out")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "appliance failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(&bin)
+            .arg("appliance")
+            .arg("--debootstrap")
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--bin")
+            .arg(&bin)
+            .arg("--units")
+            .arg(&units)
+            .arg("--cache")
+            .arg(&cache)
+            .arg("--out")
+            .arg(&img),
+        "netboot-image appliance",
     );
     eprintln!("appliance built in {:?}", t.elapsed());
 
     // Phase: a bundle of it for the contract.
     fs::write(d.path().join("cluster.json"), CONTRACT).unwrap();
     let bundle = d.path().join("bundle");
-    let out = Command::new(&bin)
-        .arg("bundle")
-        .arg("--cluster")
-        .arg(d.path().join("cluster.json"))
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&img)
-        .arg("--cmdline")
-        .arg("console=ttyS0 panic=-1")
-        .arg("--out")
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(&bin)
+            .arg("bundle")
+            .arg("--cluster")
+            .arg(d.path().join("cluster.json"))
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&img)
+            .arg("--cmdline")
+            .arg("console=ttyS0 panic=-1")
+            .arg("--out")
+            .arg(&bundle),
+        "netboot-image bundle",
     );
     let m = BundleManifest::load(&bundle).unwrap();
 

@@ -12,6 +12,9 @@ use std::process::{Command, Output};
 use plasmacloud_contract::manifest::{BundleManifest, DEFAULT_ENTRY};
 use plasmacloud_testkit::{require, workspace_binary, Need};
 
+mod command;
+use command::{assert_success, run_ok};
+
 const TLS_KEY: &str = "/etc/plasmacloud/tls/node.key";
 const TLS_CERT: &str = "/etc/plasmacloud/tls/node.crt";
 const CA: &str = "/etc/plasmacloud/tls/ca.crt";
@@ -137,12 +140,7 @@ fn put(d: &Path, node: &str, on_node: &str, content: &str, mode: u32) {
 }
 
 fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "netboot-image failed: {}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_success(o, "netboot-image");
 }
 
 fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -171,15 +169,11 @@ fn list_concatenated(parts: &[PathBuf], archives: usize) -> String {
     let img = dir.path().join("concat.img");
     fs::write(&img, cat).unwrap();
     let listing = vec!["cpio -tv --quiet"; archives].join("; ");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("zstd -dc {} | ( {listing} )", img.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("zstd -dc {} | ( {listing} )", img.display())),
+        "zstd | cpio -t",
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -414,16 +408,16 @@ fn netboot_result_gives_init_and_kernel_params() {
         "#!ipxe\nkernel bzImage init=/nix/store/abc-nixos-system/init initrd=initrd loglevel=4 ${cmdline}\ninitrd initrd\nboot\n",
     )
     .unwrap();
-    let o = Command::new(workspace_binary("netboot-image"))
-        .args(["bundle", "--netboot"])
-        .arg(&nb)
-        .arg("--cluster")
-        .arg(f.path().join("cluster.json"))
-        .arg("--out")
-        .arg(f.path().join("out"))
-        .output()
-        .unwrap();
-    ok(&o);
+    run_ok(
+        Command::new(workspace_binary("netboot-image"))
+            .args(["bundle", "--netboot"])
+            .arg(&nb)
+            .arg("--cluster")
+            .arg(f.path().join("cluster.json"))
+            .arg("--out")
+            .arg(f.path().join("out")),
+        "netboot-image bundle --netboot",
+    );
     let m = BundleManifest::load(&f.path().join("out")).unwrap();
     assert_eq!(
         m.entries["node01"].cmdline,
