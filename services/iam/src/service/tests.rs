@@ -1,8 +1,8 @@
 //! The service's rooms together, over two instances (own signing keys) sharing one in-memory
 //! store: bootstrap races, tokens across instances, revocation, outages, roles and bindings.
 
-use super::state::to_json;
-use super::{BootstrapOutcome, Iam};
+use super::bootstrap::BootstrapOutcome;
+use super::state::{to_json, Iam};
 use crate::model::{binding_key, now_unix, perm, BootstrapRecord, ADMIN_ROLE};
 use crate::store::memory::MemStore;
 use crate::store::{
