@@ -5,9 +5,9 @@
 #      contracts, the nodes' disko layouts, the version readers;
 #   3. module type checks (vm-tests/nixos/eval/modules.nix): `lib.evalModules` over our NixOS
 #      modules with nixpkgs' lib alone, and the flake's outputs against a stand-in nixpkgs
-#      (vm-tests/nixos/eval/flake-outputs.nix) — only when that lib is present (NIXPKGS_LIB,
-#      default /tmp/nixpkgs-lib/lib; it is fetched locally and never committed), skipped
-#      otherwise;
+#      (vm-tests/nixos/eval/flake-outputs.nix) — with nixpkgs' lib from NIXPKGS_LIB, else the
+#      shared nixpkgs tree's (vm-tests/nix-nixpkgs.sh), else /tmp/nixpkgs-lib/lib; skipped
+#      without one by hand, a failure under CI=true;
 #   4. with the same lib: the nixosTest suites' Python test scripts, rendered with a stand-in
 #      pkgs, compile.
 # Prints every test, then `N passed, M failed` (and what was skipped); exits 1 on a failure.
@@ -60,7 +60,14 @@ report='map (t: { inherit (t) name expected actual; ok = t.expected == t.actual;
 run_tests pure -E "$report (import ./vm-tests/nixos/eval/pure.nix)"
 
 # 3. Module type checks with nixpkgs' lib, when it is here.
-lib_dir=${NIXPKGS_LIB:-/tmp/nixpkgs-lib/lib}
+lib_dir=${NIXPKGS_LIB:-}
+if [ -z "$lib_dir" ]; then
+  if tree=$(vm-tests/nix-nixpkgs.sh tree 2>/dev/null); then
+    lib_dir=$tree/lib
+  else
+    lib_dir=/tmp/nixpkgs-lib/lib
+  fi
+fi
 if [ -f "$lib_dir/default.nix" ]; then
   run_tests modules --arg lib "import $lib_dir" \
     -E "{ lib }: $report (import ./vm-tests/nixos/eval/modules.nix { inherit lib; })"
@@ -83,8 +90,10 @@ for suite, text in json.load(sys.stdin).items():
   else
     fail "render the test scripts" "$scripts"
   fi
+elif [ "${CI:-}" = true ]; then
+  fail "module type checks and test-script rendering: no nixpkgs lib (no shared nixpkgs tree, no NIXPKGS_LIB; CI=true: nothing may skip)"
 else
-  skipped+=("module type checks and test-script rendering: no nixpkgs lib at $lib_dir (fetch nix-community/nixpkgs.lib and extract it there, or set NIXPKGS_LIB)")
+  skipped+=("module type checks and test-script rendering: no nixpkgs lib (no shared nixpkgs tree beside the clone, no NIXPKGS_LIB, nothing at $lib_dir)")
 fi
 
 echo

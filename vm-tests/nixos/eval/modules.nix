@@ -455,6 +455,61 @@ in
     ];
   }
   {
+    name = "secrets given as store paths are refused: pxe-server's state, IAM's signing key, a TLS key";
+    expected = [
+      true
+      true
+      true
+    ];
+    actual =
+      let
+        refused =
+          cfg: option: lib.any (m: lib.hasPrefix "${option} is a secret" m) (failedAssertions cfg);
+      in
+      [
+        (refused (pxe {
+          services.pxe-server.stateDir = "/nix/store/00000000000000000000000000000000-state";
+        }) "services.pxe-server.stateDir")
+        (refused (node {
+          services.iam.signingKeyFile = "/nix/store/00000000000000000000000000000000-key.pem";
+        }) "services.iam.signingKeyFile")
+        (refused (node {
+          services.flaredb.tls = {
+            certFile = "/etc/plasmacloud/tls/node01.crt";
+            keyFile = "/nix/store/00000000000000000000000000000000-node01.key";
+          };
+        }) "services.flaredb.tls.keyFile")
+      ];
+  }
+  {
+    name = "the same secrets on the machine pass";
+    expected = [ ];
+    actual = failedAssertions (node {
+      services.iam.signingKeyFile = "/var/lib/plasmacloud/iam/signing-key.pem";
+      services.flaredb.tls = {
+        certFile = "/etc/plasmacloud/tls/node01.crt";
+        keyFile = "/etc/plasmacloud/tls/node01.key";
+      };
+    });
+  }
+  {
+    name = "a contract given as an attribute set is read and installed as text";
+    expected = {
+      port = 2479;
+      text = true;
+    };
+    actual =
+      let
+        c = node {
+          services.plasmacloud.firstboot.contract = lib.mkForce (lib.importJSON contractFile);
+        };
+      in
+      {
+        port = c.services.flaredb.apiPort;
+        text = c.environment.etc."plasmacloud/cluster-config.json" ? text;
+      };
+  }
+  {
     name = "a contract built by a derivation is not read at evaluation (no IFD): defaults apply";
     expected = {
       port = 2379;
