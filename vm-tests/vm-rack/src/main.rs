@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use vm_rack::netns::Netns;
 use vm_rack::prepare;
 use vm_rack::rack::{self, BootServer, Outcome, Plan};
 use vm_rack::scenario::{Scenario, ALL};
@@ -134,19 +133,14 @@ async fn run_in_namespace(plan: &Plan, taps: usize) -> anyhow::Result<Outcome> {
     let file = plan.work.join(format!("plan-{}.json", plan.label));
     std::fs::write(&file, serde_json::to_vec_pretty(plan)?)?;
     let _ = std::fs::remove_file(Outcome::path(&plan.work, &plan.label));
-    let mut ns = Netns::create(taps).context("while creating the rack's namespace")?;
+    let mut ns = prepare::network(taps).context("while creating the rack's namespace")?;
     eprintln!(
         "vm-rack: namespace {} (br0 {}/24, {taps} taps)",
-        ns.name,
+        ns.name(),
         prepare::SERVER_IP
     );
     let exe = std::env::current_exe().context("while finding vm-rack itself")?;
-    let mut cmd = tokio::process::Command::from(
-        ns.command(
-            exe.to_str()
-                .ok_or_else(|| anyhow!("non-UTF-8 path {}", exe.display()))?,
-        ),
-    );
+    let mut cmd = tokio::process::Command::from(ns.command(&exe));
     cmd.arg(plan.scenario.name())
         .arg("--inner")
         .arg(&file)
@@ -176,7 +170,7 @@ async fn run_in_namespace(plan: &Plan, taps: usize) -> anyhow::Result<Outcome> {
         }
     }
     ns.teardown().context("while tearing down the namespace")?;
-    eprintln!("vm-rack: namespace {} removed", ns.name);
+    eprintln!("vm-rack: namespace {} removed", ns.name());
     let o: Outcome = std::fs::read(Outcome::path(&plan.work, &plan.label))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
