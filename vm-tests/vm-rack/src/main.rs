@@ -59,7 +59,10 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bad_command_line(&e),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -119,6 +122,16 @@ async fn inner(plan_file: &Path) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refused: its message, then (for a usage error, not for `--help` or
+/// `--version`) the harness's last line, with no rack planned.
+fn bad_command_line(e: &clap::Error) -> std::process::ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        println!("cluster-ready: 0/0 nodes in 0.0 s");
+    }
+    std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
 
 fn last_line(o: &Outcome) -> String {
