@@ -10,6 +10,8 @@
 //! - [`proposer`]: client writes, batched into single entries while earlier ones are in
 //!   flight (one fsync and one replicated entry for many concurrent writes).
 //! - [`node`]: starting a node (data directory, listeners, Raft, TLS, sd-notify, role logging).
+//! - [`serve`]: the body of both servers' `main`: shared flags and their environment
+//!   variables, logs, `--config` merge, `--check`, exit codes.
 //! - [`api`]: the HTTP API both services share: `/health`, `/readyz?verbose`, the membership
 //!   calls under `/v1/cluster`, and the revisioned key-value handlers (Chainfire mounts them at
 //!   `/v1/kv`, FlareDB per namespace at `/v1/ns/{ns}/kv`) plus FlareDB's time series.
@@ -46,6 +48,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod serve;
 pub mod state_machine;
 pub mod types;
 
