@@ -4,7 +4,7 @@
 //! `--config` merge, `--check`, and the exit code ([`Error::exit_code`]). A server's `main.rs`
 //! keeps only what is its own: its routes, and FlareDB its link to Chainfire.
 //!
-//! ```ignore
+//! ```text
 //! #[derive(clap::Parser)]
 //! #[command(name = "chainfire-server", version, about)]
 //! struct Args {
@@ -27,8 +27,8 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::api;
 use crate::config::FileConfig;
+use crate::error::Error;
 use crate::node::{NodeState, StoreNode};
-use crate::Error;
 
 /// What tells one server from the other at start-up.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +69,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Raft node id (optional once <data-dir>/node_id exists; never reused).
+    #[allow(rustdoc::invalid_html_tags)] // the text is `--help`'s, where <data-dir> is a flag
     #[arg(long)]
     pub id: Option<u64>,
     /// Data directory (created when missing or empty; a foreign one is refused).
