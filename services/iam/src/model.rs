@@ -165,6 +165,18 @@ pub mod perm {
 /// The built-in role every first admin gets.
 pub const ADMIN_ROLE: &str = "admin";
 
+/// The built-in role of node tokens (`POST /v1/auth/node-token`); never bound to a user.
+pub const NODE_ROLE: &str = "node";
+
+/// The subject of a node's token is `node:<name>`; user names cannot hold `:`, so no user
+/// can be mistaken for a node.
+pub const NODE_SUBJECT_PREFIX: &str = "node:";
+
+/// The subject of node `name`'s tokens.
+pub fn node_subject(name: &str) -> String {
+    format!("{NODE_SUBJECT_PREFIX}{name}")
+}
+
 /// Built-in roles: name, description, permissions. They cannot be changed or deleted.
 pub const BUILTIN_ROLES: &[(&str, &str, &[&str])] = &[
     (ADMIN_ROLE, "Everything, including IAM itself.", &["*"]),
@@ -188,6 +200,12 @@ pub const BUILTIN_ROLES: &[(&str, &str, &[&str])] = &[
         "viewer",
         "Read anything, change nothing.",
         &["*:read", "*:*:read", "*:*:*:read"],
+    ),
+    (
+        NODE_ROLE,
+        "A cluster node, proven by its certificate (tokens from POST /v1/auth/node-token); \
+         never bound to a user.",
+        &["cluster:health:read"],
     ),
 ];
 
@@ -388,6 +406,12 @@ mod tests {
             .permissions
             .iter()
             .any(|p| permission_matches(p, perm::USERS_WRITE)));
+        let node = builtin_role(NODE_ROLE).unwrap();
+        assert!(!node
+            .permissions
+            .iter()
+            .any(|p| permission_matches(p, perm::USERS_READ)));
+        assert!(validate_name("username", &node_subject("node01")).is_err());
         let viewer = builtin_role("viewer").unwrap();
         assert!(viewer
             .permissions

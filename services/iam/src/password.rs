@@ -30,27 +30,88 @@ pub fn hash_blocking(password: &str) -> Result<String> {
         .map_err(|e| IamError::Internal(format!("argon2 hashing: {e}")))
 }
 
-/// Verifies a password against a stored PHC string now, on this thread (blocking). A stored
-/// hash that is not argon2id, or is cheaper than IAM's minimum, is an error, not a mismatch.
-pub fn verify_blocking(password: &str, phc: &str) -> Result<bool> {
-    let parsed = PasswordHash::new(phc)
-        .map_err(|e| IamError::Store(format!("stored password hash is not a PHC string: {e}")))?;
+/// Highest memory cost accepted in a given hash, in KiB (1 GiB): every login against it
+/// allocates that much.
+pub const MAX_M_COST_KIB: u32 = 1 << 20;
+/// Highest iteration count accepted in a given hash.
+pub const MAX_T_COST: u32 = 16;
+/// Highest lane count accepted in a given hash.
+pub const MAX_P_COST: u32 = 16;
+
+/// Parses a PHC string IAM can verify against: argon2id, version 19 (0x13), a salt and a hash, and
+/// parameters at IAM's minimum or above (and within the maxima). The error says what is wrong.
+fn parse_phc(phc: &str) -> std::result::Result<PasswordHash<'_>, String> {
+    let parsed =
+        PasswordHash::new(phc).map_err(|e| format!("is not an argon2id PHC string ({e})"))?;
     if parsed.algorithm.as_str() != "argon2id" {
-        return Err(IamError::Store(format!(
-            "stored password hash uses {}, expected argon2id",
+        return Err(format!(
+            "uses {}, expected argon2id (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`)",
             parsed.algorithm
-        )));
+        ));
     }
-    let params = Params::try_from(&parsed)
-        .map_err(|e| IamError::Store(format!("stored argon2 parameters: {e}")))?;
+    if parsed.version != Some(0x13) {
+        return Err(format!(
+            "is argon2 version {}, expected v=19",
+            parsed
+                .version
+                .map_or("(none)".to_string(), |v| v.to_string())
+        ));
+    }
+    if parsed.salt.is_none() || parsed.hash.is_none() {
+        return Err("lacks its salt or its hash".into());
+    }
+    let params = Params::try_from(&parsed).map_err(|e| format!("argon2 parameters: {e}"))?;
     if params.m_cost() < M_COST_KIB || params.t_cost() < T_COST || params.p_cost() < P_COST {
-        return Err(IamError::Store(format!(
-            "stored argon2 parameters m={} t={} p={} are below the minimum m={M_COST_KIB} t={T_COST} p={P_COST}",
+        return Err(format!(
+            "argon2 parameters m={} t={} p={} are below the minimum m={M_COST_KIB} t={T_COST} p={P_COST}",
             params.m_cost(),
             params.t_cost(),
             params.p_cost()
+        ));
+    }
+    if params.m_cost() > MAX_M_COST_KIB
+        || params.t_cost() > MAX_T_COST
+        || params.p_cost() > MAX_P_COST
+    {
+        return Err(format!(
+            "argon2 parameters m={} t={} p={} are above the maximum m={MAX_M_COST_KIB} t={MAX_T_COST} p={MAX_P_COST}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Checks a password hash given from outside (the bootstrap admin's, from the contract): an
+/// argon2id PHC string IAM can verify logins against. 400 naming `field` otherwise, with the
+/// way to make a good one.
+pub fn check_phc(field: &str, phc: &str) -> Result<()> {
+    if phc.len() > 512 {
+        return Err(IamError::Invalid(format!(
+            "{field} is {} bytes long; an argon2id PHC string is about 100",
+            phc.len()
         )));
     }
+    parse_phc(phc).map(|_| ()).map_err(|why| {
+        IamError::Invalid(format!(
+            "{field} {why}; make one with `iam-server hash-password`"
+        ))
+    })
+}
+
+/// What `iam-server hash-password` does: refuses a weak password by IAM's rule
+/// ([`crate::model::validate_password`], with `username` when given), else hashes it.
+pub fn hash_new_password(username: Option<&str>, password: &str) -> Result<String> {
+    crate::model::validate_password(username.unwrap_or(""), password)?;
+    hash_blocking(password)
+}
+
+/// Verifies a password against a stored PHC string now, on this thread (blocking). A stored
+/// hash that is not argon2id, or is cheaper than IAM's minimum, is an error, not a mismatch.
+pub fn verify_blocking(password: &str, phc: &str) -> Result<bool> {
+    let parsed =
+        parse_phc(phc).map_err(|why| IamError::Store(format!("stored password hash {why}")))?;
     match argon2()?.verify_password(password.as_bytes(), &parsed) {
         Ok(()) => Ok(true),
         Err(argon2::password_hash::Error::Password) => Ok(false),
@@ -142,5 +203,69 @@ mod tests {
         .to_string();
         assert!(verify_blocking("pw", &cheap).is_err());
         assert!(verify_blocking("pw", "not a hash").is_err());
+    }
+
+    #[test]
+    fn given_hashes_are_checked_naming_the_field() {
+        let good = hash_blocking("correct horse battery").unwrap();
+        check_phc("password_hash", &good).unwrap();
+        // Stronger parameters than ours verify too.
+        let strong = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(65_536, 3, 4, None).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::generate(&mut rand::rngs::OsRng))
+        .unwrap()
+        .to_string();
+        check_phc("password_hash", &strong).unwrap();
+        assert!(verify_blocking("pw", &strong).unwrap());
+
+        let argon2i = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            Params::new(M_COST_KIB, T_COST, P_COST, None).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::generate(&mut rand::rngs::OsRng))
+        .unwrap()
+        .to_string();
+        let cheap = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(4096, 3, 1, None).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::generate(&mut rand::rngs::OsRng))
+        .unwrap()
+        .to_string();
+        let huge = good.replace("m=19456", "m=4194304");
+        let no_hash = good.rsplit_once('$').unwrap().0.to_string();
+        let v16 = good.replace("v=19", "v=16");
+        for (bad, needle) in [
+            ("correct horse battery", "not an argon2id PHC string"),
+            ("", "not an argon2id PHC string"),
+            (argon2i.as_str(), "expected argon2id"),
+            (cheap.as_str(), "below the minimum"),
+            (huge.as_str(), "above the maximum"),
+            (no_hash.as_str(), "salt or its hash"),
+            (v16.as_str(), "expected v=19"),
+            ("$2b$12$abcdefghijklmnopqrstuu", "argon2id"),
+        ] {
+            let e = check_phc("password_hash", bad).unwrap_err();
+            assert!(matches!(e, IamError::Invalid(_)), "{bad:?}: {e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("password_hash"), "{bad:?}: {msg}");
+            assert!(msg.contains(needle), "{bad:?}: {msg}");
+            assert!(msg.contains("iam-server hash-password"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn new_passwords_follow_the_rule() {
+        let h = hash_new_password(None, "correct horse battery").unwrap();
+        assert!(verify_blocking("correct horse battery", &h).unwrap());
+        let e = hash_new_password(None, "short").unwrap_err();
+        assert!(e.to_string().contains("too weak"), "{e}");
+        let e = hash_new_password(Some("alice"), "alice-in-wonderland").unwrap_err();
+        assert!(e.to_string().contains("username"), "{e}");
     }
 }

@@ -2,7 +2,9 @@
 //! RFC 7515 §7.1 compact serialisation), and the signing key file.
 //!
 //! Header: `{"alg":"EdDSA","typ":"JWT","kid":"<key id>"}`. Claims (RFC 7519 §4.1):
-//! `{"iss":"plasmacloud-iam","sub":"<user>","iat":<unix s>,"exp":<unix s>,"jti":"<random id>"}`.
+//! `{"iss":"plasmacloud-iam","sub":"<user>","iat":<unix s>,"exp":<unix s>,"jti":"<random id>"}`,
+//! and for a node's token (`sub` `node:<name>`) also `"cert_serial"`: the serial of the node
+//! certificate it was issued against, so the token dies with that certificate's revocation.
 //! Roles are not in the token: they are looked up when a token is used, so unbinding a role
 //! takes effect at once. The `kid` is the first 16 bytes of SHA-256 over the raw public key,
 //! hex; every instance publishes its public key under `keys/<kid>` in FlareDB, so any instance
@@ -55,6 +57,10 @@ pub struct Claims {
     pub exp: u64,
     /// Token id (for revocation), 16 random bytes base64url.
     pub jti: String,
+    /// Node tokens only: the serial (lowercase hex) of the client certificate the token was
+    /// issued against; the token is refused once that serial is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_serial: Option<String>,
 }
 
 /// A token taken apart, its signature not yet checked.
@@ -218,6 +224,17 @@ impl TokenSigner {
 
     /// Signs a token for `sub`, valid from `now` for `ttl_secs`.
     pub fn issue(&self, sub: &str, now: u64, ttl_secs: u64) -> Result<(String, Claims)> {
+        self.issue_bound(sub, None, now, ttl_secs)
+    }
+
+    /// [`Self::issue`], bound to the client certificate `cert_serial` when given (node tokens).
+    pub fn issue_bound(
+        &self,
+        sub: &str,
+        cert_serial: Option<&str>,
+        now: u64,
+        ttl_secs: u64,
+    ) -> Result<(String, Claims)> {
         let mut jti = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut jti);
         let claims = Claims {
@@ -226,6 +243,7 @@ impl TokenSigner {
             iat: now,
             exp: now.saturating_add(ttl_secs),
             jti: URL_SAFE_NO_PAD.encode(jti),
+            cert_serial: cert_serial.map(str::to_string),
         };
         let header = Header {
             alg: "EdDSA".into(),
@@ -379,6 +397,26 @@ mod tests {
             .unwrap()
             .verify(&s.verifying_key(), 1001)
             .is_err());
+    }
+
+    #[test]
+    fn node_tokens_carry_their_certificate_and_user_tokens_do_not() {
+        let s = TokenSigner::generate();
+        let (tok, claims) = s
+            .issue_bound("node:node01", Some("4a01"), 1000, 60)
+            .unwrap();
+        assert_eq!(claims.cert_serial.as_deref(), Some("4a01"));
+        let got = parse(&tok)
+            .unwrap()
+            .verify(&s.verifying_key(), 1001)
+            .unwrap();
+        assert_eq!(got, claims);
+        let (user, _) = s.issue("alice", 1000, 60).unwrap();
+        let claims_json = URL_SAFE_NO_PAD
+            .decode(user.split('.').nth(1).unwrap())
+            .unwrap();
+        let text = String::from_utf8(claims_json).unwrap();
+        assert!(!text.contains("cert_serial"), "{text}");
     }
 
     #[test]
