@@ -2,26 +2,34 @@
 //! and a key of the `--config` TOML file. Precedence: flag, then environment, then file, then
 //! the default. The merged result is validated into [`Config`].
 //!
+//! TLS is not optional: `tls_cert`, `tls_key` and `tls_ca` (the node's `node.crt`, `node.key`
+//! and `ca.crt`) must be given, and every FlareDB and Chainfire URL is `https://`. There is no
+//! plaintext mode.
+//!
 //! ```toml
 //! # /etc/plasmacloud/iam.toml
 //! listen_addr = "0.0.0.0:8080"
-//! flaredb = ["http://10.0.0.11:2479", "http://10.0.0.12:2479"]
+//! flaredb = ["https://10.0.0.11:2479", "https://10.0.0.12:2479"]
+//! chainfire = ["https://10.0.0.11:2379", "https://10.0.0.12:2379"]
 //! signing_key = "/var/lib/plasmacloud/iam/signing-key.pem"
+//! tls_cert = "/var/lib/plasmacloud/pki/node.crt"
+//! tls_key = "/var/lib/plasmacloud/pki/node.key"
+//! tls_ca = "/var/lib/plasmacloud/pki/ca.crt"
 //! token_ttl = "1h"
 //! log_format = "pretty"
 //! ```
 
 use crate::service::{MAX_TOKEN_TTL_SECS, MIN_TOKEN_TTL_SECS};
 use crate::{IamError, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use plasmacloud_pki::tls::TlsMaterial;
+use plasmacloud_pki::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Default `listen_addr`.
 pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
-/// Default `flaredb` endpoint (the local node's FlareDB).
-pub const DEFAULT_FLAREDB: &str = "http://127.0.0.1:2479";
 /// Default `signing_key` path.
 pub const DEFAULT_SIGNING_KEY: &str = "/var/lib/plasmacloud/iam/signing-key.pem";
 /// Default `token_ttl`.
@@ -35,9 +43,17 @@ pub const DEFAULT_TOKEN_TTL: &str = "1h";
     about = "PlasmaCloud IAM: users, roles and Ed25519 tokens, stored in FlareDB's `iam` namespace.",
     after_help = "The signing key file holds an Ed25519 private key (PKCS#8 PEM, or a raw 32-byte \
                   seed). When it does not exist it is created (PKCS#8 PEM, mode 0600) and its \
-                  public key is published in FlareDB under iam/keys/<kid>."
+                  public key is published in FlareDB under iam/keys/<kid>.\n\n\
+                  TLS is mandatory: the node's certificate, key and CA (a node gets them at \
+                  enrollment; `pxe-server pki issue --node NAME --out DIR` writes node.crt, \
+                  node.key and ca.crt). Login, tokens and /health are open to anyone over TLS; \
+                  administration also needs a client certificate of the cluster CA."
 )]
 pub struct Cli {
+    /// A tool instead of the server (`hash-password`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TOML file whose keys are the long flag names with `_` (listen_addr, flaredb, …).
     #[arg(long, env = "PLASMACLOUD_IAM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -46,7 +62,7 @@ pub struct Cli {
     #[arg(long, env = "PLASMACLOUD_IAM_LISTEN_ADDR", value_name = "IP:PORT")]
     pub listen_addr: Option<String>,
 
-    /// FlareDB API endpoints, comma-separated [default: http://127.0.0.1:2479].
+    /// FlareDB API endpoints (https://), comma-separated.
     #[arg(
         long,
         env = "PLASMACLOUD_IAM_FLAREDB",
@@ -54,6 +70,27 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub flaredb: Option<Vec<String>>,
+
+    /// Chainfire API endpoints (https://), comma-separated: where revoked certificates are listed.
+    #[arg(
+        long,
+        env = "PLASMACLOUD_IAM_CHAINFIRE",
+        value_name = "URL[,URL…]",
+        value_delimiter = ','
+    )]
+    pub chainfire: Option<Vec<String>>,
+
+    /// The node's certificate (PEM), served and presented to FlareDB and Chainfire.
+    #[arg(long, env = "PLASMACLOUD_IAM_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The node's private key (PEM, mode 0600).
+    #[arg(long, env = "PLASMACLOUD_IAM_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster CA certificate (PEM): the only CA trusted, for clients and servers alike.
+    #[arg(long, env = "PLASMACLOUD_IAM_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 
     /// Ed25519 signing key file [default: /var/lib/plasmacloud/iam/signing-key.pem].
     #[arg(long, env = "PLASMACLOUD_IAM_SIGNING_KEY", value_name = "FILE")]
@@ -67,9 +104,23 @@ pub struct Cli {
     #[arg(long, env = "PLASMACLOUD_IAM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
 
-    /// Validate the configuration and the signing key file, print the result, bind nothing.
+    /// Validate the configuration, the TLS files and the signing key file, print the result,
+    /// bind nothing.
     #[arg(long)]
     pub check: bool,
+}
+
+/// `iam-server` tools.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Read one password line from stdin, check it by IAM's password rule and print its
+    /// argon2id PHC string (IAM's parameters) for the contract's `iam.admin.password_hash`.
+    /// A weak password exits 2 saying why.
+    HashPassword {
+        /// The user the password is for (refused when the password contains it).
+        #[arg(long, value_name = "NAME")]
+        username: Option<String>,
+    },
 }
 
 /// The TOML file as written.
@@ -78,14 +129,41 @@ pub struct Cli {
 pub struct FileConfig {
     /// See `--listen-addr`.
     pub listen_addr: Option<String>,
-    /// See `--flaredb`.
-    pub flaredb: Option<Vec<String>>,
+    /// See `--flaredb` (a list, or a comma-separated string).
+    pub flaredb: Option<UrlList>,
+    /// See `--chainfire` (a list, or a comma-separated string).
+    pub chainfire: Option<UrlList>,
     /// See `--signing-key`.
     pub signing_key: Option<PathBuf>,
+    /// See `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// See `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// See `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
     /// See `--token-ttl` (a string like `"1h"` or an integer of seconds).
     pub token_ttl: Option<TtlValue>,
     /// See `--log-format`.
     pub log_format: Option<String>,
+}
+
+/// URLs in the file: `["https://a:1", "https://b:2"]` or `"https://a:1,https://b:2"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UrlList {
+    /// A TOML array.
+    List(Vec<String>),
+    /// Comma-separated.
+    Text(String),
+}
+
+impl UrlList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            UrlList::List(v) => v,
+            UrlList::Text(s) => s.split(',').map(str::to_string).collect(),
+        }
+    }
 }
 
 /// A TTL in the file: `"1h"` or `3600`.
@@ -112,10 +190,14 @@ pub enum LogFormat {
 pub struct Config {
     /// Where the API listens.
     pub listen_addr: SocketAddr,
-    /// FlareDB API base URLs (`http://host:port`, no trailing slash).
+    /// FlareDB API base URLs (`https://host:port`, no trailing slash).
     pub flaredb: Vec<String>,
+    /// Chainfire API base URLs (`https://host:port`), for the certificate revocation list.
+    pub chainfire: Vec<String>,
     /// The signing key file.
     pub signing_key: PathBuf,
+    /// The node's certificate, key and the cluster CA.
+    pub tls: TlsFiles,
     /// Token lifetime in seconds.
     pub token_ttl_secs: u64,
     /// Log format.
@@ -161,38 +243,25 @@ impl Config {
             ))
         })?;
 
-        let flaredb_raw = cli
-            .flaredb
-            .clone()
-            .or(file.flaredb)
-            .unwrap_or_else(|| vec![DEFAULT_FLAREDB.to_string()]);
-        let mut flaredb = Vec::new();
-        for url in flaredb_raw
-            .iter()
-            .map(|u| u.trim())
-            .filter(|u| !u.is_empty())
-        {
-            let rest = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("https://"))
-                .ok_or_else(|| {
-                    IamError::Config(format!(
-                        "flaredb endpoint {url:?} must start with http:// or https:// (e.g. http://10.0.0.11:2479)"
-                    ))
-                })?;
-            if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
-                return Err(IamError::Config(format!(
-                    "flaredb endpoint {url:?} must be a base URL with no path (e.g. http://10.0.0.11:2479)"
-                )));
-            }
-            flaredb.push(url.trim_end_matches('/').to_string());
-        }
-        if flaredb.is_empty() {
-            return Err(IamError::Config(
-                "flaredb lists no endpoint; give at least one URL (e.g. http://127.0.0.1:2479)"
-                    .into(),
-            ));
-        }
+        let flaredb = endpoints(
+            "flaredb",
+            cli.flaredb.clone().or(file.flaredb.map(UrlList::into_vec)),
+            "FlareDB's API",
+            2479,
+        )?;
+        let chainfire = endpoints(
+            "chainfire",
+            cli.chainfire
+                .clone()
+                .or(file.chainfire.map(UrlList::into_vec)),
+            "the voters' Chainfire API, where revoked certificates are listed",
+            2379,
+        )?;
+        let tls = tls_files(
+            cli.tls_cert.clone().or(file.tls_cert),
+            cli.tls_key.clone().or(file.tls_key),
+            cli.tls_ca.clone().or(file.tls_ca),
+        )?;
 
         let signing_key = cli
             .signing_key
@@ -235,10 +304,82 @@ impl Config {
         Ok(Config {
             listen_addr,
             flaredb,
+            chainfire,
             signing_key,
+            tls,
             token_ttl_secs,
             log_format,
         })
+    }
+}
+
+/// Validates the endpoint list of `key`: at least one, each an `https://host:port` base URL.
+fn endpoints(key: &str, raw: Option<Vec<String>>, what: &str, port: u16) -> Result<Vec<String>> {
+    let example = format!("https://10.0.0.11:{port}");
+    let mut out = Vec::new();
+    for url in raw
+        .unwrap_or_default()
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+    {
+        let rest = url.strip_prefix("https://").ok_or_else(|| {
+            IamError::Config(format!(
+                "{key} endpoint {url:?} must start with https:// (every service port speaks TLS), e.g. {example}"
+            ))
+        })?;
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains('/') {
+            return Err(IamError::Config(format!(
+                "{key} endpoint {url:?} must be a base URL with no path, e.g. {example}"
+            )));
+        }
+        out.push(format!("https://{rest}"));
+    }
+    if out.is_empty() {
+        return Err(IamError::Config(format!(
+            "{key} lists no endpoint; give the https:// URLs of {what}, e.g. {key} = [\"{example}\"] \
+             (or --{key}, or PLASMACLOUD_IAM_{})",
+            key.to_uppercase()
+        )));
+    }
+    Ok(out)
+}
+
+/// The three TLS files, all required; the error names the missing keys and how to get them.
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>, ca: Option<PathBuf>) -> Result<TlsFiles> {
+    let empty = |p: &Option<PathBuf>| p.as_ref().is_none_or(|p| p.as_os_str().is_empty());
+    let missing: Vec<&str> = [("tls_cert", &cert), ("tls_key", &key), ("tls_ca", &ca)]
+        .into_iter()
+        .filter(|(_, p)| empty(p))
+        .map(|(k, _)| k)
+        .collect();
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) if missing.is_empty() => Ok(TlsFiles { cert, key, ca }),
+        _ => Err(IamError::Config(format!(
+            "{} missing: iam-server serves HTTPS only, with the node's certificate (tls_cert, \
+             tls_key and tls_ca; --tls-cert/--tls-key/--tls-ca or PLASMACLOUD_IAM_TLS_*). A node \
+             gets them at enrollment (<state>/pki/node.crt, node.key, ca.crt); elsewhere run \
+             `pxe-server pki issue --node NAME --out DIR`",
+            missing.join(", ")
+        ))),
+    }
+}
+
+impl Config {
+    /// Loads and checks the TLS files: they must belong together, the key must be private,
+    /// and the certificate must be a node's (FlareDB gives the `iam` namespace to nodes only).
+    pub fn tls_material(&self) -> Result<TlsMaterial> {
+        let m = TlsMaterial::load(&self.tls).map_err(|e| IamError::Config(format!("tls: {e}")))?;
+        let me = &m.identity().identity;
+        if !me.is_node() {
+            return Err(IamError::Config(format!(
+                "tls_cert {} names {me}; iam-server needs its node's certificate (FlareDB gives \
+                 the iam namespace to nodes only): `pxe-server pki issue --node NAME --out DIR`",
+                self.tls.cert.display()
+            )));
+        }
+        Ok(m)
     }
 }
 
@@ -253,19 +394,41 @@ pub fn read_file_config(path: &Path) -> Result<FileConfig> {
 mod tests {
     use super::*;
 
+    /// The keys every configuration needs (no defaults: certificates name real addresses).
+    const REQUIRED: &[&str] = &[
+        "--flaredb",
+        "https://10.0.0.11:2479",
+        "--chainfire",
+        "https://10.0.0.11:2379",
+        "--tls-cert",
+        "/pki/node.crt",
+        "--tls-key",
+        "/pki/node.key",
+        "--tls-ca",
+        "/pki/ca.crt",
+    ];
+
     fn cli(args: &[&str]) -> Cli {
         let mut v = vec!["iam-server"];
         v.extend_from_slice(args);
         Cli::try_parse_from(v).unwrap()
     }
 
+    fn with_required(args: &[&str]) -> Cli {
+        let mut v = REQUIRED.to_vec();
+        v.extend_from_slice(args);
+        cli(&v)
+    }
+
     #[test]
     fn defaults() {
-        let c = Config::merge(&cli(&[]), FileConfig::default()).unwrap();
+        let c = Config::merge(&with_required(&[]), FileConfig::default()).unwrap();
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:8080");
-        assert_eq!(c.flaredb, vec![DEFAULT_FLAREDB.to_string()]);
+        assert_eq!(c.flaredb, vec!["https://10.0.0.11:2479".to_string()]);
+        assert_eq!(c.chainfire, vec!["https://10.0.0.11:2379".to_string()]);
         assert_eq!(c.token_ttl_secs, 3600);
         assert_eq!(c.signing_key, PathBuf::from(DEFAULT_SIGNING_KEY));
+        assert_eq!(c.tls.key, PathBuf::from("/pki/node.key"));
     }
 
     #[test]
@@ -273,18 +436,35 @@ mod tests {
         let file: FileConfig = toml::from_str(
             r#"
             listen_addr = "127.0.0.1:9000"
-            flaredb = ["http://10.0.0.1:2479/"]
+            flaredb = ["https://10.0.0.1:2479/"]
+            chainfire = "https://10.0.0.1:2379,https://10.0.0.2:2379"
+            tls_cert = "/file/node.crt"
+            tls_key = "/file/node.key"
+            tls_ca = "/file/ca.crt"
             token_ttl = 600
             "#,
         )
         .unwrap();
         let c = Config::merge(
-            &cli(&["--flaredb", "http://a:1,http://b:2", "--token-ttl", "2h"]),
+            &cli(&[
+                "--flaredb",
+                "https://a:1,https://b:2",
+                "--token-ttl",
+                "2h",
+                "--tls-ca",
+                "/flag/ca.crt",
+            ]),
             file,
         )
         .unwrap();
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1:9000");
-        assert_eq!(c.flaredb, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(c.flaredb, vec!["https://a:1", "https://b:2"]);
+        assert_eq!(
+            c.chainfire,
+            vec!["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+        );
+        assert_eq!(c.tls.cert, PathBuf::from("/file/node.crt"));
+        assert_eq!(c.tls.ca, PathBuf::from("/flag/ca.crt"));
         assert_eq!(c.token_ttl_secs, 7200);
     }
 
@@ -294,24 +474,50 @@ mod tests {
         let file = read_file_config(&path).unwrap();
         let c = Config::merge(&cli(&[]), file).unwrap();
         assert_eq!(c.listen_addr.port(), 8080);
+        assert!(c.flaredb.iter().all(|u| u.starts_with("https://")));
+        assert!(!c.chainfire.is_empty());
     }
 
     #[test]
     fn bad_values_name_the_key() {
         let bad = [
             (vec!["--listen-addr", "nope"], "listen_addr"),
-            (vec!["--flaredb", "10.0.0.1:2479"], "http://"),
-            (vec!["--flaredb", "http://a:1/v1"], "no path"),
+            (vec!["--flaredb", "10.0.0.1:2479"], "https://"),
+            (vec!["--flaredb", "http://10.0.0.1:2479"], "https://"),
+            (vec!["--chainfire", "http://10.0.0.1:2379"], "chainfire"),
+            (vec!["--flaredb", "https://a:1/v1"], "no path"),
             (vec!["--token-ttl", "5s"], "token_ttl"),
             (vec!["--token-ttl", "1w"], "token_ttl"),
             (vec!["--log-format", "xml"], "log_format"),
         ];
         for (args, needle) in bad {
-            let e = Config::merge(&cli(&args), FileConfig::default()).unwrap_err();
+            let e = Config::merge(&with_required(&args), FileConfig::default()).unwrap_err();
             assert!(e.to_string().contains(needle), "{args:?}: {e}");
         }
         let e = toml::from_str::<FileConfig>("listen = \"x\"").unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn tls_and_endpoints_are_mandatory() {
+        let e = Config::merge(&cli(&[]), FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("flaredb lists no endpoint"), "{e}");
+        let e = Config::merge(&cli(&REQUIRED[..2]), FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("chainfire lists no endpoint"), "{e}");
+        let e = Config::merge(&cli(&REQUIRED[..6]), FileConfig::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("tls_key, tls_ca missing"), "{msg}");
+        assert!(msg.contains("pxe-server pki issue --node"), "{msg}");
+    }
+
+    #[test]
+    fn hash_password_is_a_subcommand() {
+        let c = cli(&["hash-password", "--username", "admin"]);
+        assert!(matches!(
+            c.command,
+            Some(Command::HashPassword { username: Some(ref u) }) if u == "admin"
+        ));
+        assert!(cli(&[]).command.is_none());
     }
 
     #[test]

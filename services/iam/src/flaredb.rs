@@ -1,5 +1,7 @@
 //! [`Store`] over FlareDB's `iam` namespace, through `plasmacloud-store-client` (endpoint
-//! failover, forwarding to the leader, deadlines).
+//! failover, forwarding to the leader, deadlines), speaking mutual TLS with the node's
+//! certificate: FlareDB gives the `iam` namespace to node certificates only, so nobody but a
+//! cluster node reads a password hash or writes a signing key there.
 //!
 //! Outages are answered fast: after a call finds FlareDB unreachable, every call for the next
 //! [`FAIL_FAST_FOR`] fails at once (except `health`, which always probes), so requests served
@@ -7,6 +9,7 @@
 
 use crate::store::{Item, PutCondition, Store, StoreError, Versioned, NAMESPACE};
 use crate::{IamError, Result};
+use plasmacloud_pki::tls::TlsMaterial;
 use plasmacloud_store_client::{Error as ClientError, Keyspace, Precondition, StoreClient};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -24,12 +27,19 @@ pub struct FlareStore {
 }
 
 impl FlareStore {
-    /// A store over `endpoints` (base URLs of FlareDB's API).
-    pub fn new(endpoints: &[String]) -> Result<Self> {
+    /// A store over `endpoints` (`https://` base URLs of FlareDB's API), presenting `tls`'s
+    /// certificate and trusting only its CA.
+    pub fn connect(endpoints: &[String], tls: &TlsMaterial) -> Result<Self> {
         let client = StoreClient::builder(endpoints.iter().cloned())
             .timeout(CALL_TIMEOUT)
+            .tls(tls.clone())
             .build()
             .map_err(|e| IamError::Config(format!("flaredb: {e}")))?;
+        Self::from_client(client)
+    }
+
+    /// A store over a FlareDB client built elsewhere.
+    pub fn from_client(client: StoreClient) -> Result<Self> {
         let ns = client
             .namespace(NAMESPACE)
             .map_err(|e| IamError::Config(format!("flaredb: {e}")))?;
@@ -168,7 +178,11 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_flaredb_fails_fast_after_the_first_call() {
         // Port 1 on loopback refuses connections at once.
-        let store = FlareStore::new(&["http://127.0.0.1:1".to_string()]).unwrap();
+        let client = StoreClient::builder(["http://127.0.0.1:1"])
+            .timeout(CALL_TIMEOUT)
+            .build()
+            .unwrap();
+        let store = FlareStore::from_client(client).unwrap();
         let e = store.get("users/x").await.unwrap_err();
         assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
         let start = Instant::now();

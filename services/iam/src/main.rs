@@ -1,11 +1,16 @@
-//! `iam-server`: parses flags, environment and the config file, loads (or creates) the signing
-//! key, and serves the IAM API on FlareDB. Everything else lives in the `iam` library.
+//! `iam-server`: parses flags, environment and the config file, loads the node's TLS files and
+//! (or creates) the signing key, and serves the IAM API over HTTPS on FlareDB. Also
+//! `iam-server hash-password`, which turns a password on stdin into the argon2id PHC string the
+//! contract carries. Everything else lives in the `iam` library.
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use iam::config::{Cli, Config, LogFormat};
+use iam::cert_revocations::chainfire_client;
+use iam::config::{Cli, Command, Config, LogFormat};
 use iam::flaredb::FlareStore;
 use iam::token::{load_or_create_signing_key, TokenSigner};
+use std::io::BufRead as _;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 fn init_logs(format: LogFormat) {
@@ -22,19 +27,22 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::HashPassword { username }) = &cli.command {
+        return hash_password(username.as_deref());
+    }
     let config = match Config::from_cli(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("iam-server: {e}");
             // 2: configuration wrong (units carry RestartPreventExitStatus=2).
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     init_logs(config.log_format);
     match run(cli.check, config) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("iam-server: {e:#}");
@@ -44,13 +52,50 @@ fn main() -> std::process::ExitCode {
                     iam::IamError::Config(_) | iam::IamError::SigningKey { .. }
                 )
             });
-            std::process::ExitCode::from(if config_error { 2 } else { 1 })
+            ExitCode::from(if config_error { 2 } else { 1 })
+        }
+    }
+}
+
+/// `iam-server hash-password`: one line from stdin → its argon2id PHC string and a newline on
+/// stdout (exit 0); a weak or missing password exits 2 saying why.
+fn hash_password(username: Option<&str>) -> ExitCode {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprintln!("password (one line; it is echoed — pipe it in to keep it off the screen):");
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+        eprintln!("iam-server hash-password: cannot read stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if password.is_empty() {
+        eprintln!(
+            "iam-server hash-password: no password on stdin; e.g. `printf '%s\\n' \"$PW\" | iam-server hash-password`"
+        );
+        return ExitCode::from(2);
+    }
+    match iam::password::hash_new_password(username, password) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e @ iam::IamError::Invalid(_)) => {
+            eprintln!("iam-server hash-password: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("iam-server hash-password: {e}");
+            ExitCode::from(1)
         }
     }
 }
 
 fn run(check: bool, config: Config) -> anyhow::Result<()> {
-    let store = FlareStore::new(&config.flaredb)?;
+    let tls = config.tls_material()?;
     if check {
         // Bind nothing, write nothing: a missing key file is reported, not created.
         let key = if config.signing_key.exists() {
@@ -60,9 +105,13 @@ fn run(check: bool, config: Config) -> anyhow::Result<()> {
             "absent, will be created at start".to_string()
         };
         println!(
-            "configuration ok: listen_addr={} flaredb={} signing_key={} ({key}) token_ttl={}s",
+            "configuration ok: listen_addr={} flaredb={} chainfire={} tls_cert={} ({}, serial {}) signing_key={} ({key}) token_ttl={}s",
             config.listen_addr,
             config.flaredb.join(","),
+            config.chainfire.join(","),
+            config.tls.cert.display(),
+            tls.identity().identity,
+            tls.identity().serial,
             config.signing_key.display(),
             config.token_ttl_secs
         );
@@ -81,12 +130,22 @@ fn run(check: bool, config: Config) -> anyhow::Result<()> {
         tracing::info!(
             version = iam::api::VERSION,
             flaredb = %config.flaredb.join(","),
+            chainfire = %config.chainfire.join(","),
+            identity = %tls.identity().identity,
             token_ttl_secs = config.token_ttl_secs,
             "iam-server starting"
         );
+        let store = FlareStore::connect(&config.flaredb, &tls)?;
+        let chainfire = chainfire_client(&config.chainfire, &tls)?;
         let iam = Arc::new(iam::Iam::new(store, signer, config.token_ttl_secs));
-        iam::server::serve(iam, config.listen_addr, iam::server::shutdown_signal())
-            .await
-            .context("while serving the IAM API")
+        iam::server::serve(
+            iam,
+            config.listen_addr,
+            &tls,
+            chainfire,
+            iam::server::shutdown_signal(),
+        )
+        .await
+        .context("while serving the IAM API")
     })
 }

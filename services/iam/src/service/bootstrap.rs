@@ -1,17 +1,19 @@
 //! Bootstrap: the first admin, created exactly once across every IAM instance.
 //!
-//! The rule: the first call writes the claim `bootstrap` with `prev_exist=false` (user name and
-//! password hash), then creates the user and its `admin` binding and marks the claim completed.
-//! A later call with the same credentials writes nothing (or finishes a first attempt that
-//! stopped half-way); any other credentials get 409. Two instances racing: one claim wins the
-//! compare-and-swap, the other re-reads it, so exactly one admin results.
+//! The rule: only a cluster node calls it (the API checks its certificate), with the admin's
+//! user name and argon2id password hash from the contract — no password ever reaches IAM here.
+//! The first call writes the claim `bootstrap` with `prev_exist=false` (user name and password
+//! hash), then creates the user (with that hash) and its `admin` binding and marks the claim
+//! completed. A later call with the same user name and hash writes nothing (or finishes a
+//! first attempt that stopped half-way); anything else gets 409. Two instances racing: one
+//! claim wins the compare-and-swap, the other re-reads it, so exactly one admin results.
 
 use super::state::{from_json, to_json, Iam};
 use crate::model::{
     self, binding_key, now_unix, user_key, BindingRecord, BootstrapRecord, UserRecord, ADMIN_ROLE,
 };
 use crate::store::{PutCondition, Store, StoreError, Versioned, BOOTSTRAP_KEY};
-use crate::{IamError, Result};
+use crate::{password, IamError, Result};
 
 /// What bootstrap did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,16 +25,17 @@ pub enum BootstrapOutcome {
 }
 
 impl<S: Store> Iam<S> {
-    /// Creates the first admin exactly once (see the crate docs for the semantics).
-    pub async fn bootstrap(&self, username: &str, password: &str) -> Result<BootstrapOutcome> {
+    /// Creates the first admin, `username` with the argon2id PHC `password_hash`, exactly once
+    /// (see the module docs for the semantics).
+    pub async fn bootstrap(&self, username: &str, password_hash: &str) -> Result<BootstrapOutcome> {
         model::validate_name("username", username)?;
-        model::validate_password(username, password)?;
+        password::check_phc("password_hash", password_hash)?;
         if let Some(v) = self.store.get(BOOTSTRAP_KEY).await? {
-            return self.bootstrap_replay(v, username, password).await;
+            return self.bootstrap_replay(v, username, password_hash).await;
         }
         let record = BootstrapRecord {
             username: username.to_string(),
-            password_hash: self.hasher.hash(password).await?,
+            password_hash: password_hash.to_string(),
             created_at: now_unix(),
             completed: false,
         };
@@ -50,33 +53,27 @@ impl<S: Store> Iam<S> {
                 let v = self.store.get(BOOTSTRAP_KEY).await?.ok_or_else(|| {
                     IamError::Store("iam/bootstrap vanished after a conflicting write".into())
                 })?;
-                self.bootstrap_replay(v, username, password).await
+                self.bootstrap_replay(v, username, password_hash).await
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// A bootstrap call that found a claim: the same credentials succeed (finishing the
-    /// claim if needed), any others are refused.
+    /// A bootstrap call that found a claim: the same admin (name and hash) succeeds
+    /// (finishing the claim if needed), any other is refused.
     async fn bootstrap_replay(
         &self,
         stored: Versioned,
         username: &str,
-        password: &str,
+        password_hash: &str,
     ) -> Result<BootstrapOutcome> {
         let record: BootstrapRecord = from_json(BOOTSTRAP_KEY, &stored.value)?;
-        let refused = || {
-            IamError::Conflict(
-                "IAM is already bootstrapped with other credentials; log in as the first admin \
+        if record.username != username || record.password_hash != password_hash {
+            return Err(IamError::Conflict(
+                "IAM is already bootstrapped with another admin; log in as the first admin \
                  (POST /v1/auth/login) and manage users from there"
                     .into(),
-            )
-        };
-        if record.username != username {
-            return Err(refused());
-        }
-        if !self.hasher.verify(password, &record.password_hash).await? {
-            return Err(refused());
+            ));
         }
         if !record.completed {
             // A first attempt stopped half-way (or is running right now elsewhere): finish it.

@@ -4,9 +4,9 @@
 //! One room per concern, each an `impl Iam` block over the same state:
 //! - `state`: the [`Iam`] struct (store, signing key, caches) and the record helpers;
 //! - `caller`: the [`Session`] of a verified caller and its permission checks;
-//! - `bootstrap`: the first admin, exactly once across instances;
-//! - `session`: login, token verification with the session cache that outlives FlareDB
-//!   outages, and the published signing keys;
+//! - `bootstrap`: the first admin (a name and a password hash), exactly once across instances;
+//! - `session`: login by password, node tokens by certificate, token verification with the
+//!   session cache that outlives FlareDB outages, and the published signing keys;
 //! - `revocation`: revoking tokens everywhere, pruning old records;
 //! - `users`: user CRUD and passwords;
 //! - `roles`: built-in and custom roles, and the bindings of users to roles.

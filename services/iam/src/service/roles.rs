@@ -6,7 +6,7 @@ use super::caller::Session;
 use super::state::{from_json, to_json, Iam};
 use crate::model::{
     self, binding_key, builtin_role, now_unix, role_key, user_bindings_prefix, BindingRecord,
-    RoleRecord, ADMIN_ROLE, BUILTIN_ROLES,
+    RoleRecord, ADMIN_ROLE, BUILTIN_ROLES, NODE_ROLE,
 };
 use crate::store::{PutCondition, Store, BINDINGS_PREFIX, ROLES_PREFIX};
 use crate::{IamError, Result};
@@ -193,6 +193,12 @@ impl<S: Store> Iam<S> {
     pub async fn create_binding(&self, user: &str, role: &str) -> Result<(BindingRecord, bool)> {
         model::validate_name("user", user)?;
         model::validate_name("role", role)?;
+        if role == NODE_ROLE {
+            return Err(IamError::Invalid(format!(
+                "role {NODE_ROLE:?} belongs to node tokens (POST /v1/auth/node-token, node \
+                 certificate only) and cannot be bound to a user"
+            )));
+        }
         self.user_record(user).await?;
         if self.find_role(role).await?.is_none() {
             return Err(IamError::NotFound(format!("role {role:?} does not exist")));

@@ -1,5 +1,11 @@
-//! Login, token verification and the session cache, and the token signing keys: each
-//! instance publishes its public key under `keys/<kid>`, so any instance verifies any token.
+//! Login (by password, or by a node's certificate), token verification and the session cache,
+//! and the token signing keys: each instance publishes its public key under `keys/<kid>`, so
+//! any instance verifies any token.
+//!
+//! A node's token (`POST /v1/auth/node-token`, node certificate only) has the subject
+//! `node:<name>`, the built-in role `node` and no user record; it is bound to the serial of the
+//! certificate it was issued against and refused once that serial is revoked. It never outlives
+//! the certificate.
 //!
 //! Sessions survive FlareDB outages: every successful verification stores the caller's
 //! subject, roles and permissions in a cache keyed by token id until the token expires. When a
@@ -8,11 +14,15 @@
 
 use super::caller::Session;
 use super::state::{from_json, lock, to_json, Iam};
-use crate::model::{now_unix, user_key, KeyRecord, UserRecord};
+use crate::model::{
+    builtin_role, node_subject, now_unix, user_key, KeyRecord, UserRecord, NODE_ROLE,
+    NODE_SUBJECT_PREFIX,
+};
 use crate::store::{PutCondition, Store, StoreError, KEYS_PREFIX, REVOKED_PREFIX};
 use crate::token::{self, Claims};
 use crate::{model, IamError, Result};
 use ed25519_dalek::VerifyingKey;
+use plasmacloud_pki::PeerCert;
 use serde::Serialize;
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
@@ -114,6 +124,50 @@ impl<S: Store> Iam<S> {
         })
     }
 
+    /// Issues a token to the node `cert` names (a verified client certificate of the cluster
+    /// CA): subject `node:<name>`, role `node`, bound to the certificate's serial, expiring with
+    /// the token lifetime or the certificate, whichever comes first. 403 for anyone but a node.
+    pub async fn issue_node_token(&self, cert: &PeerCert) -> Result<IssuedToken> {
+        if !cert.identity.is_node() {
+            return Err(IamError::Forbidden(format!(
+                "{} may not get a node token; only a node certificate may",
+                cert.identity
+            )));
+        }
+        if self.cert_revoked.is_revoked(&cert.serial) {
+            return Err(IamError::Forbidden(format!(
+                "certificate {} ({}) is revoked",
+                cert.serial, cert.identity
+            )));
+        }
+        let now = now_unix();
+        let not_after = u64::try_from(cert.not_after).unwrap_or(0);
+        let ttl = self.token_ttl_secs.min(not_after.saturating_sub(now));
+        if ttl == 0 {
+            return Err(IamError::Unauthenticated(format!(
+                "certificate {} of {} has expired",
+                cert.serial, cert.identity
+            )));
+        }
+        self.ensure_key_published().await.map_err(|e| match e {
+            IamError::Unavailable(m) => IamError::Unavailable(format!(
+                "cannot issue a node token while FlareDB is unreachable ({m})"
+            )),
+            other => other,
+        })?;
+        let subject = node_subject(&cert.identity.name);
+        let (token, claims) = self
+            .signer
+            .issue_bound(&subject, Some(&cert.serial), now, ttl)?;
+        tracing::info!(subject = %subject, serial = %cert.serial, jti = %claims.jti, "node token issued");
+        Ok(IssuedToken {
+            token,
+            token_type: "Bearer",
+            expires_at: claims.exp,
+            expires_in: claims.exp.saturating_sub(now),
+        })
+    }
+
     /// The public key `kid` names: this instance's own, a cached one, or one another instance
     /// published in FlareDB (then cached).
     pub(super) async fn verifying_key(&self, kid: &str) -> Result<VerifyingKey> {
@@ -167,6 +221,13 @@ impl<S: Store> Iam<S> {
         if lock(&self.revoked).contains_key(&claims.jti) {
             return Err(revoked_error());
         }
+        if let Some(serial) = &claims.cert_serial {
+            if self.cert_revoked.is_revoked(serial) {
+                return Err(IamError::Unauthenticated(format!(
+                    "the certificate {serial} this token was issued against is revoked"
+                )));
+            }
+        }
         match self.load_session(&claims).await {
             Ok(session) => {
                 self.cache_session(&session);
@@ -208,6 +269,9 @@ impl<S: Store> Iam<S> {
     /// The session a verified token stands for, read fresh from FlareDB: revoked? user still
     /// there? which roles now?
     async fn load_session(&self, claims: &Claims) -> Result<Session> {
+        if claims.sub.starts_with(NODE_SUBJECT_PREFIX) {
+            return self.load_node_session(claims).await;
+        }
         // Three independent reads, in parallel: one round trip of latency, not three.
         let rkey = format!("{REVOKED_PREFIX}{}", claims.jti);
         let ukey = user_key(&claims.sub);
@@ -231,6 +295,30 @@ impl<S: Store> Iam<S> {
             subject: claims.sub.clone(),
             roles,
             permissions,
+            token_id: claims.jti.clone(),
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+        })
+    }
+
+    /// A node token's session: not revoked, bound to a certificate; the role is built in.
+    async fn load_node_session(&self, claims: &Claims) -> Result<Session> {
+        if claims.cert_serial.is_none() {
+            return Err(IamError::Unauthenticated(
+                "malformed token: a node token names no certificate".into(),
+            ));
+        }
+        let rkey = format!("{REVOKED_PREFIX}{}", claims.jti);
+        if self.store.get(&rkey).await?.is_some() {
+            lock(&self.revoked).insert(claims.jti.clone(), claims.exp);
+            return Err(revoked_error());
+        }
+        let role = builtin_role(NODE_ROLE)
+            .ok_or_else(|| IamError::Internal("the built-in node role is missing".into()))?;
+        Ok(Session {
+            subject: claims.sub.clone(),
+            roles: vec![role.name],
+            permissions: role.permissions,
             token_id: claims.jti.clone(),
             issued_at: claims.iat,
             expires_at: claims.exp,

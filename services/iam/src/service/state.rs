@@ -8,6 +8,7 @@ use crate::store::{PutCondition, Store, StoreError, Versioned};
 use crate::token::TokenSigner;
 use crate::{IamError, Result};
 use ed25519_dalek::VerifyingKey;
+use plasmacloud_pki::Revocations;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -27,6 +28,9 @@ pub struct Iam<S: Store> {
     pub(super) sessions: Mutex<HashMap<String, Session>>,
     /// Token ids known revoked, with their expiry.
     pub(super) revoked: Mutex<HashMap<String, u64>>,
+    /// Revoked certificate serials (Chainfire `pki/revoked/`), shared with the TLS listener:
+    /// node tokens bound to one of them are refused.
+    pub(super) cert_revoked: Revocations,
 }
 
 /// A record as stored JSON.
@@ -57,7 +61,20 @@ impl<S: Store> Iam<S> {
             keys: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashMap::new()),
+            cert_revoked: Revocations::default(),
         }
+    }
+
+    /// The same service, refusing node tokens of the certificates `revoked` lists (the set the
+    /// listener and the Chainfire watch share).
+    pub fn with_cert_revocations(mut self, revoked: Revocations) -> Self {
+        self.cert_revoked = revoked;
+        self
+    }
+
+    /// The revoked certificate serials this instance honours.
+    pub fn cert_revocations(&self) -> &Revocations {
+        &self.cert_revoked
     }
 
     /// The store (for tests and the server's background tasks).

@@ -11,9 +11,16 @@ use crate::store::{
 };
 use crate::token::TokenSigner;
 use crate::IamError;
+use plasmacloud_pki::{Identity, PeerCert, Revocations};
 use std::sync::Arc;
 
 const PW: &str = "correct horse battery";
+
+/// The admin's password hash, as the contract carries it (made once: argon2 is slow).
+fn pw_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| crate::password::hash_blocking(PW).expect("hash"))
+}
 
 /// Two IAM instances (own signing keys) over one shared in-memory store.
 struct Shared(Arc<MemStore>);
@@ -46,17 +53,20 @@ fn pair() -> (Arc<MemStore>, Iam<Shared>, Iam<Shared>) {
 async fn bootstrap_once_then_replay_then_refuse() {
     let (mem, a, b) = pair();
     assert_eq!(
-        a.bootstrap("admin", PW).await.unwrap(),
+        a.bootstrap("admin", pw_hash()).await.unwrap(),
         BootstrapOutcome::Created
     );
     assert_eq!(
-        b.bootstrap("admin", PW).await.unwrap(),
+        b.bootstrap("admin", pw_hash()).await.unwrap(),
         BootstrapOutcome::AlreadyDone
     );
-    let e = a.bootstrap("other", PW).await.unwrap_err();
+    let e = a.bootstrap("other", pw_hash()).await.unwrap_err();
     assert!(matches!(e, IamError::Conflict(_)), "{e}");
     let e = a
-        .bootstrap("admin", "another good password")
+        .bootstrap(
+            "admin",
+            &crate::password::hash_blocking("another good password").unwrap(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, IamError::Conflict(_)), "{e}");
@@ -67,7 +77,7 @@ async fn bootstrap_once_then_replay_then_refuse() {
         .await
         .unwrap();
     assert_eq!(
-        a.bootstrap("admin", PW).await.unwrap(),
+        a.bootstrap("admin", pw_hash()).await.unwrap(),
         BootstrapOutcome::AlreadyDone
     );
     assert_eq!(mem.count(BINDINGS_PREFIX), 0);
@@ -76,13 +86,19 @@ async fn bootstrap_once_then_replay_then_refuse() {
 #[tokio::test]
 async fn concurrent_bootstraps_make_exactly_one_admin() {
     let (mem, a, b) = pair();
-    let (ra, rb) = tokio::join!(a.bootstrap("alice", PW), b.bootstrap("bob", PW));
+    let (ra, rb) = tokio::join!(
+        a.bootstrap("alice", pw_hash()),
+        b.bootstrap("bob", pw_hash())
+    );
     assert!(ra.is_ok() ^ rb.is_ok(), "{ra:?} {rb:?}");
     assert_eq!(mem.count(USERS_PREFIX), 1);
     assert_eq!(mem.count(BINDINGS_PREFIX), 1);
     // Same credentials racing: both succeed, one admin.
     let (mem, a, b) = pair();
-    let (ra, rb) = tokio::join!(a.bootstrap("alice", PW), b.bootstrap("alice", PW));
+    let (ra, rb) = tokio::join!(
+        a.bootstrap("alice", pw_hash()),
+        b.bootstrap("alice", pw_hash())
+    );
     let mut outcomes = vec![ra.unwrap(), rb.unwrap()];
     outcomes.sort_by_key(|o| *o == BootstrapOutcome::Created);
     assert_eq!(
@@ -97,7 +113,7 @@ async fn a_half_done_bootstrap_is_completed_by_the_retry() {
     let (mem, a, _) = pair();
     let rec = BootstrapRecord {
         username: "admin".into(),
-        password_hash: crate::password::hash_blocking(PW).unwrap(),
+        password_hash: pw_hash().to_string(),
         created_at: 1,
         completed: false,
     };
@@ -105,7 +121,7 @@ async fn a_half_done_bootstrap_is_completed_by_the_retry() {
         .await
         .unwrap();
     assert_eq!(
-        a.bootstrap("admin", PW).await.unwrap(),
+        a.bootstrap("admin", pw_hash()).await.unwrap(),
         BootstrapOutcome::AlreadyDone
     );
     let t = a.login("admin", PW).await.unwrap();
@@ -116,7 +132,7 @@ async fn a_half_done_bootstrap_is_completed_by_the_retry() {
 #[tokio::test]
 async fn tokens_verify_across_instances_and_revocation_is_global() {
     let (_, a, b) = pair();
-    a.bootstrap("admin", PW).await.unwrap();
+    a.bootstrap("admin", pw_hash()).await.unwrap();
     let t = a.login("admin", PW).await.unwrap();
     assert_eq!(t.expires_in, 3600);
     let s = b.authenticate(&t.token).await.unwrap();
@@ -140,7 +156,7 @@ async fn tokens_verify_across_instances_and_revocation_is_global() {
 #[tokio::test]
 async fn outage_keeps_verified_sessions_and_refuses_logins() {
     let (mem, a, b) = pair();
-    a.bootstrap("admin", PW).await.unwrap();
+    a.bootstrap("admin", pw_hash()).await.unwrap();
     let t = a.login("admin", PW).await.unwrap();
     a.authenticate(&t.token).await.unwrap();
     let t2 = a.login("admin", PW).await.unwrap();
@@ -167,7 +183,7 @@ async fn outage_keeps_verified_sessions_and_refuses_logins() {
 #[tokio::test]
 async fn roles_permissions_and_bindings() {
     let (mem, a, _) = pair();
-    a.bootstrap("admin", PW).await.unwrap();
+    a.bootstrap("admin", pw_hash()).await.unwrap();
     let admin = a
         .authenticate(&a.login("admin", PW).await.unwrap().token)
         .await
@@ -241,16 +257,20 @@ async fn roles_permissions_and_bindings() {
 async fn bad_input_writes_nothing() {
     let (mem, a, _) = pair();
     for (u, p) in [
-        ("", PW),
-        ("Admin", PW),
-        ("admin", "short"),
-        (&"a".repeat(65)[..], PW),
+        ("", pw_hash()),
+        ("Admin", pw_hash()),
+        ("admin", PW),
+        (
+            "admin",
+            "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+        ),
+        (&"a".repeat(65)[..], pw_hash()),
     ] {
         let e = a.bootstrap(u, p).await.unwrap_err();
         assert!(matches!(e, IamError::Invalid(_)), "{u:?}: {e}");
     }
     assert_eq!(mem.count(""), 0);
-    a.bootstrap("admin", PW).await.unwrap();
+    a.bootstrap("admin", pw_hash()).await.unwrap();
     let before = mem.count("");
     assert!(a.create_user("bob", "bob").await.is_err());
     assert!(a
@@ -268,7 +288,7 @@ async fn bad_input_writes_nothing() {
 #[tokio::test]
 async fn expired_tokens_are_refused_and_revocations_pruned() {
     let (mem, a, _) = pair();
-    a.bootstrap("admin", PW).await.unwrap();
+    a.bootstrap("admin", pw_hash()).await.unwrap();
     a.ensure_key_published().await.unwrap();
     let now = now_unix();
     let (old, _) = a.signer.issue("admin", now - 7200, 3600).unwrap();
@@ -284,4 +304,69 @@ async fn expired_tokens_are_refused_and_revocations_pruned() {
     assert_eq!(mem.count(REVOKED_PREFIX), 1);
     assert_eq!(a.prune_revocations().await.unwrap(), 1);
     assert_eq!(mem.count(REVOKED_PREFIX), 0);
+}
+
+/// A verified peer certificate as the listener hands it over.
+fn cert(identity: Identity, serial: &str, valid_for: i64) -> PeerCert {
+    let now = now_unix() as i64;
+    PeerCert {
+        identity,
+        serial: serial.into(),
+        not_before: now - 60,
+        not_after: now + valid_for,
+        sha256: "00".repeat(32),
+    }
+}
+
+#[tokio::test]
+async fn node_tokens_verify_everywhere_and_die_with_their_certificate() {
+    let mem = Arc::new(MemStore::default());
+    let revoked = Revocations::default();
+    let a = Iam::new(Shared(mem.clone()), TokenSigner::generate(), 3600)
+        .with_cert_revocations(revoked.clone());
+    let b = Iam::new(Shared(mem.clone()), TokenSigner::generate(), 3600)
+        .with_cert_revocations(revoked.clone());
+    let node01 = cert(Identity::node("node01").unwrap(), "4a01", 86_400);
+
+    let t = a.issue_node_token(&node01).await.unwrap();
+    assert_eq!(t.expires_in, 3600);
+    for iam in [&a, &b] {
+        let s = iam.authenticate(&t.token).await.unwrap();
+        assert_eq!(s.subject, "node:node01");
+        assert_eq!(s.roles, vec!["node"]);
+        assert!(!s.allows(perm::USERS_READ));
+        let e = iam.authorize(&t.token, perm::USERS_READ).await.unwrap_err();
+        assert!(matches!(e, IamError::Forbidden(_)), "{e}");
+    }
+    // No user record was needed, and none was written.
+    assert_eq!(mem.count(USERS_PREFIX), 0);
+
+    // The token does not outlive the certificate.
+    let short = cert(Identity::node("node02").unwrap(), "4a02", 120);
+    let t2 = a.issue_node_token(&short).await.unwrap();
+    assert!(t2.expires_in <= 120, "{}", t2.expires_in);
+
+    // Operators get none.
+    let op = cert(Identity::operator("alice").unwrap(), "4a03", 86_400);
+    let e = a.issue_node_token(&op).await.unwrap_err();
+    assert!(matches!(e, IamError::Forbidden(_)), "{e}");
+
+    // The role belongs to node tokens: no user can be bound to it.
+    a.bootstrap("admin", pw_hash()).await.unwrap();
+    let e = a.create_binding("admin", "node").await.unwrap_err();
+    assert!(matches!(e, IamError::Invalid(_)), "{e}");
+
+    // Revoking the certificate ends its tokens on every instance, and no new one is issued.
+    revoked.replace(["4a01".to_string()]);
+    for iam in [&a, &b] {
+        let e = iam.authenticate(&t.token).await.unwrap_err();
+        assert!(e.to_string().contains("revoked"), "{e}");
+    }
+    let e = a.issue_node_token(&node01).await.unwrap_err();
+    assert!(matches!(e, IamError::Forbidden(_)), "{e}");
+    // Revoking the token itself works as for users.
+    let s2 = b.authenticate(&t2.token).await.unwrap();
+    b.revoke(&s2, None).await.unwrap();
+    let e = a.authenticate(&t2.token).await.unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
 }
