@@ -113,9 +113,12 @@ pub struct Cli {
 /// `iam-server` tools.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Read one password line from stdin, check it by IAM's password rule and print its
-    /// argon2id PHC string (IAM's parameters) for the contract's `iam.admin.password_hash`.
-    /// A weak password exits 2 saying why.
+    /// Print the argon2id hash of a password read from stdin (for the contract's admin).
+    ///
+    /// Reads one line from stdin, checks it by IAM's password rule (a weak one exits 2 saying
+    /// why), and prints its argon2id PHC string at IAM's parameters and a newline: the value of
+    /// the contract's `iam.admin.password_hash`, e.g.
+    /// `printf '%s\n' "$PW" | iam-server hash-password`.
     HashPassword {
         /// The user the password is for (refused when the password contains it).
         #[arg(long, value_name = "NAME")]
