@@ -47,6 +47,8 @@ pub enum Command {
     },
     /// Prepare the Raft data disk (GPT, labelled filesystem, mount); never reformats ours.
     Disk(NodeArgs),
+    /// Make this node's key and obtain its certificate (nothing to do when it holds one).
+    Enroll(NodeArgs),
     /// Decide this node's Raft id and write the services' TOML from the contract.
     Configure(NodeArgs),
     /// Form (seed) or join (everyone else) the Chainfire cluster.
@@ -101,6 +103,9 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Disk(a) => step("disk", &a, |ctx| async move {
             crate::disk::run(&ctx).await.map(|_| ())
+        }),
+        Command::Enroll(a) => step("enroll", &a, |ctx| async move {
+            crate::enroll::run(&ctx, ctx.args.deadline).await
         }),
         Command::Configure(a) => step("configure", &a, |ctx| async move {
             crate::configure::run(&ctx, ctx.args.deadline).await

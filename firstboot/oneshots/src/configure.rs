@@ -145,18 +145,25 @@ fn toml_string(v: &str) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+fn toml_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|u| toml_string(u))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Writes chainfire.toml, flaredb.toml and iam.toml.
 pub fn write_configs(ctx: &Ctx, id: u64) -> StepResult<()> {
     let me = &ctx.me;
-    let tls = match (&ctx.contract.config.tls, &me.tls) {
-        (Some(c), Some(n)) => format!(
-            "tls_cert = {}\ntls_key = {}\ntls_ca = {}\n",
-            toml_string(&n.cert.display().to_string()),
-            toml_string(&n.key.display().to_string()),
-            toml_string(&c.ca_cert.display().to_string())
-        ),
-        _ => String::new(),
-    };
+    // Every port is mutual TLS with this node's certificate (from `firstboot enroll`).
+    let creds = ctx.node_credentials();
+    let tls = format!(
+        "tls_cert = {}\ntls_key = {}\ntls_ca = {}\n",
+        toml_string(&creds.cert_path().display().to_string()),
+        toml_string(&creds.key_path().display().to_string()),
+        toml_string(&creds.ca_path().display().to_string())
+    );
     let header = format!(
         "# Written by `firstboot configure` from {} for node {}; do not edit.\n",
         ctx.args.cluster.display(),
@@ -199,13 +206,10 @@ pub fn write_configs(ctx: &Ctx, id: u64) -> StepResult<()> {
         (
             "iam",
             format!(
-                "{header}listen_addr = {}\nflaredb = [{}]\nsigning_key = {}\n",
+                "{header}listen_addr = {}\nflaredb = [{}]\nchainfire = [{}]\nsigning_key = {}\n{tls}",
                 toml_string(&me.iam_api()),
-                flaredb_urls
-                    .iter()
-                    .map(|u| toml_string(u))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                toml_list(&flaredb_urls),
+                toml_list(&chainfire_urls),
                 toml_string(
                     &ctx.args
                         .state_dir

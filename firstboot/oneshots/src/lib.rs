@@ -10,16 +10,16 @@
 //! - [`exit`] (the exit codes) and [`node_args`] (the flags of a node-side step);
 //! - [`step`]: the loaded context every step shares (contract, *self*, service URLs and
 //!   clients, waits, progress, done-markers);
-//! - what several steps read: [`ids`] (the Raft ids and the cluster id, and where they live)
-//!   and [`credential`] (the IAM bootstrap credential file);
-//! - the steps, one per unit, which never import each other: [`disk`], [`configure`],
-//!   [`join`], [`iam_setup`], [`health`]; and [`units`], which renders the unit graph;
+//! - what several steps read: [`ids`] (the Raft ids and the cluster id, and where they live);
+//! - the steps, one per unit, which never import each other: [`disk`], [`enroll`],
+//!   [`configure`], [`join`], [`iam_setup`], [`health`]; and [`units`], which renders the unit
+//!   graph;
 //! - [`cli`]: the subcommands and the dispatch to the steps.
 
 pub mod cli;
 pub mod configure;
-pub mod credential;
 pub mod disk;
+pub mod enroll;
 pub mod exit;
 pub mod health;
 pub mod iam_setup;
