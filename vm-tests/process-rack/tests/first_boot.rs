@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use local_rack::{node_ip, Rack, RackSpec};
 use plasmacloud_store_client::{MemberRole, MembersResponse, StoreClient};
+
 use plasmacloud_testkit::workspace_binary;
 
 fn bin_dir() -> PathBuf {
@@ -31,16 +32,24 @@ fn spec(nodes: usize, subnet: u8, delays: Vec<Duration>, work: &std::path::Path)
     }
 }
 
+/// The harness's checks speak mTLS as an operator, as an operator would.
 async fn members(rack: &Rack, store: &str) -> MembersResponse {
     let port = if store == "chainfire" { 2379 } else { 2479 };
     let endpoints: Vec<String> = (0..rack.spec.nodes)
-        .map(|i| format!("http://{}:{port}", node_ip(rack.spec.subnet, i)))
+        .map(|i| format!("https://{}:{port}", node_ip(rack.spec.subnet, i)))
         .collect();
-    StoreClient::new(endpoints)
+    StoreClient::builder(endpoints)
+        .tls_files(&rack.operator_files())
+        .expect("operator certificate")
+        .build()
         .expect("client")
         .members()
         .await
         .expect("members")
+}
+
+fn ca_pem(rack: &Rack) -> String {
+    std::fs::read_to_string(rack.operator_files().ca).unwrap()
 }
 
 fn voters(m: &MembersResponse) -> Vec<u64> {
@@ -61,10 +70,14 @@ fn step(rack: &Rack, name: &str, step: &str) -> (i32, String) {
     )
 }
 
+/// Login is open to anyone over TLS: no client certificate, only the CA to trust.
 async fn iam_login(rack: &Rack, node: usize, user: &str, password: &str) -> u16 {
-    reqwest::Client::new()
+    plasmacloud_pki::tls::reqwest_builder_trusting(&ca_pem(rack))
+        .unwrap()
+        .build()
+        .unwrap()
         .post(format!(
-            "http://{}:8080/v1/auth/login",
+            "https://{}:8080/v1/auth/login",
             node_ip(rack.spec.subnet, node)
         ))
         .json(&serde_json::json!({"username": user, "password": password}))
@@ -108,22 +121,43 @@ async fn three_nodes_shuffled_form_one_cluster_and_reruns_change_nothing() {
     let cf_before = members(&rack, "chainfire").await;
     let fd_before = members(&rack, "flaredb").await;
 
-    // Phase: one IAM admin: the bootstrap credential logs in on every node; another
-    // credential cannot bootstrap a second admin.
+    // Phase: one IAM admin: the contract's hash is the password the harness made it from, on
+    // every node; a second admin cannot be bootstrapped, not even by a node; and an operator
+    // or an anonymous caller cannot reach bootstrap at all.
     for i in 0..3 {
         assert_eq!(
-            iam_login(&rack, i, "admin", "Rack-Seed-Passphrase-7").await,
+            iam_login(&rack, i, local_rack::ADMIN.0, local_rack::ADMIN.1).await,
             200,
             "login on node {i}"
         );
     }
-    let second = reqwest::Client::new()
-        .post(format!("http://{}:8080/v1/bootstrap", node_ip(61, 2)))
-        .json(&serde_json::json!({"username": "intruder", "password": "another-long-password-2"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(second.status().as_u16(), 409);
+    let intruder = serde_json::json!({"username": "intruder", "password_hash": "$argon2id$v=19$m=19456,t=2,p=1$FCXPgIi1gahS52F7DaMVyw$hXfRVp9txfuCxGVwuE6RSUMu9bH/wtIf/qfEhEWbgWM"});
+    let url = format!("https://{}:8080/v1/bootstrap", node_ip(61, 2));
+    let node03 = plasmacloud_pki::TlsFiles::from(&plasmacloud_pki::Credentials::node(
+        rack.node_dir("node03").join("state/pki"),
+    ));
+    for (who, files, want) in [
+        ("node03", Some(node03), 409),
+        ("an operator", Some(rack.operator_files()), 403),
+        ("anyone", None, 401),
+    ] {
+        let client = match &files {
+            Some(f) => plasmacloud_pki::tls::TlsMaterial::load(f)
+                .unwrap()
+                .reqwest_builder()
+                .unwrap(),
+            None => plasmacloud_pki::tls::reqwest_builder_trusting(&ca_pem(&rack)).unwrap(),
+        };
+        let r = client
+            .build()
+            .unwrap()
+            .post(&url)
+            .json(&intruder)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "bootstrap by {who}");
+    }
 
     // Phase: every step again on every node changes nothing.
     for name in rack.names.clone() {
@@ -174,6 +208,8 @@ async fn three_nodes_shuffled_form_one_cluster_and_reruns_change_nothing() {
         .parse()
         .unwrap();
     std::fs::remove_dir_all(rack.node_dir("node03").join("state")).unwrap();
+    // Its key went with the disk: it gets a new one (offline, as it does not PXE-boot here).
+    rack.issue_node("node03", &rack.contract).unwrap();
     rack.run_chain("node03")
         .await
         .expect("wiped node03 rejoins");
@@ -212,6 +248,16 @@ async fn three_nodes_shuffled_form_one_cluster_and_reruns_change_nothing() {
         }));
     let other_path = dir.path().join("other-contract.json");
     std::fs::write(&other_path, other.to_string()).unwrap();
+    // A certificate of this very CA: only the contract is wrong.
+    Command::new(bin_dir().join("pxe-server"))
+        .args(["pki", "issue", "--node", "node04", "--state-dir"])
+        .arg(dir.path().join("pxe-state"))
+        .arg("--cluster")
+        .arg(&other_path)
+        .arg("--out")
+        .arg(dir.path().join("node04/state/pki"))
+        .status()
+        .unwrap();
     let out = Command::new(bin_dir().join("firstboot"))
         .args(["configure", "--cluster"])
         .arg(&other_path)
