@@ -3,12 +3,13 @@
 //! The rule: a connection pool holds keep-alive connections to a peer. When that peer loses
 //! power and comes back, its new kernel answers the old connection with a reset, but only once
 //! the client uses it again — so the first request after a reboot fails at the connection
-//! level although the peer is up. An **idempotent** request (GET, HEAD, and the PUT / DELETE /
-//! POST calls an API defines as idempotent: repeating them changes nothing) that fails that way
-//! is sent once more on a connection opened just for it, and that answer counts. A request that
-//! is **not** idempotent (a compare-and-swap, an append) is never sent twice: its failure is
-//! reported as "outcome unknown" ([`Failure::Broken`]), and the caller reads back before it
-//! decides.
+//! level although the peer is up. An **idempotent** request — a read, or a call the API
+//! defines as repeatable *even with other clients acting in between* (a membership change that
+//! is a no-op the second time) — that fails that way is sent once more on a connection opened
+//! just for it, and that answer counts. Anything else is never sent twice, not even a plain
+//! PUT: repeated after it took effect, with another writer's PUT in between, it would apply
+//! twice. Its failure is reported as "outcome unknown" ([`Failure::Broken`]), and the caller
+//! reads back before it decides.
 //!
 //! A timeout is never retried here (the request may still be running on the peer), and a
 //! refused connection is the caller's to handle (the peer is down, try another endpoint).
@@ -125,15 +126,12 @@ impl Http {
     }
 }
 
-/// Is `method` idempotent by HTTP's definition (RFC 9110 §9.2.2)? POST is not; PUT and DELETE
-/// are, as far as HTTP knows (an API with conditional writes decides per call).
-pub fn method_is_idempotent(method: &reqwest::Method) -> bool {
+/// Is `method` safe to repeat whatever other clients do meanwhile: a read (GET, HEAD,
+/// OPTIONS)? PUT and DELETE are idempotent only for a lone client (RFC 9110 §9.2.2 speaks of
+/// the intended effect of one request), so they are not retried on that ground alone.
+pub fn method_is_read(method: &reqwest::Method) -> bool {
     matches!(
         *method,
-        reqwest::Method::GET
-            | reqwest::Method::HEAD
-            | reqwest::Method::OPTIONS
-            | reqwest::Method::PUT
-            | reqwest::Method::DELETE
+        reqwest::Method::GET | reqwest::Method::HEAD | reqwest::Method::OPTIONS
     )
 }

@@ -16,11 +16,13 @@
 //!   unreachable), backing off between rounds;
 //! - follows `307`/`308` redirects to the leader (servers forward to the leader themselves, but
 //!   the client handles both);
-//! - sends an idempotent call once more on a fresh connection when the first connection broke
-//!   after sending (a peer that rebooted resets the pooled connections from before; see
-//!   [`http`]), and never repeats a call whose outcome is then unknown (a compare-and-swap,
-//!   an append, or any timeout after sending): it returns [`Error::Broken`] or
-//!   [`Error::Timeout`], and the caller decides.
+//! - sends a read, or a membership call (which the API defines as repeatable: the same change
+//!   again is a no-op), once more on a fresh connection when the first connection broke after
+//!   sending (a peer that rebooted resets the pooled connections from before; see [`http`]);
+//!   it never repeats a write (put, delete, compare-and-swap, append: repeated after it took
+//!   effect, with another writer's write in between, it would apply twice), nor anything after
+//!   a timeout: it returns [`Error::Broken`] or [`Error::Timeout`], the outcome is unknown, and
+//!   the caller reads back before it decides.
 //!
 //! Chainfire's KV is [`StoreClient::kv`] (the shortcuts [`StoreClient::get`], [`StoreClient::put`]
 //! … use it); FlareDB's namespaces are [`StoreClient::namespace`]; FlareDB's time series are
@@ -784,7 +786,8 @@ impl StoreClient {
             &format!("/v1/ts/{series}/points"),
             Some(body),
             self.inner.timeout,
-            true,
+            false, // a point repeated over another writer's would apply twice
+
         )
         .await?
         .ok_json()
@@ -904,8 +907,9 @@ impl Keyspace {
                 &format!("{}/{}{query}", self.base, encode_key(key)),
                 Some(Bytes::copy_from_slice(value.as_bytes())),
                 self.client.inner.timeout,
-                // A compare-and-swap repeated after it took effect would answer 409.
-                query.is_empty(),
+                // Never repeated: a put repeated after it took effect, with another writer's
+                // put in between, would apply twice (and a compare-and-swap would answer 409).
+                false,
             )
             .await?
             .ok_json()?;
@@ -932,7 +936,8 @@ impl Keyspace {
                 &format!("{}/{}{query}", self.base, encode_key(key)),
                 None,
                 self.client.inner.timeout,
-                query.is_empty(),
+                // Never repeated: it could delete what another writer put in between.
+                false,
             )
             .await?
             .ok_json()
