@@ -5,7 +5,8 @@
 //! in it passes, and the report records how long each wave took:
 //! 1. **local** — Chainfire, FlareDB and IAM on this node answer `/health` healthy;
 //! 2. **cluster** — Chainfire and FlareDB each have a leader and exactly the contract's voters,
-//!    and this node is a member (a voter if the contract says so);
+//!    this node is a member (a voter if the contract says so), and every voter's own replica
+//!    holds the cluster identity this node joined (one cluster, never two);
 //! 3. **iam** — the local IAM issues a token to this node's identity (its certificate proves
 //!    it), and every voter's IAM accepts that token as this node (no password involved).
 
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use plasmacloud_store_client::MemberRole;
 use serde::Serialize;
 
-use crate::ids::my_id;
+use crate::ids::{guard_keyspace, joined_uuid, my_id, CLUSTER_UUID_KEY};
 use crate::step::{write_atomic, Backoff, Ctx, StepError, StepResult, Store};
 
 /// One check's outcome.
@@ -99,11 +100,65 @@ async fn wave_local(ctx: &Ctx, http: &reqwest::Client) -> Vec<Check> {
     out
 }
 
+/// One cluster, not two: every initial voter's own replica of `store` holds the cluster
+/// identity this node joined (a seed that had bootstrapped alone would hold another).
+async fn check_one_cluster(ctx: &Ctx, store: Store) -> Check {
+    let s = store.name();
+    let name = format!("{s}.one-cluster");
+    let Some(mine) = joined_uuid(ctx, store) else {
+        return check(
+            "cluster",
+            &name,
+            false,
+            format!("this node recorded no cluster identity ({s}-join must run first)"),
+        );
+    };
+    let mut differ = Vec::new();
+    for n in ctx.contract.voters() {
+        let got = match ctx.client(store, [n], Duration::from_secs(5)) {
+            Ok(c) => match guard_keyspace(&c, store) {
+                Ok(k) => k
+                    .get_local(CLUSTER_UUID_KEY)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .map(|v| v.map(|v| v.value)),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match got {
+            Ok(Some(u)) if u == mine => {}
+            Ok(Some(u)) => differ.push(format!("{} holds cluster {u}", n.name)),
+            Ok(None) => differ.push(format!("{} holds no cluster identity", n.name)),
+            Err(e) => differ.push(format!("{}: {e}", n.name)),
+        }
+    }
+    if differ.is_empty() {
+        check(
+            "cluster",
+            &name,
+            true,
+            format!("every voter holds cluster {mine}"),
+        )
+    } else {
+        check(
+            "cluster",
+            &name,
+            false,
+            format!(
+                "this node joined cluster {mine}, but {} (expected one cluster)",
+                differ.join("; ")
+            ),
+        )
+    }
+}
+
 async fn wave_cluster(ctx: &Ctx) -> Vec<Check> {
     let mut out = Vec::new();
     let want = ctx.contract.voters().len();
     for store in [Store::Chainfire, Store::Flaredb] {
         let s = store.name();
+        out.push(check_one_cluster(ctx, store).await);
         let client = match ctx.client(store, ctx.contract.voters(), Duration::from_secs(5)) {
             Ok(c) => c,
             Err(e) => {

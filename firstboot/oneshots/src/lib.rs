@@ -10,7 +10,8 @@
 //! - [`exit`] (the exit codes) and [`node_args`] (the flags of a node-side step);
 //! - [`step`]: the loaded context every step shares (contract, *self*, service URLs and
 //!   clients, waits, progress, done-markers);
-//! - what several steps read: [`ids`] (the Raft ids and the cluster id, and where they live);
+//! - what several steps read: [`ids`] (the Raft ids and the cluster id, and where they live)
+//!   and [`pristine`] (a pristine voter answering the seed while it waits);
 //! - the steps, one per unit, which never import each other: [`disk`], [`enroll`],
 //!   [`configure`], [`join`], [`iam_setup`], [`health`]; and [`units`], which renders the unit
 //!   graph;
@@ -26,5 +27,6 @@ pub mod iam_setup;
 pub mod ids;
 pub mod join;
 pub mod node_args;
+pub mod pristine;
 pub mod step;
 pub mod units;
