@@ -361,3 +361,114 @@ async fn twenty_five_nodes_join_at_once_and_the_quorum_stays_five() {
     }
     rack.shutdown().await;
 }
+
+/// Power to the whole rack goes out, the seed's disk is replaced, and power comes back with the
+/// other two servers 2–5 s slower (as real machines are). Before the "never two clusters"
+/// rule the seed bootstrapped alone every time; now it waits for its peers, finds they hold
+/// the cluster, and joins it under a new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_seed_powered_on_first_joins_the_cluster_its_peers_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let rack = Arc::new(Rack::new(spec(3, 65, vec![], dir.path())).unwrap());
+
+    // Phase: a ready rack holding a key.
+    assert_eq!(
+        rack.run_all().await,
+        3,
+        "{:#?}",
+        rack.timelines.lock().unwrap()
+    );
+    let cf = |i: usize| {
+        StoreClient::builder([format!("https://{}:2379", node_ip(65, i))])
+            .tls_files(&rack.operator_files())
+            .unwrap()
+            .build()
+            .unwrap()
+    };
+    cf(1).put("survives/the-power-cut", "yes").await.unwrap();
+
+    for (round, delays) in [[2_000u64, 5_000], [3_500, 2_500]].iter().enumerate() {
+        // Phase: power off everything; the seed's disk is replaced.
+        for name in rack.names.clone() {
+            for s in ["iam", "flaredb", "chainfire"] {
+                rack.kill_service(&name, s).await;
+            }
+        }
+        std::fs::remove_dir_all(rack.node_dir("node01").join("state")).unwrap();
+        rack.issue_node("node01", &rack.contract).unwrap();
+
+        // Phase: power on, the seed first.
+        let mut tasks = Vec::new();
+        for (i, name) in rack.names.clone().into_iter().enumerate() {
+            let r = Arc::clone(&rack);
+            let delay = Duration::from_millis(if i == 0 { 0 } else { delays[i - 1] });
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                r.run_chain(&name).await
+            }));
+        }
+        for t in tasks {
+            t.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+
+        // Phase: one cluster of three voters, the seed under a new id, the old data everywhere.
+        for store in ["chainfire", "flaredb"] {
+            let m = members(&rack, store).await;
+            assert_eq!(m.voter_ids().len(), 3, "round {round} {store}: {m:?}");
+            assert!(
+                !m.voter_ids().contains(&1),
+                "round {round} {store}: the seed's old id 1 is retired: {m:?}"
+            );
+        }
+        for i in 0..3 {
+            let v = cf(i)
+                .kv()
+                .get_local("survives/the-power-cut")
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("round {round}: node {i} lost the data"));
+            assert_eq!(v.value, "yes");
+        }
+        // One admin, the contract's: it still logs in, and nothing else was created.
+        assert_eq!(
+            iam_login(&rack, 0, local_rack::ADMIN.0, local_rack::ADMIN.1).await,
+            200,
+            "round {round}"
+        );
+    }
+    rack.shutdown().await;
+}
+
+/// One initial voter never comes up: the seed does not read its silence as "no cluster".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_waits_for_a_silent_voter_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rack = Rack::new(spec(3, 66, vec![], dir.path())).unwrap();
+    // node02 is pristine and waiting for its id: it answers that it holds no cluster.
+    let mut node02 = tokio::process::Command::new(bin_dir().join("firstboot"))
+        .arg("configure")
+        .args(rack.node_args("node02", Duration::from_secs(60)))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // node03 never boots.
+    let out = Command::new(bin_dir().join("firstboot"))
+        .arg("configure")
+        .args(rack.node_args("node01", Duration::from_secs(5)))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(75), "{text}");
+    assert!(text.contains("no answer from node03"), "{text}");
+    assert!(!text.contains("node02 ("), "node02 answered: {text}");
+    assert!(
+        !rack
+            .node_dir("node01")
+            .join("state/chainfire/node_id")
+            .exists(),
+        "the seed took no id: it did not bootstrap"
+    );
+    let _ = node02.kill().await;
+}
