@@ -265,7 +265,12 @@ pub fn render(unit: &Unit, bindir: &Path) -> String {
         "Restart=on-failure\nRestartSec=2\nRestartPreventExitStatus=2"
     );
     if unit.kind == Kind::Oneshot {
-        let _ = writeln!(s, "TimeoutStartSec=15min");
+        // A step that must wait (for a peer, a disk) reports and starts over itself rather
+        // than exiting 75: a failed oneshot would fail every unit that requires it, and
+        // systemd would not start those again once a restart succeeded. So it may take as
+        // long as its peers do; its STATUS= line and phase reports say what it waits for.
+        let _ = writeln!(s, "TimeoutStartSec=infinity");
+        let _ = writeln!(s, "Environment=PLASMACLOUD_RETRY_FOREVER=true");
     }
     let _ = writeln!(s, "Environment=RUST_LOG=info");
     if unit.name == "firstboot-disk.service" {
@@ -369,6 +374,9 @@ mod tests {
         assert!(text.contains("Type=oneshot\nRemainAfterExit=yes\nNotifyAccess=main"));
         assert!(text.contains("RestartPreventExitStatus=2"));
         assert!(text.contains("ExecStart=/usr/bin/firstboot chainfire-join"));
+        assert!(
+            text.contains("TimeoutStartSec=infinity\nEnvironment=PLASMACLOUD_RETRY_FOREVER=true")
+        );
         let text = render(&unit("chainfire.service"), Path::new("/opt/pc/bin"));
         assert!(text.contains("Type=notify"));
         assert!(text.contains("StateDirectory=plasmacloud/chainfire"));
