@@ -246,10 +246,10 @@ impl Contract {
         )
     }
 
-    /// `http://ADDRESS:PORT` of pxe-server's management listener (phase reports).
+    /// `https://ADDRESS:PORT` of pxe-server's management listener (phase reports).
     pub fn management_url(&self) -> String {
         format!(
-            "http://{}:{}",
+            "https://{}:{}",
             self.boot_server, self.config.boot_server.management_port
         )
     }
