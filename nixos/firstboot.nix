@@ -100,7 +100,7 @@ in
       type = types.str;
       default =
         if contract != null && cfg.nodeName != null then
-          (contractLib.disk contract cfg.nodeName).mount_point
+          contractLib.mountPoint contract cfg.nodeName
         else
           contractLib.defaultMountPoint;
       defaultText = lib.literalMD "the node's `disk.mount_point` in the contract, else `/var/lib/plasmacloud`";

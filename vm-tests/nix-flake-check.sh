@@ -55,9 +55,18 @@ elif [ "$rc" -ne 0 ]; then
 fi
 tree=$(vm-tests/nix-nixpkgs.sh tree)
 prepared=$(date +%s)
+echo "nix-flake-check: nixpkgs 25.05 (+ stubs) at $store, ready after $((prepared - started)) s"
 
 passed=0
 failed=0
+# Each part's wall time, printed after its results.
+part_started=$prepared
+part() {
+  local now
+  now=$(date +%s)
+  echo "----  $1: $((now - part_started)) s"
+  part_started=$now
+}
 pass() {
   passed=$((passed + 1))
   echo "ok    $1"
@@ -125,6 +134,7 @@ instantiate formatter formatter \
   'fs: builtins.listToAttrs (builtins.attrValues (builtins.mapAttrs (s: f: { name = "formatter.${s}"; value = f.drvPath; }) fs))'
 instantiate "nixosOptionsDoc" checks.x86_64-linux.options-doc \
   'c: { "options-doc optionsJSON" = c.optionsJSON.drvPath; "options-doc optionsCommonMark" = c.optionsCommonMark.drvPath; }'
+part "instantiation"
 
 # 3. Secrets given as store paths are refused, in the real NixOS evaluation of pxe-host.
 refusal() {
@@ -143,6 +153,7 @@ refusal "pxe-host refuses a state directory in the store" \
 refusal "pxe-host refuses an IAM signing key in the store (firstboot + IAM enabled)" \
   '{ lib, ... }: { services.plasmacloud.firstboot.enable = true; services.chainfire.enable = true; services.flaredb.enable = true; services.iam.enable = true; services.iam.signingKeyFile = "${builtins.toFile "signing-key.pem" "not a key"}"; }' \
   "services.iam.signingKeyFile is a secret"
+part "refusals"
 
 # 4. docs/options.md.
 if evaluate "$repo" checks.x86_64-linux.options-doc.markdown; then
@@ -158,6 +169,7 @@ if evaluate "$repo" checks.x86_64-linux.options-doc.markdown; then
 else
   fail "render the options documentation" "$(cat "$work/err")"
 fi
+part "options doc"
 
 # 5. The test scripts, as nixpkgs' nixos/lib/testing/driver.nix checks them when it builds
 # the driver: machine names pythonized, one `name: Machine;` per node and `vlanN: VLan;` per
@@ -265,12 +277,13 @@ lint_suites "$repo"
 while IFS=$'\t' read -r status label file; do
   if [ "$status" = ok ]; then pass "$label"; else fail "$label" "$(cat "$file")"; fi
 done <"$work/lint"
+part "test scripts"
 
 # 6. The step can fail. A copy of the repository (the files the flake sees) gets one mistake
 # at a time in a module; instantiating a node must then fail and name what is wrong.
 copy="$work/repo"
 mkdir -p "$copy"
-git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+git ls-files -z --cached | while IFS= read -r -d '' f; do
   [ -e "$f" ] && printf '%s\0' "$f"
 done | xargs -0 cp --parents -t "$copy"
 cp "$copy/nixos/iam.nix" "$work/iam.nix.orig"
@@ -323,9 +336,10 @@ for check in "pyflakes:undefined name 'undefined_name'" 'mypy:"Machine" has no a
   fi
 done
 
-finished=$(date +%s)
+part "the step can fail"
 
+finished=$(date +%s)
 echo
 echo "instantiated: $(wc -l <"$work/instantiated" 2>/dev/null || echo 0) outputs"
-echo "$passed passed, $failed failed in $((finished - started)) s (tree ready after $((prepared - started)) s)"
+echo "$passed passed, $failed failed in $((finished - started)) s"
 [ "$failed" -eq 0 ]

@@ -39,6 +39,9 @@ fi
 stubs="$repo/vm-tests/nixos/nixpkgs-stubs"
 stub_sum=$(cat "$stubs"/*.nix | sha256sum | cut -c1-12)
 eval_tree="$tree+stubs-$stub_sum"
+# One preparation at a time (several checkouts may run their checks at once).
+exec 9>"$eval_tree.lock"
+flock 9
 if [ ! -f "$eval_tree.ready" ]; then
   rm -rf "$eval_tree.tmp"
   cp -al "$tree" "$eval_tree.tmp"

@@ -154,6 +154,9 @@ let
       }
       // (node contract name).disk;
 
+    # Where a node's data disk is mounted.
+    mountPoint = contract: name: (disk contract name).mount_point;
+
     # `http://ip:port` of a service's API on a node (`chainfire`, `flaredb` or `iam`).
     apiUrl =
       contract: service: name:

@@ -27,7 +27,7 @@ let
       };
       networking.interfaces.eth1.ipv4.addresses = lib.mkForce [
         {
-          address = (contractLib.node contract name).ipv4;
+          inherit (contractLib.nodeNetwork contract name) address;
           prefixLength = 24;
         }
       ];

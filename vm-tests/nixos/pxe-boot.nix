@@ -55,7 +55,7 @@ let
   startCommand =
     name:
     let
-      n = contractLib.node contract name;
+      n = contractLib.nodeNetwork contract name;
     in
     lib.concatStringsSep " " [
       qemu
@@ -63,7 +63,7 @@ let
       "-smp 2"
       "-boot order=n"
       "-netdev vde,id=net0,sock=\"$QEMU_VDE_SOCKET_1\""
-      "-device virtio-net-pci,netdev=net0,mac=${n.mac}"
+      "-device virtio-net-pci,netdev=net0,mac=${n.macAddress}"
       "-drive file=\"$TMPDIR/${name}-data.qcow2\",if=virtio,format=qcow2"
     ];
 in

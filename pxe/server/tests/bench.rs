@@ -14,48 +14,37 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use plasmacloud_testkit::{require, Need, Process};
 
-fn net() -> (Rack, String, String) {
-    let mut rack = Rack::new();
-    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/16"));
-    let cli = rack.attach("cli", "cli0", "52:54:00:ff:00:09", Some("10.77.0.50/16"));
+fn net() -> (Segment, String, String) {
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/16");
+    let cli = attach_client(&mut rack, "cli", "52:54:00:ff:00:09", Some("10.77.0.50/16"));
     (rack, srv, cli)
 }
 
-struct Fx {
-    _dir: tempfile::TempDir,
-    d: PathBuf,
-    cluster: PathBuf,
-    bundle: PathBuf,
-    ipxe: PathBuf,
+/// A benchmark's skip rule: root and every one of `tools`.
+fn needs_root_and(test: &str, tools: &[&str]) -> bool {
+    let mut needs = vec![Need::Root];
+    needs.extend(tools.iter().map(|t| Need::Tool(t)));
+    require(test, &needs)
 }
 
-fn fx(kernel: &[u8], initrd: &[u8], overlay: &dyn Fn(&str) -> Vec<u8>) -> Fx {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let cluster = write_contract(&d, 8081, 8082);
-    let bundle = write_bundle_with(
-        &d,
-        &cluster,
-        kernel,
-        initrd,
-        "console=ttyS0 panic=-1",
-        overlay,
-    );
-    let ipxe = write_ipxe_dir(&d);
-    Fx {
-        _dir: dir,
-        d,
-        cluster,
-        bundle,
-        ipxe,
-    }
+fn fx(kernel: &[u8], initrd: &[u8], overlay: &dyn Fn(&str) -> Vec<u8>) -> Fixture {
+    Fixture::new(kernel, initrd, "console=ttyS0 panic=-1", overlay)
+}
+
+/// dnsmasq on `srv0` in `srv` with `args`, its pid file and log in the fixture's directory.
+fn dnsmasq(srv: &str, f: &Fixture, args: &[&str]) -> Process {
+    let pid = format!("--pid-file={}", f.d.join("dm.pid").display());
+    let mut all = args.to_vec();
+    all.push(&pid);
+    spawn_dnsmasq(srv, "srv0", &all, &f.d.join("dm.log"))
 }
 
 /// Runs `n` copies of `args` in `ns` at once; returns the wall time for all.
@@ -64,9 +53,8 @@ fn parallel(ns: &str, n: usize, args: &dyn Fn(usize) -> Vec<String>) -> f64 {
     let children: Vec<_> = (0..n)
         .map(|i| {
             let a = args(i);
-            Command::new("ip")
-                .args(["netns", "exec", ns])
-                .args(&a)
+            netns::command_in(ns, &a[0])
+                .args(&a[1..])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -88,24 +76,13 @@ fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / secs
 }
 
-fn wait_udp_port(ns: &str, port: u16) {
+/// Waits until something listens on `port` in `ns`; `proto` is `u` (UDP) or `t` (TCP).
+fn wait_port(ns: &str, proto: char, port: u16) {
     plasmacloud_testkit::wait_until(
-        &format!("UDP {port} in {ns}"),
+        &format!("{proto}{port} to listen in {ns}"),
         Duration::from_secs(10),
         || {
-            let (_, out) = try_sh(&["ip", "netns", "exec", ns, "ss", "-uln"]);
-            out.contains(&format!(":{port} ")).then_some(())
-        },
-    )
-    .unwrap();
-}
-
-fn wait_tcp_port(ns: &str, port: u16) {
-    plasmacloud_testkit::wait_until(
-        &format!("TCP {port} in {ns}"),
-        Duration::from_secs(10),
-        || {
-            let (_, out) = try_sh(&["ip", "netns", "exec", ns, "ss", "-tln"]);
+            let (_, out) = try_sh_in(ns, &["ss", &format!("-{proto}ln")]);
             out.contains(&format!(":{port} ")).then_some(())
         },
     )
@@ -151,16 +128,7 @@ fn tftp_round(cli: &str, d: &Path, file: &str, size: u64, label: &str) -> (f64, 
 #[test]
 #[ignore = "benchmark: run pxe/bench/run.sh"]
 fn bench_tftp() {
-    if !require(
-        "bench_tftp",
-        &[
-            Need::Root,
-            Need::Tool("curl"),
-            Need::Tool("in.tftpd"),
-            Need::Tool("dnsmasq"),
-            Need::Tool("atftp"),
-        ],
-    ) {
+    if !needs_root_and("bench_tftp", &["curl", "in.tftpd", "dnsmasq", "atftp"]) {
         return;
     }
     let f = fx(b"k", b"i", &overlay_bytes);
@@ -169,14 +137,7 @@ fn bench_tftp() {
     let (rack, srv, cli) = net();
 
     // pxe-server (proxy mode: TFTP without RA; DHCP idle)
-    let args = server_args(
-        "proxy",
-        &f.cluster,
-        &f.bundle,
-        &f.ipxe,
-        &f.d.join("state"),
-        &["--log-format", "json"],
-    );
+    let args = f.server_args("proxy", &f.d.join("state"), &["--log-format", "json"]);
     let server = start_server(&srv, &args, &f.d.join("srv.log"));
     let ours = tftp_round(&cli, &f.d, "big.bin", size, "pxe-server");
     let mut ws = Vec::new();
@@ -205,7 +166,7 @@ fn bench_tftp() {
     // tftpd-hpa
     let hpa = Process::spawn(
         "in.tftpd",
-        Rack::exec(
+        exec(
             &srv,
             &[
                 "in.tftpd",
@@ -219,31 +180,14 @@ fn bench_tftp() {
         &f.d.join("hpa.log"),
     )
     .unwrap();
-    wait_udp_port(&srv, 69);
+    wait_port(&srv, 'u', 69);
     let hpa_r = tftp_round(&cli, &f.d, "big.bin", size, "tftpd-hpa");
     drop(hpa);
 
     // dnsmasq (TFTP only)
-    let dm = Process::spawn(
-        "dnsmasq",
-        Rack::exec(
-            &srv,
-            &[
-                "dnsmasq",
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--enable-tftp",
-                &format!("--tftp-root={}", f.ipxe.display()),
-                "--interface=srv0",
-                "--bind-interfaces",
-                &format!("--pid-file={}", f.d.join("dm.pid").display()),
-            ],
-        ),
-        &f.d.join("dm.log"),
-    )
-    .unwrap();
-    wait_udp_port(&srv, 69);
+    let root = format!("--tftp-root={}", f.ipxe.display());
+    let dm = dnsmasq(&srv, &f, &["--enable-tftp", &root]);
+    wait_port(&srv, 'u', 69);
     let dm_r = tftp_round(&cli, &f.d, "big.bin", size, "dnsmasq");
     drop(dm);
     println!(
@@ -259,10 +203,7 @@ fn bench_tftp() {
 #[test]
 #[ignore = "benchmark: run pxe/bench/run.sh"]
 fn bench_http() {
-    if !require(
-        "bench_http",
-        &[Need::Root, Need::Tool("curl"), Need::Tool("nginx")],
-    ) {
+    if !needs_root_and("bench_http", &["curl", "nginx"]) {
         return;
     }
     let f = fx(b"k", b"i", &overlay_bytes);
@@ -298,14 +239,7 @@ fn bench_http() {
         println!("BENCH http {label}: 16 clients x 512 MiB {r:.0} MiB/s aggregate ({t:.2} s), CPU s/GiB: server {cpu:.2}, curl clients {cli_cpu:.2}");
         (r, cpu)
     };
-    let args = server_args(
-        "proxy",
-        &f.cluster,
-        &f.bundle,
-        &f.ipxe,
-        &f.d.join("state"),
-        &["--log-format", "json"],
-    );
+    let args = f.server_args("proxy", &f.d.join("state"), &["--log-format", "json"]);
     let server = start_server(&srv, &args, &f.d.join("srv.log"));
     // nginx beside it on another port, so the rounds can alternate: the machine's load (other
     // builds, VMs) moves by tens of per cent within seconds, and alternating exposes both
@@ -322,7 +256,7 @@ fn bench_http() {
     .unwrap();
     let ng = Process::spawn(
         "nginx",
-        Rack::exec(
+        exec(
             &srv,
             &[
                 "nginx",
@@ -335,7 +269,7 @@ fn bench_http() {
         &f.d.join("nginx.log"),
     )
     .unwrap();
-    wait_tcp_port(&srv, 8090);
+    wait_port(&srv, 't', 8090);
     let rounds: usize = std::env::var("PXE_BENCH_HTTP_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -418,22 +352,15 @@ fn burst(cli: &str, n: usize) -> serde_json::Value {
 #[test]
 #[ignore = "benchmark: run pxe/bench/run.sh"]
 fn bench_dhcp_burst() {
-    if !require(
-        "bench_dhcp_burst",
-        &[Need::Root, Need::Tool("python3"), Need::Tool("dnsmasq")],
-    ) {
+    if !needs_root_and("bench_dhcp_burst", &["python3", "dnsmasq"]) {
         return;
     }
     let n = 1000;
     let f = fx(b"k", b"i", &overlay_bytes);
-    let (rack, srv, _) = net();
-    let mut rack = rack;
-    let burst_ns = rack.attach("burst", "cli0", "52:54:00:ff:00:0a", None);
-    let args = server_args(
+    let (mut rack, srv, _) = net();
+    let burst_ns = attach_client(&mut rack, "burst", "52:54:00:ff:00:0a", None);
+    let args = f.server_args(
         "full",
-        &f.cluster,
-        &f.bundle,
-        &f.ipxe,
         &f.d.join("state"),
         &[
             "--dhcp-range",
@@ -451,28 +378,18 @@ fn bench_dhcp_burst() {
     assert_eq!(ours["unique_addresses"], n, "{ours}");
     assert_eq!(ours["bad_bootfile"], 0, "{ours}");
     cmd_server.proc.kill();
-    let dm = Process::spawn(
-        "dnsmasq",
-        Rack::exec(
-            &srv,
-            &[
-                "dnsmasq",
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--interface=srv0",
-                "--bind-interfaces",
-                "--dhcp-range=10.77.1.0,10.77.5.255,255.255.0.0,1h",
-                "--dhcp-boot=undionly.kpxe",
-                "--dhcp-lease-max=5000",
-                &format!("--dhcp-leasefile={}", f.d.join("dm.leases").display()),
-                &format!("--pid-file={}", f.d.join("dm.pid").display()),
-            ],
-        ),
-        &f.d.join("dm.log"),
-    )
-    .unwrap();
-    wait_udp_port(&srv, 67);
+    let leases = format!("--dhcp-leasefile={}", f.d.join("dm.leases").display());
+    let dm = dnsmasq(
+        &srv,
+        &f,
+        &[
+            "--dhcp-range=10.77.1.0,10.77.5.255,255.255.0.0,1h",
+            "--dhcp-boot=undionly.kpxe",
+            "--dhcp-lease-max=5000",
+            &leases,
+        ],
+    );
+    wait_port(&srv, 'u', 67);
     let theirs = burst(&burst_ns, n);
     println!("BENCH dhcp burst dnsmasq: {theirs}");
     drop(dm);
@@ -485,7 +402,7 @@ fn bench_dhcp_burst() {
     drop(rack);
 }
 
-fn boot_once(rack: &Rack, d: &Path, tag: &str, node: usize) -> f64 {
+fn boot_once(rack: &Segment, d: &Path, tag: &str, node: usize) -> f64 {
     let serial = d.join(format!("serial-{tag}.log"));
     let t0 = Instant::now();
     let mut vm = start_vm(rack, "tap0", NODES[node].1, Firmware::Bios, d, &serial);
@@ -523,33 +440,23 @@ fn boot_once(rack: &Rack, d: &Path, tag: &str, node: usize) -> f64 {
 #[test]
 #[ignore = "benchmark: run pxe/bench/run.sh"]
 fn bench_boot() {
-    if !require(
-        "bench_boot",
-        &[
-            Need::Root,
-            Need::Tool("qemu-system-x86_64"),
-            Need::Tool("dnsmasq"),
-        ],
-    ) {
+    if !needs_root_and("bench_boot", &["qemu-system-x86_64", "dnsmasq"]) {
         return;
     }
     let kernel = std::fs::read(debian_kernel().expect("linux-image-amd64")).unwrap();
     let initrd = test_initrd();
     let f = fx(&kernel, &initrd, &test_overlay);
-    let mut rack = Rack::new();
-    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
-    rack.tap("tap0");
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/24");
+    rack.tap("tap0").unwrap();
     let mut times = Vec::new();
     for (tag, ra) in [
         ("pxe-server (ipv6-ra on)", "on"),
         ("pxe-server (ipv6-ra off)", "off"),
     ] {
         let state = f.d.join(format!("state-{ra}"));
-        let args = server_args(
+        let args = f.server_args(
             "full",
-            &f.cluster,
-            &f.bundle,
-            &f.ipxe,
             &state,
             &["--dhcp-range", "10.77.0.100-10.77.0.150", "--ipv6-ra", ra],
         );
@@ -570,31 +477,22 @@ fn bench_boot() {
         "#!ipxe\nkernel vmlinuz initrd=initrd.img initrd=node.cpio console=ttyS0 panic=-1\ninitrd initrd.img\ninitrd node.cpio\nboot\n",
     )
     .unwrap();
-    let dm = Process::spawn(
-        "dnsmasq",
-        Rack::exec(
-            &srv,
-            &[
-                "dnsmasq",
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--interface=srv0",
-                "--bind-interfaces",
-                "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
-                "--enable-tftp",
-                &format!("--tftp-root={}", root.display()),
-                "--dhcp-userclass=set:ipxe,iPXE",
-                "--dhcp-boot=tag:!ipxe,undionly.kpxe",
-                "--dhcp-boot=tag:ipxe,boot.ipxe",
-                &format!("--dhcp-leasefile={}", f.d.join("dm.leases").display()),
-                &format!("--pid-file={}", f.d.join("dm.pid").display()),
-            ],
-        ),
-        &f.d.join("dm.log"),
-    )
-    .unwrap();
-    wait_udp_port(&srv, 67);
+    let tftp_root = format!("--tftp-root={}", root.display());
+    let leases = format!("--dhcp-leasefile={}", f.d.join("dm.leases").display());
+    let dm = dnsmasq(
+        &srv,
+        &f,
+        &[
+            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+            "--enable-tftp",
+            &tftp_root,
+            "--dhcp-userclass=set:ipxe,iPXE",
+            "--dhcp-boot=tag:!ipxe,undionly.kpxe",
+            "--dhcp-boot=tag:ipxe,boot.ipxe",
+            &leases,
+        ],
+    );
+    wait_port(&srv, 'u', 67);
     let dm_t = boot_once(&rack, &f.d, "dnsmasq (DHCP+TFTP default)", 0);
     drop(dm);
     println!(

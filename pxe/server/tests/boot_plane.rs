@@ -64,6 +64,13 @@ open(sys.argv[2], "wb").write(out)
 print("retransmitted after %.2f s" % waited)
 "#;
 
+/// tftp-hpa's client in `ns`, binary mode, against the server: `tftp … -c COMMAND…`.
+fn tftp_hpa(ns: &str, command: &[&str]) -> (bool, String) {
+    let mut args = vec!["tftp", "-m", "binary", "10.77.0.1", "-c"];
+    args.extend_from_slice(command);
+    try_sh_in(ns, &args)
+}
+
 #[test]
 fn tftp_and_http_with_real_clients() {
     if !require(
@@ -79,16 +86,18 @@ fn tftp_and_http_with_real_clients() {
     ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut rack = Rack::new();
-    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
-    let n1 = rack.attach("n1", "cli0", NODES[0].1, None);
-    let other = rack.attach("o", "cli0", "52:54:00:cc:00:01", Some("10.77.0.60/24"));
-    let cluster = write_contract(d, 8081, 8082);
     let kernel = pattern(3 * 1024 * 1024 + 17, 1);
-    let bundle = write_bundle(d, &cluster, &kernel, &pattern(100_000, 2), "console=ttyS0");
-    let ipxe = write_ipxe_dir(d);
+    let fx = Fixture::new(
+        &kernel,
+        &pattern(100_000, 2),
+        "console=ttyS0",
+        &overlay_bytes,
+    );
+    let (d, ipxe) = (fx.d.as_path(), &fx.ipxe);
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/24");
+    let n1 = attach_client(&mut rack, "n1", NODES[0].1, None);
+    let other = attach_client(&mut rack, "o", "52:54:00:cc:00:01", Some("10.77.0.60/24"));
     let big = pattern(5 * 1024 * 1024 + 123, 3);
     std::fs::write(ipxe.join("big.bin"), &big).unwrap();
     std::fs::write(ipxe.join("small.bin"), pattern(2000, 4)).unwrap();
@@ -97,11 +106,8 @@ fn tftp_and_http_with_real_clients() {
     std::fs::write(d.join("outside"), b"not yours").unwrap();
     std::os::unix::fs::symlink(d.join("outside"), ipxe.join("escape")).unwrap();
     let state = d.join("state");
-    let args = server_args(
+    let args = fx.server_args(
         "full",
-        &cluster,
-        &bundle,
-        &ipxe,
         &state,
         &["--ipv6-ra", "off", "--tftp-max-transfers", "2"],
     );
@@ -110,28 +116,9 @@ fn tftp_and_http_with_real_clients() {
 
     eprintln!("phase: node01 leases its address");
     let script = d.join("configure.sh");
-    std::fs::write(&script, CONFIGURE_SCRIPT).unwrap();
-    sh(&["chmod", "+x", script.to_str().unwrap()]);
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n1,
-        "udhcpc",
-        "-i",
-        "cli0",
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "6",
-        "-T",
-        "1",
-        "-s",
-        script.to_str().unwrap(),
-        "-V",
-        "PXEClient:Arch:00000:UNDI:002001",
-    ]);
+    write_script(&script, CONFIGURE_SCRIPT);
+    let (ok, log) = udhcpc_once(&n1, &script, 6, Some(BIOS_PXE_CLIENT), &[]);
+    assert!(ok, "udhcpc: {log}");
     assert!(sh(&["ip", "-n", &n1, "addr", "show", "cli0"]).contains("10.77.0.11/24"));
 
     let same = |path: &std::path::Path, want: &[u8], who: &str| {
@@ -147,15 +134,7 @@ fn tftp_and_http_with_real_clients() {
     eprintln!("phase: the concurrent-transfer limit (2) refuses a third transfer");
     let py = d.join("limit.py");
     std::fs::write(&py, LIMIT_PY).unwrap();
-    let got = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n1,
-        "python3",
-        py.to_str().unwrap(),
-        "10.77.0.1",
-    ]);
+    let got = sh_in(&n1, &["python3", py.to_str().unwrap(), "10.77.0.1"]);
     assert!(got.contains("third refused: server busy"), "{got}");
     plasmacloud_testkit::wait_until(
         "the aborted transfers to end",
@@ -169,43 +148,30 @@ fn tftp_and_http_with_real_clients() {
 
     eprintln!("phase: tftp-hpa, default options, byte-exact");
     let out = d.join("hpa.bin");
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n1,
-        "tftp",
-        "-m",
-        "binary",
-        "10.77.0.1",
-        "-c",
-        "get",
-        "big.bin",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, log) = tftp_hpa(&n1, &["get", "big.bin", out.to_str().unwrap()]);
+    assert!(ok, "tftp-hpa: {log}");
     same(&out, &big, "tftp-hpa");
 
     eprintln!("phase: atftp with windowsize 8 and blksize 1432");
     let out = d.join("atftp.bin");
-    let (ok, log) = try_sh(&[
-        "ip",
-        "netns",
-        "exec",
+    let (ok, log) = try_sh_in(
         &n1,
-        "atftp",
-        "--option",
-        "blksize 1432",
-        "--option",
-        "windowsize 8",
-        "--option",
-        "tsize 0",
-        "-g",
-        "-r",
-        "big.bin",
-        "-l",
-        out.to_str().unwrap(),
-        "10.77.0.1",
-    ]);
+        &[
+            "atftp",
+            "--option",
+            "blksize 1432",
+            "--option",
+            "windowsize 8",
+            "--option",
+            "tsize 0",
+            "-g",
+            "-r",
+            "big.bin",
+            "-l",
+            out.to_str().unwrap(),
+            "10.77.0.1",
+        ],
+    );
     assert!(ok, "atftp: {log}");
     same(&out, &big, "atftp windowsize 8");
     let slog = server.proc.output();
@@ -216,55 +182,40 @@ fn tftp_and_http_with_real_clients() {
 
     eprintln!("phase: curl with blksize 1432 (OACK) byte-exact, and blksize 8 across the block-number wrap");
     let out = d.join("curl.bin");
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    sh_in(
         &n1,
-        "curl",
-        "-sS",
-        "--tftp-blksize",
-        "1432",
-        "-o",
-        out.to_str().unwrap(),
-        "tftp://10.77.0.1/big.bin",
-    ]);
+        &[
+            "curl",
+            "-sS",
+            "--tftp-blksize",
+            "1432",
+            "-o",
+            out.to_str().unwrap(),
+            "tftp://10.77.0.1/big.bin",
+        ],
+    );
     same(&out, &big, "curl");
     let out = d.join("wrap.out");
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
+    sh_in(
         &n1,
-        "curl",
-        "-sS",
-        "--max-time",
-        "120",
-        "--tftp-blksize",
-        "8",
-        "-o",
-        out.to_str().unwrap(),
-        "tftp://10.77.0.1/wrap.bin",
-    ]);
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "120",
+            "--tftp-blksize",
+            "8",
+            "-o",
+            out.to_str().unwrap(),
+            "tftp://10.77.0.1/wrap.bin",
+        ],
+    );
     same(&out, &wrap, "curl blksize 8 past block 65535");
 
     eprintln!("phase: writes and traversal are refused");
     let up = d.join("upload");
     std::fs::write(&up, b"x").unwrap();
-    let (_, log) = try_sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &n1,
-        "tftp",
-        "-m",
-        "binary",
-        "10.77.0.1",
-        "-c",
-        "put",
-        up.to_str().unwrap(),
-        "upload",
-    ]);
+    let (_, log) = tftp_hpa(&n1, &["put", up.to_str().unwrap(), "upload"]);
     assert!(
         log.contains("read-only")
             || log.contains("Access violation")
@@ -272,34 +223,20 @@ fn tftp_and_http_with_real_clients() {
         "put: {log}"
     );
     assert!(!ipxe.join("upload").exists());
-    let (ok, log) = try_sh(&[
-        "ip",
-        "netns",
-        "exec",
+    let (ok, log) = try_sh_in(
         &n1,
-        "curl",
-        "-sS",
-        "-T",
-        up.to_str().unwrap(),
-        "tftp://10.77.0.1/upload2",
-    ]);
+        &[
+            "curl",
+            "-sS",
+            "-T",
+            up.to_str().unwrap(),
+            "tftp://10.77.0.1/upload2",
+        ],
+    );
     assert!(!ok, "curl upload must fail: {log}");
     for bad in ["../outside", "/etc/passwd", "escape"] {
         let out = d.join("bad.out");
-        let (_, log) = try_sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &n1,
-            "tftp",
-            "-m",
-            "binary",
-            "10.77.0.1",
-            "-c",
-            "get",
-            bad,
-            out.to_str().unwrap(),
-        ]);
+        let (_, log) = tftp_hpa(&n1, &["get", bad, out.to_str().unwrap()]);
         assert!(
             log.contains("ccess violation") || log.contains("Error code 2"),
             "{bad}: {log}"
@@ -314,16 +251,15 @@ fn tftp_and_http_with_real_clients() {
     let py = d.join("lostack.py");
     std::fs::write(&py, LOST_ACK_PY).unwrap();
     let out = d.join("lostack.out");
-    let got = sh(&[
-        "ip",
-        "netns",
-        "exec",
+    let got = sh_in(
         &n1,
-        "python3",
-        py.to_str().unwrap(),
-        "10.77.0.1",
-        out.to_str().unwrap(),
-    ]);
+        &[
+            "python3",
+            py.to_str().unwrap(),
+            "10.77.0.1",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(got.contains("retransmitted after"), "{got}");
     same(
         &out,
@@ -371,7 +307,7 @@ fn tftp_and_http_with_real_clients() {
         enroll_url.as_str(),
         "http://10.77.0.1:8081/boot/52-54-00-aa-00-01.ipxe",
     ] {
-        let (_, code) = curl(&other, &["-o", "/dev/null", "-w", "%{http_code}", url]);
+        let code = curl_code(&other, &[], "/dev/null", url);
         assert_eq!(code, "403", "{url} from another address");
     }
     let (ok, overlay) = curl(&other, &[&overlay_url]);
@@ -384,7 +320,7 @@ fn tftp_and_http_with_real_clients() {
         "0".repeat(32),
         &enroll_url[i + 32..]
     );
-    let (_, code) = curl(&n1, &["-o", "/dev/null", "-w", "%{http_code}", &forged]);
+    let code = curl_code(&n1, &[], "/dev/null", &forged);
     assert_eq!(code, "403", "guessed token");
 
     eprintln!("phase: a MAC not in the contract gets the default entry, without any overlay");
@@ -417,72 +353,24 @@ fn tftp_and_http_with_real_clients() {
         .trim()
         .to_string();
     let out = d.join("range.bin");
-    let (_, code) = curl(
-        &other,
-        &[
-            "-r",
-            "1000-1999",
-            "-o",
-            out.to_str().unwrap(),
-            "-w",
-            "%{http_code}",
-            "http://10.77.0.1:8081/files/vmlinuz",
-        ],
-    );
-    assert_eq!(code, "206");
-    same(&out, &kernel[1000..2000], "range 1000-1999");
-    let (_, code) = curl(
-        &other,
-        &[
-            "-r",
-            "-17",
-            "-o",
-            out.to_str().unwrap(),
-            "-w",
-            "%{http_code}",
-            "http://10.77.0.1:8081/files/vmlinuz",
-        ],
-    );
-    assert_eq!(code, "206");
-    same(&out, &kernel[kernel.len() - 17..], "suffix range");
-    let (_, code) = curl(
-        &other,
-        &[
-            "-r",
-            "99999999-",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://10.77.0.1:8081/files/vmlinuz",
-        ],
-    );
-    assert_eq!(code, "416");
-    let (_, code) = curl(
-        &other,
-        &[
-            "-H",
-            &format!("If-None-Match: {etag}"),
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://10.77.0.1:8081/files/vmlinuz",
-        ],
-    );
-    assert_eq!(code, "304");
-    let (_, code) = curl(
-        &other,
-        &[
-            "-o",
-            out.to_str().unwrap(),
-            "-w",
-            "%{http_code}",
-            "http://10.77.0.1:8081/files/vmlinuz",
-        ],
-    );
-    assert_eq!(code, "200");
-    same(&out, &kernel, "full kernel over HTTP");
+    let out_s = out.to_str().unwrap();
+    let vmlinuz = "http://10.77.0.1:8081/files/vmlinuz";
+    let if_none_match = format!("If-None-Match: {etag}");
+    let suffix = &kernel[kernel.len() - 17..];
+    for (args, want, body) in [
+        (&["-r", "1000-1999"][..], "206", Some(&kernel[1000..2000])),
+        (&["-r", "-17"][..], "206", Some(suffix)),
+        (&["-r", "99999999-"][..], "416", None),
+        (&["-H", &if_none_match][..], "304", None),
+        (&[][..], "200", Some(&kernel[..])),
+    ] {
+        let to = if body.is_some() { out_s } else { "/dev/null" };
+        let code = curl_code(&other, args, to, vmlinuz);
+        assert_eq!(code, want, "GET the kernel with {args:?}");
+        if let Some(body) = body {
+            same(&out, body, &format!("the kernel with {args:?}"));
+        }
+    }
 
     eprintln!("phase: one keep-alive connection: sendfile GETs, a script (hyper), GET again");
     let outs: Vec<std::path::PathBuf> = (0..4).map(|i| d.join(format!("ka{i}.bin"))).collect();

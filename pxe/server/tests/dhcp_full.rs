@@ -14,34 +14,26 @@ use plasmacloud_testkit::{require, Need};
 
 const UDHCPC_SCRIPT: &str = "#!/bin/sh\n[ \"$1\" = bound ] && echo \"ip=$ip siaddr=$siaddr boot_file=$boot_file bootfile=$bootfile\" > \"$OUT\"\nexit 0\n";
 
+/// udhcpc as a client in `ns` (vendor class `vendor`); what its script saw on `bound`.
 fn udhcpc(ns: &str, dir: &std::path::Path, tag: &str, vendor: Option<&str>) -> String {
     let script = dir.join(format!("udhcpc-{tag}.sh"));
     let out = dir.join(format!("udhcpc-{tag}.out"));
-    std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
-    sh(&["chmod", "+x", script.to_str().unwrap()]);
-    let mut args = vec!["ip", "netns", "exec", ns, "env"];
-    let env = format!("OUT={}", out.display());
-    args.push(&env);
-    args.extend([
-        "udhcpc",
-        "-i",
-        "cli0",
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "6",
-        "-T",
-        "1",
-        "-s",
-        script.to_str().unwrap(),
-    ]);
-    if let Some(v) = vendor {
-        args.extend(["-V", v]);
-    }
-    let (ok, log) = try_sh(&args);
+    write_script(&script, UDHCPC_SCRIPT);
+    let (ok, log) = udhcpc_once(ns, &script, 6, vendor, &[("OUT", &out)]);
     assert!(ok, "udhcpc failed: {log}");
     std::fs::read_to_string(&out).unwrap_or_else(|_| panic!("udhcpc wrote nothing: {log}"))
+}
+
+/// The server's flags for a full-mode rack with pool 10.77.0.100-150, plus `extra`.
+fn full_mode_args(fx: &Fixture, extra: &[&str]) -> Vec<String> {
+    let mut flags = vec!["--dhcp-range", "10.77.0.100-10.77.0.150"];
+    flags.extend_from_slice(extra);
+    fx.server_args("full", &fx.d.join("state"), &flags)
+}
+
+/// The fixture every test here starts from: a bundle that is never booted.
+fn fixture() -> Fixture {
+    Fixture::new(b"kernel", b"base", "console=ttyS0", &overlay_bytes)
 }
 
 #[test]
@@ -52,29 +44,19 @@ fn full_mode_real_clients_and_restart() {
     ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     // Phase: build the rack, the contract, the bundle.
-    let mut rack = Rack::new();
-    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
-    let n1 = rack.attach("n1", "cli0", NODES[0].1, None);
-    let n2 = rack.attach("n2", "cli0", NODES[1].1, None);
-    let stranger = rack.attach("x1", "cli0", "52:54:00:bb:00:01", None);
-    let stranger2 = rack.attach("x2", "cli0", "52:54:00:bb:00:02", None);
-    let cluster = write_contract(d, 8081, 8082);
-    let bundle = write_bundle(d, &cluster, b"kernel", b"base", "console=ttyS0");
-    let ipxe = write_ipxe_dir(d);
-    let state = d.join("state");
-    let args = server_args(
-        "full",
-        &cluster,
-        &bundle,
-        &ipxe,
-        &state,
-        &["--dhcp-range", "10.77.0.100-10.77.0.150"],
-    );
+    let fx = fixture();
+    let d = fx.d.as_path();
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/24");
+    let n1 = attach_client(&mut rack, "n1", NODES[0].1, None);
+    let n2 = attach_client(&mut rack, "n2", NODES[1].1, None);
+    let stranger = attach_client(&mut rack, "x1", "52:54:00:bb:00:01", None);
+    let stranger2 = attach_client(&mut rack, "x2", "52:54:00:bb:00:02", None);
+    let args = full_mode_args(&fx, &[]);
 
     eprintln!("phase: a CA, an operator certificate and node01's certificate, then the server");
+    let (state, cluster) = (d.join("state"), fx.cluster.clone());
     init_ca(&state);
     let op = issue_operator(&state, "tests", &d.join("op"));
     let node01 = issue_node(&state, &cluster, "node01", &d.join("node01"));
@@ -83,7 +65,7 @@ fn full_mode_real_clients_and_restart() {
     eprintln!(
         "phase: udhcpc as node01 (BIOS PXE vendor class) gets its fixed address and undionly.kpxe"
     );
-    let got = udhcpc(&n1, d, "n1", Some("PXEClient:Arch:00000:UNDI:002001"));
+    let got = udhcpc(&n1, d, "n1", Some(BIOS_PXE_CLIENT));
     assert!(got.contains("ip=10.77.0.11 "), "{got}");
     assert!(got.contains("siaddr=10.77.0.1 "), "{got}");
     assert!(got.contains("boot_file=undionly.kpxe"), "{got}");
@@ -99,46 +81,36 @@ fn full_mode_real_clients_and_restart() {
     .unwrap();
     let script = d.join("dhclient-script.sh");
     let out = d.join("dhclient.out");
-    std::fs::write(
+    write_script(
         &script,
-        format!("#!/bin/sh\ncase \"$reason\" in BOUND|REBOOT) echo \"ip=$new_ip_address file=$new_filename server=$new_dhcp_server_identifier\" > {} ;; esac\nexit 0\n", out.display()),
-    )
-    .unwrap();
-    sh(&["chmod", "+x", script.to_str().unwrap()]);
+        &format!("#!/bin/sh\ncase \"$reason\" in BOUND|REBOOT) echo \"ip=$new_ip_address file=$new_filename server=$new_dhcp_server_identifier\" > {} ;; esac\nexit 0\n", out.display()),
+    );
     let lf = d.join("dhclient.leases");
     let pf = d.join("dhclient.pid");
-    let (ok, log) = try_sh(&[
-        "ip",
-        "netns",
-        "exec",
+    let (ok, log) = try_sh_in(
         &n2,
-        "timeout",
-        "30",
-        "dhclient",
-        "-1",
-        "-v",
-        "-cf",
-        conf.to_str().unwrap(),
-        "-sf",
-        script.to_str().unwrap(),
-        "-lf",
-        lf.to_str().unwrap(),
-        "-pf",
-        pf.to_str().unwrap(),
-        "cli0",
-    ]);
+        &[
+            "timeout",
+            "30",
+            "dhclient",
+            "-1",
+            "-v",
+            "-cf",
+            conf.to_str().unwrap(),
+            "-sf",
+            script.to_str().unwrap(),
+            "-lf",
+            lf.to_str().unwrap(),
+            "-pf",
+            pf.to_str().unwrap(),
+            "cli0",
+        ],
+    );
     assert!(ok, "dhclient failed: {log}");
-    let _ = try_sh(&[
-        "ip",
-        "netns",
-        "exec",
+    let _ = try_sh_in(
         &n2,
-        "dhclient",
-        "-x",
-        "-pf",
-        pf.to_str().unwrap(),
-        "cli0",
-    ]);
+        &["dhclient", "-x", "-pf", pf.to_str().unwrap(), "cli0"],
+    );
     let got =
         std::fs::read_to_string(&out).unwrap_or_else(|_| panic!("dhclient wrote nothing: {log}"));
     assert!(got.contains("ip=10.77.0.12 "), "{got}");
@@ -166,7 +138,7 @@ fn full_mode_real_clients_and_restart() {
         got.contains("ip=10.77.0.100 "),
         "the first MAC keeps its lease: {got}"
     );
-    let got = udhcpc(&n1, d, "n1b", Some("PXEClient:Arch:00000:UNDI:002001"));
+    let got = udhcpc(&n1, d, "n1b", Some(BIOS_PXE_CLIENT));
     assert!(got.contains("ip=10.77.0.11 "), "{got}");
 
     eprintln!("phase: management API: status, a phase report, events, metrics");
@@ -274,60 +246,23 @@ fn unknown_macs_are_ignored_under_the_ignore_policy() {
     ) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut rack = Rack::new();
-    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
-    let n3 = rack.attach("n3", "cli0", NODES[2].1, None);
-    let stranger = rack.attach("x", "cli0", "52:54:00:bb:00:09", None);
-    let cluster = write_contract(d, 8081, 8082);
-    let bundle = write_bundle(d, &cluster, b"kernel", b"base", "console=ttyS0");
-    let ipxe = write_ipxe_dir(d);
-    let args = server_args(
-        "full",
-        &cluster,
-        &bundle,
-        &ipxe,
-        &d.join("state"),
-        &[
-            "--dhcp-range",
-            "10.77.0.100-10.77.0.150",
-            "--unknown-mac",
-            "ignore",
-            "--ipv6-ra",
-            "off",
-        ],
-    );
+    let fx = fixture();
+    let d = fx.d.as_path();
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/24");
+    let n3 = attach_client(&mut rack, "n3", NODES[2].1, None);
+    let stranger = attach_client(&mut rack, "x", "52:54:00:bb:00:09", None);
+    let args = full_mode_args(&fx, &["--unknown-mac", "ignore", "--ipv6-ra", "off"]);
     let _server = start_server(&srv, &args, &d.join("server.log"));
 
     eprintln!("phase: a contract node still gets its address");
-    let got = udhcpc(&n3, d, "n3", Some("PXEClient:Arch:00000:UNDI:002001"));
+    let got = udhcpc(&n3, d, "n3", Some(BIOS_PXE_CLIENT));
     assert!(got.contains("ip=10.77.0.13 "), "{got}");
 
     eprintln!("phase: an unknown MAC gets no answer, and a boot event says so");
     let script = d.join("udhcpc-x.sh");
-    std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
-    sh(&["chmod", "+x", script.to_str().unwrap()]);
-    let (ok, log) = try_sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &stranger,
-        "udhcpc",
-        "-i",
-        "cli0",
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        "2",
-        "-T",
-        "1",
-        "-s",
-        script.to_str().unwrap(),
-        "-V",
-        "PXEClient:Arch:00000:UNDI:002001",
-    ]);
+    write_script(&script, UDHCPC_SCRIPT);
+    let (ok, log) = udhcpc_once(&stranger, &script, 2, Some(BIOS_PXE_CLIENT), &[]);
     assert!(!ok, "an ignored MAC must get no lease: {log}");
     let op = issue_operator(&d.join("state"), "tests", &d.join("op"));
     let (_, status) = curl_as(&srv, &op, &[&mgmt_url("/v1/status")]);

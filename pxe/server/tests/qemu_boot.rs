@@ -12,39 +12,18 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use plasmacloud_testkit::{require, Need, Process};
+use plasmacloud_testkit::{require, Need};
 
 const BOOT_DEADLINE: Duration = Duration::from_secs(150);
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    d: std::path::PathBuf,
-    cluster: std::path::PathBuf,
-    bundle: std::path::PathBuf,
-    ipxe: std::path::PathBuf,
-}
-
 fn fixture() -> Option<Fixture> {
-    let kernel = debian_kernel()?;
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_path_buf();
-    let cluster = write_contract(&d, 8081, 8082);
-    let bundle = write_bundle_with(
-        &d,
-        &cluster,
-        &std::fs::read(kernel).unwrap(),
+    let kernel = std::fs::read(debian_kernel()?).unwrap();
+    Some(Fixture::new(
+        &kernel,
         &test_initrd(),
         "console=ttyS0 panic=-1",
         &test_overlay,
-    );
-    let ipxe = write_ipxe_dir(&d);
-    Some(Fixture {
-        _dir: dir,
-        d,
-        cluster,
-        bundle,
-        ipxe,
-    })
+    ))
 }
 
 fn needs(test: &str) -> bool {
@@ -70,18 +49,11 @@ fn needs(test: &str) -> bool {
 }
 
 fn boot_full(fx: &Fixture, fw: Firmware, node: usize) -> f64 {
-    let mut rack = Rack::new();
-    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
-    rack.tap("tap0");
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/24");
+    rack.tap("tap0").unwrap();
     let state = fx.d.join(format!("state-{fw:?}"));
-    let args = server_args(
-        "full",
-        &fx.cluster,
-        &fx.bundle,
-        &fx.ipxe,
-        &state,
-        &["--dhcp-range", "10.77.0.100-10.77.0.150"],
-    );
+    let args = fx.server_args("full", &state, &["--dhcp-range", "10.77.0.100-10.77.0.150"]);
     let server = start_server(&srv, &args, &fx.d.join(format!("server-{fw:?}.log")));
     let op = issue_operator(&state, "tests", &fx.d.join(format!("op-{fw:?}")));
     let serial = fx.d.join(format!("serial-{fw:?}.log"));
@@ -133,41 +105,29 @@ fn vms_pxe_boot_to_init() {
     let uefi = boot_full(&fx, Firmware::Uefi, 1);
 
     eprintln!("phase: BIOS VM, proxy mode beside dnsmasq");
-    let mut rack = Rack::new();
-    let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
-    let dns = rack.attach("dns", "dns0", "52:54:00:ff:00:02", Some("10.77.0.2/24"));
-    rack.tap("tap0");
-    let mut dnsmasq = Process::spawn(
-        "dnsmasq",
-        Rack::exec(
-            &dns,
-            &[
-                "dnsmasq",
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--interface=dns0",
-                "--bind-interfaces",
-                "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
-                "--log-dhcp",
-                &format!("--dhcp-leasefile={}", fx.d.join("dnsmasq.leases").display()),
-                &format!("--pid-file={}", fx.d.join("dnsmasq.pid").display()),
-            ],
-        ),
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/24");
+    let dns = rack
+        .attach("dns", "dns0", "52:54:00:ff:00:02", Some("10.77.0.2/24"))
+        .unwrap();
+    rack.tap("tap0").unwrap();
+    let leases = format!("--dhcp-leasefile={}", fx.d.join("dnsmasq.leases").display());
+    let pid = format!("--pid-file={}", fx.d.join("dnsmasq.pid").display());
+    let mut dnsmasq = spawn_dnsmasq(
+        &dns,
+        "dns0",
+        &[
+            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+            "--log-dhcp",
+            &leases,
+            &pid,
+        ],
         &fx.d.join("dnsmasq.log"),
-    )
-    .unwrap();
+    );
     dnsmasq
         .wait_for_output("DHCP, IP range", Duration::from_secs(10))
         .unwrap();
-    let args = server_args(
-        "proxy",
-        &fx.cluster,
-        &fx.bundle,
-        &fx.ipxe,
-        &fx.d.join("state-proxy"),
-        &[],
-    );
+    let args = fx.server_args("proxy", &fx.d.join("state-proxy"), &[]);
     let server = start_server(&srv, &args, &fx.d.join("server-proxy.log"));
     let op = issue_operator(&fx.d.join("state-proxy"), "tests", &fx.d.join("op-proxy"));
     let serial = fx.d.join("serial-proxy.log");

@@ -62,7 +62,7 @@ except socket.timeout:
 
 struct Net {
     dir: PathBuf,
-    rack: Rack,
+    rack: Segment,
     srv: String,
     n2: String,
     x: String,
@@ -73,16 +73,22 @@ impl Net {
     /// The server, node02, the attacker (own MAC and address), and a host that forges node02's
     /// MAC and address (down until used).
     fn new(dir: &Path, node02_ip: Option<&str>) -> Self {
-        let mut rack = Rack::new();
-        let srv = rack.attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"));
-        let n2 = rack.attach("n2", "cli0", NODE02_MAC, node02_ip);
-        let x = rack.attach(
-            "x",
-            "cli0",
-            ATTACKER_MAC,
-            Some(&format!("{ATTACKER_IP}/24")),
-        );
-        let spoof = rack.attach("sp", "cli0", NODE02_MAC, Some(&format!("{NODE02_IP}/24")));
+        let mut rack = Segment::new("trust").unwrap();
+        let srv = rack
+            .attach("srv", "srv0", "52:54:00:ff:00:01", Some("10.77.0.1/24"))
+            .unwrap();
+        let n2 = rack.attach("n2", "cli0", NODE02_MAC, node02_ip).unwrap();
+        let x = rack
+            .attach(
+                "x",
+                "cli0",
+                ATTACKER_MAC,
+                Some(&format!("{ATTACKER_IP}/24")),
+            )
+            .unwrap();
+        let spoof = rack
+            .attach("sp", "cli0", NODE02_MAC, Some(&format!("{NODE02_IP}/24")))
+            .unwrap();
         sh(&["ip", "-n", &spoof, "link", "set", "cli0", "down"]);
         Self {
             dir: dir.to_path_buf(),

@@ -22,6 +22,8 @@
 //! relay its answer (no 307); 503 with `"retryable":true` when no leader is known.
 //! `plasmacloud-store-client` handles both forwarding and 307 redirects.
 
+use plasmacloud_raft::serve::Server;
+
 /// The service name written in the data directory's marker.
 pub const SERVICE: &str = "chainfire";
 /// Environment variable prefix.
@@ -30,3 +32,5 @@ pub const ENV_PREFIX: &str = "PLASMACLOUD_CHAINFIRE";
 pub const DEFAULT_API_PORT: u16 = 2379;
 /// Default Raft port.
 pub const DEFAULT_RAFT_PORT: u16 = 2380;
+/// How `chainfire-server` starts (see `plasmacloud_raft::serve`).
+pub const SERVER: Server = Server::new(SERVICE, ENV_PREFIX, DEFAULT_API_PORT, DEFAULT_RAFT_PORT);

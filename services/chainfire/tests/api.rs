@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{phase, wait_healthy, Node};
+use common::{assert_not_initialised, phase, wait_healthy, Node};
 use plasmacloud_store_client::{Error, Precondition, RaftRole, StoreClient};
 
 const BIN: &str = "chainfire-server";
@@ -20,13 +20,7 @@ async fn kv_semantics_on_one_node() {
     phase("pristine node: unhealthy, not initialised");
     let h = c.health().await.expect("health");
     assert_eq!(h.status, "unhealthy");
-    assert!(
-        h.reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("not initialised"),
-        "{h:?}"
-    );
+    assert_not_initialised(&h);
     let raw = reqwest::get(format!("http://{}/health", n.api))
         .await
         .expect("get");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client_all, form_cluster, phase, wait_healthy, Node};
+use common::{assert_not_initialised, client_all, form_cluster, phase, wait_healthy, Node};
 use lin::{Op, OpKind};
 use plasmacloud_store_client::{MemberRole, StoreClient};
 use plasmacloud_testkit::wait_until_async;
@@ -284,14 +284,8 @@ async fn three_nodes_survive_leader_kill_restart_and_wipe() {
     p.wait_for_output("refused", Duration::from_secs(20))
         .expect("raft traffic refused");
     let h = nodes[wi].client().health().await.expect("health");
-    assert!(!h.is_healthy() && h.cluster_size == 0, "{h:?}");
-    assert!(
-        h.reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("not initialised"),
-        "{h:?}"
-    );
+    assert_eq!(h.cluster_size, 0, "{h:?}");
+    assert_not_initialised(&h);
 
     phase("the wiped node joins under a new id (by snapshot)");
     nodes[wi].kill();

@@ -43,73 +43,29 @@ fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// `args` (flag, value, flag, value, …) with `flag`'s value replaced, or the pair dropped.
+fn with<'a>(args: &[&'a str], flag: &str, value: Option<&'a str>) -> Vec<&'a str> {
+    args.chunks(2)
+        .filter_map(|pair| match (pair, value) {
+            ([f, _], Some(v)) if *f == flag => Some(vec![*f, v]),
+            ([f, _], None) if *f == flag => None,
+            _ => Some(pair.to_vec()),
+        })
+        .flatten()
+        .collect()
+}
+
 #[test]
 fn bad_configuration_is_refused_with_exit_code_2() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = tmp.path().join("d");
     let ds = d.display().to_string();
     let (api, raft) = addrs();
+    let bad_toml = tmp.path().join("bad.toml");
+    std::fs::write(&bad_toml, "id = 1\ndata_dirr = \"/x\"\n").expect("write");
+    let bad_toml = bad_toml.display().to_string();
 
-    let (code, out) = run(&["--id", "1", "--api-addr", &api, "--raft-addr", &raft]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("--data-dir is required"), "{out}");
-
-    let (code, out) = run(&[
-        "--id",
-        "1",
-        "--data-dir",
-        &ds,
-        "--api-addr",
-        "nonsense",
-        "--raft-addr",
-        &raft,
-    ]);
-    assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("--api-addr \"nonsense\" must be ip:port"),
-        "{out}"
-    );
-
-    let (code, out) = run(&[
-        "--id",
-        "1",
-        "--data-dir",
-        &ds,
-        "--api-addr",
-        &api,
-        "--raft-addr",
-        &api,
-    ]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("give them different ports"), "{out}");
-
-    let (code, out) = run(&[
-        "--id",
-        "1",
-        "--data-dir",
-        &ds,
-        "--api-addr",
-        "0.0.0.0:2379",
-        "--raft-addr",
-        &raft,
-    ]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("concrete IP"), "{out}");
-
-    let cfg = tmp.path().join("bad.toml");
-    std::fs::write(&cfg, "id = 1\ndata_dirr = \"/x\"\n").expect("write");
-    let (code, out) = run(&["--config", &cfg.display().to_string()]);
-    assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("data_dirr") && out.contains("bad.toml"),
-        "{out}"
-    );
-
-    let (code, out) = run(&["--data-dir", &ds, "--api-addr", &api, "--raft-addr", &raft]);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("pass --id"), "{out}");
-
-    let (code, out) = run(&[
+    let good = [
         "--id",
         "1",
         "--data-dir",
@@ -118,14 +74,36 @@ fn bad_configuration_is_refused_with_exit_code_2() {
         &api,
         "--raft-addr",
         &raft,
-        "--tls-cert",
-        "/nonexistent.pem",
-    ]);
-    assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("--tls-cert and --tls-key go together"),
-        "{out}"
-    );
+    ];
+    // (the command line, what the error must say)
+    let cases: [(Vec<&str>, &[&str]); 7] = [
+        (with(&good, "--data-dir", None), &["--data-dir is required"]),
+        (
+            with(&good, "--api-addr", Some("nonsense")),
+            &["--api-addr \"nonsense\" must be ip:port"],
+        ),
+        (
+            with(&good, "--raft-addr", Some(&api)),
+            &["give them different ports"],
+        ),
+        (
+            with(&good, "--api-addr", Some("0.0.0.0:2379")),
+            &["concrete IP"],
+        ),
+        (vec!["--config", &bad_toml], &["data_dirr", "bad.toml"]),
+        (with(&good, "--id", None), &["pass --id"]),
+        (
+            [&good[..], &["--tls-cert", "/nonexistent.pem"]].concat(),
+            &["--tls-cert and --tls-key go together"],
+        ),
+    ];
+    for (args, needles) in &cases {
+        let (code, out) = run(args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        for needle in *needles {
+            assert!(out.contains(needle), "{args:?}: {out}");
+        }
+    }
 
     // a good file passes --check, which binds and creates nothing
     let good = tmp.path().join("good.toml");
@@ -165,80 +143,84 @@ fn port_in_use_is_a_clear_error_and_creates_nothing() {
     assert!(!d.exists(), "nothing may be created when a port is busy");
 }
 
+/// A data directory the server must refuse (exit 2) and leave as it was.
+struct RefusedDir {
+    case: &'static str,
+    /// The files in it (path relative to the directory, content).
+    files: Vec<(&'static str, String)>,
+    id: &'static str,
+    /// What the error must say.
+    says: &'static [&'static str],
+}
+
 #[test]
 fn foreign_corrupt_and_mismatched_data_dirs_are_refused_untouched() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (api, raft) = addrs();
-    let start = |dir: &Path, id: &str| {
-        run(&[
+    let marker =
+        |service: &str| format!(r#"{{"service":"{service}","format":1,"incarnation":"00"}}"#);
+    let cases = [
+        RefusedDir {
+            case: "not empty, no marker (say, another program's files)",
+            files: vec![("member.db", "etcd things".into())],
+            id: "1",
+            says: &["has no PLASMACLOUD-STORE.json"],
+        },
+        RefusedDir {
+            case: "another service's directory",
+            files: vec![
+                ("db/CURRENT", "MANIFEST-000001\n".into()),
+                ("PLASMACLOUD-STORE.json", marker("flaredb")),
+            ],
+            id: "1",
+            says: &["belongs to \"flaredb\""],
+        },
+        RefusedDir {
+            case: "corrupt marker",
+            files: vec![("PLASMACLOUD-STORE.json", "{\"service\":".into())],
+            id: "1",
+            says: &["corrupt marker"],
+        },
+        RefusedDir {
+            case: "marker without database",
+            files: vec![("PLASMACLOUD-STORE.json", marker("chainfire"))],
+            id: "1",
+            says: &["database (db/CURRENT) is missing"],
+        },
+        RefusedDir {
+            case: "a node_id that disagrees with --id",
+            files: vec![("node_id", "7\n".into())],
+            id: "8",
+            says: &["says this node is id 7", "--id 8"],
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let dir = tmp.path().join(format!("d{i}"));
+        for (name, content) in &c.files {
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, content).expect("write");
+        }
+        let before = listing(&dir);
+        let (code, out) = run(&[
             "--id",
-            id,
+            c.id,
             "--data-dir",
             &dir.display().to_string(),
             "--api-addr",
             &api,
             "--raft-addr",
             &raft,
-        ])
-    };
-
-    // not empty, no marker (say, another program's files)
-    let foreign = tmp.path().join("foreign");
-    std::fs::create_dir_all(&foreign).expect("mkdir");
-    std::fs::write(foreign.join("member.db"), b"etcd things").expect("write");
-    let before = listing(&foreign);
-    let (code, out) = start(&foreign, "1");
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("has no PLASMACLOUD-STORE.json"), "{out}");
-    assert_eq!(listing(&foreign), before);
-
-    // another service's directory
-    let flare = tmp.path().join("flare");
-    std::fs::create_dir_all(flare.join("db")).expect("mkdir");
-    std::fs::write(flare.join("db").join("CURRENT"), b"MANIFEST-000001\n").expect("write");
-    std::fs::write(
-        flare.join("PLASMACLOUD-STORE.json"),
-        br#"{"service":"flaredb","format":1,"incarnation":"00"}"#,
-    )
-    .expect("write");
-    let before = listing(&flare);
-    let (code, out) = start(&flare, "1");
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("belongs to \"flaredb\""), "{out}");
-    assert_eq!(listing(&flare), before);
-
-    // corrupt marker
-    let corrupt = tmp.path().join("corrupt");
-    std::fs::create_dir_all(&corrupt).expect("mkdir");
-    std::fs::write(corrupt.join("PLASMACLOUD-STORE.json"), b"{\"service\":").expect("write");
-    let before = listing(&corrupt);
-    let (code, out) = start(&corrupt, "1");
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("corrupt marker"), "{out}");
-    assert_eq!(listing(&corrupt), before);
-
-    // marker without database
-    let nodb = tmp.path().join("nodb");
-    std::fs::create_dir_all(&nodb).expect("mkdir");
-    std::fs::write(
-        nodb.join("PLASMACLOUD-STORE.json"),
-        br#"{"service":"chainfire","format":1,"incarnation":"00"}"#,
-    )
-    .expect("write");
-    let (code, out) = start(&nodb, "1");
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("database (db/CURRENT) is missing"), "{out}");
-    assert!(!nodb.join("db").exists());
-
-    // a node_id that disagrees with --id
-    let ided = tmp.path().join("ided");
-    std::fs::create_dir_all(&ided).expect("mkdir");
-    std::fs::write(ided.join("node_id"), b"7\n").expect("write");
-    let (code, out) = start(&ided, "8");
-    assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("says this node is id 7") && out.contains("--id 8"),
-        "{out}"
-    );
-    assert_eq!(std::fs::read(ided.join("node_id")).expect("read"), b"7\n");
+        ]);
+        assert_eq!(code, 2, "{}: {out}", c.case);
+        for needle in c.says {
+            assert!(out.contains(needle), "{}: {out}", c.case);
+        }
+        assert_eq!(
+            listing(&dir),
+            before,
+            "{}: the directory was changed",
+            c.case
+        );
+    }
 }

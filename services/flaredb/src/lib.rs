@@ -21,17 +21,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use plasmacloud_raft::config::FileConfig;
 use plasmacloud_raft::node::NodeState;
+use plasmacloud_raft::serve::Server;
+use plasmacloud_raft::Error;
 use plasmacloud_store_client::StoreClient;
 
 /// The service name written in the data directory's marker.
 pub const SERVICE: &str = "flaredb";
 /// Environment variable prefix.
 pub const ENV_PREFIX: &str = "PLASMACLOUD_FLAREDB";
+/// How `flaredb-server` starts: API port 2479, Raft 2480 (see `plasmacloud_raft::serve`).
+pub const SERVER: Server = Server::new(SERVICE, ENV_PREFIX, 2479, 2480);
 /// The Chainfire prefix FlareDB nodes register under.
 pub const REGISTRATION_PREFIX: &str = "flaredb/members/";
 /// How often the registration is checked.
 pub const REGISTRATION_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The client for `--chainfire` (or `chainfire` in `--config`), trusting `--tls-ca` when given;
+/// `None` when no endpoint is set. A bad list or CA is a configuration error, so `--check`
+/// reports it.
+pub fn chainfire_client(cfg: &FileConfig) -> Result<Option<StoreClient>, Error> {
+    let list = match cfg.chainfire.as_deref().map(str::trim) {
+        Some(list) if !list.is_empty() => list,
+        _ => return Ok(None),
+    };
+    let mut b = StoreClient::builder(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
+        .timeout(Duration::from_secs(2));
+    if let Some(ca) = &cfg.tls_ca {
+        b = b
+            .ca_file(ca)
+            .map_err(|e| Error::Config(format!("--chainfire: {e}")))?;
+    }
+    b.build()
+        .map(Some)
+        .map_err(|e| Error::Config(format!("--chainfire {list:?}: {e}")))
+}
 
 /// The registration value for this node.
 pub fn registration_value(st: &NodeState) -> String {

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::Error;
 use crate::node::{NodeConfig, TlsConfig};
 use crate::types::NodeId;
-use crate::Error;
 
 /// The TOML file (and, field for field, the flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

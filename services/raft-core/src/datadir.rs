@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Error;
 use crate::types::NodeId;
-use crate::Error;
 
 /// The marker file's name.
 pub const MARKER_FILE: &str = "PLASMACLOUD-STORE.json";

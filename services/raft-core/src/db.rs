@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
-use crate::Error;
+use crate::error::Error;
 
 /// Column family names.
 pub const CF_LOG: &str = "log";

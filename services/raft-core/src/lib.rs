@@ -10,9 +10,16 @@
 //! - [`proposer`]: client writes, batched into single entries while earlier ones are in
 //!   flight (one fsync and one replicated entry for many concurrent writes).
 //! - [`node`]: starting a node (data directory, listeners, Raft, TLS, sd-notify, role logging).
+//! - [`cluster_view`]: the role and the members as this node sees them (for `node` and `api`).
+//! - [`serve`]: the body of both servers' `main`: shared flags and their environment
+//!   variables, logs, `--config` merge, `--check`, exit codes.
 //! - [`api`]: the HTTP API both services share: `/health`, `/readyz?verbose`, the membership
 //!   calls under `/v1/cluster`, and the revisioned key-value handlers (Chainfire mounts them at
-//!   `/v1/kv`, FlareDB per namespace at `/v1/ns/{ns}/kv`) plus FlareDB's time series.
+//!   `/v1/kv`, FlareDB per namespace at `/v1/ns/{ns}/kv`) plus FlareDB's time series; one
+//!   module per resource under `api/`.
+//! - [`config`] (the `--config` file and the flag merge), [`datadir`] (the data directory's
+//!   marker, `node_id` and incarnation), [`db`] (the RocksDB column families), [`types`], and
+//!   [`Error`] (in [`error`]).
 //!
 //! # Followers forward
 //!
@@ -36,76 +43,20 @@
 // would only add noise on paths that are not hot.
 #![allow(clippy::result_large_err)]
 
-use std::path::PathBuf;
-
 pub mod api;
+pub mod cluster_view;
 pub mod config;
 pub mod datadir;
 pub mod db;
+pub mod error;
 pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod serve;
 pub mod state_machine;
 pub mod types;
 
+pub use error::Error;
 pub use node::{NodeConfig, StoreNode, TlsConfig};
 pub use types::{NodeId, NodeInfo, Raft, TypeConfig};
-
-/// Errors of starting or running a node.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A configuration value is wrong; the message names the flag and the fix.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// The data directory is foreign, damaged or unusable; nothing in it was changed.
-    #[error("data directory {path}: {problem}")]
-    DataDir {
-        /// The offending path.
-        path: PathBuf,
-        /// What is wrong and what to do.
-        problem: String,
-    },
-    /// `--id` disagrees with the id stored in the data directory.
-    #[error("{path} says this node is id {stored}, but --id {given} was given; ids are never reused or changed — drop --id, or use a fresh data directory for a new id")]
-    IdMismatch {
-        /// The node_id file.
-        path: PathBuf,
-        /// Its id.
-        stored: NodeId,
-        /// The flag's id.
-        given: NodeId,
-    },
-    /// A listener could not bind (port in use, address not local).
-    #[error(
-        "cannot listen on {which} address {addr}: {source} (is another process using the port?)"
-    )]
-    Bind {
-        /// `api` or `raft`.
-        which: &'static str,
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// TLS material could not be loaded.
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// The Raft core failed.
-    #[error("raft: {0}")]
-    Raft(String),
-}
-
-impl Error {
-    /// The process exit code for this error: 2 for configuration and data-directory problems
-    /// (retrying will not help), 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Config(_) | Error::DataDir { .. } | Error::IdMismatch { .. } | Error::Tls(_) => {
-                2
-            }
-            _ => 1,
-        }
-    }
-}

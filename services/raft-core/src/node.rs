@@ -1,6 +1,5 @@
 //! Starting and running one node: data directory, listeners, Raft, TLS, sd-notify.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -11,13 +10,14 @@ use axum::Router;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::sync::mpsc;
 
+use crate::cluster_view::role_of;
 use crate::datadir::{open_data_dir, write_marker, DataDir};
 use crate::db::open_db;
+use crate::error::Error;
 use crate::log_store::LogStore;
 use crate::network::{raft_router, HttpNetwork, Identity, RaftRpcState};
 use crate::state_machine::{StateMachine, StateReader};
 use crate::types::{NodeId, NodeInfo, Raft};
-use crate::Error;
 
 /// TLS material: the server certificate and key (PEM) and the CA peers are verified against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,7 +433,7 @@ async fn watch_role(st: Arc<NodeState>) {
         };
         if last != Some(now) {
             let (state, leader, size) = now;
-            let role = crate::api::role_of(state).as_str();
+            let role = role_of(state).as_str();
             let leader_s = leader
                 .map(|l| l.to_string())
                 .unwrap_or_else(|| "none".into());
@@ -587,13 +587,4 @@ fn spawn_server(
         }
     };
     Ok(task)
-}
-
-/// The membership as a map (used by init comparisons).
-pub fn members_map(st: &NodeState) -> BTreeMap<NodeId, NodeInfo> {
-    let m = st.raft.metrics().borrow().membership_config.clone();
-    m.membership()
-        .nodes()
-        .map(|(id, n)| (*id, n.clone()))
-        .collect()
 }

@@ -156,18 +156,10 @@ let
     services.plasmacloud.firstboot.gatedServices = [ "plasmavmc" ];
   };
 
+  # The provisioning server of nixosConfigurations.pxe-host (full mode, a DHCP range, the
+  # firewall open on eth1), plus `extra`.
   pxe = extra: eval [
-    {
-      services.pxe-server = {
-        enable = true;
-        interface = "eth1";
-        cluster = contractFile;
-        bundle = "/var/lib/plasmacloud-bundle";
-        ipxeDir = "/run/ipxe";
-        dhcpRange = "10.99.0.100-10.99.0.200";
-        openFirewall = true;
-      };
-    }
+    (root + "/nixos/pxe-host/configuration.nix")
     extra
   ];
   p1 = pxe { };
@@ -346,7 +338,7 @@ in
       };
   }
   {
-    name = "pxe-server passes its assertions";
+    name = "pxe-host (nixos/pxe-host): pxe-server passes its assertions";
     expected = [ ];
     actual = failedAssertions p1;
   }
@@ -376,12 +368,12 @@ in
   {
     name = "pxe-server: proxy mode with a DHCP range fails an assertion";
     expected = 1;
-    actual = lib.length (failedAssertions (pxe { services.pxe-server.mode = "proxy"; }));
+    actual = lib.length (failedAssertions (pxe { services.pxe-server.mode = lib.mkForce "proxy"; }));
   }
   {
     name = "pxe-server: an unknown mode is refused by the type";
     expected = true;
-    actual = throws (pxe { services.pxe-server.mode = "relay"; }).services.pxe-server.mode;
+    actual = throws (pxe { services.pxe-server.mode = lib.mkForce "relay"; }).services.pxe-server.mode;
   }
   {
     name = "pxe-server: management address port reaches the firewall";
@@ -468,7 +460,7 @@ in
       in
       [
         (refused (pxe {
-          services.pxe-server.stateDir = "/nix/store/00000000000000000000000000000000-state";
+          services.pxe-server.stateDir = lib.mkForce "/nix/store/00000000000000000000000000000000-state";
         }) "services.pxe-server.stateDir")
         (refused (node {
           services.iam.signingKeyFile = "/nix/store/00000000000000000000000000000000-key.pem";

@@ -36,7 +36,18 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A usage error still ends with the harness's last line (no rack was planned);
+            // `--help` and `--version` print only themselves.
+            let _ = e.print();
+            if e.use_stderr() {
+                println!("cluster-ready: 0/0 nodes in 0.0 s");
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -9,7 +9,10 @@
 //!   builds every workspace binary next to the test executables);
 //! - [`free_port`] and [`loopback_ip`]: addresses for processes on 127.0.0.x;
 //! - [`require`]: the skip rule for tests that need root or a Debian package — they may skip
-//!   when run by hand without them, but under `CI=true` a missing requirement is a failure.
+//!   when run by hand without them, but under `CI=true` a missing requirement is a failure;
+//! - [`run_to_end`]: a short-lived program run to its end within a deadline, its output kept;
+//!   [`assert_harness_command_line`] checks a rack harness's answer to bad command lines;
+//! - [`netns`]: network namespaces, bridges, taps and veth pairs, deleted on drop (root).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -18,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
+
+pub mod netns;
 
 /// Whether we run under CI (`CI=true`), where nothing may be skipped.
 pub fn in_ci() -> bool {
@@ -174,6 +179,93 @@ where
     }
 }
 
+/// How a program run by [`run_to_end`] ended, and what it printed.
+#[derive(Debug)]
+pub struct Ran {
+    /// Its exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// What it wrote to stdout.
+    pub stdout: String,
+    /// What it wrote to stderr.
+    pub stderr: String,
+}
+
+impl Ran {
+    /// The last line of stdout.
+    pub fn last_line(&self) -> Option<&str> {
+        self.stdout.lines().last()
+    }
+}
+
+/// Runs `program args…` (stdin closed) until it exits, killing it after `deadline`.
+pub fn run_to_end(program: &Path, args: &[&str], deadline: Duration) -> Result<Ran, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    // Read both pipes on threads of their own, so a full pipe never holds the program back.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let what = format!("{} {args:?} to exit", program.display());
+    let status = match wait_until(&what, deadline, || child.try_wait().ok().flatten()) {
+        Ok(status) => status,
+        Err(e) => {
+            // Not waiting for the pipes: a child of the program may still hold them open.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    Ok(Ran {
+        code: status.code(),
+        stdout,
+        stderr,
+    })
+}
+
+/// The last line of a rack harness (`local-rack`, `vm-rack`) that planned no rack.
+pub const NO_RACK_LAST_LINE: &str = "cluster-ready: 0/0 nodes in 0.0 s";
+
+/// Checks the rule for a rack harness's command line, on workspace binary `name`: each of the
+/// `bad` command lines gets clap's message on stderr and clap's usage exit code (2), and stdout
+/// still ends with the harness's last line ([`NO_RACK_LAST_LINE`]); `--help` prints the help
+/// and exits 0 without it. Panics naming the command line that broke the rule.
+pub fn assert_harness_command_line(name: &str, bad: &[&[&str]]) {
+    let bin = workspace_binary(name);
+    let deadline = Duration::from_secs(30);
+    for args in bad {
+        let r = run_to_end(&bin, args, deadline).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.code, Some(2), "{name} {args:?}: exit code: {r:?}");
+        assert!(
+            r.stderr.contains("error:"),
+            "{name} {args:?}: clap's message: {r:?}"
+        );
+        assert_eq!(
+            r.last_line(),
+            Some(NO_RACK_LAST_LINE),
+            "{name} {args:?}: last line: {r:?}"
+        );
+    }
+    let r = run_to_end(&bin, &["--help"], deadline).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.code, Some(0), "{name} --help: {r:?}");
+    assert!(r.stdout.contains("Usage:"), "{name} --help: {r:?}");
+    assert!(!r.stdout.contains("cluster-ready:"), "{name} --help: {r:?}");
+}
+
 /// A real child process whose stdout and stderr go to `log`. Dropping it kills the process.
 #[derive(Debug)]
 pub struct Process {
@@ -317,6 +409,21 @@ mod tests {
         p.wait_for_output("listening", Duration::from_secs(5))
             .unwrap();
         assert_eq!(p.wait_exit(Duration::from_secs(5)), Ok(Some(3)));
+    }
+
+    #[test]
+    fn run_to_end_keeps_both_outputs_and_kills_at_the_deadline() {
+        let sh = Path::new("/bin/sh");
+        let r = run_to_end(
+            sh,
+            &["-c", "echo out; echo err >&2; exit 4"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!((r.code, r.last_line()), (Some(4), Some("out")));
+        assert_eq!(r.stderr, "err\n");
+        let e = run_to_end(sh, &["-c", "sleep 60"], Duration::from_millis(200)).unwrap_err();
+        assert!(e.contains("to exit"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use vm_rack::netns::Netns;
 use vm_rack::prepare;
 use vm_rack::rack::{self, BootServer, Outcome, Plan};
 use vm_rack::scenario::{Scenario, ALL};
@@ -60,7 +59,10 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bad_command_line(&e),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -122,6 +124,16 @@ async fn inner(plan_file: &Path) -> std::process::ExitCode {
     }
 }
 
+/// A command line clap refused: its message, then (for a usage error, not for `--help` or
+/// `--version`) the harness's last line, with no rack planned.
+fn bad_command_line(e: &clap::Error) -> std::process::ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        println!("cluster-ready: 0/0 nodes in 0.0 s");
+    }
+    std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+}
+
 fn last_line(o: &Outcome) -> String {
     format!(
         "cluster-ready: {}/{} nodes in {:.1} s",
@@ -134,19 +146,14 @@ async fn run_in_namespace(plan: &Plan, taps: usize) -> anyhow::Result<Outcome> {
     let file = plan.work.join(format!("plan-{}.json", plan.label));
     std::fs::write(&file, serde_json::to_vec_pretty(plan)?)?;
     let _ = std::fs::remove_file(Outcome::path(&plan.work, &plan.label));
-    let mut ns = Netns::create(taps).context("while creating the rack's namespace")?;
+    let mut ns = prepare::network(taps).context("while creating the rack's namespace")?;
     eprintln!(
         "vm-rack: namespace {} (br0 {}/24, {taps} taps)",
-        ns.name,
+        ns.name(),
         prepare::SERVER_IP
     );
     let exe = std::env::current_exe().context("while finding vm-rack itself")?;
-    let mut cmd = tokio::process::Command::from(
-        ns.command(
-            exe.to_str()
-                .ok_or_else(|| anyhow!("non-UTF-8 path {}", exe.display()))?,
-        ),
-    );
+    let mut cmd = tokio::process::Command::from(ns.command(&exe));
     cmd.arg(plan.scenario.name())
         .arg("--inner")
         .arg(&file)
@@ -176,7 +183,7 @@ async fn run_in_namespace(plan: &Plan, taps: usize) -> anyhow::Result<Outcome> {
         }
     }
     ns.teardown().context("while tearing down the namespace")?;
-    eprintln!("vm-rack: namespace {} removed", ns.name);
+    eprintln!("vm-rack: namespace {} removed", ns.name());
     let o: Outcome = std::fs::read(Outcome::path(&plan.work, &plan.label))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

@@ -1,5 +1,6 @@
 //! What a rack needs before any VM starts: the rendered units, the Debian appliance, the
-//! rack's contract and IAM secret, the bundle, and (for the comparison) a dnsmasq TFTP tree.
+//! rack's contract and IAM secret, the bundle, the network namespace, and (for the comparison)
+//! a dnsmasq TFTP tree.
 //! Everything is written under the rack's work directory; the appliance layers are cached by
 //! `netboot-image` under /var/cache/plasmacloud.
 
@@ -8,6 +9,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use plasmacloud_contract::voter_count_for_rack;
+use plasmacloud_testkit::netns::Netns;
 
 /// The bridge's address (the boot server's) and prefix.
 pub const SERVER_IP: &str = "10.99.0.1";
@@ -59,13 +62,16 @@ pub fn node(i: usize) -> (String, String, String) {
     )
 }
 
-/// The voter count for a rack of `n` nodes (1 below 3, 3 below 5, else 5).
-pub fn voters_for(n: usize) -> usize {
-    match n {
-        0..=2 => 1,
-        3..=4 => 3,
-        _ => 5,
+/// The rack's network: a namespace of its own (`vmrack-<pid>-<n>`) with bridge `br0` at
+/// [`SERVER_IP`]/24 and `taps` tap devices on it (`tap0` …). Dropping it kills every process
+/// left in the namespace and deletes it, bridge and taps with it.
+pub fn network(taps: usize) -> anyhow::Result<Netns> {
+    let ns = Netns::unique("vmrack")?;
+    ns.add_bridge("br0", Some(&format!("{SERVER_IP}/24")))?;
+    for i in 0..taps {
+        ns.add_tap(&format!("tap{i}"), "br0")?;
     }
+    Ok(ns)
 }
 
 /// Runs a command to completion; fails with its output.
@@ -119,7 +125,7 @@ pub struct Artifacts {
 /// Writes the rack's contract for `n` nodes and the IAM credential under `work/secrets`.
 pub fn write_contract(work: &Path, n: usize) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(work).with_context(|| format!("while creating {}", work.display()))?;
-    let voters = voters_for(n);
+    let voters = voter_count_for_rack(n);
     let nodes: Vec<serde_json::Value> = (0..n)
         .map(|i| {
             let (name, mac, ip) = node(i);
@@ -316,8 +322,6 @@ mod tests {
             )
         );
         assert_eq!(node(4).2, "10.99.0.15");
-        assert_eq!(voters_for(3), 3);
-        assert_eq!(voters_for(5), 5);
     }
 
     #[test]

@@ -1,40 +1,38 @@
-//! Shared fixtures for pxe-server's integration tests: a test rack (network namespaces around
-//! a bridge, deleted on drop), a contract and a hand-written bundle, the server process, the
-//! `pki` CLI, and curl over HTTPS with the cluster CA (and an operator's or node's
-//! certificate).
+//! Shared fixtures for pxe-server's integration tests: a test rack (a testkit [`Segment`]:
+//! network namespaces around a bridge, deleted on drop), the clients run in it, a contract and
+//! a hand-written bundle, the server process, the `pki` CLI, and curl over HTTPS with the
+//! cluster CA (and an operator's or node's certificate).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use plasmacloud_contract::manifest::{
     overlay_path, BootEntry, BundleManifest, ManifestFile, MANIFEST_VERSION,
 };
+pub use plasmacloud_testkit::netns::{self, Segment};
 use plasmacloud_testkit::{workspace_binary, Process};
 use sha2::{Digest, Sha256};
 
-/// Runs a command, panicking with its output on failure.
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+/// Runs a prepared command, panicking with its output on failure; its stdout.
+pub fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{args:?} failed: {}{}",
+        "{cmd:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs a command, returning (success, stdout+stderr).
-pub fn try_sh(args: &[&str]) -> (bool, String) {
-    match Command::new(args[0]).args(&args[1..]).output() {
+/// Runs a prepared command; (success, stdout+stderr).
+pub fn try_run(mut cmd: Command) -> (bool, String) {
+    match cmd.output() {
         Ok(o) => (
             o.status.success(),
             format!(
@@ -47,102 +45,155 @@ pub fn try_sh(args: &[&str]) -> (bool, String) {
     }
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A bridge in its own namespace, with endpoint namespaces attached by veth pairs.
-pub struct Rack {
-    /// Prefix of every namespace name.
-    pub prefix: String,
-    /// The hub namespace (holds br0 and any tap devices).
-    pub hub: String,
-    namespaces: Vec<String>,
-    next: u32,
+/// `args[0] args[1..]` as a command.
+fn command(args: &[&str]) -> Command {
+    let mut c = Command::new(args[0]);
+    c.args(&args[1..]);
+    c
 }
 
-impl Rack {
-    /// A new empty rack.
-    pub fn new() -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("pxt{}x{n}", std::process::id() % 100_000);
-        let hub = format!("{prefix}-hub");
-        sh(&["ip", "netns", "add", &hub]);
-        sh(&[
-            "ip",
-            "-n",
-            &hub,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "forward_delay",
-            "0",
-            "stp_state",
-            "0",
-        ]);
-        sh(&["ip", "-n", &hub, "link", "set", "br0", "up"]);
-        sh(&["ip", "-n", &hub, "link", "set", "lo", "up"]);
-        Rack {
-            prefix,
-            hub: hub.clone(),
-            namespaces: vec![hub],
-            next: 0,
-        }
-    }
-
-    /// Adds a namespace `prefix-NAME` whose interface `IF` (MAC `mac`, address `cidr`) sits on
-    /// the bridge. Returns the namespace name.
-    pub fn attach(&mut self, name: &str, ifname: &str, mac: &str, cidr: Option<&str>) -> String {
-        let ns = format!("{}-{name}", self.prefix);
-        sh(&["ip", "netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        self.next += 1;
-        let peer = format!("p{}", self.next);
-        sh(&[
-            "ip", "-n", &self.hub, "link", "add", &peer, "type", "veth", "peer", "name", ifname,
-            "netns", &ns,
-        ]);
-        sh(&[
-            "ip", "-n", &self.hub, "link", "set", &peer, "master", "br0", "up",
-        ]);
-        sh(&["ip", "-n", &ns, "link", "set", ifname, "address", mac]);
-        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        if let Some(c) = cidr {
-            sh(&["ip", "-n", &ns, "addr", "add", c, "dev", ifname]);
-        }
-        sh(&["ip", "-n", &ns, "link", "set", ifname, "up"]);
-        ns
-    }
-
-    /// Adds a tap device on the bridge (for QEMU, which runs in the hub namespace).
-    pub fn tap(&mut self, name: &str) {
-        sh(&[
-            "ip", "-n", &self.hub, "tuntap", "add", "dev", name, "mode", "tap",
-        ]);
-        sh(&[
-            "ip", "-n", &self.hub, "link", "set", name, "master", "br0", "up",
-        ]);
-    }
-
-    /// `ip netns exec NS` prefix.
-    pub fn exec(ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).args(args);
-        c
-    }
+/// Runs a command, panicking with its output on failure.
+pub fn sh(args: &[&str]) -> String {
+    run_ok(command(args))
 }
 
-impl Drop for Rack {
-    fn drop(&mut self) {
-        for ns in self.namespaces.iter().rev() {
-            // Kill anything still running inside (dnsmasq, dhclient, qemu), then delete.
-            if let Ok(o) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+/// Runs a command, returning (success, stdout+stderr).
+pub fn try_sh(args: &[&str]) -> (bool, String) {
+    try_run(command(args))
+}
+
+/// `args[0] args[1..]` run inside namespace `ns`.
+pub fn exec(ns: &str, args: &[&str]) -> Command {
+    let mut c = netns::command_in(ns, args[0]);
+    c.args(&args[1..]);
+    c
+}
+
+/// [`sh`] inside namespace `ns`.
+pub fn sh_in(ns: &str, args: &[&str]) -> String {
+    run_ok(exec(ns, args))
+}
+
+/// [`try_sh`] inside namespace `ns`.
+pub fn try_sh_in(ns: &str, args: &[&str]) -> (bool, String) {
+    try_run(exec(ns, args))
+}
+
+/// The test rack: a fresh [`Segment`] (bridge `br0` in a hub namespace).
+pub fn rack() -> Segment {
+    Segment::new("pxt").unwrap()
+}
+
+/// The MAC of the server's interface `srv0`.
+pub const SERVER_MAC: &str = "52:54:00:ff:00:01";
+
+/// Attaches the server's namespace (`srv0`, [`SERVER_MAC`], address `cidr`); returns its name.
+pub fn attach_server(rack: &mut Segment, cidr: &str) -> String {
+    rack.attach("srv", "srv0", SERVER_MAC, Some(cidr)).unwrap()
+}
+
+/// Attaches a client namespace `name` whose `cli0` has `mac` (and `cidr`); returns its name.
+pub fn attach_client(rack: &mut Segment, name: &str, mac: &str, cidr: Option<&str>) -> String {
+    rack.attach(name, "cli0", mac, cidr).unwrap()
+}
+
+/// Writes `text` to `path` as an executable script.
+pub fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The vendor class of a BIOS PXE client (option 60; architecture 0 in option 93's terms).
+pub const BIOS_PXE_CLIENT: &str = "PXEClient:Arch:00000:UNDI:002001";
+
+/// udhcpc on `cli0` in `ns`, once (`-q -n`), `tries` discovers a second apart, with `script`
+/// and vendor class `vendor`, and `env` set; (got a lease, output).
+pub fn udhcpc_once(
+    ns: &str,
+    script: &Path,
+    tries: u32,
+    vendor: Option<&str>,
+    env: &[(&str, &Path)],
+) -> (bool, String) {
+    let tries = tries.to_string();
+    let mut args = vec![
+        "udhcpc",
+        "-i",
+        "cli0",
+        "-f",
+        "-q",
+        "-n",
+        "-t",
+        &tries,
+        "-T",
+        "1",
+        "-s",
+        script.to_str().unwrap(),
+    ];
+    if let Some(v) = vendor {
+        args.extend(["-V", v]);
+    }
+    let mut cmd = exec(ns, &args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    try_run(cmd)
+}
+
+/// dnsmasq in the foreground in `ns`, bound to `interface`, DNS off, plus `args`; its output
+/// goes to `log`.
+pub fn spawn_dnsmasq(ns: &str, interface: &str, args: &[&str], log: &Path) -> Process {
+    let iface = format!("--interface={interface}");
+    let mut all = vec![
+        "dnsmasq",
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--port=0",
+        &iface,
+        "--bind-interfaces",
+    ];
+    all.extend_from_slice(args);
+    Process::spawn("dnsmasq", exec(ns, &all), log).unwrap()
+}
+
+/// A test's fixture files: a contract, a bundle and an iPXE directory in a temporary directory.
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    /// The directory (logs and scratch files go here too).
+    pub d: PathBuf,
+    /// The contract.
+    pub cluster: PathBuf,
+    /// The bundle.
+    pub bundle: PathBuf,
+    /// The iPXE directory.
+    pub ipxe: PathBuf,
+}
+
+impl Fixture {
+    /// A bundle of `kernel` and `base`, overlays made by `overlay`, `cmdline` on every entry.
+    pub fn new(
+        kernel: &[u8],
+        base: &[u8],
+        cmdline: &str,
+        overlay: &dyn Fn(&str) -> Vec<u8>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let cluster = write_contract(&d, 8081, 8082);
+        let bundle = write_bundle_with(&d, &cluster, kernel, base, cmdline, overlay);
+        let ipxe = write_ipxe_dir(&d);
+        Fixture {
+            _dir: dir,
+            d,
+            cluster,
+            bundle,
+            ipxe,
         }
+    }
+
+    /// `pxe-server serve` flags for a server on `srv0` with these files and `state`.
+    pub fn server_args(&self, mode: &str, state: &Path, extra: &[&str]) -> Vec<String> {
+        server_args(mode, &self.cluster, &self.bundle, &self.ipxe, state, extra)
     }
 }
 
@@ -300,7 +351,7 @@ pub struct Server {
 /// Starts `pxe-server serve ARGS` in `ns` and waits for its ready line.
 pub fn start_server(ns: &str, args: &[String], log: &Path) -> Server {
     let bin = workspace_binary("pxe-server");
-    let mut cmd = Rack::exec(ns, &[bin.to_str().unwrap(), "serve"]);
+    let mut cmd = exec(ns, &[bin.to_str().unwrap(), "serve"]);
     cmd.args(args);
     cmd.env("RUST_LOG", "info,pxe_server=debug");
     let mut proc = Process::spawn("pxe-server", cmd, log).unwrap();
@@ -339,11 +390,18 @@ pub fn server_args(
     v
 }
 
-/// `curl` inside a namespace; returns (http code, headers+body file contents).
+/// `curl` inside a namespace; returns (success, what it printed).
 pub fn curl(ns: &str, args: &[&str]) -> (bool, String) {
-    let mut full = vec!["ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "20"];
+    let mut full = vec!["curl", "-sS", "--max-time", "20"];
     full.extend_from_slice(args);
-    try_sh(&full)
+    try_sh_in(ns, &full)
+}
+
+/// `curl ARGS… -o OUT URL` inside a namespace; returns the HTTP status code it got.
+pub fn curl_code(ns: &str, args: &[&str], out: &str, url: &str) -> String {
+    let mut full = args.to_vec();
+    full.extend(["-o", out, "-w", "%{http_code}", url]);
+    curl(ns, &full).1
 }
 
 /// Parses the server address used in the tests.
@@ -449,7 +507,7 @@ pub enum Firmware {
 /// Starts a TCG VM on tap `tap` (in the rack's hub namespace) that network-boots; its serial
 /// console goes to `serial`.
 pub fn start_vm(
-    rack: &Rack,
+    rack: &Segment,
     tap: &str,
     mac: &str,
     fw: Firmware,
@@ -503,7 +561,7 @@ pub fn start_vm(
     };
     args.push(format!("virtio-net-pci,netdev=n0,mac={mac}{rom}"));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let cmd = Rack::exec(&rack.hub, &refs);
+    let cmd = exec(rack.hub().name(), &refs);
     Process::spawn("qemu", cmd, &dir.join(format!("{tap}-qemu.log"))).unwrap()
 }
 

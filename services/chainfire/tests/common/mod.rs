@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use plasmacloud_store_client::{Member, StoreClient};
+use plasmacloud_store_client::{Health, Member, StoreClient};
 use plasmacloud_testkit::{free_port, loopback_ip, workspace_binary, Process};
 
 /// Prints a named test phase.
@@ -151,4 +151,13 @@ pub async fn form_cluster(nodes: &[&Node]) {
     for n in nodes {
         wait_healthy(n, Duration::from_secs(20)).await;
     }
+}
+
+/// Asserts that `h` is a pristine node's health: unhealthy because it is not initialised.
+pub fn assert_not_initialised(h: &Health) {
+    let reason = h.reason.as_deref().unwrap_or("");
+    assert!(
+        !h.is_healthy() && reason.contains("not initialised"),
+        "{h:?}"
+    );
 }

@@ -7,22 +7,11 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use openraft::ServerState;
-use plasmacloud_store_client::{Health, RaftRole};
+use plasmacloud_store_client::Health;
 
 use super::handler::St;
+use crate::cluster_view::role_of;
 use crate::node::NodeState;
-
-/// Maps openraft's server state to the API's role.
-pub fn role_of(s: ServerState) -> RaftRole {
-    match s {
-        ServerState::Leader => RaftRole::Leader,
-        ServerState::Follower => RaftRole::Follower,
-        ServerState::Learner => RaftRole::Learner,
-        ServerState::Candidate => RaftRole::Candidate,
-        ServerState::Shutdown => RaftRole::Shutdown,
-    }
-}
 
 /// Computes `/health`.
 pub fn health_of(st: &NodeState) -> (StatusCode, Health) {

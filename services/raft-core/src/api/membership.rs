@@ -21,8 +21,9 @@ use plasmacloud_store_client::{
 
 use super::forward::{maybe_forward_within, read_blocking};
 use super::handler::{err, parse_body, retry, Req, St};
+use crate::cluster_view::members_map;
 use crate::network::fetch_identity;
-use crate::node::{members_map, NodeState};
+use crate::node::NodeState;
 use crate::types::{NodeId, NodeInfo};
 
 /// Default deadline for a learner to catch up.
@@ -114,7 +115,7 @@ pub(super) async fn init(State(st): State<St>, body: Bytes) -> Response {
                     .is_some_and(|n| n.raft_addr == m.raft_addr && n.api_addr == m.api_addr)
             })
     };
-    let current = members_map(&st);
+    let current = members_map(&st.raft);
     if !current.is_empty() {
         return if same_as_current(&current) {
             answer_members(&st)
@@ -182,7 +183,7 @@ pub(super) async fn init(State(st): State<St>, body: Bytes) -> Response {
         nodes.insert(m.id, info);
     }
     if let Err(e) = st.raft.initialize(nodes).await {
-        let current = members_map(&st);
+        let current = members_map(&st.raft);
         if !same_as_current(&current) {
             return err(StatusCode::CONFLICT, format!("initialise failed: {e}"));
         }
@@ -353,7 +354,7 @@ async fn add_learner_locked(
             ),
         ));
     }
-    let current = members_map(st);
+    let current = members_map(&st.raft);
     if let Some(n) = current.get(&m.id) {
         if n.incarnation == ident.incarnation
             && n.raft_addr == m.raft_addr

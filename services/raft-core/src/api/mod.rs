@@ -1,13 +1,13 @@
 //! The HTTP API both services share, one module per resource:
 //!
-//! - [`health`]: `/health` and `/readyz`;
-//! - [`membership`]: `/v1/cluster/…` (init, members, learners, voters, removal);
-//! - [`kv`]: the revisioned key-value handlers, mounted by Chainfire at `/v1/kv` and by FlareDB
+//! - `health`: `/health` and `/readyz`;
+//! - `membership`: `/v1/cluster/…` (init, members, learners, voters, removal);
+//! - `kv`: the revisioned key-value handlers, mounted by Chainfire at `/v1/kv` and by FlareDB
 //!   per namespace at `/v1/ns/{ns}/kv`;
-//! - [`timeseries`]: FlareDB's `/v1/ts/{series}`;
-//! - [`forward`]: where a request runs — here when this node leads, else at the leader, whose
+//! - `timeseries`: FlareDB's `/v1/ts/{series}`;
+//! - `forward`: where a request runs — here when this node leads, else at the leader, whose
 //!   answer is relayed — and the local write and read steps;
-//! - [`handler`]: what every handler is made of (its state, its inputs, its answers).
+//! - `handler`: what every handler is made of (its state, its inputs, its answers).
 //!
 //! Errors are always JSON (`ErrorBody`). Writes, linearizable reads and membership changes
 //! arriving at a non-leader are forwarded to the leader (see the crate docs). This module holds
@@ -28,7 +28,7 @@ mod timeseries;
 
 pub use forward::HDR_FORWARDED;
 pub use handler::St;
-pub use health::{health_of, role_of};
+pub use health::health_of;
 pub use kv::{MAX_KEY, MAX_VALUE};
 pub use membership::LEARNER_CATCHUP_TIMEOUT;
 pub use timeseries::downsample;
