@@ -1,6 +1,10 @@
 //! The bundle manifest (`manifest.json`): what `netboot-image bundle` wrote and `pxe-server`
 //! serves. Every file with its size and sha256 (hex), and one boot entry per node plus the
-//! always-present `default` entry (kernel + base initrd, no secrets) for unknown MACs.
+//! always-present `default` entry (kernel + base initrd) for unknown MACs.
+//!
+//! A bundle is a public artifact: no file in it is secret (version 1 marked node overlays
+//! `secret` because they carried keys; version 2 overlays carry only the contract and the
+//! node's name, and keys are made on the nodes at enrollment).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ContractError, Problem};
 
 /// The manifest format version this crate reads and writes.
-pub const MANIFEST_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// The name of the boot entry for machines the contract does not know.
 pub const DEFAULT_ENTRY: &str = "default";
@@ -19,11 +23,16 @@ pub const DEFAULT_ENTRY: &str = "default";
 /// The manifest file name inside a bundle directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// The path of a node's overlay initrd in a bundle (its contract and identity file).
+pub fn overlay_path(node: &str) -> String {
+    format!("overlay-{node}.cpio.zst")
+}
+
 /// `manifest.json` of a bundle directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleManifest {
-    /// Manifest format version (`1`).
+    /// Manifest format version (`2`).
     pub version: u32,
     /// The contract's `cluster.id`.
     pub cluster_id: String,
@@ -47,9 +56,6 @@ pub struct ManifestFile {
     pub size: u64,
     /// SHA-256 of the content, lowercase hex.
     pub sha256: String,
-    /// Does it hold a node's secrets (served only to that node)?
-    #[serde(default)]
-    pub secret: bool,
 }
 
 /// How one node (or the default entry) boots.
@@ -59,6 +65,7 @@ pub struct BootEntry {
     /// The kernel, a path in `files`.
     pub kernel: String,
     /// Initrds in load order (base first, then the node's overlay), paths in `files`.
+    /// pxe-server appends one more for each boot of a node: its enrollment initrd.
     pub initrds: Vec<String>,
     /// Kernel command line without `initrd=` (the PXE server adds one per initrd); node entries
     /// carry `plasmacloud.node=NAME`.
@@ -74,6 +81,18 @@ impl BundleManifest {
             source,
         })?;
         let origin = path.display().to_string();
+        let version = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
+        if version.is_some_and(|v| v < u64::from(MANIFEST_VERSION)) {
+            return Err(ContractError::Invalid {
+                origin,
+                problems: vec![Problem::new(
+                    "version",
+                    format!("{} is an older bundle format whose node overlays carried secrets; rebuild the bundle with this release's `netboot-image bundle` (version {MANIFEST_VERSION} bundles carry none)", version.unwrap_or(0)),
+                )],
+            });
+        }
         let manifest: BundleManifest = crate::validate::parse_json(&text, &origin)?;
         let problems = manifest.problems();
         if problems.is_empty() {
@@ -125,7 +144,7 @@ impl BundleManifest {
         if !self.entries.contains_key(DEFAULT_ENTRY) {
             problems.push(Problem::new(
                 "entries",
-                format!("no {DEFAULT_ENTRY:?} entry (every bundle boots unknown machines without secrets)"),
+                format!("no {DEFAULT_ENTRY:?} entry (every bundle boots machines the contract does not know with it)"),
             ));
         }
         for (name, e) in &self.entries {
@@ -139,17 +158,87 @@ impl BundleManifest {
                     ));
                 }
             }
-            if name == DEFAULT_ENTRY {
-                for p in &e.initrds {
-                    if self.file(p).is_some_and(|f| f.secret) {
-                        problems.push(Problem::new(
-                            format!("entries.{name}.initrds"),
-                            format!("{p:?} holds secrets; the default entry must carry none"),
-                        ));
-                    }
+        }
+        // A stranger must not boot as some node: the default entry carries no node's overlay.
+        if let Some(d) = self.entries.get(DEFAULT_ENTRY) {
+            for p in &d.initrds {
+                let node_only = self
+                    .entries
+                    .keys()
+                    .any(|n| n.as_str() != DEFAULT_ENTRY && *p == overlay_path(n));
+                if node_only {
+                    problems.push(Problem::new(
+                        format!("entries.{DEFAULT_ENTRY}.initrds"),
+                        format!("{p:?} is a node's overlay; the default entry must carry no node's overlay"),
+                    ));
                 }
             }
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> BundleManifest {
+        let file = |p: &str| ManifestFile {
+            path: p.into(),
+            size: 1,
+            sha256: "0".repeat(64),
+        };
+        let entry = |initrds: &[&str]| BootEntry {
+            kernel: "bzImage".into(),
+            initrds: initrds.iter().map(|s| s.to_string()).collect(),
+            cmdline: String::new(),
+        };
+        BundleManifest {
+            version: MANIFEST_VERSION,
+            cluster_id: "c".into(),
+            cluster_name: "c".into(),
+            contract_version: crate::CONTRACT_VERSION,
+            files: vec![
+                file("bzImage"),
+                file("initrd"),
+                file("overlay-node01.cpio.zst"),
+            ],
+            entries: [
+                (
+                    "node01".to_string(),
+                    entry(&["initrd", "overlay-node01.cpio.zst"]),
+                ),
+                (DEFAULT_ENTRY.to_string(), entry(&["initrd"])),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn the_default_entry_never_boots_a_nodes_overlay() {
+        assert!(manifest().problems().is_empty());
+        let mut m = manifest();
+        if let Some(d) = m.entries.get_mut(DEFAULT_ENTRY) {
+            d.initrds.push("overlay-node01.cpio.zst".into());
+        }
+        let p = m.problems();
+        assert!(
+            p.iter()
+                .any(|p| p.path == "entries.default.initrds"
+                    && p.message.contains("no node's overlay")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn an_old_bundle_is_told_to_rebuild() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            r#"{"version":1,"files":[{"path":"x","size":1,"sha256":"0","secret":true}]}"#,
+        )
+        .expect("write");
+        let e = BundleManifest::load(dir.path()).expect_err("old");
+        assert!(e.to_string().contains("rebuild the bundle"), "{e}");
     }
 }

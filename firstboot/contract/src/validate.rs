@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ContractError, Problem};
-use crate::wire::{ClusterConfig, DiskLayout, NodeConfig, NodeTls, Ports, Role, CONTRACT_VERSION};
+use crate::wire::{ClusterConfig, DiskLayout, IamAdmin, NodeConfig, Ports, Role, CONTRACT_VERSION};
 
 /// A MAC address (EUI-48).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -77,8 +77,6 @@ pub struct NodeSpec {
     pub disk: Option<DiskLayout>,
     /// Effective ports of this node.
     pub ports: Ports,
-    /// This node's TLS material, if TLS is on.
-    pub tls: Option<NodeTls>,
     /// Labels as written.
     pub labels: BTreeMap<String, String>,
     /// Is this node one of the initial Raft voters?
@@ -149,6 +147,15 @@ impl Contract {
 
     /// Parses and validates contract text; `origin` names it in messages.
     pub fn parse_named(text: &str, origin: &str) -> Result<Self, ContractError> {
+        // An older version is told what changed before its fields trip the strict parse.
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+            if let Some(problems) = crate::migrate::problems_of_old_version(&value) {
+                return Err(ContractError::Invalid {
+                    origin: origin.to_string(),
+                    problems,
+                });
+            }
+        }
         let config = parse_json::<ClusterConfig>(text, origin)?;
         Self::from_config(config, origin)
     }
@@ -221,9 +228,30 @@ impl Contract {
         self.config.initial_voters.first().map(String::as_str) == Some(name)
     }
 
-    /// The IAM bootstrap credential path, if configured.
-    pub fn iam_bootstrap_credential(&self) -> Option<&PathBuf> {
-        self.config.iam.bootstrap_credential.as_ref()
+    /// The first IAM administrator (name and password hash), if the contract names one.
+    pub fn iam_admin(&self) -> Option<&IamAdmin> {
+        self.config.iam.admin.as_ref()
+    }
+
+    /// The cluster CA fingerprint the contract pins (SHA-256 of the DER, lowercase hex).
+    pub fn ca_sha256(&self) -> Option<&str> {
+        self.config.pki.ca_sha256.as_deref()
+    }
+
+    /// `https://ADDRESS:PORT` of pxe-server's enrollment endpoint.
+    pub fn enrollment_url(&self) -> String {
+        format!(
+            "https://{}:{}",
+            self.boot_server, self.config.boot_server.enrollment_port
+        )
+    }
+
+    /// `https://ADDRESS:PORT` of pxe-server's management listener (phase reports).
+    pub fn management_url(&self) -> String {
+        format!(
+            "https://{}:{}",
+            self.boot_server, self.config.boot_server.management_port
+        )
     }
 
     /// The contract as pretty JSON (what images carry).
@@ -302,15 +330,37 @@ fn check_port(path: String, value: u64, problems: &mut Vec<Problem>) {
     }
 }
 
-fn check_abs_path(path: String, value: &Path, problems: &mut Vec<Problem>) {
-    if !value.is_absolute() {
+/// The IAM admin: a valid user name and an argon2id PHC hash, never a password.
+fn check_admin(admin: &IamAdmin, problems: &mut Vec<Problem>) {
+    let u = &admin.username;
+    let name_ok = !u.is_empty()
+        && u.len() <= 64
+        && u.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && u.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if !name_ok {
         problems.push(Problem::new(
-            path,
-            format!(
-                "{:?} is not an absolute path (expected where the file lives on the node, e.g. /etc/plasmacloud/secrets/…)",
-                value.display().to_string()
-            ),
+            "iam.admin.username",
+            format!("{u:?} is not a valid user name (expected 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit)"),
         ));
+    }
+    let fix = "make one with `iam-server hash-password` (it reads the password from stdin) and paste its output";
+    match argon2::PasswordHash::new(&admin.password_hash) {
+        Ok(h) if h.algorithm.as_str() == "argon2id" && h.hash.is_some() && h.salt.is_some() => {}
+        Ok(h) => problems.push(Problem::new(
+            "iam.admin.password_hash",
+            format!(
+                "a {} hash; expected an argon2id PHC string with salt and hash ({fix})",
+                h.algorithm
+            ),
+        )),
+        Err(_) => problems.push(Problem::new(
+            "iam.admin.password_hash",
+            format!("not a PHC password hash (expected $argon2id$v=19$m=…,t=…,p=…$salt$hash; never the password itself): {fix}"),
+        )),
     }
 }
 
@@ -425,11 +475,39 @@ fn check(config: ClusterConfig, problems: &mut Vec<Problem>) -> Option<Contract>
         }
     }
 
-    if let Some(tls) = &config.tls {
-        check_abs_path("tls.ca_cert".into(), &tls.ca_cert, problems);
+    check_port(
+        "boot_server.enrollment_port".into(),
+        config.boot_server.enrollment_port,
+        problems,
+    );
+    if [
+        config.boot_server.http_port,
+        config.boot_server.management_port,
+    ]
+    .contains(&config.boot_server.enrollment_port)
+    {
+        problems.push(Problem::new(
+            "boot_server.enrollment_port",
+            format!(
+                "{} collides with boot_server.http_port or management_port (expected a port of its own)",
+                config.boot_server.enrollment_port
+            ),
+        ));
     }
-    if let Some(p) = &config.iam.bootstrap_credential {
-        check_abs_path("iam.bootstrap_credential".into(), p, problems);
+    if let Some(fp) = &config.pki.ca_sha256 {
+        if fp.len() != 64
+            || !fp
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            problems.push(Problem::new(
+                "pki.ca_sha256",
+                format!("{fp:?} is not a SHA-256 fingerprint (expected 64 lowercase hex digits, as `pxe-server pki show` prints)"),
+            ));
+        }
+    }
+    if let Some(admin) = &config.iam.admin {
+        check_admin(admin, problems);
     }
 
     if config.nodes.is_empty() {
@@ -481,18 +559,6 @@ fn check(config: ClusterConfig, problems: &mut Vec<Problem>) -> Option<Contract>
                     ),
                 ));
             }
-        }
-        if config.tls.is_some() && n.tls.is_none() {
-            problems.push(Problem::new(
-                at("tls"),
-                "missing: the cluster has tls.ca_cert set, so every node needs tls.cert and tls.key",
-            ));
-        }
-        if config.tls.is_none() && n.tls.is_some() {
-            problems.push(Problem::new(
-                at("tls"),
-                "set, but the cluster has no tls.ca_cert (expected both, or neither)",
-            ));
         }
     }
 
@@ -571,10 +637,6 @@ fn check_node(
     if let Some(disk) = &n.disk {
         check_disk(&at("disk"), disk, problems);
     }
-    if let Some(tls) = &n.tls {
-        check_abs_path(at("tls.cert"), &tls.cert, problems);
-        check_abs_path(at("tls.key"), &tls.key, problems);
-    }
     let ports = n
         .ports
         .as_ref()
@@ -610,7 +672,6 @@ fn check_node(
         roles,
         disk: n.disk.clone(),
         ports,
-        tls: n.tls.clone(),
         labels: n.labels.clone(),
         voter: false,
     })

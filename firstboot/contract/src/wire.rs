@@ -6,15 +6,17 @@
 //! always refused.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The contract version this crate reads and writes.
-pub const CONTRACT_VERSION: u32 = 1;
+/// The contract version this crate reads and writes. Version 1 carried paths of secrets (TLS
+/// keys, an IAM password file) that travelled in the nodes' overlays; version 2 carries no
+/// secret at all: nodes make their keys at enrollment, and the IAM admin is a password hash.
+pub const CONTRACT_VERSION: u32 = 2;
 
-/// One cluster: its identity, its nodes, its voters, its ports, and where its secrets live.
+/// One cluster: its identity, its nodes, its voters, its ports. Public data: it holds no
+/// secret, and every node's overlay carries all of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -30,9 +32,9 @@ pub struct ClusterConfig {
     /// Names of the control-plane nodes that form the initial Raft voter set (1, 3 or 5).
     /// The first one is the seed: it bootstraps the clusters and seeds IAM.
     pub initial_voters: Vec<String>,
-    /// Cluster-wide TLS material (paths on the node). Absent: plain HTTP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<ClusterTls>,
+    /// The cluster CA (pxe-server's; every service port speaks mutual TLS with it).
+    #[serde(default)]
+    pub pki: PkiSettings,
     /// IAM bootstrap settings.
     #[serde(default)]
     pub iam: IamSettings,
@@ -65,6 +67,11 @@ pub struct BootServer {
     #[serde(default = "default_boot_management_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub management_port: u64,
+    /// Port of the enrollment endpoint (HTTPS with the cluster CA): nodes send a CSR and their
+    /// single-use boot token there and get their certificate.
+    #[serde(default = "default_boot_enrollment_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub enrollment_port: u64,
 }
 
 fn default_boot_http_port() -> u64 {
@@ -72,6 +79,9 @@ fn default_boot_http_port() -> u64 {
 }
 fn default_boot_management_port() -> u64 {
     8082
+}
+fn default_boot_enrollment_port() -> u64 {
+    8443
 }
 
 /// Service ports. Every field defaults to the design's service graph.
@@ -203,33 +213,38 @@ impl PortOverrides {
     }
 }
 
-/// Cluster-wide TLS: the CA that signs every node's certificate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// The cluster CA as the contract knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterTls {
-    /// Path of the CA certificate (PEM) on every node.
-    pub ca_cert: PathBuf,
-}
-
-/// A node's own TLS certificate and key (paths on that node).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NodeTls {
-    /// Path of the node's certificate (PEM).
-    pub cert: PathBuf,
-    /// Path of the node's private key (PEM); only this node's overlay carries it.
-    pub key: PathBuf,
+pub struct PkiSettings {
+    /// SHA-256 of the cluster CA certificate (DER), 64 lowercase hex digits, as
+    /// `pxe-server pki show` prints it. When set, nodes refuse an enrollment CA that does not
+    /// match, and pxe-server refuses to serve with another CA. Absent: nodes trust the CA that
+    /// came with their enrollment token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_sha256: Option<String>,
 }
 
 /// IAM bootstrap settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IamSettings {
-    /// Path, on the seed node, of the bootstrap credential: a JSON file
-    /// `{"username": "...", "password": "..."}`. Never the secret itself. Absent: the first
-    /// admin is not created at first boot.
+    /// The first administrator, created once by the seed. Absent: no administrator is
+    /// created at first boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bootstrap_credential: Option<PathBuf>,
+    pub admin: Option<IamAdmin>,
+}
+
+/// The first IAM administrator: a name and an argon2id password hash (never a password).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IamAdmin {
+    /// User name: 1-64 of lowercase letters, digits, `.`, `_`, `-`, starting with a letter or
+    /// digit.
+    pub username: String,
+    /// argon2id PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`); make one with
+    /// `iam-server hash-password` (reads the password from stdin).
+    pub password_hash: String,
 }
 
 /// What a node does in the cluster.
@@ -263,9 +278,6 @@ pub struct NodeConfig {
     /// Port overrides for this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<PortOverrides>,
-    /// This node's TLS certificate and key; required on every node when `tls` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<NodeTls>,
     /// Free-form labels (rack, row, …), carried to the services as they are.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

@@ -135,8 +135,52 @@ fn colliding_ports_on_one_node_are_refused() {
 
 #[test]
 fn unknown_version_is_refused() {
-    let p = problems(|v| v["version"] = json!(2));
+    let p = problems(|v| v["version"] = json!(3));
     assert_problem(&p, "version", "not a known contract version");
+}
+
+#[test]
+fn a_version_1_contract_is_told_what_to_change() {
+    let p = problems(|v| {
+        v["version"] = json!(1);
+        v["tls"] = json!({"ca_cert": "/etc/plasmacloud/tls/ca.pem"});
+        v["nodes"][1]["tls"] =
+            json!({"cert": "/etc/plasmacloud/tls/n.pem", "key": "/etc/plasmacloud/tls/n.key"});
+        v["iam"] = json!({"bootstrap_credential": "/etc/plasmacloud/secrets/iam.json"});
+    });
+    assert_problem(&p, "version", "set \"version\": 2");
+    assert_problem(&p, "tls", "pxe-server pki init");
+    assert_problem(&p, "nodes[1].tls", "at enrollment");
+    assert_problem(&p, "iam.bootstrap_credential", "iam-server hash-password");
+    assert_eq!(p.len(), 4, "{p:#?}");
+}
+
+#[test]
+fn the_admin_is_a_hash_never_a_password() {
+    let p =
+        problems(|v| v["iam"]["admin"]["password_hash"] = json!("Example-Admin-Passphrase-2026"));
+    assert_problem(&p, "iam.admin.password_hash", "never the password itself");
+    let p = problems(|v| {
+        v["iam"]["admin"]["password_hash"] =
+            json!("$argon2i$v=19$m=19456,t=2,p=1$FCXPgIi1gahS52F7DaMVyw$hXfRVp9txfuCxGVwuE6RSUMu9bH/wtIf/qfEhEWbgWM");
+        v["iam"]["admin"]["username"] = json!("Admin");
+    });
+    assert_problem(&p, "iam.admin.password_hash", "a argon2i hash");
+    assert_problem(&p, "iam.admin.username", "not a valid user name");
+    let p = problems(|v| v["iam"]["admin"]["password"] = json!("x"));
+    assert!(p[0].contains("unknown field `password`"), "{p:?}");
+}
+
+#[test]
+fn enrollment_port_and_ca_fingerprint_are_checked() {
+    let p = problems(|v| {
+        v["boot_server"]["enrollment_port"] = json!(8081);
+        v["pki"] = json!({"ca_sha256": "ABCD"});
+    });
+    assert_problem(&p, "boot_server.enrollment_port", "collides");
+    assert_problem(&p, "pki.ca_sha256", "64 lowercase hex digits");
+    let ok = problems(|v| v["pki"] = json!({"ca_sha256": "0".repeat(64)}));
+    assert!(ok.is_empty(), "{ok:?}");
 }
 
 #[test]
@@ -171,16 +215,6 @@ fn unknown_field_is_refused_with_its_path() {
         p[0].contains("nodes[1]") && p[0].contains("unknown field `hostname`"),
         "{p:?}"
     );
-}
-
-#[test]
-fn inline_secret_paths_must_be_absolute_and_tls_complete() {
-    let p = problems(|v| {
-        v["iam"]["bootstrap_credential"] = json!("secrets/admin.json");
-        v["tls"] = json!({"ca_cert": "/etc/plasmacloud/tls/ca.pem"});
-    });
-    assert_problem(&p, "iam.bootstrap_credential", "not an absolute path");
-    assert_problem(&p, "nodes[0].tls", "every node needs tls.cert and tls.key");
 }
 
 #[test]

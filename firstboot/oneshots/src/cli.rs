@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use plasmacloud_contract::{Contract, ContractError};
@@ -47,6 +48,8 @@ pub enum Command {
     },
     /// Prepare the Raft data disk (GPT, labelled filesystem, mount); never reformats ours.
     Disk(NodeArgs),
+    /// Make this node's key and obtain its certificate (nothing to do when it holds one).
+    Enroll(NodeArgs),
     /// Decide this node's Raft id and write the services' TOML from the contract.
     Configure(NodeArgs),
     /// Form (seed) or join (everyone else) the Chainfire cluster.
@@ -102,6 +105,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Disk(a) => step("disk", &a, |ctx| async move {
             crate::disk::run(&ctx).await.map(|_| ())
         }),
+        Command::Enroll(a) => step("enroll", &a, |ctx| async move {
+            crate::enroll::run(&ctx, ctx.args.deadline).await
+        }),
         Command::Configure(a) => step("configure", &a, |ctx| async move {
             crate::configure::run(&ctx, ctx.args.deadline).await
         }),
@@ -148,7 +154,7 @@ pub fn run(cli: Cli) -> ExitCode {
 /// Runs one node-side step on a small runtime and maps its outcome to the exit code.
 fn step<F, Fut>(name: &str, args: &NodeArgs, body: F) -> ExitCode
 where
-    F: FnOnce(Ctx) -> Fut,
+    F: Fn(Ctx) -> Fut,
     Fut: std::future::Future<Output = StepResult<()>>,
 {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -165,12 +171,26 @@ where
         let ctx = Ctx::load(args)?;
         let span = tracing::info_span!("step", step = name, node = %ctx.me.name);
         let _guard = span.enter();
-        let ctx2 = ctx.clone();
-        let out = body(ctx).await;
-        if let Err(e) = &out {
-            ctx2.progress(name, "failed", &e.to_string()).await;
+        let mut pause = Duration::from_secs(2);
+        loop {
+            let out = body(ctx.clone()).await;
+            match &out {
+                Err(e @ crate::step::StepError::Retry(_)) if ctx.args.retry_forever => {
+                    // Report, then start over: the units that require this one keep waiting
+                    // for it instead of failing (see `--retry-forever`).
+                    let msg = format!("{e}; starting over in {pause:.0?}");
+                    tracing::warn!(step = name, "{msg}");
+                    ctx.progress(name, "failed", &msg).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    ctx.progress(name, "failed", &e.to_string()).await;
+                    return out;
+                }
+                Ok(()) => return out,
+            }
         }
-        out
     });
     match result {
         Ok(()) => exit::code(exit::OK),

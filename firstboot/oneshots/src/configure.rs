@@ -7,6 +7,13 @@
 //! compare-and-swap, so an id is never reused. The id is written to `<data-dir>/node_id` of
 //! both stores before they start, so a node that reboots with its data keeps its id. Chainfire
 //! and FlareDB use the same id for a node.
+//!
+//! "No cluster exists yet" is never guessed ("Never two clusters", shared/DESIGN.md): a seed
+//! without an id bootstraps only when **every** other initial voter answers that it holds no
+//! cluster (a one-voter contract bootstraps at once). Any voter that holds one means: join it.
+//! A voter that does not answer means: wait — up to the deadline, then exit 75 naming it —
+//! never bootstrap. A pristine voter answers for itself while it waits for its own id (see
+//! [`crate::pristine`]), so a cold rack does not wait on itself.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +21,7 @@ use std::time::Duration;
 use plasmacloud_store_client::{Precondition, StoreClient};
 
 use crate::ids::{check_cluster_id, node_id_path, ID_BY_NODE_PREFIX, ID_COUNTER_KEY, SEED_ID};
+use crate::pristine::answer_no_cluster;
 use crate::step::{retry_until, write_atomic, Attempt, Ctx, StepError, StepResult, Store};
 
 /// Runs the step.
@@ -58,9 +66,15 @@ pub async fn resolve_raft_id(ctx: &Ctx, deadline: Duration) -> StepResult<u64> {
         tracing::info!(id, "reusing the Raft id stored on the data disk");
         return Ok(id);
     }
-    let id = if ctx.is_seed() && !cluster_exists(ctx).await? {
+    let id = if ctx.is_seed() && seed_may_bootstrap(ctx, deadline).await? {
         SEED_ID
     } else {
+        // An initial voter with an empty disk tells the seed so while it waits for its id.
+        let _answering = if ctx.me.voter && !ctx.is_seed() {
+            answer_no_cluster(ctx).await
+        } else {
+            None
+        };
         let peers = ctx.peers_client(Store::Chainfire)?;
         allocate_id(ctx, &peers, deadline).await?
     };
@@ -71,22 +85,48 @@ pub async fn resolve_raft_id(ctx: &Ctx, deadline: Duration) -> StepResult<u64> {
     Ok(id)
 }
 
-/// Does a Chainfire cluster already run on the other voters? (Only the seed asks: a wiped seed
-/// must not found a second cluster beside a living one.)
-async fn cluster_exists(ctx: &Ctx) -> StepResult<bool> {
-    let peers = ctx.other_voters();
-    if peers.is_empty() {
-        return Ok(false); // a single-voter cluster has no peers to ask
+/// May the seed (which holds no id) bootstrap? `true` only when every other initial voter
+/// answered that it holds no cluster; `false` as soon as one holds one (join it). Silence is
+/// waited for, never read as "no cluster".
+pub async fn seed_may_bootstrap(ctx: &Ctx, deadline: Duration) -> StepResult<bool> {
+    let others = ctx.other_voters();
+    if others.is_empty() {
+        return Ok(true); // one voter: nobody else could hold the cluster
     }
-    // A short probe: peers that boot with us refuse connections at once.
-    let peers = ctx.client(Store::Chainfire, &peers, Duration::from_millis(1500))?;
-    match peers.members().await {
-        Ok(m) => Ok(!m.members.is_empty()),
-        Err(e) => {
-            tracing::info!(error = %e, "no Chainfire peer answers; the seed bootstraps");
-            Ok(false)
-        }
-    }
+    let clients = others
+        .iter()
+        .map(|n| {
+            ctx.client(Store::Chainfire, [n], Duration::from_secs(2))
+                .map(|c| (n.name.clone(), c))
+        })
+        .collect::<StepResult<Vec<_>>>()?;
+    retry_until(
+        "every other initial voter to say whether it holds a cluster",
+        deadline,
+        || async {
+            let mut silent = Vec::new();
+            for (name, c) in &clients {
+                match c.members().await {
+                    Ok(m) if !m.members.is_empty() => {
+                        tracing::info!(voter = %name, "a voter holds a cluster: the seed joins it");
+                        return Ok(Attempt::Done(false));
+                    }
+                    Ok(_) => {}
+                    Err(e) => silent.push(format!("{name} ({e})")),
+                }
+            }
+            if silent.is_empty() {
+                tracing::info!("every other initial voter holds no cluster: the seed bootstraps");
+                Ok(Attempt::Done(true))
+            } else {
+                Ok(Attempt::NotYet(format!(
+                    "no answer from {}; silence is not \"no cluster\", so the seed does not bootstrap",
+                    silent.join(", ")
+                )))
+            }
+        },
+    )
+    .await
 }
 
 /// Takes the next id from the counter by compare-and-swap.
@@ -145,18 +185,25 @@ fn toml_string(v: &str) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+fn toml_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|u| toml_string(u))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Writes chainfire.toml, flaredb.toml and iam.toml.
 pub fn write_configs(ctx: &Ctx, id: u64) -> StepResult<()> {
     let me = &ctx.me;
-    let tls = match (&ctx.contract.config.tls, &me.tls) {
-        (Some(c), Some(n)) => format!(
-            "tls_cert = {}\ntls_key = {}\ntls_ca = {}\n",
-            toml_string(&n.cert.display().to_string()),
-            toml_string(&n.key.display().to_string()),
-            toml_string(&c.ca_cert.display().to_string())
-        ),
-        _ => String::new(),
-    };
+    // Every port is mutual TLS with this node's certificate (from `firstboot enroll`).
+    let creds = ctx.node_credentials();
+    let tls = format!(
+        "tls_cert = {}\ntls_key = {}\ntls_ca = {}\n",
+        toml_string(&creds.cert_path().display().to_string()),
+        toml_string(&creds.key_path().display().to_string()),
+        toml_string(&creds.ca_path().display().to_string())
+    );
     let header = format!(
         "# Written by `firstboot configure` from {} for node {}; do not edit.\n",
         ctx.args.cluster.display(),
@@ -199,13 +246,10 @@ pub fn write_configs(ctx: &Ctx, id: u64) -> StepResult<()> {
         (
             "iam",
             format!(
-                "{header}listen_addr = {}\nflaredb = [{}]\nsigning_key = {}\n",
+                "{header}listen_addr = {}\nflaredb = [{}]\nchainfire = [{}]\nsigning_key = {}\n{tls}",
                 toml_string(&me.iam_api()),
-                flaredb_urls
-                    .iter()
-                    .map(|u| toml_string(u))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                toml_list(&flaredb_urls),
+                toml_list(&chainfire_urls),
                 toml_string(
                     &ctx.args
                         .state_dir

@@ -7,7 +7,8 @@
 //!   (whatever `wipe_foreign` says) — a rebooted node finds its data;
 //! - a disk holding anything else (a partition table, a filesystem, a foreign label) is refused
 //!   with exit 2 unless the contract sets `disk.wipe_foreign = true`;
-//! - only a blank (or explicitly wipeable) disk is partitioned and formatted.
+//! - only a blank (or explicitly wipeable) disk is partitioned and formatted;
+//! - a disk that cannot be probed is "retry later" (exit 75), never "blank".
 //!
 //! The work is done by util-linux and the mkfs tools (`sfdisk`, `wipefs`, `partx`, `blkid`,
 //! `mkfs.ext4`/`mkfs.xfs`, `mount`): the same tools disko drives.
@@ -71,20 +72,54 @@ fn run_tool(program: &str, args: &[&str], stdin: Option<&str>) -> StepResult<Str
     }
 }
 
-/// `blkid -p -o export DEV` as a map; empty when the device holds no signature.
-fn probe(dev: &Path) -> HashMap<String, String> {
-    let out = Command::new("blkid")
+/// The probing tool (replaceable in tests that need it to fail).
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// `blkid` (util-linux).
+    pub blkid: PathBuf,
+}
+
+impl Default for Tools {
+    fn default() -> Self {
+        Self {
+            blkid: PathBuf::from("blkid"),
+        }
+    }
+}
+
+/// `blkid -p -o export DEV` as a map; empty only when blkid says the device holds no
+/// signature (exit 2). A probe that fails in any other way is an error, never "empty": a disk
+/// that could not be read must not be taken for a blank one and formatted.
+fn probe(tools: &Tools, dev: &Path) -> StepResult<HashMap<String, String>> {
+    let out = Command::new(&tools.blkid)
         .args(["-p", "-o", "export"])
         .arg(dev)
-        .output();
-    let Ok(out) = out else {
-        return HashMap::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        .output()
+        .map_err(|e| {
+            StepError::Retry(format!(
+                "cannot probe {} with {}: {e}; not treating the disk as empty",
+                dev.display(),
+                tools.blkid.display()
+            ))
+        })?;
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()),
+        Some(2) => Ok(HashMap::new()),
+        Some(8) => Err(StepError::Config(format!(
+            "{} carries more than one signature (blkid: ambivalent result); inspect it with `wipefs {}` and clear what is not ours by hand",
+            dev.display(),
+            dev.display()
+        ))),
+        code => Err(StepError::Retry(format!(
+            "probing {} failed (blkid exit {code:?}: {}); not treating the disk as empty",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
 }
 
 /// The first partition's device path: `/dev/vdb1`, `/dev/nvme0n1p1`, `/dev/loop0p1`.
@@ -181,6 +216,11 @@ fn mount(part: &Path, fstype: &str, mount_point: &Path) -> StepResult<()> {
 
 /// Prepares `layout` (a whole disk). The heart of the step, testable on loop devices.
 pub fn prepare(layout: &DiskLayout) -> StepResult<Outcome> {
+    prepare_with(layout, &Tools::default())
+}
+
+/// [`prepare`] with the given probing tool.
+pub fn prepare_with(layout: &DiskLayout, tools: &Tools) -> StepResult<Outcome> {
     let dev = PathBuf::from(&layout.device);
     if !dev.exists() {
         return Err(StepError::Retry(format!(
@@ -195,7 +235,7 @@ pub fn prepare(layout: &DiskLayout) -> StepResult<Outcome> {
 
     // Ours already? Mount, never reformat.
     if part.exists() {
-        let p = probe(&part);
+        let p = probe(tools, &part)?;
         if p.get("LABEL") == Some(&layout.label) {
             let fstype = p
                 .get("TYPE")
@@ -207,7 +247,7 @@ pub fn prepare(layout: &DiskLayout) -> StepResult<Outcome> {
     }
 
     // Anything else there is someone else's data.
-    let whole = probe(&dev);
+    let whole = probe(tools, &dev)?;
     let mut found = Vec::new();
     if let Some(t) = whole.get("PTTYPE") {
         found.push(format!("a {t} partition table"));

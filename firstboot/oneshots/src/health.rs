@@ -5,17 +5,17 @@
 //! in it passes, and the report records how long each wave took:
 //! 1. **local** — Chainfire, FlareDB and IAM on this node answer `/health` healthy;
 //! 2. **cluster** — Chainfire and FlareDB each have a leader and exactly the contract's voters,
-//!    and this node is a member (a voter if the contract says so);
-//! 3. **iam** — on the seed, the admin logs in and `whoami` says `admin`; elsewhere IAM's
-//!    health suffices (the design: the health check logs in on the seed only).
+//!    this node is a member (a voter if the contract says so), and every voter's own replica
+//!    holds the cluster identity this node joined (one cluster, never two);
+//! 3. **iam** — the local IAM issues a token to this node's identity (its certificate proves
+//!    it), and every voter's IAM accepts that token as this node (no password involved).
 
 use std::time::{Duration, Instant};
 
 use plasmacloud_store_client::MemberRole;
 use serde::Serialize;
 
-use crate::credential::read_credential;
-use crate::ids::my_id;
+use crate::ids::{guard_keyspace, joined_uuid, my_id, CLUSTER_UUID_KEY};
 use crate::step::{write_atomic, Backoff, Ctx, StepError, StepResult, Store};
 
 /// One check's outcome.
@@ -100,11 +100,65 @@ async fn wave_local(ctx: &Ctx, http: &reqwest::Client) -> Vec<Check> {
     out
 }
 
+/// One cluster, not two: every initial voter's own replica of `store` holds the cluster
+/// identity this node joined (a seed that had bootstrapped alone would hold another).
+async fn check_one_cluster(ctx: &Ctx, store: Store) -> Check {
+    let s = store.name();
+    let name = format!("{s}.one-cluster");
+    let Some(mine) = joined_uuid(ctx, store) else {
+        return check(
+            "cluster",
+            &name,
+            false,
+            format!("this node recorded no cluster identity ({s}-join must run first)"),
+        );
+    };
+    let mut differ = Vec::new();
+    for n in ctx.contract.voters() {
+        let got = match ctx.client(store, [n], Duration::from_secs(5)) {
+            Ok(c) => match guard_keyspace(&c, store) {
+                Ok(k) => k
+                    .get_local(CLUSTER_UUID_KEY)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .map(|v| v.map(|v| v.value)),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match got {
+            Ok(Some(u)) if u == mine => {}
+            Ok(Some(u)) => differ.push(format!("{} holds cluster {u}", n.name)),
+            Ok(None) => differ.push(format!("{} holds no cluster identity", n.name)),
+            Err(e) => differ.push(format!("{}: {e}", n.name)),
+        }
+    }
+    if differ.is_empty() {
+        check(
+            "cluster",
+            &name,
+            true,
+            format!("every voter holds cluster {mine}"),
+        )
+    } else {
+        check(
+            "cluster",
+            &name,
+            false,
+            format!(
+                "this node joined cluster {mine}, but {} (expected one cluster)",
+                differ.join("; ")
+            ),
+        )
+    }
+}
+
 async fn wave_cluster(ctx: &Ctx) -> Vec<Check> {
     let mut out = Vec::new();
     let want = ctx.contract.voters().len();
     for store in [Store::Chainfire, Store::Flaredb] {
         let s = store.name();
+        out.push(check_one_cluster(ctx, store).await);
         let client = match ctx.client(store, ctx.contract.voters(), Duration::from_secs(5)) {
             Ok(c) => c,
             Err(e) => {
@@ -171,33 +225,13 @@ async fn wave_cluster(ctx: &Ctx) -> Vec<Check> {
     out
 }
 
+/// IAM, end to end, without any password: the local IAM issues a token to this node's
+/// identity (proved by its certificate), and every voter's IAM (and this node's) must accept
+/// that token as this node. Tokens are signed by one IAM and verified by another through the
+/// signing keys published in FlareDB, so this proves the whole path.
 async fn wave_iam(ctx: &Ctx, http: &reqwest::Client) -> StepResult<Vec<Check>> {
-    let cred = match (ctx.is_seed(), ctx.contract.iam_bootstrap_credential()) {
-        (true, Some(p)) => read_credential(p)?,
-        (true, None) => {
-            return Ok(vec![check(
-                "iam",
-                "iam.login",
-                true,
-                "skipped: no bootstrap credential in the contract",
-            )])
-        }
-        (false, _) => {
-            return Ok(vec![check(
-                "iam",
-                "iam.login",
-                true,
-                "checked on the seed only",
-            )])
-        }
-    };
-    let base = ctx.iam_url();
-    let login = http
-        .post(format!("{base}/v1/auth/login"))
-        .json(&serde_json::json!({"username": cred.username, "password": cred.password}))
-        .send()
-        .await;
-    let token = match login {
+    let url = format!("{}/v1/auth/node-token", ctx.iam_url());
+    let token = match http.post(&url).send().await {
         Ok(r) if r.status().is_success() => r
             .json::<serde_json::Value>()
             .await
@@ -208,55 +242,59 @@ async fn wave_iam(ctx: &Ctx, http: &reqwest::Client) -> StepResult<Vec<Check>> {
             let t = r.text().await.unwrap_or_default();
             return Ok(vec![check(
                 "iam",
-                "iam.login",
+                "iam.token",
                 false,
-                format!("login answered {s}: {t} (expected 200 with a token)"),
+                format!("{url} answered {s}: {t} (expected 200 with a token)"),
             )]);
         }
         Err(e) => {
             return Ok(vec![check(
                 "iam",
-                "iam.login",
+                "iam.token",
                 false,
-                format!("login: {e}"),
+                format!("{url}: {e}"),
             )])
         }
     };
     let Some(token) = token else {
         return Ok(vec![check(
             "iam",
-            "iam.login",
+            "iam.token",
             false,
-            "login answered without a token",
+            format!("{url} answered without a token"),
         )]);
     };
-    let who = http
-        .get(format!("{base}/v1/auth/whoami"))
-        .bearer_auth(&token)
-        .send()
-        .await;
-    let c = match who {
-        Ok(r) if r.status().is_success() => {
-            let v: serde_json::Value = r.json().await.unwrap_or_default();
-            let admin = v["roles"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == "admin"));
-            check(
+    let want = format!("node:{}", ctx.me.name);
+    let mut nodes: Vec<_> = ctx.contract.voters().into_iter().cloned().collect();
+    if !nodes.iter().any(|n| n.name == ctx.me.name) {
+        nodes.push(ctx.me.clone());
+    }
+    let mut out = Vec::new();
+    for n in &nodes {
+        let url = format!("{}://{}/v1/auth/whoami", ctx.scheme(), n.iam_api());
+        let name = format!("iam.verify.{}", n.name);
+        let c = match http.get(&url).bearer_auth(&token).send().await {
+            Ok(r) if r.status().is_success() => {
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                let ok = v["subject"] == want.as_str();
+                check(
+                    "iam",
+                    &name,
+                    ok,
+                    format!("whoami: {} (expected {want})", v["subject"]),
+                )
+            }
+            Ok(r) => check(
                 "iam",
-                "iam.login",
-                admin,
-                format!("whoami: {} roles {}", v["subject"], v["roles"]),
-            )
-        }
-        Ok(r) => check(
-            "iam",
-            "iam.login",
-            false,
-            format!("whoami answered {}", r.status()),
-        ),
-        Err(e) => check("iam", "iam.login", false, format!("whoami: {e}")),
-    };
-    Ok(vec![c])
+                &name,
+                false,
+                format!("{url} answered {} to this node's token", r.status()),
+            ),
+            Err(e) => check("iam", &name, false, format!("{url}: {e}")),
+        };
+        out.push(c);
+    }
+    Ok(out)
 }
 
 /// Runs the step: waves until ready or the deadline; writes the report and the ready file.

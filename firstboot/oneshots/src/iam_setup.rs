@@ -1,14 +1,16 @@
-//! `firstboot iam-setup`: on the seed, bootstrap the IAM admin from the credential file the
-//! contract points to; on every other node, check that the local IAM answers.
+//! `firstboot iam-setup`: on the seed, bootstrap the IAM admin the contract names (a user name
+//! and an argon2id hash: no password travels anywhere); on every other node, check that the
+//! local IAM answers.
 //!
 //! The rule: the seed (`initial_voters[0]`) seeds IAM, because exactly one node must, and the
-//! seed is the one node every contract agrees on. IAM's `POST /v1/bootstrap` is itself
-//! once-only (the same credentials again succeed without change), so a retried first boot
-//! passes and a second seed could not create a second admin.
+//! seed is the one node every contract agrees on. IAM's `POST /v1/bootstrap` takes only a node
+//! certificate and is itself once-only (the same admin again succeeds without change), so a
+//! retried first boot passes and a second seed could not create a second admin.
 
 use std::time::Duration;
 
-use crate::credential::{read_credential, Credential};
+use plasmacloud_contract::IamAdmin;
+
 use crate::step::{retry_until, Attempt, Ctx, StepError, StepResult};
 
 /// Waits until the local IAM reports healthy.
@@ -33,13 +35,12 @@ pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<()> {
     ctx.progress("iam-setup", "started", "").await;
     let http = ctx.http_client()?;
     wait_healthy(ctx, &http, deadline).await?;
-    let how = match (ctx.is_seed(), ctx.contract.iam_bootstrap_credential()) {
-        (true, Some(path)) => {
-            let cred = read_credential(path)?;
-            bootstrap(ctx, &http, &cred, deadline).await?;
-            format!("admin {:?} bootstrapped", cred.username)
+    let how = match (ctx.is_seed(), ctx.contract.iam_admin()) {
+        (true, Some(admin)) => {
+            bootstrap(ctx, &http, admin, deadline).await?;
+            format!("admin {:?} bootstrapped", admin.username)
         }
-        (true, None) => "no iam.bootstrap_credential in the contract; no admin created".into(),
+        (true, None) => "no iam.admin in the contract; no admin created".into(),
         (false, _) => "IAM answers (the seed bootstraps the admin)".into(),
     };
     ctx.mark_done("iam-setup", serde_json::json!({"how": how}))?;
@@ -50,11 +51,12 @@ pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<()> {
 async fn bootstrap(
     ctx: &Ctx,
     http: &reqwest::Client,
-    cred: &Credential,
+    admin: &IamAdmin,
     deadline: Duration,
 ) -> StepResult<()> {
     let url = format!("{}/v1/bootstrap", ctx.iam_url());
-    let body = serde_json::json!({"username": cred.username, "password": cred.password});
+    let body =
+        serde_json::json!({"username": admin.username, "password_hash": admin.password_hash});
     retry_until("IAM to bootstrap the admin", deadline, || async {
         let r = match http.post(&url).json(&body).send().await {
             Ok(r) => r,
@@ -65,10 +67,10 @@ async fn bootstrap(
         match status.as_u16() {
             200 | 201 => Ok(Attempt::Done(())),
             409 => Err(StepError::Config(format!(
-                "IAM was bootstrapped with other credentials ({text}); the contract's credential file does not match the cluster's admin"
+                "IAM was bootstrapped with another admin ({text}); the contract's iam.admin does not match the cluster's"
             ))),
             400 | 422 => Err(StepError::Config(format!(
-                "IAM refused the bootstrap credential: {text}"
+                "IAM refused the bootstrap (iam.admin): {text}"
             ))),
             _ => Ok(Attempt::NotYet(format!("{url} answered {status}: {text}"))),
         }

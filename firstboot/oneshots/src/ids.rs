@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use plasmacloud_store_client::StoreClient;
+use plasmacloud_store_client::{Keyspace, StoreClient};
 
 use crate::step::{Ctx, StepError, StepResult, Store};
 
@@ -17,6 +17,10 @@ pub const ID_COUNTER_KEY: &str = "plasmacloud/raft-ids/next";
 pub const ID_BY_NODE_PREFIX: &str = "plasmacloud/raft-ids/by-node/";
 /// Chainfire key holding the contract's cluster id, written once by the seed.
 pub const CLUSTER_ID_KEY: &str = "plasmacloud/cluster-id";
+/// The cluster's own identity: 128 random bits made at bootstrap (Chainfire's KV, and FlareDB's
+/// `system` namespace with the same value). Two clusters formed from one contract share the
+/// contract's id, never this.
+pub const CLUSTER_UUID_KEY: &str = "plasmacloud/cluster-uuid";
 /// The id the seed bootstraps with.
 pub const SEED_ID: u64 = 1;
 
@@ -53,4 +57,20 @@ pub async fn check_cluster_id(ctx: &Ctx, client: &StoreClient) -> StepResult<Opt
         Ok(None) => Ok(None),
         Err(e) => Err(StepError::Retry(e.to_string())),
     }
+}
+
+/// Where the cluster's identity keys live: Chainfire's KV, FlareDB's `system` namespace.
+pub fn guard_keyspace(client: &StoreClient, store: Store) -> StepResult<Keyspace> {
+    match store {
+        Store::Chainfire => Ok(client.kv()),
+        Store::Flaredb => client
+            .namespace("system")
+            .map_err(|e| StepError::Config(e.to_string())),
+    }
+}
+
+/// The cluster identity this node recorded when it joined `store` (its done-marker).
+pub fn joined_uuid(ctx: &Ctx, store: Store) -> Option<String> {
+    ctx.done(&format!("{}-join", store.name()))
+        .and_then(|v| v["detail"]["cluster_uuid"].as_str().map(str::to_string))
 }

@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use plasmacloud_store_client::{Member, MemberRole, MembersResponse, Precondition, StoreClient};
 
-use crate::ids::{check_cluster_id, my_id, CLUSTER_ID_KEY, ID_COUNTER_KEY, SEED_ID};
+use crate::ids::{
+    check_cluster_id, guard_keyspace, my_id, CLUSTER_ID_KEY, CLUSTER_UUID_KEY, ID_COUNTER_KEY,
+    SEED_ID,
+};
 use crate::step::{retry_until, Attempt, Ctx, StepError, StepResult, Store};
 
 fn me_as_member(ctx: &Ctx, store: Store, id: u64) -> Member {
@@ -74,8 +77,29 @@ pub async fn run(ctx: &Ctx, store: Store, deadline: Duration) -> StepResult<()> 
             "joined as a learner (workers do not vote)"
         }
     };
-    ctx.mark_done(&step, serde_json::json!({"id": id, "how": how}))?;
-    ctx.progress(&step, "ok", &format!("{how} (id {id})")).await;
+    // Which cluster this node now belongs to, as its own replica says.
+    let guards = guard_keyspace(&local, store)?;
+    let uuid = retry_until(
+        &format!(
+            "this node's {} replica to hold the cluster identity",
+            store.name()
+        ),
+        deadline,
+        || async {
+            match guards.get_local(CLUSTER_UUID_KEY).await {
+                Ok(Some(v)) => Ok(Attempt::Done(v.value)),
+                Ok(None) => Ok(Attempt::NotYet("not applied here yet".into())),
+                Err(e) => Ok(Attempt::NotYet(e.to_string())),
+            }
+        },
+    )
+    .await?;
+    ctx.mark_done(
+        &step,
+        serde_json::json!({"id": id, "how": how, "cluster_uuid": uuid}),
+    )?;
+    ctx.progress(&step, "ok", &format!("{how} (id {id}, cluster {uuid})"))
+        .await;
     Ok(())
 }
 
@@ -132,6 +156,39 @@ async fn bootstrap(
         }
     })
     .await?;
+    // The cluster's own identity: made once, at this bootstrap. Two clusters formed from one
+    // contract share its id but can never share this.
+    let uuid = match store {
+        Store::Chainfire => {
+            let mut b = [0u8; 16];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+            hex::encode(b)
+        }
+        // FlareDB belongs to the cluster Chainfire formed: it carries the same identity.
+        Store::Flaredb => {
+            let cf = guard_keyspace(&ctx.local_client(Store::Chainfire)?, Store::Chainfire)?;
+            retry_until("Chainfire's cluster identity", deadline, || async {
+                match cf.get_local(CLUSTER_UUID_KEY).await {
+                    Ok(Some(v)) => Ok(Attempt::Done(v.value)),
+                    Ok(None) => Ok(Attempt::NotYet("not recorded yet".into())),
+                    Err(e) => Ok(Attempt::NotYet(e.to_string())),
+                }
+            })
+            .await?
+        }
+    };
+    retry_until("the cluster identity to be recorded", deadline, || async {
+        match guards
+            .put_if(CLUSTER_UUID_KEY, &uuid, Precondition::Absent)
+            .await
+        {
+            Ok(_) => Ok(Attempt::Done(())),
+            // Recorded by an earlier run of this very bootstrap: keep that one.
+            Err(e) if e.is_conflict() => Ok(Attempt::Done(())),
+            Err(e) => Ok(Attempt::NotYet(e.to_string())),
+        }
+    })
+    .await?;
     if store == Store::Chainfire {
         retry_until("the Raft id counter to be created", deadline, || async {
             match guards
@@ -150,19 +207,6 @@ async fn bootstrap(
         .await?;
     }
     Ok(())
-}
-
-/// Where the cluster id guard lives: Chainfire's KV, FlareDB's `system` namespace.
-fn guard_keyspace(
-    client: &StoreClient,
-    store: Store,
-) -> StepResult<plasmacloud_store_client::Keyspace> {
-    match store {
-        Store::Chainfire => Ok(client.kv()),
-        Store::Flaredb => client
-            .namespace("system")
-            .map_err(|e| StepError::Config(e.to_string())),
-    }
 }
 
 async fn join(ctx: &Ctx, store: Store, me: &Member, deadline: Duration) -> StepResult<()> {

@@ -11,20 +11,22 @@
 //! - [`step`]: the loaded context every step shares (contract, *self*, service URLs and
 //!   clients, waits, progress, done-markers);
 //! - what several steps read: [`ids`] (the Raft ids and the cluster id, and where they live)
-//!   and [`credential`] (the IAM bootstrap credential file);
-//! - the steps, one per unit, which never import each other: [`disk`], [`configure`],
-//!   [`join`], [`iam_setup`], [`health`]; and [`units`], which renders the unit graph;
+//!   and [`pristine`] (a pristine voter answering the seed while it waits);
+//! - the steps, one per unit, which never import each other: [`disk`], [`enroll`],
+//!   [`configure`], [`join`], [`iam_setup`], [`health`]; and [`units`], which renders the unit
+//!   graph;
 //! - [`cli`]: the subcommands and the dispatch to the steps.
 
 pub mod cli;
 pub mod configure;
-pub mod credential;
 pub mod disk;
+pub mod enroll;
 pub mod exit;
 pub mod health;
 pub mod iam_setup;
 pub mod ids;
 pub mod join;
 pub mod node_args;
+pub mod pristine;
 pub mod step;
 pub mod units;

@@ -38,6 +38,11 @@ pub struct NodeArgs {
     /// How long a step waits for peers before it exits 75 (retry later), e.g. `300s`, `10m`.
     #[arg(long, env = "PLASMACLOUD_DEADLINE", default_value = "10m", value_parser = parse_duration)]
     pub deadline: Duration,
+    /// Instead of exiting 75 when the deadline passes, report the failure and start the step
+    /// over (what the rendered units ask for: a oneshot that exits 75 fails every unit that
+    /// requires it, and systemd does not start those again when a restart succeeds).
+    #[arg(long, env = "PLASMACLOUD_RETRY_FOREVER")]
+    pub retry_forever: bool,
 }
 
 /// Parses `90`, `90s`, `1500ms`, `10m`.

@@ -6,7 +6,12 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use plasmacloud_contract::{Contract, ContractError, IdentitySources, NodeSpec};
+use plasmacloud_contract::{
+    Contract, ContractError, IdentitySources, NodeSpec, ENROLL_CA_FILE, ENROLL_TOKEN_FILE,
+    NODE_PKI_DIR,
+};
+use plasmacloud_pki::tls::TlsMaterial;
+use plasmacloud_pki::{Credentials, TlsFiles};
 use plasmacloud_store_client::StoreClient;
 use rand::Rng;
 
@@ -87,13 +92,30 @@ impl Ctx {
         })
     }
 
-    /// `https` when the contract turns TLS on, else `http`.
+    /// Every service port speaks mutual TLS (the trust design): always `https`.
     pub fn scheme(&self) -> &'static str {
-        if self.contract.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
+        "https"
+    }
+
+    /// This node's key, certificate and CA on its data disk (`<state-dir>/pki/`).
+    pub fn node_credentials(&self) -> Credentials {
+        Credentials::node(self.args.state_dir.join(NODE_PKI_DIR))
+    }
+
+    /// Where this boot's enrollment initrd put the token and the CA (`<etc-dir>/enroll`).
+    pub fn enroll_dir(&self) -> PathBuf {
+        self.args.etc_dir.join("enroll")
+    }
+
+    /// This node's TLS material, for every client of the chain.
+    pub fn tls(&self) -> StepResult<TlsMaterial> {
+        let creds = self.node_credentials();
+        TlsMaterial::load(&TlsFiles::from(&creds)).map_err(|e| {
+            StepError::Config(format!(
+                "this node's certificate ({}): {e}; firstboot-enroll.service must run first",
+                creds.cert_path().display()
+            ))
+        })
     }
 
     /// API URL of `store` on `node`.
@@ -118,7 +140,7 @@ impl Ctx {
         }
     }
 
-    /// A client for `store` over the given nodes' APIs.
+    /// A client for `store` over the given nodes' APIs, speaking mTLS as this node.
     pub fn client<'a>(
         &self,
         store: Store,
@@ -126,31 +148,21 @@ impl Ctx {
         timeout: Duration,
     ) -> StepResult<StoreClient> {
         let endpoints: Vec<String> = nodes.into_iter().map(|n| self.api_url(store, n)).collect();
-        let mut b = StoreClient::builder(endpoints)
+        StoreClient::builder(endpoints)
             .timeout(timeout)
-            .membership_timeout(Duration::from_secs(120));
-        if let Some(tls) = &self.contract.config.tls {
-            b = b
-                .ca_file(&tls.ca_cert)
-                .map_err(|e| StepError::Config(format!("tls.ca_cert: {e}")))?;
-        }
-        b.build()
+            .membership_timeout(Duration::from_secs(120))
+            .tls(self.tls()?)
+            .build()
             .map_err(|e| StepError::Config(format!("{} client: {e}", store.name())))
     }
 
-    /// A plain HTTP client (for IAM and `/health`) honouring the contract's CA.
+    /// An HTTP client (for IAM and `/health`) speaking mTLS as this node.
     pub fn http_client(&self) -> StepResult<reqwest::Client> {
-        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(5));
-        if let Some(tls) = &self.contract.config.tls {
-            let pem = std::fs::read(&tls.ca_cert).map_err(|e| {
-                StepError::Config(format!("tls.ca_cert {}: {e}", tls.ca_cert.display()))
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                StepError::Config(format!("tls.ca_cert {}: {e}", tls.ca_cert.display()))
-            })?;
-            b = b.add_root_certificate(cert);
-        }
-        b.build()
+        self.tls()?
+            .reqwest_builder()
+            .map_err(|e| StepError::Config(format!("http client: {e}")))?
+            .timeout(Duration::from_secs(5))
+            .build()
             .map_err(|e| StepError::Config(format!("http client: {e}")))
     }
 
@@ -222,7 +234,9 @@ impl Ctx {
     }
 
     /// Reports progress: sd-notify `STATUS=`, a log line, and a best-effort phase event to the
-    /// boot server's management listener (never blocking the step).
+    /// boot server's management listener (never blocking the step). The report goes over
+    /// HTTPS trusting the cluster CA, authenticated by this node's certificate once it has
+    /// one, else by this boot's enrollment token.
     pub async fn progress(&self, phase: &str, status: &str, detail: &str) {
         let line = format!(
             "{phase}: {status}{}{detail}",
@@ -230,21 +244,41 @@ impl Ctx {
         );
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&line)]);
         tracing::info!(node = %self.me.name, phase, status, detail, "progress");
+        let Some((client, token)) = self.report_client() else {
+            return; // no CA yet: nothing to report to that we could trust
+        };
         let url = format!(
-            "http://{}:{}/v1/nodes/{}/events",
-            self.contract.boot_server,
-            self.contract.config.boot_server.management_port,
+            "{}/v1/nodes/{}/events",
+            self.contract.management_url(),
             self.me.name
         );
         let body = serde_json::json!({"phase": phase, "status": status, "detail": detail});
-        let client = reqwest::Client::new();
-        let send = client
+        let mut req = client
             .post(url)
             .timeout(Duration::from_millis(500))
-            .json(&body)
-            .send();
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         // Best effort: the boot server may be absent (process racks, a rebooted server).
-        let _ = tokio::time::timeout(Duration::from_millis(600), send).await;
+        let _ = tokio::time::timeout(Duration::from_millis(600), req.send()).await;
+    }
+
+    /// The client phase reports go out with, and the bearer token when there is no
+    /// certificate yet. `None` when this node has neither a certificate nor an enrollment CA.
+    fn report_client(&self) -> Option<(reqwest::Client, Option<String>)> {
+        if let Ok(m) = self.tls() {
+            let c = m.reqwest_builder().ok()?.build().ok()?;
+            return Some((c, None));
+        }
+        let dir = self.enroll_dir();
+        let ca = std::fs::read_to_string(dir.join(ENROLL_CA_FILE)).ok()?;
+        let token = std::fs::read_to_string(dir.join(ENROLL_TOKEN_FILE)).ok()?;
+        let c = plasmacloud_pki::tls::reqwest_builder_trusting(&ca)
+            .ok()?
+            .build()
+            .ok()?;
+        Some((c, Some(token.trim().to_string())))
     }
 }
 

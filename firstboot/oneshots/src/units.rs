@@ -70,9 +70,21 @@ pub fn graph() -> Vec<Unit> {
             after: &["local-fs.target", "systemd-udevd.service"],
             requires: &[],
             wants: &[],
-            before: &["firstboot-configure.service"],
+            before: &["firstboot-enroll.service"],
             state_directory: None,
             writes: &[],
+        },
+        Unit {
+            name: "firstboot-enroll.service",
+            description: "PlasmaCloud first boot: make this node's key and obtain its certificate",
+            kind: Kind::Oneshot,
+            exec: &["firstboot", "enroll"],
+            after: &["firstboot-disk.service", "network-online.target"],
+            requires: &["firstboot-disk.service"],
+            wants: &["network-online.target"],
+            before: &["firstboot-configure.service"],
+            state_directory: None,
+            writes: &[STATE_DIR, "/run/plasmacloud"],
         },
         Unit {
             name: "firstboot-configure.service",
@@ -80,8 +92,8 @@ pub fn graph() -> Vec<Unit> {
                 "PlasmaCloud first boot: write the services' configuration from the contract",
             kind: Kind::Oneshot,
             exec: &["firstboot", "configure"],
-            after: &["firstboot-disk.service", "network-online.target"],
-            requires: &["firstboot-disk.service"],
+            after: &["firstboot-enroll.service", "network-online.target"],
+            requires: &["firstboot-enroll.service"],
             wants: &["network-online.target"],
             before: &["chainfire.service"],
             state_directory: None,
@@ -253,7 +265,12 @@ pub fn render(unit: &Unit, bindir: &Path) -> String {
         "Restart=on-failure\nRestartSec=2\nRestartPreventExitStatus=2"
     );
     if unit.kind == Kind::Oneshot {
-        let _ = writeln!(s, "TimeoutStartSec=15min");
+        // A step that must wait (for a peer, a disk) reports and starts over itself rather
+        // than exiting 75: a failed oneshot would fail every unit that requires it, and
+        // systemd would not start those again once a restart succeeded. So it may take as
+        // long as its peers do; its STATUS= line and phase reports say what it waits for.
+        let _ = writeln!(s, "TimeoutStartSec=infinity");
+        let _ = writeln!(s, "Environment=PLASMACLOUD_RETRY_FOREVER=true");
     }
     let _ = writeln!(s, "Environment=RUST_LOG=info");
     if unit.name == "firstboot-disk.service" {
@@ -299,6 +316,7 @@ mod tests {
             names,
             [
                 "firstboot-disk.service",
+                "firstboot-enroll.service",
                 "firstboot-configure.service",
                 "chainfire.service",
                 "chainfire-cluster-join.service",
@@ -356,6 +374,9 @@ mod tests {
         assert!(text.contains("Type=oneshot\nRemainAfterExit=yes\nNotifyAccess=main"));
         assert!(text.contains("RestartPreventExitStatus=2"));
         assert!(text.contains("ExecStart=/usr/bin/firstboot chainfire-join"));
+        assert!(
+            text.contains("TimeoutStartSec=infinity\nEnvironment=PLASMACLOUD_RETRY_FOREVER=true")
+        );
         let text = render(&unit("chainfire.service"), Path::new("/opt/pc/bin"));
         assert!(text.contains("Type=notify"));
         assert!(text.contains("StateDirectory=plasmacloud/chainfire"));

@@ -168,3 +168,101 @@ fn missing_device_is_retry_later() {
         .to_string()
         .contains("/dev/plasmacloud-no-such-disk is not present"));
 }
+
+#[test]
+fn a_probe_that_fails_is_retry_later_and_never_wipes_our_disk() {
+    if !needs() {
+        return;
+    }
+    let disk = Loop::new(64);
+    // Ours, with data on it.
+    assert_eq!(
+        prepare(&disk.layout(false)).unwrap(),
+        Outcome::Formatted { wiped: false }
+    );
+    std::fs::write(disk.mount.join("raft-data"), "precious").unwrap();
+    disk.umount();
+    let part = firstboot::disk::first_partition(&disk.dev);
+    let before = blkid(&part);
+
+    // blkid breaks (an I/O error, a missing library): even with wipe_foreign, nothing is
+    // touched and the step asks to be retried.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("blkid");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'blkid: cannot read' >&2\nexit 4\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tools = firstboot::disk::Tools { blkid: broken };
+    let err =
+        firstboot::disk::prepare_with(&disk.layout(true), &tools).expect_err("must not go on");
+    assert!(matches!(err, StepError::Retry(_)), "{err}");
+    assert!(
+        err.to_string().contains("not treating the disk as empty"),
+        "{err}"
+    );
+    assert_eq!(blkid(&part), before, "the disk is left as it was");
+
+    // With a working blkid the data is still there.
+    assert_eq!(prepare(&disk.layout(true)).unwrap(), Outcome::Found);
+    assert_eq!(
+        std::fs::read_to_string(disk.mount.join("raft-data")).unwrap(),
+        "precious"
+    );
+}
+
+#[test]
+fn under_retry_forever_a_step_outlives_its_deadline_and_finishes_when_the_disk_appears() {
+    if !needs() {
+        return;
+    }
+    let disk = Loop::new(64);
+    let work = tempfile::tempdir().unwrap();
+    let late = PathBuf::from(format!("/dev/plasmacloud-late-{}", std::process::id()));
+    let mount = PathBuf::from(format!(
+        "/var/lib/plasmacloud-late-test-{}",
+        std::process::id()
+    ));
+    let mut contract: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-3.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    contract["nodes"][1]["disk"]["device"] = serde_json::json!(late.display().to_string());
+    contract["nodes"][1]["disk"]["mount_point"] = serde_json::json!(mount.display().to_string());
+    let path = work.path().join("cluster.json");
+    std::fs::write(&path, contract.to_string()).unwrap();
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_firstboot"));
+    cmd.arg("disk")
+        .arg("--cluster")
+        .arg(&path)
+        .args(["--node", "node02", "--deadline", "1s", "--retry-forever"])
+        .arg("--state-dir")
+        .arg(work.path().join("state"));
+    let mut step =
+        plasmacloud_testkit::Process::spawn("disk", cmd, &work.path().join("disk.log")).unwrap();
+
+    // The deadline passes: it reports and starts over instead of exiting 75.
+    step.wait_for_output("starting over", std::time::Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        step.try_exit_code(),
+        None,
+        "still running: {}",
+        step.output()
+    );
+
+    // The disk shows up: the step finishes.
+    std::os::unix::fs::symlink(&disk.dev, &late).unwrap();
+    let code = step.wait_exit(std::time::Duration::from_secs(60));
+    let _ = std::fs::remove_file(&late);
+    let _ = Command::new("umount").arg(&mount).status();
+    let _ = std::fs::remove_dir(&mount);
+    assert_eq!(code, Ok(Some(0)), "{}", step.output());
+}

@@ -43,7 +43,11 @@ fn rendered_units_pass_systemd_analyze_verify() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(units.len(), 10);
+    assert_eq!(
+        units.len(),
+        11,
+        "the ten units of the service graph and firstboot-enroll"
+    );
     let res = Command::new("systemd-analyze")
         .arg("verify")
         .args(&units)

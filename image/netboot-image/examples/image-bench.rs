@@ -1,7 +1,7 @@
 //! Benchmarks of issue 7, as ratios measured side by side in one run:
 //!
-//! 1. overlays for a 1,000-node contract (TLS key + cert per node, the seed's IAM credential):
-//!    total time and bytes;
+//! 1. overlays for a 1,000-node contract (the contract and each node's identity file; bundles
+//!    carry no secrets since contract version 2): total time and bytes;
 //! 2. appliance from cold (packing an existing tree; debootstrap excluded) vs
 //!    `find . | cpio -o -H newc | zstd -3 -T0` over the same files (the tree minus what the
 //!    appliance leaves out, `PACK_OMIT`, pruned from the `find`) (speed-up, ≥ 1.0 wanted);
@@ -17,7 +17,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -51,13 +50,17 @@ fn newest(dir: &str, prefix: &str) -> Option<PathBuf> {
     v.pop().map(|(_, p)| p)
 }
 
+/// The argon2id hash of the example admin password (examples/cluster-3.json's).
+const ADMIN_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$FCXPgIi1gahS52F7DaMVyw$hXfRVp9txfuCxGVwuE6RSUMu9bH/wtIf/qfEhEWbgWM";
+
 fn contract(n: usize) -> String {
     let voters = netboot_image_voters(n);
     let nodes: Vec<String> = (0..n)
         .map(|i| {
             let role = if i < voters { "control-plane" } else { "worker" };
             format!(
-                r#"{{"name":"node{i:04}","mac":"52:54:00:00:{:02x}:{:02x}","ipv4":"10.1.{}.{}","roles":["{role}"],"tls":{{"cert":"/etc/plasmacloud/tls/node.crt","key":"/etc/plasmacloud/tls/node.key"}}}}"#,
+                r#"{{"name":"node{i:04}","mac":"52:54:00:00:{:02x}:{:02x}","ipv4":"10.1.{}.{}","roles":["{role}"]}}"#,
                 i / 256,
                 i % 256,
                 i / 250,
@@ -67,7 +70,7 @@ fn contract(n: usize) -> String {
         .collect();
     let voter_names: Vec<String> = (0..voters).map(|i| format!("\"node{i:04}\"")).collect();
     format!(
-        r#"{{"version":1,"cluster":{{"name":"bench","id":"plasmacloud-bench"}},"boot_server":{{"address":"10.250.0.1"}},"initial_voters":[{}],"tls":{{"ca_cert":"/etc/plasmacloud/tls/ca.crt"}},"iam":{{"bootstrap_credential":"/etc/plasmacloud/iam-bootstrap.json"}},"nodes":[{}]}}"#,
+        r#"{{"version":2,"cluster":{{"name":"bench","id":"plasmacloud-bench"}},"boot_server":{{"address":"10.250.0.1"}},"initial_voters":[{}],"iam":{{"admin":{{"username":"admin","password_hash":"{ADMIN_HASH}"}}}},"nodes":[{}]}}"#,
         voter_names.join(","),
         nodes.join(",")
     )
@@ -75,13 +78,6 @@ fn contract(n: usize) -> String {
 
 fn netboot_image_voters(n: usize) -> usize {
     plasmacloud_contract::voter_count_for_rack(n)
-}
-
-fn secret(dir: &Path, node: &str, on_node: &str, content: &str, mode: u32) {
-    let p = dir.join(node).join(on_node.trim_start_matches('/'));
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(&p, content).unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// CPU seconds (user + system) of this process and of its waited-for children, from
@@ -115,44 +111,6 @@ fn main() {
     // 1. Overlays for n nodes.
     let text2 = contract(n);
     fs::write(w.join("cluster.json"), &text2).unwrap();
-    let secrets = w.join("secrets");
-    for i in 0..n {
-        let node = format!("node{i:04}");
-        secret(
-            &secrets,
-            &node,
-            "/etc/plasmacloud/tls/node.key",
-            &format!(
-                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-                "K".repeat(1600)
-            ),
-            0o600,
-        );
-        secret(
-            &secrets,
-            &node,
-            "/etc/plasmacloud/tls/node.crt",
-            &format!(
-                "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                "C".repeat(1100)
-            ),
-            0o644,
-        );
-        secret(
-            &secrets,
-            &node,
-            "/etc/plasmacloud/tls/ca.crt",
-            "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n",
-            0o644,
-        );
-    }
-    secret(
-        &secrets,
-        "node0000",
-        "/etc/plasmacloud/iam-bootstrap.json",
-        r#"{"username":"admin","password":"bench"}"#,
-        0o600,
-    );
     fs::write(w.join("bzImage"), vec![1u8; 1 << 20]).unwrap();
     fs::write(w.join("initrd"), vec![2u8; 1 << 20]).unwrap();
     let spec = BundleSpec {
@@ -162,14 +120,17 @@ fn main() {
             initrd: w.join("initrd"),
             cmdline: "console=ttyS0".into(),
         },
-        secrets: Some(secrets),
         out: w.join("bundle"),
         jobs: 0,
     };
     let t = Instant::now();
     let m = build_bundle(&spec).unwrap();
     let overlay_time = t.elapsed();
-    let overlays: Vec<_> = m.files.iter().filter(|f| f.secret).collect();
+    let overlays: Vec<_> = m
+        .files
+        .iter()
+        .filter(|f| f.path.starts_with("overlay-"))
+        .collect();
     let bytes: u64 = overlays.iter().map(|f| f.size).sum();
     println!(
         "overlays: {} nodes in {:.2} s ({:.2} ms/node), {} bytes total ({} B/overlay avg), contract {} bytes",

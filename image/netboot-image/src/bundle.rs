@@ -3,13 +3,16 @@
 //! ```text
 //! DIR/bzImage                     the kernel (hard-linked from the input when possible)
 //! DIR/initrd                      the base initrd (likewise)
-//! DIR/overlay-<node>.cpio.zst     one per node: contract, identity, that node's secrets
+//! DIR/overlay-<node>.cpio.zst     one per node: the contract and the node's identity file
 //! DIR/manifest.json               every file (size, sha256), one boot entry per node + default
 //! ```
 //!
-//! Every node overlay is marked `secret: true` in the manifest, whether or not the contract
-//! names secrets: it carries the node's identity and the whole contract, and a PXE server that
-//! serves it only to its own node can never leak a key added to the contract later.
+//! The rule (shared/DESIGN.md, "Trust"): a bundle is a public artifact. It carries no private
+//! key, password or token: a node makes its key on its own disk at enrollment, and the
+//! contract holds only a password *hash*. So every file here is an ordinary file (0644 in a
+//! 0755 directory, whatever the umask), and pxe-server serves all of them under `/files/`; what
+//! a node must not share (its one-boot enrollment token) pxe-server makes per boot and never
+//! writes here.
 //!
 //! The bundle is written to a temporary directory next to `DIR` and renamed into place at the
 //! end, so a failure leaves no half-written bundle (and an existing bundle stays as it was).
@@ -21,16 +24,19 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use plasmacloud_contract::manifest::{
-    BootEntry, BundleManifest, ManifestFile, DEFAULT_ENTRY, MANIFEST_FILE, MANIFEST_VERSION,
+    overlay_path, BootEntry, BundleManifest, ManifestFile, DEFAULT_ENTRY, MANIFEST_FILE,
+    MANIFEST_VERSION,
 };
 use plasmacloud_contract::{Contract, DEFAULT_CONTRACT_PATH, IDENTITY_FILE, KERNEL_NODE_PARAM};
 use sha2::{Digest, Sha256};
 
-use crate::error::{ImageError, SecretIssue, SecretProblem};
+use crate::error::ImageError;
 use crate::newc::{Entry, NewcWriter};
 
-/// The largest secret file accepted (1 MiB): keys and credentials are a few KiB.
-pub const MAX_SECRET_SIZE: u64 = 1024 * 1024;
+/// Mode of every file the bundle writes (public: anyone may read a bundle).
+pub const FILE_MODE: u32 = 0o644;
+/// Mode of the bundle directory.
+pub const DIR_MODE: u32 = 0o755;
 
 /// The zstd level of overlay initrds (fixed, so the same inputs give the same bytes).
 pub const OVERLAY_ZSTD_LEVEL: i32 = 3;
@@ -39,11 +45,6 @@ pub const OVERLAY_ZSTD_LEVEL: i32 = 3;
 pub const KERNEL_NAME: &str = "bzImage";
 /// The base initrd's file name inside a bundle.
 pub const BASE_INITRD_NAME: &str = "initrd";
-
-/// The overlay file name of a node.
-pub fn overlay_name(node: &str) -> String {
-    format!("overlay-{node}.cpio.zst")
-}
 
 /// Kernel, base initrd and command line: what every entry of the bundle starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,8 +173,6 @@ pub struct BundleSpec {
     pub cluster: PathBuf,
     /// Kernel, base initrd, command line.
     pub base: BaseImage,
-    /// `DIR/<node>/<path on the node>` holds each secret the contract names.
-    pub secrets: Option<PathBuf>,
     /// The bundle directory to (re)place.
     pub out: PathBuf,
     /// Worker threads for overlays (0: the number of CPUs).
@@ -188,140 +187,28 @@ struct OverlayFile {
     content: Vec<u8>,
 }
 
-/// The overlay entries of every node, checked (every secret read, every rule applied) before
-/// anything is written. All problems are reported at once.
-fn plan_overlays(
-    contract: &Contract,
-    contract_bytes: &[u8],
-    secrets: Option<&Path>,
-) -> Result<Vec<(String, Vec<Entry>)>, ImageError> {
-    let mut problems = Vec::new();
-    let mut plans = Vec::new();
-    let ca = contract.config.tls.as_ref().map(|t| t.ca_cert.clone());
-    for (i, node) in contract.nodes.iter().enumerate() {
-        let mut files = vec![
-            OverlayFile {
-                on_node: DEFAULT_CONTRACT_PATH.into(),
-                perm: 0o644,
-                content: contract_bytes.to_vec(),
-            },
-            OverlayFile {
-                on_node: IDENTITY_FILE.into(),
-                perm: 0o644,
-                content: format!("{}\n", node.name).into_bytes(),
-            },
-        ];
-        // (field, path on node, mode, is it secret)
-        let mut wanted: Vec<(String, PathBuf, u32, bool)> = Vec::new();
-        if let Some(ca) = &ca {
-            wanted.push(("tls.ca_cert".into(), ca.clone(), 0o644, false));
-        }
-        if let Some(tls) = &node.tls {
-            wanted.push((
-                format!("nodes[{i}].tls.cert"),
-                tls.cert.clone(),
-                0o644,
-                false,
-            ));
-            wanted.push((format!("nodes[{i}].tls.key"), tls.key.clone(), 0o600, true));
-        }
-        if contract.is_seed(&node.name) {
-            if let Some(cred) = contract.iam_bootstrap_credential() {
-                wanted.push(("iam.bootstrap_credential".into(), cred.clone(), 0o600, true));
-            }
-        }
-        for (field, on_node, perm, secret) in wanted {
-            match read_secret(&node.name, &field, &on_node, secret, secrets) {
-                Ok(content) => files.push(OverlayFile {
-                    on_node,
-                    perm,
-                    content,
-                }),
-                Err(p) => problems.push(p),
-            }
-        }
-        plans.push((node.name.clone(), overlay_entries(files)));
-    }
-    if problems.is_empty() {
-        Ok(plans)
-    } else {
-        Err(ImageError::Secrets(problems))
-    }
-}
-
-/// Reads one secret from `DIR/<node>/<path on node>`, applying the rules: present, a regular
-/// file, at most [`MAX_SECRET_SIZE`], and (for secrets proper) not world-readable.
-fn read_secret(
-    node: &str,
-    field: &str,
-    on_node: &Path,
-    secret: bool,
-    dir: Option<&Path>,
-) -> Result<Vec<u8>, SecretProblem> {
-    let problem = |source: Option<PathBuf>, issue| SecretProblem {
-        node: node.to_string(),
-        field: field.to_string(),
-        on_node: on_node.to_path_buf(),
-        source,
-        issue,
-    };
-    let rel = match relative_on_node(on_node) {
-        Some(r) => r,
-        None => return Err(problem(None, SecretIssue::BadPath)),
-    };
-    let Some(dir) = dir else {
-        return Err(problem(None, SecretIssue::NoSecretsDir));
-    };
-    let src = dir.join(node).join(&rel);
-    let meta = match fs::metadata(&src) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(problem(Some(src), SecretIssue::Missing))
-        }
-        Err(e) => {
-            return Err(problem(
-                Some(src),
-                SecretIssue::Unreadable {
-                    error: e.to_string(),
+/// The overlay entries of every node: the contract as given and the node's identity file,
+/// both public (0644).
+fn plan_overlays(contract: &Contract, contract_bytes: &[u8]) -> Vec<(String, Vec<Entry>)> {
+    contract
+        .nodes
+        .iter()
+        .map(|node| {
+            let files = vec![
+                OverlayFile {
+                    on_node: DEFAULT_CONTRACT_PATH.into(),
+                    perm: FILE_MODE,
+                    content: contract_bytes.to_vec(),
                 },
-            ))
-        }
-    };
-    if !meta.is_file() {
-        return Err(problem(Some(src), SecretIssue::NotAFile));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if secret && mode & 0o004 != 0 {
-        return Err(problem(Some(src), SecretIssue::WorldReadable { mode }));
-    }
-    if meta.len() > MAX_SECRET_SIZE {
-        return Err(problem(
-            Some(src),
-            SecretIssue::TooLarge {
-                size: meta.len(),
-                limit: MAX_SECRET_SIZE,
-            },
-        ));
-    }
-    let mut content = Vec::with_capacity(meta.len() as usize);
-    let read =
-        fs::File::open(&src).and_then(|f| f.take(MAX_SECRET_SIZE + 1).read_to_end(&mut content));
-    match read {
-        Ok(_) if content.len() as u64 > MAX_SECRET_SIZE => Err(problem(
-            Some(src),
-            SecretIssue::TooLarge {
-                size: content.len() as u64,
-                limit: MAX_SECRET_SIZE,
-            },
-        )),
-        Ok(_) => Ok(content),
-        Err(e) => Err(problem(
-            Some(src),
-            SecretIssue::Unreadable {
-                error: e.to_string(),
-            },
-        )),
-    }
+                OverlayFile {
+                    on_node: IDENTITY_FILE.into(),
+                    perm: FILE_MODE,
+                    content: format!("{}\n", node.name).into_bytes(),
+                },
+            ];
+            (node.name.clone(), overlay_entries(files))
+        })
+        .collect()
 }
 
 /// `/etc/x/y` → `etc/x/y`; `None` for relative paths or ones with `..`.
@@ -355,12 +242,7 @@ fn overlay_entries(files: Vec<OverlayFile>) -> Vec<Entry> {
                 .or_insert_with(|| Entry::dir(p, 0o755));
             parent = p.parent();
         }
-        // Two contract fields naming one path: keep the stricter mode.
-        let perm = match by_path.get(&rel) {
-            Some(prev) => prev.perm.min(f.perm),
-            None => f.perm,
-        };
-        by_path.insert(rel.clone(), Entry::bytes(rel, perm, f.content));
+        by_path.insert(rel.clone(), Entry::bytes(rel, f.perm, f.content));
     }
     by_path.into_values().collect()
 }
@@ -407,6 +289,17 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> Result<&'static str, ImageError> 
             Ok("copied")
         }
     }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(ImageError::io(path, "setting the mode of"))
+}
+
+/// Writes a bundle file with [`FILE_MODE`], whatever the umask.
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    fs::write(path, bytes).map_err(ImageError::io(path, "writing"))?;
+    set_mode(path, FILE_MODE)
 }
 
 /// Removes a temporary directory when dropped, unless disarmed.
@@ -461,16 +354,15 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
         }
     }
 
-    // Check every secret before writing anything.
     let started = std::time::Instant::now();
-    let plans = plan_overlays(&contract, &contract_bytes, spec.secrets.as_deref())?;
-    tracing::debug!(elapsed = ?started.elapsed(), "overlays planned, secrets read");
+    let plans = plan_overlays(&contract, &contract_bytes);
 
     let tmp = temp_sibling(&spec.out, "tmp")?;
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(ImageError::io(&tmp, "removing a stale temporary"))?;
     }
     fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp, "creating"))?;
+    set_mode(&tmp, DIR_MODE)?;
     let mut guard = TempDirGuard(Some(tmp.clone()));
 
     let mut files = Vec::new();
@@ -485,7 +377,6 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
             path: name.to_string(),
             size,
             sha256,
-            secret: false,
         });
     }
 
@@ -516,7 +407,7 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
             node.name.clone(),
             BootEntry {
                 kernel: KERNEL_NAME.to_string(),
-                initrds: vec![BASE_INITRD_NAME.to_string(), overlay_name(&node.name)],
+                initrds: vec![BASE_INITRD_NAME.to_string(), overlay_path(&node.name)],
                 cmdline,
             },
         );
@@ -544,8 +435,7 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
         ));
     }
     let json = serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n";
-    let mpath = tmp.join(MANIFEST_FILE);
-    fs::write(&mpath, json).map_err(ImageError::io(&mpath, "writing"))?;
+    write_public(&tmp.join(MANIFEST_FILE), json.as_bytes())?;
 
     // Swap into place: old bundle aside, new one in, old one removed.
     let old = temp_sibling(&spec.out, "old")?;
@@ -586,15 +476,13 @@ fn write_overlays(
                 s.spawn(move || {
                     let mut out = Vec::new();
                     for (node, entries) in part {
-                        let name = overlay_name(node);
-                        let path = dir.join(&name);
+                        let name = overlay_path(node);
                         let bytes = compress_overlay(entries, &name)?;
-                        fs::write(&path, &bytes).map_err(ImageError::io(&path, "writing"))?;
+                        write_public(&dir.join(&name), &bytes)?;
                         out.push(ManifestFile {
                             path: name,
                             size: bytes.len() as u64,
                             sha256: hex::encode(Sha256::digest(&bytes)),
-                            secret: true,
                         });
                     }
                     Ok(out)

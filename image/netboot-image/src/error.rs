@@ -1,7 +1,6 @@
 //! The one error type of the crate. Every variant names the file (and where it applies the node
 //! and contract field) and says what to do.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use plasmacloud_contract::ContractError;
@@ -23,11 +22,6 @@ pub enum ImageError {
     /// The cluster contract is unreadable or invalid; its message names the field and the fix.
     #[error(transparent)]
     Contract(#[from] ContractError),
-
-    /// One or more node secrets could not be taken; each problem names the node, the contract
-    /// field, the source file and the fix. Nothing was written.
-    #[error("{} secret problem(s); nothing was written:\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
-    Secrets(Vec<SecretProblem>),
 
     /// A file is too large for a newc cpio member (its size field has 32 bits, so 4 GiB - 1 is
     /// the limit). Leave the file out of the archive, or split it.
@@ -114,91 +108,6 @@ impl ImageError {
         ImageError::BadInput {
             path: path.into(),
             message: message.into(),
-        }
-    }
-}
-
-/// What is wrong with one secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretIssue {
-    /// The contract names a secret but `--secrets DIR` was not given.
-    NoSecretsDir,
-    /// The source file does not exist.
-    Missing,
-    /// The source is not a regular file.
-    NotAFile,
-    /// The source can be read by anyone (mode `o+r`); secrets must not be.
-    WorldReadable {
-        /// The file's permission bits.
-        mode: u32,
-    },
-    /// The source is larger than a secret may be (`limit`, the bundle's `MAX_SECRET_SIZE`).
-    TooLarge {
-        /// Its size.
-        size: u64,
-        /// The largest secret taken.
-        limit: u64,
-    },
-    /// The contract path is not an absolute path without `..`.
-    BadPath,
-    /// The source could not be read.
-    Unreadable {
-        /// The I/O error, as text.
-        error: String,
-    },
-}
-
-/// One secret that could not be taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretProblem {
-    /// The node whose overlay needs it.
-    pub node: String,
-    /// The contract field naming it (`nodes[0].tls.key`, `iam.bootstrap_credential`).
-    pub field: String,
-    /// The path on the node (as the contract writes it).
-    pub on_node: PathBuf,
-    /// Where it was looked for on this machine (`DIR/<node>/<path on node>`), if anywhere.
-    pub source: Option<PathBuf>,
-    /// What is wrong.
-    pub issue: SecretIssue,
-}
-
-impl fmt::Display for SecretProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let src = self
-            .source
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        write!(
-            f,
-            "node {:?}, {} ({}): ",
-            self.node,
-            self.field,
-            self.on_node.display()
-        )?;
-        match &self.issue {
-            SecretIssue::NoSecretsDir => write!(
-                f,
-                "the contract names this secret but no --secrets DIR was given (fix: pass --secrets DIR holding DIR/{}/{})",
-                self.node,
-                self.on_node.display().to_string().trim_start_matches('/')
-            ),
-            SecretIssue::Missing => write!(f, "{src} does not exist (fix: put the file there)"),
-            SecretIssue::NotAFile => write!(f, "{src} is not a regular file"),
-            SecretIssue::WorldReadable { mode } => write!(
-                f,
-                "{src} is world-readable (mode {mode:04o}); fix: chmod o-rwx {src}"
-            ),
-            SecretIssue::TooLarge { size, limit } => write!(
-                f,
-                "{src} is {size} bytes, over the {limit} byte limit for a secret (is it the right file?)"
-            ),
-            SecretIssue::BadPath => write!(
-                f,
-                "the contract path must be absolute and free of `..` (it is where the file lives on the node)"
-            ),
-            SecretIssue::Unreadable { error } => write!(f, "{src}: cannot read: {error}"),
         }
     }
 }

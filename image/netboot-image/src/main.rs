@@ -62,8 +62,9 @@ struct BundleArgs {
         requires = "kernel"
     )]
     cmdline: String,
-    /// Secret sources: DIR/<node>/<path on the node> for each secret the contract names.
-    #[arg(long, env = "PLASMACLOUD_IMAGE_SECRETS")]
+    /// Gone: bundles carry no secrets (nodes make their keys at enrollment). Kept only to
+    /// say so to an old invocation.
+    #[arg(long, hide = true, value_name = "DIR")]
     secrets: Option<PathBuf>,
     /// Worker threads (0: one per CPU).
     #[arg(long, env = "PLASMACLOUD_IMAGE_JOBS", default_value_t = 0)]
@@ -152,6 +153,12 @@ fn main() -> Result<()> {
 }
 
 fn bundle(a: BundleArgs) -> Result<()> {
+    if let Some(dir) = &a.secrets {
+        bail!(
+            "--secrets {}: bundles carry no secrets any more (contract version 2): nodes make their keys at enrollment through pxe-server, and the IAM admin is a password hash in the contract; drop --secrets (and keep those files off the provisioning host)",
+            dir.display()
+        );
+    }
     let base = match (&a.netboot, &a.kernel, &a.initrd) {
         (Some(dir), None, None) => BaseImage::from_netboot(dir)
             .with_context(|| format!("while reading the netboot result {}", dir.display()))?,
@@ -165,7 +172,6 @@ fn bundle(a: BundleArgs) -> Result<()> {
     let spec = BundleSpec {
         cluster: a.cluster,
         base,
-        secrets: a.secrets,
         out: a.out.clone(),
         jobs: a.jobs,
     };

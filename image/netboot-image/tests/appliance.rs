@@ -125,7 +125,7 @@ fn debian_kernel() -> Option<PathBuf> {
 }
 
 const CONTRACT: &str = r#"{
-  "version": 1,
+  "version": 2,
   "cluster": { "name": "boot-test", "id": "plasmacloud-boot-test" },
   "boot_server": { "address": "10.0.2.2" },
   "initial_voters": ["node01"],

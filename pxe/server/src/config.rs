@@ -9,6 +9,7 @@ use plasmacloud_contract::manifest::BundleManifest;
 use plasmacloud_contract::Contract;
 use serde::Deserialize;
 
+use crate::cluster_ca::{check_pin, CaStatus};
 use crate::ServerError;
 
 /// Default directory of iPXE binaries (Debian's `ipxe` package).
@@ -23,6 +24,11 @@ pub const DEFAULT_TFTP_MAX_WINDOW: u16 = 64;
 pub const DEFAULT_DHCP_PORT: u16 = 67;
 /// Default TFTP port.
 pub const DEFAULT_TFTP_PORT: u16 = 69;
+/// Default lifetime of an enrollment token (and of the per-boot URL that carries it), seconds:
+/// a node must enroll within this long after fetching its script.
+pub const DEFAULT_ENROLL_TOKEN_TTL_SECS: u64 = 3600;
+/// The shortest enrollment token lifetime accepted, seconds.
+pub const MIN_ENROLL_TOKEN_TTL_SECS: u64 = 60;
 
 /// DHCP mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -51,7 +57,7 @@ impl Mode {
 pub enum UnknownMac {
     /// Do not answer them (logged as a boot event).
     Ignore,
-    /// Boot the bundle's `default` entry (no node's secrets).
+    /// Boot the bundle's `default` entry (no node's overlay, no enrollment).
     Default,
 }
 
@@ -99,19 +105,30 @@ pub struct Flags {
     /// Where undionly.kpxe, ipxe.efi and snponly.efi are (also the TFTP root) [default: /usr/lib/ipxe].
     #[arg(long, env = "PLASMACLOUD_PXE_IPXE_DIR", value_name = "DIR")]
     pub ipxe_dir: Option<PathBuf>,
-    /// Where leases are persisted.
+    /// Where leases, the cluster CA (pki/) and the enrollment tokens (enroll/) are kept
+    /// (made 0700; protect it: it holds the CA key).
     #[arg(long, env = "PLASMACLOUD_PXE_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Boot-plane HTTP listener [default: <interface IPv4>:<contract boot_server.http_port>].
     #[arg(long, env = "PLASMACLOUD_PXE_HTTP_ADDR", value_name = "ADDR:PORT")]
     pub http_addr: Option<SocketAddr>,
-    /// Management listener (status, events, metrics) [default: <interface IPv4>:<contract boot_server.management_port>].
+    /// Management listener (HTTPS: status, events, metrics for loopback and operator certificates; nodes' phase reports) [default: <interface IPv4>:<contract boot_server.management_port>].
     #[arg(
         long,
         env = "PLASMACLOUD_PXE_MANAGEMENT_ADDR",
         value_name = "ADDR:PORT"
     )]
     pub management_addr: Option<SocketAddr>,
+    /// Enrollment listener (HTTPS: nodes trade their boot token and a CSR for a certificate) [default: <interface IPv4>:<contract boot_server.enrollment_port>].
+    #[arg(
+        long,
+        env = "PLASMACLOUD_PXE_ENROLLMENT_ADDR",
+        value_name = "ADDR:PORT"
+    )]
+    pub enrollment_addr: Option<SocketAddr>,
+    /// Lifetime of a boot's enrollment token, seconds (at least 60) [default: 3600].
+    #[arg(long, env = "PLASMACLOUD_PXE_ENROLL_TOKEN_TTL", value_name = "SECS")]
+    pub enroll_token_ttl: Option<u64>,
     /// Machines not in the contract: ignore, or boot the default entry [default: default].
     #[arg(long, env = "PLASMACLOUD_PXE_UNKNOWN_MAC", value_enum)]
     pub unknown_mac: Option<UnknownMac>,
@@ -154,6 +171,8 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     http_addr: Option<SocketAddr>,
     management_addr: Option<SocketAddr>,
+    enrollment_addr: Option<SocketAddr>,
+    enroll_token_ttl: Option<u64>,
     unknown_mac: Option<UnknownMac>,
     ipv6_ra: Option<Switch>,
     lease_secs: Option<u32>,
@@ -201,12 +220,18 @@ pub struct Config {
     pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
     /// iPXE binaries / TFTP root.
     pub ipxe_dir: PathBuf,
-    /// Lease state.
+    /// Leases, the CA, the enrollment tokens.
     pub state_dir: PathBuf,
     /// Boot plane.
     pub http_addr: SocketAddr,
     /// Management plane.
     pub management_addr: SocketAddr,
+    /// Enrollment listener.
+    pub enrollment_addr: SocketAddr,
+    /// Enrollment token lifetime, seconds.
+    pub enroll_token_ttl: u64,
+    /// The CA the state directory holds (checked against the contract's pin).
+    pub ca: CaStatus,
     /// Unknown MAC policy.
     pub unknown_mac: UnknownMac,
     /// IPv6 RA responder.
@@ -306,10 +331,12 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
     let state_dir = pick!(state_dir).ok_or_else(|| {
         cfg_err(
             "state-dir",
-            "missing: pass --state-dir DIR (leases live there)",
+            "missing: pass --state-dir DIR (leases and the cluster CA live there)",
         )
     })?;
     check_state_dir(&state_dir)?;
+    let ca = crate::cluster_ca::status(&state_dir)?;
+    check_pin(&contract, &ca)?;
     let dhcp_range = match pick!(dhcp_range) {
         Some(r) => Some(parse_range(&r, &interface)?),
         None => None,
@@ -336,13 +363,29 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
     let bs = &contract.config.boot_server;
     let http_port = u16::try_from(bs.http_port).unwrap_or(8081);
     let mgmt_port = u16::try_from(bs.management_port).unwrap_or(8082);
+    let enroll_port = u16::try_from(bs.enrollment_port).unwrap_or(8443);
     let http_addr = pick!(http_addr).unwrap_or(SocketAddr::from((interface.ip, http_port)));
     let management_addr =
         pick!(management_addr).unwrap_or(SocketAddr::from((interface.ip, mgmt_port)));
+    let enrollment_addr =
+        pick!(enrollment_addr).unwrap_or(SocketAddr::from((interface.ip, enroll_port)));
     if http_addr == management_addr {
         return Err(cfg_err(
             "management-addr",
             format!("{management_addr} is also the boot-plane address; the management API needs its own listener"),
+        ));
+    }
+    if enrollment_addr == http_addr || enrollment_addr == management_addr {
+        return Err(cfg_err(
+            "enrollment-addr",
+            format!("{enrollment_addr} is already the boot-plane or management address; enrollment needs its own listener"),
+        ));
+    }
+    let enroll_token_ttl = pick!(enroll_token_ttl).unwrap_or(DEFAULT_ENROLL_TOKEN_TTL_SECS);
+    if enroll_token_ttl < MIN_ENROLL_TOKEN_TTL_SECS {
+        return Err(cfg_err(
+            "enroll-token-ttl",
+            format!("{enroll_token_ttl} s is too short for a node to boot and enroll; give at least {MIN_ENROLL_TOKEN_TTL_SECS}"),
         ));
     }
     Ok(Config {
@@ -357,6 +400,9 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
         state_dir,
         http_addr,
         management_addr,
+        enrollment_addr,
+        enroll_token_ttl,
+        ca,
         unknown_mac: pick!(unknown_mac).unwrap_or(UnknownMac::Default),
         ipv6_ra: pick!(ipv6_ra).unwrap_or(Switch::On) == Switch::On,
         lease_secs: pick!(lease_secs).unwrap_or(DEFAULT_LEASE_SECS).max(60),
@@ -514,6 +560,9 @@ fn check_ipxe_dir(dir: &Path) -> Result<(), ServerError> {
 fn check_state_dir(dir: &Path) -> Result<(), ServerError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| cfg_err("state-dir", format!("cannot create {}: {e}", dir.display())))?;
+    // It holds the CA key: private to its owner.
+    plasmacloud_pki::credentials::restrict_dir(dir)
+        .map_err(|e| cfg_err("state-dir", e.to_string()))?;
     let probe = dir.join(".write-probe");
     std::fs::write(&probe, b"").map_err(|e| {
         cfg_err(

@@ -3,8 +3,10 @@
 //! stall the tokio runtime): UDP 67 in both modes, plus UDP 4011 in proxy mode.
 //!
 //! Full mode: the contract's nodes get their fixed address, other MACs a pool address (or no
-//! answer under `--unknown-mac ignore`). Proxy mode: only PXE/iPXE clients are answered, with
-//! boot information and no address (yiaddr 0.0.0.0).
+//! answer under `--unknown-mac ignore`); the bound lease is what the boot plane later checks a
+//! node's requester against. Proxy mode: only PXE/iPXE clients are answered, with boot
+//! information (a URL anyone may know) and no address (yiaddr 0.0.0.0); nothing in a proxy
+//! request is believed about where a node is.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
@@ -325,21 +327,10 @@ fn handle_proxy(
 ) -> Option<(Vec<u8>, SocketAddr)> {
     let cfg = &state.config;
     let mac = req.mac_string();
-    // Whatever the client's address is, note it: the boot plane serves a node's secrets only
-    // to the address seen here.
-    if req.kind == RequestKind::Request {
-        if let Some(ip) = req
-            .requested_ip
-            .or((!req.ciaddr.is_unspecified()).then_some(req.ciaddr))
-        {
-            state.saw(&mac, ip);
-        }
-    }
-    if port == PXE_PORT {
-        if let SocketAddr::V4(v4) = from {
-            state.saw(&mac, *v4.ip());
-        }
-    }
+    // No address is taken from this packet: ciaddr, requested-IP and the source of a 4011
+    // request are whatever the sender wrote, and any host can send one with a node's MAC.
+    // The boot plane ties a node to an address by the requester's neighbour entry alone
+    // (`boot_access`).
     if !req.is_boot_client() {
         return None;
     }

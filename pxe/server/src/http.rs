@@ -1,11 +1,11 @@
-//! The boot plane (read-only HTTP): per-node iPXE scripts, bundle artifacts, iPXE binaries for
-//! UEFI HTTP boot.
+//! The boot plane (read-only HTTP): per-node iPXE scripts, bundle artifacts, the per-boot
+//! enrollment initrd, iPXE binaries for UEFI HTTP boot.
 //!
 //! | route | what | who may fetch it |
 //! |---|---|---|
-//! | `GET /boot/{mac}.ipxe` | the script for the node with that MAC (`52-54-00-…`) | the address DHCP saw for that MAC (else 403) |
-//! | `GET /files/{path}` | a non-secret bundle file (kernel, base initrd) | anyone on the boot network |
-//! | `GET /s/{token}/{path}` | a node's secret overlay | only via the token issued in that node's script, only from the address the token was issued to |
+//! | `GET /boot/{mac}.ipxe` | the script for the node with that MAC (`52-54-00-…`); a new enrollment token is minted for each | the node, by [`crate::boot_access`]'s rule (else 403) |
+//! | `GET /files/{path}` | any bundle file (kernel, base initrd, overlays: all public) | anyone on the boot network |
+//! | `GET /s/{token}/enroll.cpio` | that boot's enrollment initrd (token + CA), made on the fly | only through the URL in that node's script, only from the address it went to, by the same rule |
 //! | `GET /ipxe/{path}` | iPXE binaries (UEFI HTTP boot) | anyone |
 //!
 //! Artifacts are streamed from disk (never read whole into memory) with `HEAD`, single
@@ -34,21 +34,20 @@ use rand::RngCore;
 use tokio::io::AsyncSeekExt;
 use tracing::{info, warn};
 
-use crate::config::UnknownMac;
+use crate::boot_access::{may_boot, Requester};
+use crate::config::{Mode, UnknownMac};
+use crate::enroll_initrd::{enrollment_initrd, ENROLL_INITRD_NAME};
 use crate::http_conn::{SendfileBody, SendfileOk};
 use crate::leases::now_unix;
 use crate::paths::resolve_path;
 use crate::state::{lock, peer_v4, BootToken, Metrics, NewEvent, State};
-
-/// How long a per-boot token stays valid.
-pub const TOKEN_TTL_SECS: u64 = 3600;
 
 /// The boot-plane router.
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/boot/{file}", get(boot_script))
         .route("/files/{*path}", get(bundle_file))
-        .route("/s/{token}/{*path}", get(secret_file))
+        .route("/s/{token}/{*path}", get(enroll_file))
         .route("/ipxe/{*path}", get(ipxe_file))
         .with_state(state)
 }
@@ -84,52 +83,53 @@ async fn boot_script(
     };
     let mac = parsed.to_string();
     let peer_ip = peer_v4(peer);
-    let node = state
-        .config
-        .contract
-        .node_by_mac(parsed)
-        .map(|n| n.name.clone());
+    let spec = state.config.contract.node_by_mac(parsed).cloned();
+    let node = spec.as_ref().map(|n| n.name.clone());
     let base = state.config.http_base();
     let manifest = &state.config.manifest;
-    let script = match &node {
-        Some(name) => {
-            let seen = state.seen_ip(&mac);
-            if seen.is_none() || seen != peer_ip {
-                warn!(%peer, node = %name, seen = ?seen, "script requested from an address DHCP did not give this MAC");
-                state.event(NewEvent {
-                    node: Some(name.clone()),
-                    mac: Some(mac.clone()),
-                    ip: peer_ip,
-                    phase: "ipxe-script".into(),
-                    status: "failed".into(),
-                    detail: format!("refused: request from {peer}, DHCP saw {seen:?}"),
-                    ..Default::default()
-                });
-                return forbidden(
-                    &state,
-                    "this node's script is served only to the address DHCP gave it",
-                );
-            }
+    let script = match (&node, &spec) {
+        (Some(name), Some(spec)) => {
+            let who = match may_boot(&state, spec, peer) {
+                Ok(w) => w,
+                Err(why) => {
+                    warn!(%peer, node = %name, %why, "script refused");
+                    state.event(NewEvent {
+                        node: Some(name.clone()),
+                        mac: Some(mac.clone()),
+                        ip: peer_ip,
+                        phase: "ipxe-script".into(),
+                        status: "failed".into(),
+                        detail: format!("refused to {peer}: {why}"),
+                        ..Default::default()
+                    });
+                    return forbidden(
+                        &state,
+                        "this node's script is served only to the node (its leased address, whose neighbour entry shows its MAC)",
+                    );
+                }
+            };
             let Some(entry) = manifest.entries.get(name) else {
                 return not_found(&state, "no manifest entry for this node");
             };
-            let token = new_token();
-            if let Some(ip) = peer_ip {
-                let mut tokens = lock(&state.tokens);
-                let now = now_unix();
-                tokens.retain(|_, t| now.saturating_sub(t.issued) < TOKEN_TTL_SECS);
-                tokens.insert(
-                    token.clone(),
-                    BootToken {
-                        node: name.clone(),
-                        ip,
-                        issued: now,
-                    },
-                );
+            let url_token = match mint_boot_tokens(&state, name, &who).await {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(node = %name, error = %e, "cannot mint an enrollment token");
+                    Metrics::inc(&state.metrics.http_errors);
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot record an enrollment token; see pxe-server's log\n",
+                    )
+                        .into_response();
+                }
+            };
+            if state.config.mode == Mode::Proxy {
+                // Verified by its neighbour entry: what status shows as the node's address.
+                state.saw(&mac, who.ip);
             }
-            script_for(&base, name, entry, Some(&token), manifest)
+            script_for(&base, name, entry, Some(&url_token))
         }
-        None => match state.config.unknown_mac {
+        _ => match state.config.unknown_mac {
             UnknownMac::Default => {
                 let Some(entry) = manifest
                     .entries
@@ -137,7 +137,7 @@ async fn boot_script(
                 else {
                     return not_found(&state, "no default entry");
                 };
-                script_for(&base, "default", entry, None, manifest)
+                script_for(&base, "default", entry, None)
             }
             UnknownMac::Ignore => render_refusal_script(&format!(
                 "{mac} is not in the cluster contract; not booting it"
@@ -164,29 +164,57 @@ async fn boot_script(
         .into_response()
 }
 
+/// Mints this boot's enrollment token (its hash synced to disk) and the URL token that
+/// fetches it in the enrollment initrd; returns the URL token.
+async fn mint_boot_tokens(
+    state: &Arc<State>,
+    node: &str,
+    who: &Requester,
+) -> Result<String, crate::ServerError> {
+    let ttl = state.config.enroll_token_ttl;
+    let (n, ip, mac) = (node.to_string(), who.ip.to_string(), who.mac_text());
+    let now = now_unix();
+    let enroll_token = state
+        .with_enroll_tokens(move |t| t.mint(&n, &ip, &mac, now, ttl))
+        .await??;
+    let url_token = new_token();
+    let mut tokens = lock(&state.tokens);
+    tokens.retain(|_, t| now.saturating_sub(t.issued) < ttl);
+    tokens.insert(
+        url_token.clone(),
+        BootToken {
+            node: node.to_string(),
+            ip: who.ip,
+            issued: now,
+            enroll_token,
+        },
+    );
+    Ok(url_token)
+}
+
+/// A boot script: the entry's kernel and initrds (all under `/files/`), then, for a node's
+/// boot, its enrollment initrd under `/s/<url token>/`.
 fn script_for(
     base: &str,
     title: &str,
     entry: &plasmacloud_contract::manifest::BootEntry,
-    token: Option<&str>,
-    manifest: &plasmacloud_contract::manifest::BundleManifest,
+    url_token: Option<&str>,
 ) -> String {
-    let initrds = entry
+    let mut initrds: Vec<ScriptInitrd> = entry
         .initrds
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let secret = manifest.file(p).is_some_and(|f| f.secret);
-            let url = match (secret, token) {
-                (true, Some(t)) => format!("{base}/s/{t}/{p}"),
-                _ => format!("{base}/files/{p}"),
-            };
-            ScriptInitrd {
-                name: initrd_name(p, i),
-                url,
-            }
+        .map(|(i, p)| ScriptInitrd {
+            name: initrd_name(p, i),
+            url: format!("{base}/files/{p}"),
         })
         .collect();
+    if let Some(t) = url_token {
+        initrds.push(ScriptInitrd {
+            name: ENROLL_INITRD_NAME.to_string(),
+            url: format!("{base}/s/{t}/{ENROLL_INITRD_NAME}"),
+        });
+    }
     render_boot_script(&BootScript {
         title: title.to_string(),
         kernel_url: format!("{base}/files/{}", entry.kernel),
@@ -199,7 +227,13 @@ fn phase_of(state: &State, path: &str) -> &'static str {
     let m = &state.config.manifest;
     if m.entries.values().any(|e| e.kernel == path) {
         "kernel"
-    } else if m.file(path).is_some_and(|f| f.secret) {
+    } else if state
+        .config
+        .contract
+        .nodes
+        .iter()
+        .any(|n| path == plasmacloud_contract::manifest::overlay_path(&n.name))
+    {
         "overlay"
     } else {
         "initrd"
@@ -237,48 +271,84 @@ async fn bundle_file(
     let Some(f) = state.config.manifest.file(&path) else {
         return not_found(&state, &path);
     };
-    if f.secret {
-        return forbidden(
-            &state,
-            "a node's overlay is served only through its per-boot URL",
-        );
-    }
     serve_bundle_file(&state, f, peer, &path, &req).await
 }
 
-async fn secret_file(
+/// `GET /s/{token}/enroll.cpio`: the enrollment initrd of one boot.
+async fn enroll_file(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     AxPath((token, path)): AxPath<(String, String)>,
     req: FileRequest,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
+    let ttl = state.config.enroll_token_ttl;
     let tok = lock(&state.tokens).get(&token).cloned();
-    let Some(tok) = tok.filter(|t| now_unix().saturating_sub(t.issued) < TOKEN_TTL_SECS) else {
+    let Some(tok) = tok.filter(|t| now_unix().saturating_sub(t.issued) < ttl) else {
         return forbidden(&state, "unknown or expired boot token");
     };
-    if peer_v4(peer) != Some(tok.ip) {
-        warn!(%peer, node = %tok.node, issued_to = %tok.ip, "overlay requested from the wrong address");
+    let refuse = |why: String| {
+        warn!(%peer, node = %tok.node, %why, "enrollment initrd refused");
         state.event(NewEvent {
             node: Some(tok.node.clone()),
             ip: peer_v4(peer),
-            phase: "overlay".into(),
+            phase: "enroll-initrd".into(),
             status: "failed".into(),
-            detail: format!("refused: request from {peer}, token issued to {}", tok.ip),
+            detail: format!("refused to {peer}: {why}"),
             ..Default::default()
         });
-        return forbidden(&state, "this token was issued to another address");
-    }
-    let allowed = state
-        .config
-        .manifest
-        .entries
-        .get(&tok.node)
-        .is_some_and(|e| e.initrds.iter().any(|p| p == &path));
-    let Some(f) = state.config.manifest.file(&path).filter(|_| allowed) else {
-        return forbidden(&state, "not part of this node's boot entry");
+        forbidden(
+            &state,
+            "this boot's enrollment initrd goes only to the node it was made for",
+        )
     };
-    serve_bundle_file(&state, f, peer, &path, &req).await
+    if peer_v4(peer) != Some(tok.ip) {
+        return refuse(format!("the URL was issued to {}", tok.ip));
+    }
+    let node = match state.config.contract.node(&tok.node) {
+        Ok(n) => n.clone(),
+        Err(_) => return not_found(&state, "no such node"),
+    };
+    if let Err(why) = may_boot(&state, &node, peer) {
+        return refuse(why);
+    }
+    if path != ENROLL_INITRD_NAME {
+        return not_found(&state, &path);
+    }
+    let body = match enrollment_initrd(&tok.enroll_token, state.ca.cert_pem()) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "cannot make the enrollment initrd");
+            Metrics::inc(&state.metrics.http_errors);
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    if req.method == http::Method::GET {
+        state.event(NewEvent {
+            node: Some(node.name.clone()),
+            mac: Some(node.mac.to_string()),
+            ip: peer_v4(peer),
+            phase: "enroll-initrd".into(),
+            status: "started".into(),
+            detail: format!("{} bytes to {peer}", body.len()),
+            ..Default::default()
+        });
+        Metrics::inc(&state.metrics.http_transfers);
+        Metrics::inc_by(&state.metrics.http_bytes, body.len() as u64);
+    }
+    let len = body.len();
+    let resp = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CACHE_CONTROL, "no-store");
+    let body = if req.method == http::Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(body)
+    };
+    resp.body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Serves a file of the bundle (its manifest sha256 is the `ETag`) and notes the fetch as a

@@ -1,34 +1,49 @@
 //! `pxe-server`: the provisioning server that network-boots a rack from the cluster contract
-//! and an image bundle.
+//! and an image bundle, and the cluster CA that enrolls its nodes.
 //!
 //! Boot path: firmware → DHCP ([`dhcp`], full or proxy mode) → TFTP ([`tftp`]) of the iPXE
 //! build for the client's architecture → iPXE asks DHCP again (user class `iPXE`) and gets the
-//! HTTP URL of its node's script → HTTP ([`http`]): script, kernel, base initrd, and the node's
-//! overlay through a per-boot token. In full mode an IPv6 RA responder ([`ra`]) ends iPXE's
-//! wait for IPv6. Nodes report first-boot phases to the management listener ([`mgmt`]), which
-//! also serves status and Prometheus metrics.
+//! HTTP URL of its node's script → HTTP ([`http`]): script, kernel, base initrd, the node's
+//! overlay (public), and this boot's enrollment initrd ([`enroll_initrd`]: a single-use token
+//! and the CA) through a per-boot URL. The node then makes its key and trades the token and a
+//! CSR for its certificate at the enrollment listener ([`enroll`], HTTPS). In full mode an
+//! IPv6 RA responder ([`ra`]) ends iPXE's wait for IPv6. Nodes report first-boot phases to the
+//! management listener ([`mgmt`], HTTPS), which also serves status and Prometheus metrics to
+//! operators.
 //!
 //! Wire formats live in the `pxe-protocol` crate (no sockets); this crate is the listeners,
-//! the lease store ([`leases`]), shared state ([`state`]: what DHCP saw, tokens, events,
-//! metrics) and path confinement ([`paths`]). The binary is a thin `main.rs`.
+//! the lease store ([`leases`]), the boot-network rule ([`boot_access`] over [`neighbours`]),
+//! the CA and its logs ([`cluster_ca`], [`cert_log`]), the token store ([`enroll_tokens`]),
+//! shared state ([`state`]), path confinement ([`paths`]) and the `pki` subcommands
+//! ([`pki_commands`]). The binary is a thin `main.rs`.
 //!
 //! Layers, bottom up (a module imports only modules below it, never one that imports it back):
-//! [`config`] and [`leases`]; [`state`] and [`paths`]; the listeners [`dhcp`], [`ra`],
-//! [`mgmt`], [`http_conn`] (the boot plane's connection loop), then [`http`] (its router) and
-//! [`tftp`] (which binds its socket the way [`dhcp`] does).
+//! [`config`] over [`cluster_ca`] and [`leases`]; [`neighbours`], [`enroll_tokens`],
+//! [`cert_log`], [`enroll_initrd`]; [`state`] and [`paths`]; [`boot_access`]; the listeners
+//! [`dhcp`], [`ra`], [`mgmt`], [`enroll`], [`http_conn`] (the boot plane's connection loop),
+//! then [`http`] (its router) and [`tftp`] (which binds its socket the way [`dhcp`] does);
+//! [`pki_commands`] beside them.
 //!
-//! Security: the boot network is trusted to the extent that a MAC and the address DHCP handed
-//! it identify a node. The source-address check plus the unguessable per-boot token stop
-//! other machines from fetching a node's overlay by guessing or replaying URLs, but not an
-//! attacker who spoofs a node's MAC on the boot segment before it boots (see pxe/README.md).
+//! Security (pxe/README.md says it for operators): nothing the boot plane serves is worth
+//! stealing but a boot's enrollment token, which goes only to the node's leased address whose
+//! neighbour entry shows the node's MAC, is single-use, and names whoever spent it first. The
+//! state directory (CA key, token log) is what must be protected.
 
+pub mod boot_access;
+pub mod cert_log;
+pub mod cluster_ca;
 pub mod config;
 pub mod dhcp;
+pub mod enroll;
+pub mod enroll_initrd;
+pub mod enroll_tokens;
 pub mod http;
 pub mod http_conn;
 pub mod leases;
 pub mod mgmt;
+pub mod neighbours;
 pub mod paths;
+pub mod pki_commands;
 pub mod ra;
 pub mod state;
 pub mod tftp;
@@ -37,9 +52,12 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use plasmacloud_pki::tls::ClientAuth;
+use plasmacloud_pki::{Peer, TlsListener};
 use tracing::info;
 
 use crate::config::{Config, Mode};
+use crate::enroll_tokens::TokenStore;
 use crate::leases::LeaseStore;
 use crate::state::State;
 
@@ -88,6 +106,25 @@ pub enum ServerError {
         /// The I/O error.
         message: String,
     },
+    /// A certificate, key or CA problem; the message names the file and the fix.
+    #[error(transparent)]
+    Pki(#[from] plasmacloud_pki::PkiError),
+    /// The contract pins a CA (`pki.ca_sha256`) that the state directory does not hold.
+    #[error("the contract pins the cluster CA sha256 {pinned}: {message}")]
+    CaPin {
+        /// The pinned fingerprint.
+        pinned: String,
+        /// What the state directory holds and what to do.
+        message: String,
+    },
+    /// Chainfire could not be reached (exit 75: retry later).
+    #[error("Chainfire unreachable at {endpoints}: {message}")]
+    ChainfireUnreachable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What happened and what to do.
+        message: String,
+    },
     /// An address is held by another MAC (the store refuses to give it twice).
     #[error("{ip} is leased to {holder}, not giving it to {asker}")]
     AddressTaken {
@@ -102,8 +139,19 @@ pub enum ServerError {
 
 /// A one-paragraph summary of a validated configuration (what `check` prints).
 pub fn describe(cfg: &Config) -> String {
+    let ca = match &cfg.ca {
+        cluster_ca::CaStatus::Present(f) => format!(
+            "ca sha256 {f}{}",
+            if cfg.contract.ca_sha256().is_some() {
+                " (pinned by the contract)"
+            } else {
+                " (not pinned: add pki.ca_sha256 to the contract to pin it)"
+            }
+        ),
+        cluster_ca::CaStatus::Absent => "ca none yet (serve creates one)".to_string(),
+    };
     format!(
-        "config ok: mode {} on {} ({}/{} mtu {}), cluster {} ({} nodes), bundle {} ({} entries), ipxe {}, state {}, http {}, management {}, dhcp-range {}, unknown-mac {:?}, ipv6-ra {}",
+        "config ok: mode {} on {} ({}/{} mtu {}), cluster {} ({} nodes), bundle {} ({} entries), ipxe {}, state {}, http {}, management {} (https), enrollment {} (https), enroll-token-ttl {}s, {ca}, dhcp-range {}, unknown-mac {:?}, ipv6-ra {}",
         cfg.mode.as_str(),
         cfg.interface.name,
         cfg.interface.ip,
@@ -117,6 +165,8 @@ pub fn describe(cfg: &Config) -> String {
         cfg.state_dir.display(),
         cfg.http_addr,
         cfg.management_addr,
+        cfg.enrollment_addr,
+        cfg.enroll_token_ttl,
         cfg.dhcp_range.map(|(a, b)| format!("{a}-{b}")).unwrap_or_else(|| "none".into()),
         cfg.unknown_mac,
         if cfg.ipv6_ra && cfg.mode == Mode::Full { "on" } else { "off" },
@@ -126,8 +176,29 @@ pub fn describe(cfg: &Config) -> String {
 /// Binds every listener (failing with a clear error before serving anything), then serves
 /// until the process is stopped.
 pub async fn serve(cfg: Config) -> Result<(), ServerError> {
-    let leases = LeaseStore::open(&cfg.state_dir)?;
-    let state = Arc::new(State::new(cfg, leases));
+    let state_dir = cfg.state_dir.clone();
+    let (ca, _) = cluster_ca::load_or_create(&state_dir, cfg.contract.name(), Some(&cfg.contract))?;
+    let leases = LeaseStore::open(&state_dir)?;
+    let tokens = {
+        let dir = state_dir.clone();
+        tokio::task::spawn_blocking(move || TokenStore::open(&dir, leases::now_unix()))
+            .await
+            .map_err(|e| ServerError::State {
+                path: state_dir.join("enroll"),
+                message: e.to_string(),
+            })??
+    };
+    cluster_ca::private_dir(&state_dir.join("enroll"))?;
+    let tls = cluster_ca::in_memory_material(
+        &ca,
+        cluster_ca::SERVER_IDENTITY,
+        cluster_ca::server_ips(
+            cfg.interface.ip,
+            &[cfg.http_addr, cfg.management_addr, cfg.enrollment_addr],
+        ),
+    )?;
+    let state = Arc::new(State::new(cfg, leases, ca, tokens));
+    refresh_revocations(&state);
     let cfg = &state.config;
     let bind_tcp = |what: &'static str, addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
@@ -140,6 +211,18 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
     };
     let http_l = bind_tcp("HTTP boot plane", cfg.http_addr).await?;
     let mgmt_l = bind_tcp("management API", cfg.management_addr).await?;
+    let enroll_l = bind_tcp("enrollment", cfg.enrollment_addr).await?;
+    let tls_cfg = tls.server_config(ClientAuth::Optional, &state.revocations)?;
+    let tls_listener =
+        |what: &'static str, l: tokio::net::TcpListener, addr: std::net::SocketAddr| {
+            TlsListener::spawn(what, l, tls_cfg.clone()).map_err(|e| ServerError::Bind {
+                what: what.into(),
+                addr: addr.to_string(),
+                message: e.to_string(),
+            })
+        };
+    let mgmt_l = tls_listener("management API", mgmt_l, cfg.management_addr)?;
+    let enroll_l = tls_listener("enrollment", enroll_l, cfg.enrollment_addr)?;
     let tftp_s = tftp::bind(&state)?;
     let dhcp_s = dhcp::bind_udp(&state, cfg.dhcp_port, "DHCP")?;
     let pxe_s = if cfg.mode == Mode::Proxy {
@@ -169,10 +252,21 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
         spawn_thread("ipv6-ra", move || ra::run(st, s))?;
     }
     tokio::spawn(tftp::run(state.clone(), tftp_s));
+    let st = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REVOCATION_REFRESH);
+        loop {
+            tick.tick().await;
+            let s = st.clone();
+            let _ = tokio::task::spawn_blocking(move || refresh_revocations(&s)).await;
+        }
+    });
     let http_app = http::router(state.clone());
-    let mgmt_app = mgmt::router(state.clone());
+    let mgmt_app = mgmt::router(state.clone()).into_make_service_with_connect_info::<Peer>();
+    let enroll_app = enroll::router(state.clone()).into_make_service_with_connect_info::<Peer>();
     let http_task = tokio::spawn(http_conn::serve(http_l, http_app));
     let mgmt_task = tokio::spawn(async move { axum::serve(mgmt_l, mgmt_app).await });
+    let enroll_task = tokio::spawn(async move { axum::serve(enroll_l, enroll_app).await });
     info!(
         mode = cfg.mode.as_str(),
         interface = %cfg.interface.name,
@@ -181,14 +275,35 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
         tftp_port = cfg.tftp_port,
         http = %cfg.http_addr,
         management = %cfg.management_addr,
+        enrollment = %cfg.enrollment_addr,
+        ca_sha256 = %state.ca.fingerprint(),
         "pxe-server ready"
     );
     tokio::select! {
         r = http_task => info!(result = ?r, "HTTP listener stopped"),
         r = mgmt_task => info!(result = ?r, "management listener stopped"),
+        r = enroll_task => info!(result = ?r, "enrollment listener stopped"),
         _ = shutdown_signal() => info!("shutting down"),
     }
     Ok(())
+}
+
+/// How often `pki/revoked.log` is read again (a `pki revoke` reaches the TLS listeners within
+/// this long).
+pub const REVOCATION_REFRESH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Reads `pki/revoked.log` into the listeners' revocation set (blocking; tiny file).
+fn refresh_revocations(state: &State) {
+    match cert_log::read_revoked(&state.config.state_dir) {
+        Ok(list) => {
+            state
+                .revocations
+                .replace(list.into_iter().map(|r| r.serial));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the revocation log; keeping the last list")
+        }
+    }
 }
 
 fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), ServerError> {

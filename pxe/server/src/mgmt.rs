@@ -1,40 +1,128 @@
-//! The management listener (its own address, never the boot plane): status, boot events,
-//! first-boot phase reports, and Prometheus metrics.
+//! The management listener (HTTPS with pxe-server's certificate, its own address, never the
+//! boot plane): status, boot events, first-boot phase reports, and Prometheus metrics.
 //!
-//! | route | body / answer |
-//! |---|---|
-//! | `GET /health` | `{"status":"ok"}` |
-//! | `GET /v1/status` | `{"cluster","mode","nodes":[{"name","mac","ipv4","dhcp_ip","last_event"}],"unknown":[event…],"leases":[…]}` |
-//! | `POST /v1/nodes/{name}/events` | `{"phase":"chainfire-cluster-join","status":"started\|ok\|failed","detail":"…"}` (detail optional) → 202 with the stored event; 404 for a node not in the contract; 400 for a bad body |
-//! | `GET /v1/events?since=SEQ` | `{"events":[event…],"next":SEQ}`: events with `seq > since` (default 0); poll again with `since=next` |
-//! | `GET /metrics` | Prometheus text format |
+//! | route | body / answer | who |
+//! |---|---|---|
+//! | `GET /health` | `{"status":"ok"}` | anyone |
+//! | `GET /v1/status` | `{"cluster","mode","nodes":[{"name","mac","ipv4","dhcp_ip","last_event"}],"unknown":[event…],"leases":[…]}` | loopback, or an operator certificate |
+//! | `GET /v1/events?since=SEQ` | `{"events":[event…],"next":SEQ}`: events with `seq > since` (default 0); poll again with `since=next` | loopback, or an operator certificate |
+//! | `GET /metrics` | Prometheus text format | loopback, or an operator certificate |
+//! | `POST /v1/nodes/{name}/events` | `{"phase":"chainfire-cluster-join","status":"started\|ok\|failed","detail":"…"}` (detail optional) → 202 with the stored event; 404 for a node not in the contract; 400 for a bad body | that node's certificate, or `Authorization: Bearer <enrollment token>` of a live token of that node |
 //!
 //! An event is `{"seq","at_ms","at","node","mac","ip","source":"server|node","phase","status","detail"}`.
+//!
+//! The rule: what the server saw (addresses, MACs, leases, security events) is for the
+//! operator, so it needs the operator's certificate (`pxe-server pki issue --operator NAME`) or
+//! a shell on this machine; a node may only speak for itself. Refusals are 401 (no
+//! credential) and 403 (the wrong one, or a revoked certificate).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State as AxState};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, Query, Request, State as AxState};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use plasmacloud_pki::listener::{authorize, Need};
+use plasmacloud_pki::{Peer, Role};
 use serde::{Deserialize, Serialize};
 
-use crate::state::{lock, BootEvent, NewEvent, State};
+use crate::leases::now_unix;
+use crate::state::{lock, peer_v4, BootEvent, NewEvent, State};
 
-/// The management router.
+/// The management router (serve it with `into_make_service_with_connect_info::<Peer>()`).
 pub fn router(state: Arc<State>) -> Router {
+    let operator = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            operator_or_loopback,
+        ));
     Router::new()
         .route(
             "/health",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
-        .route("/v1/status", get(status))
-        .route("/v1/events", get(events))
         .route("/v1/nodes/{name}/events", post(report))
-        .route("/metrics", get(metrics))
+        .merge(operator)
         .with_state(state)
+}
+
+fn refuse(status: StatusCode, msg: String) -> Response {
+    (status, Json(serde_json::json!({ "error": msg }))).into_response()
+}
+
+/// Is this peer on this machine's loopback?
+fn is_loopback(peer: &Peer) -> bool {
+    peer_v4(peer.addr).is_some_and(|ip| ip.is_loopback()) || peer.addr.ip().is_loopback()
+}
+
+/// Middleware: loopback peers pass, and operator certificates that are not revoked.
+async fn operator_or_loopback(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if is_loopback(&peer) {
+        return next.run(req).await;
+    }
+    let need = Need {
+        roles: vec![Role::Operator],
+        revoked: state.revocations.clone(),
+    };
+    match authorize(&peer, &need) {
+        Ok(_) => next.run(req).await,
+        Err(r) => *r,
+    }
+}
+
+/// May `peer` report phases for `node`: its own certificate, or a live enrollment token of
+/// that node as a bearer token.
+async fn may_report(
+    state: &Arc<State>,
+    peer: &Peer,
+    headers: &HeaderMap,
+    node: &str,
+) -> Result<(), Response> {
+    if let Some(cert) = &peer.cert {
+        authorize(peer, &Need::node(&state.revocations)).map_err(|r| *r)?;
+        if cert.identity.name == node {
+            return Ok(());
+        }
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("{} may not report for node {node}", cert.identity),
+        ));
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let Some(token) = bearer else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            format!("a phase report for {node} needs {node}'s certificate or its enrollment token (Authorization: Bearer …)"),
+        ));
+    };
+    let n = node.to_string();
+    let vouches = state
+        .with_enroll_tokens(move |t| t.vouches_for(&token, &n, now_unix()))
+        .await
+        .unwrap_or(false);
+    if vouches {
+        Ok(())
+    } else {
+        Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("that token is not a live enrollment token of {node}"),
+        ))
+    }
 }
 
 /// A node's first-boot phase report.
@@ -113,44 +201,47 @@ async fn events(
 
 async fn report(
     AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let bad = |m: String| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({"error": m})),
-        )
-            .into_response()
+    let Ok(node) = state.config.contract.node(&name) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("no node {name:?} in the contract"),
+        );
     };
+    if let Err(r) = may_report(&state, &peer, &headers, &node.name).await {
+        return r;
+    }
     let r: PhaseReport = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return bad(format!(
-                "expected {{\"phase\":…,\"status\":\"started|ok|failed\",\"detail\":…}}: {e}"
-            ))
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"phase\":…,\"status\":\"started|ok|failed\",\"detail\":…}}: {e}"
+                ),
+            )
         }
     };
     if !matches!(r.status.as_str(), "started" | "ok" | "failed") {
-        return bad(format!(
-            "status {:?} is not one of started, ok, failed",
-            r.status
-        ));
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("status {:?} is not one of started, ok, failed", r.status),
+        );
     }
     if r.phase.is_empty() || r.phase.len() > 128 || r.detail.len() > 4096 {
-        return bad("phase must be 1-128 characters and detail at most 4096".into());
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "phase must be 1-128 characters and detail at most 4096".into(),
+        );
     }
-    let Ok(node) = state.config.contract.node(&name) else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": format!("no node {name:?} in the contract")})),
-        )
-            .into_response();
-    };
     let ev = state.event(NewEvent {
         node: Some(node.name.clone()),
         mac: Some(node.mac.to_string()),
-        ip: None,
+        ip: peer_v4(peer.addr),
         source: "node",
         phase: r.phase,
         status: r.status,

@@ -1,14 +1,17 @@
 //! Shared server state: the lease store, what DHCP saw (MAC → address), per-boot URL tokens,
-//! boot events, and metrics counters.
+//! the cluster CA and the enrollment token store, boot events, and metrics counters.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use plasmacloud_pki::ca::ClusterCa;
+use plasmacloud_pki::Revocations;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::enroll_tokens::TokenStore;
 use crate::leases::LeaseStore;
 
 /// How many events the server keeps in memory.
@@ -31,24 +34,39 @@ pub struct BootEvent {
     pub ip: Option<String>,
     /// `server` (seen by pxe-server) or `node` (reported by the node).
     pub source: String,
-    /// `dhcp`, `tftp`, `ipxe-script`, `kernel`, `initrd`, `overlay`, `unknown-mac`, or a
-    /// first-boot phase name reported by the node.
+    /// `dhcp`, `tftp`, `ipxe-script`, `kernel`, `initrd`, `overlay`, `enroll-initrd`,
+    /// `enroll`, `unknown-mac`, or a first-boot phase name reported by the node.
     pub phase: String,
-    /// `started`, `ok`, `failed` (or `ignored` for unknown MACs under `ignore`).
+    /// `started`, `ok`, `failed`, `ignored` (unknown MACs under `ignore`) or `security` (an
+    /// enrollment token presented again by another key).
     pub status: String,
     /// Free text.
     pub detail: String,
 }
 
-/// A per-boot token: the overlay URL of one node, valid only from one address.
-#[derive(Debug, Clone)]
+/// A per-boot URL token: the enrollment initrd URL of one boot of one node, valid only from
+/// the address its script went to. It carries that boot's enrollment token, in memory only
+/// (the token store keeps its hash).
+#[derive(Clone)]
 pub struct BootToken {
     /// The node.
     pub node: String,
-    /// The address DHCP saw for the node's MAC when the token was issued.
+    /// The address the node's script was served to.
     pub ip: Ipv4Addr,
     /// Unix seconds.
     pub issued: u64,
+    /// The enrollment token minted with the script.
+    pub enroll_token: String,
+}
+
+impl std::fmt::Debug for BootToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootToken")
+            .field("node", &self.node)
+            .field("ip", &self.ip)
+            .field("issued", &self.issued)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Prometheus counters.
@@ -92,6 +110,12 @@ pub struct Metrics {
     pub http_forbidden: AtomicU64,
     /// HTTP 404s and other errors.
     pub http_errors: AtomicU64,
+    /// Enrollments by result.
+    pub enroll_ok: AtomicU64,
+    /// Enrollment requests refused (bad body, neighbour, token).
+    pub enroll_refused: AtomicU64,
+    /// Enrollment tokens presented again by another key.
+    pub enroll_reused: AtomicU64,
     /// IPv6 RAs sent.
     pub ra_sent: AtomicU64,
 }
@@ -200,6 +224,15 @@ impl Metrics {
             ],
         );
         counter(
+            "pxe_enrollments_total",
+            "Enrollment requests by result.",
+            &[
+                ("result=\"ok\"", g(&self.enroll_ok)),
+                ("result=\"refused\"", g(&self.enroll_refused)),
+                ("result=\"reused\"", g(&self.enroll_reused)),
+            ],
+        );
+        counter(
             "pxe_ipv6_ra_sent_total",
             "IPv6 router advertisements sent.",
             &[("", g(&self.ra_sent))],
@@ -221,8 +254,15 @@ pub struct State {
     pub leases: Mutex<LeaseStore>,
     /// The address DHCP last saw (assigned, requested or used) for each MAC.
     pub seen: Mutex<HashMap<String, Ipv4Addr>>,
-    /// Per-boot tokens.
+    /// Per-boot URL tokens.
     pub tokens: Mutex<HashMap<String, BootToken>>,
+    /// The cluster CA.
+    pub ca: ClusterCa,
+    /// Single-use enrollment tokens (hashed, on disk). Its calls fsync: call them off the
+    /// runtime ([`tokio::task::spawn_blocking`]).
+    pub enroll_tokens: Mutex<TokenStore>,
+    /// Revoked serials (from `pki/revoked.log`), refused on the TLS listeners.
+    pub revocations: Revocations,
     /// Recent events.
     events: Mutex<VecDeque<BootEvent>>,
     next_seq: AtomicU64,
@@ -296,17 +336,40 @@ pub struct NewEvent {
 }
 
 impl State {
-    /// Builds the state (opens the lease store).
-    pub fn new(config: Config, leases: LeaseStore) -> Self {
+    /// Builds the state from its opened parts.
+    pub fn new(
+        config: Config,
+        leases: LeaseStore,
+        ca: ClusterCa,
+        enroll_tokens: TokenStore,
+    ) -> Self {
         Self {
             config,
             leases: Mutex::new(leases),
             seen: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            ca,
+            enroll_tokens: Mutex::new(enroll_tokens),
+            revocations: Revocations::default(),
             events: Mutex::new(VecDeque::new()),
             next_seq: AtomicU64::new(1),
             metrics: Metrics::default(),
         }
+    }
+
+    /// Runs `f` on the enrollment token store on a blocking thread (its writes fsync).
+    pub async fn with_enroll_tokens<R: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&mut TokenStore) -> R + Send + 'static,
+    ) -> Result<R, crate::ServerError> {
+        let state = self.clone();
+        let path = self.config.state_dir.join("enroll");
+        tokio::task::spawn_blocking(move || f(&mut lock(&state.enroll_tokens)))
+            .await
+            .map_err(|e| crate::ServerError::State {
+                path,
+                message: format!("token store task failed: {e}"),
+            })
     }
 
     /// Records an event (and logs it).
@@ -368,19 +431,21 @@ impl State {
         out
     }
 
-    /// Notes the address DHCP saw for a MAC.
+    /// Notes the address a MAC was seen at: the address our DHCP acknowledged (full mode), or
+    /// a verified requester of the node's script (proxy mode). Shown in status and used to
+    /// name the node in events; access decisions never rest on it ([`crate::boot_access`]).
     pub fn saw(&self, mac: &str, ip: Ipv4Addr) {
         if !ip.is_unspecified() {
             lock(&self.seen).insert(mac.to_string(), ip);
         }
     }
 
-    /// The address DHCP saw for a MAC.
+    /// The address a MAC was last seen at.
     pub fn seen_ip(&self, mac: &str) -> Option<Ipv4Addr> {
         lock(&self.seen).get(mac).copied()
     }
 
-    /// The MAC DHCP saw at this peer's address, if any.
+    /// The MAC last seen at this peer's address, if any.
     pub fn mac_for_ip(&self, peer: SocketAddr) -> Option<String> {
         let ip = peer_v4(peer)?;
         lock(&self.seen)

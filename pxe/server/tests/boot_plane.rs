@@ -1,7 +1,7 @@
 //! TFTP and HTTP with real clients in network namespaces (root): tftp-hpa, atftp (windowsize)
 //! and curl download byte-exact with option negotiation; writes and traversal are refused; a
 //! lost ACK is retransmitted; block numbers wrap; HTTP Range/HEAD/ETag with curl; a node's
-//! script and overlay are refused (403) to any other address.
+//! script and enrollment initrd are refused (403) to any other address, its overlay is public.
 
 #![allow(clippy::unwrap_used)]
 
@@ -112,6 +112,7 @@ fn tftp_and_http_with_real_clients() {
         &["--ipv6-ra", "off", "--tftp-max-transfers", "2"],
     );
     let server = start_server(&srv, &args, &d.join("server.log"));
+    let op = issue_operator(&state, "tests", &d.join("op"));
 
     eprintln!("phase: node01 leases its address");
     let script = d.join("configure.sh");
@@ -139,7 +140,7 @@ fn tftp_and_http_with_real_clients() {
         "the aborted transfers to end",
         std::time::Duration::from_secs(10),
         || {
-            let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
+            let (_, m) = curl_as(&srv, &op, &[&mgmt_url("/metrics")]);
             m.contains("pxe_tftp_active_transfers 0").then_some(())
         },
     )
@@ -266,47 +267,58 @@ fn tftp_and_http_with_real_clients() {
         "lost-ACK client",
     );
 
-    eprintln!("phase: node01's script, from node01's address, names both initrds and a token URL");
+    eprintln!("phase: node01's script, from node01's address, names three initrds: base, overlay, enrollment");
     let (ok, script_text) = curl(&n1, &["http://10.77.0.1:8081/boot/52-54-00-aa-00-01.ipxe"]);
     assert!(ok, "{script_text}");
     assert!(
-        script_text
-            .contains("initrd=initrd.img initrd=node01.cpio console=ttyS0 plasmacloud.node=node01"),
+        script_text.contains(
+            "initrd=initrd.img initrd=overlay-node01.cpio.zst initrd=enroll.cpio console=ttyS0 plasmacloud.node=node01"
+        ),
         "{script_text}"
     );
-    let token_url = script_text
-        .lines()
-        .find(|l| l.contains("--name node01.cpio"))
-        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
-        .unwrap()
-        .to_string();
-    assert!(token_url.contains("/s/"), "{token_url}");
-    let (ok, overlay) = curl(&n1, &[&token_url]);
-    assert!(ok);
-    assert_eq!(overlay.as_bytes(), overlay_bytes("node01").as_slice());
+    let url_of = |name: &str| {
+        script_text
+            .lines()
+            .find(|l| l.contains(&format!("--name {name} ")))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+            .unwrap()
+            .to_string()
+    };
+    let overlay_url = url_of("overlay-node01.cpio.zst");
+    assert!(overlay_url.contains("/files/"), "{overlay_url}");
+    let enroll_url = url_of("enroll.cpio");
+    assert!(enroll_url.contains("/s/"), "{enroll_url}");
+    let out = d.join("enroll.cpio");
+    let (ok, log) = curl(&n1, &["-o", out.to_str().unwrap(), &enroll_url]);
+    assert!(ok, "{log}");
+    let members = netboot_image::newc::list(&std::fs::read(&out).unwrap()).unwrap();
+    let token = members
+        .iter()
+        .find(|m| m.name == "etc/plasmacloud/enroll/token")
+        .expect("the token is in the enrollment initrd");
+    assert_eq!(token.mode & 0o777, 0o600);
+    assert_eq!(token.data.len(), 33, "32 hex digits and a newline");
+    assert!(members
+        .iter()
+        .any(|m| m.name == "etc/plasmacloud/enroll/ca.crt"));
 
-    eprintln!("phase: any other address gets 403 for node01's script and overlay");
+    eprintln!("phase: any other address gets 403 for node01's script and enrollment initrd; the overlay is public");
     for url in [
-        token_url.as_str(),
+        enroll_url.as_str(),
         "http://10.77.0.1:8081/boot/52-54-00-aa-00-01.ipxe",
-        "http://10.77.0.1:8081/files/nodes/node01.cpio",
     ] {
         let code = curl_code(&other, &[], "/dev/null", url);
         assert_eq!(code, "403", "{url} from another address");
     }
-    let code = curl_code(
-        &n1,
-        &[],
-        "/dev/null",
-        "http://10.77.0.1:8081/files/nodes/node01.cpio",
-    );
-    assert_eq!(code, "403", "overlays never go out without a token");
-    let i = token_url.find("/s/").unwrap() + 3;
+    let (ok, overlay) = curl(&other, &[&overlay_url]);
+    assert!(ok);
+    assert_eq!(overlay.as_bytes(), overlay_bytes("node01").as_slice());
+    let i = enroll_url.find("/s/").unwrap() + 3;
     let forged = format!(
         "{}{}{}",
-        &token_url[..i],
+        &enroll_url[..i],
         "0".repeat(32),
-        &token_url[i + 32..]
+        &enroll_url[i + 32..]
     );
     let code = curl_code(&n1, &[], "/dev/null", &forged);
     assert_eq!(code, "403", "guessed token");
@@ -388,7 +400,7 @@ fn tftp_and_http_with_real_clients() {
         .starts_with("#!ipxe"));
 
     eprintln!("phase: metrics count it");
-    let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
+    let (_, m) = curl_as(&srv, &op, &[&mgmt_url("/metrics")]);
     for needle in [
         "pxe_tftp_retransmits_total",
         "pxe_http_errors_total{kind=\"forbidden\"}",

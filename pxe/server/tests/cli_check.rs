@@ -1,6 +1,7 @@
 //! `pxe-server check` (binds nothing, no root needed) and `serve`'s start-up errors: every bad
 //! configuration gets a clear message naming the flag or file; the TOML file and env vars
-//! work like the flags.
+//! work like the flags; the enrollment settings and the CA (and the contract's pin on it) are
+//! reported and enforced.
 
 #![allow(clippy::unwrap_used)]
 
@@ -53,6 +54,84 @@ fn check_accepts_good_config_and_names_every_bad_one() {
     let (code, out) = run("check", &good, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("config ok: mode proxy on lo"), "{out}");
+    for want in [
+        "management 127.0.0.1:8082 (https)",
+        "enrollment 127.0.0.1:8443 (https)",
+        "enroll-token-ttl 3600s",
+        "ca none yet (serve creates one)",
+    ] {
+        assert!(out.contains(want), "{want:?} not in {out}");
+    }
+    assert!(!state.join("pki").exists(), "check makes no CA");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory holds the CA key: 0700");
+
+    // phase: the enrollment flags, as flags, env vars and TOML keys
+    let mut a = good.clone();
+    a.extend(["--enrollment-addr".into(), "127.0.0.1:8081".into()]);
+    let (code, out) = run("check", &a, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--enrollment-addr: 127.0.0.1:8081 is already"),
+        "{out}"
+    );
+    let (code, out) = run("check", &good, &[("PLASMACLOUD_PXE_ENROLL_TOKEN_TTL", "5")]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("--enroll-token-ttl: 5 s is too short"),
+        "{out}"
+    );
+    let (code, out) = run(
+        "check",
+        &good,
+        &[
+            ("PLASMACLOUD_PXE_ENROLL_TOKEN_TTL", "600"),
+            ("PLASMACLOUD_PXE_ENROLLMENT_ADDR", "127.0.0.1:9443"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("enrollment 127.0.0.1:9443 (https), enroll-token-ttl 600s"),
+        "{out}"
+    );
+
+    // phase: a CA in the state directory is reported; a contract pinning another is refused,
+    // one pinning it passes
+    let fpr = init_ca(&state);
+    assert_eq!(fpr.len(), 64, "{fpr}");
+    let (code, out) = run("check", &good, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("ca sha256 {fpr} (not pinned")),
+        "{out}"
+    );
+    let pin = |sha: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cluster).unwrap()).unwrap();
+        v["pki"] = serde_json::json!({ "ca_sha256": sha });
+        let p = d.join(format!("pinned-{}.json", &sha[..8]));
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    };
+    let mut a = good.clone();
+    a[5] = pin(&"0".repeat(64)).display().to_string();
+    let (code, out) = run("check", &a, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("pins the cluster CA sha256 0000") && out.contains(&fpr),
+        "{out}"
+    );
+    a[5] = pin(&fpr).display().to_string();
+    let (code, out) = run("check", &a, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(pinned by the contract)"), "{out}");
+    // A pin and no CA at all: a new one could never match, so nothing starts.
+    let mut a2 = a.clone();
+    a2[11] = d.join("fresh-state").display().to_string();
+    let (code, out) = run("check", &a2, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("pki import"), "{out}");
 
     // phase: the same through a TOML file and env vars
     let toml = d.join("pxe.toml");

@@ -1,6 +1,7 @@
 //! Full-mode DHCP with real clients in network namespaces (root): udhcpc and dhclient get the
 //! contract's fixed address and the right boot file; pool leases survive a server restart and
-//! are never handed to a second MAC; the management API shows it all.
+//! are never handed to a second MAC; the management API (HTTPS) shows it all to an operator,
+//! takes a node's phase report only with that node's certificate, and refuses the rest.
 
 #![allow(clippy::unwrap_used)]
 
@@ -54,7 +55,11 @@ fn full_mode_real_clients_and_restart() {
     let stranger2 = attach_client(&mut rack, "x2", "52:54:00:bb:00:02", None);
     let args = full_mode_args(&fx, &[]);
 
-    eprintln!("phase: start the server");
+    eprintln!("phase: a CA, an operator certificate and node01's certificate, then the server");
+    let (state, cluster) = (d.join("state"), fx.cluster.clone());
+    init_ca(&state);
+    let op = issue_operator(&state, "tests", &d.join("op"));
+    let node01 = issue_node(&state, &cluster, "node01", &d.join("node01"));
     let mut server = start_server(&srv, &args, &d.join("server1.log"));
 
     eprintln!(
@@ -137,7 +142,7 @@ fn full_mode_real_clients_and_restart() {
     assert!(got.contains("ip=10.77.0.11 "), "{got}");
 
     eprintln!("phase: management API: status, a phase report, events, metrics");
-    let (ok, status) = curl(&srv, &["http://10.77.0.1:8082/v1/status"]);
+    let (ok, status) = curl_as(&srv, &op, &[&mgmt_url("/v1/status")]);
     assert!(ok, "{status}");
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(v["mode"], "full");
@@ -157,42 +162,79 @@ fn full_mode_real_clients_and_restart() {
         .clone();
     assert_eq!(n1s["last_event"]["phase"], "dhcp", "{n1s}");
     assert!(n1s["last_event"]["at"].as_str().unwrap().ends_with('Z'));
-    let post = |body: &str, node: &str| {
-        curl_code(
-            &srv,
-            &[
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/json",
-                "-d",
-                body,
-            ],
+    let report = |who: Option<&Holder>, node: &str, body: &str| {
+        let url = mgmt_url(&format!("/v1/nodes/{node}/events"));
+        let args = [
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            "-o",
             "/dev/null",
-            &format!("http://10.77.0.1:8082/v1/nodes/{node}/events"),
-        )
+            "-w",
+            "%{http_code}",
+            url.as_str(),
+        ];
+        match who {
+            Some(h) => curl_as(&srv, h, &args).1,
+            None => {
+                let ca = op.ca();
+                let mut a = vec!["--cacert", ca.as_str()];
+                a.extend(args);
+                curl(&srv, &a).1
+            }
+        }
     };
-    let r = post(
-        r#"{"phase":"chainfire-cluster-join","status":"ok","detail":"joined as voter"}"#,
-        "node01",
+    let ok_body = r#"{"phase":"chainfire-cluster-join","status":"ok","detail":"joined as voter"}"#;
+    assert_eq!(report(Some(&node01), "node01", ok_body), "202");
+    assert_eq!(
+        report(Some(&node01), "node01", r#"{"phase":"x","status":"maybe"}"#),
+        "400"
     );
-    assert_eq!(r, "202");
-    assert_eq!(post(r#"{"phase":"x","status":"maybe"}"#, "node01"), "400");
-    assert_eq!(post(r#"{"phase":"x","status":"ok"}"#, "nodeXX"), "404");
-    let (_, ev) = curl(&srv, &["http://10.77.0.1:8082/v1/events?since=0"]);
+    assert_eq!(
+        report(Some(&node01), "nodeXX", r#"{"phase":"x","status":"ok"}"#),
+        "404"
+    );
+    // Speaking for another node, as an operator, or with nothing: refused.
+    assert_eq!(report(Some(&node01), "node02", ok_body), "403");
+    assert_eq!(report(Some(&op), "node01", ok_body), "403");
+    assert_eq!(report(None, "node01", ok_body), "401");
+    let (_, ev) = curl_as(&srv, &op, &[&mgmt_url("/v1/events?since=0")]);
     let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
     let last = ev["events"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["phase"], "chainfire-cluster-join");
     assert_eq!(last["source"], "node");
+    assert_eq!(last["node"], "node01");
     let next = ev["next"].as_u64().unwrap();
-    let (_, ev2) = curl(
-        &srv,
-        &[&format!("http://10.77.0.1:8082/v1/events?since={next}")],
-    );
+    let (_, ev2) = curl_as(&srv, &op, &[&mgmt_url(&format!("/v1/events?since={next}"))]);
     assert!(ev2.contains("\"events\":[]"), "{ev2}");
-    let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
+    let (_, m) = curl_as(&srv, &op, &[&mgmt_url("/metrics")]);
     assert!(m.contains("pxe_dhcp_acks_total{mode=\"full\"}"), "{m}");
     assert!(!m.contains("pxe_dhcp_acks_total{mode=\"full\"} 0\n"), "{m}");
+
+    eprintln!("phase: status and events are the operator's: a node certificate or none is refused");
+    let status_code = |who: Option<&Holder>| {
+        let url = mgmt_url("/v1/status");
+        let args = ["-o", "/dev/null", "-w", "%{http_code}", url.as_str()];
+        match who {
+            Some(h) => curl_as(&srv, h, &args).1,
+            None => {
+                let ca = op.ca();
+                let mut a = vec!["--cacert", ca.as_str()];
+                a.extend(args);
+                curl(&srv, &a).1
+            }
+        }
+    };
+    assert_eq!(status_code(None), "401");
+    assert_eq!(status_code(Some(&node01)), "403");
+    assert_eq!(status_code(Some(&op)), "200");
+    // /health needs nothing.
+    let ca = op.ca();
+    let (ok, h) = curl(&srv, &["--cacert", &ca, &mgmt_url("/health")]);
+    assert!(ok && h.contains("ok"), "{h}");
     drop(rack);
 }
 
@@ -222,7 +264,8 @@ fn unknown_macs_are_ignored_under_the_ignore_policy() {
     write_script(&script, UDHCPC_SCRIPT);
     let (ok, log) = udhcpc_once(&stranger, &script, 2, Some(BIOS_PXE_CLIENT), &[]);
     assert!(!ok, "an ignored MAC must get no lease: {log}");
-    let (_, status) = curl(&srv, &["http://10.77.0.1:8082/v1/status"]);
+    let op = issue_operator(&d.join("state"), "tests", &d.join("op"));
+    let (_, status) = curl_as(&srv, &op, &[&mgmt_url("/v1/status")]);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     let unknown = v["unknown"].as_array().unwrap();
     assert!(

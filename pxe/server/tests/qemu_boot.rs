@@ -1,6 +1,7 @@
 //! QEMU end-to-end (root, TCG): VMs PXE-boot a Debian kernel and a tiny busybox initramfs
-//! from pxe-server and reach `/init`, which prints a marker and the node name it found in its
-//! overlay on the serial console. BIOS (SeaBIOS + QEMU's iPXE ROM) and UEFI (OVMF, q35) in
+//! from pxe-server and reach `/init`, which prints a marker, the node name it found in its
+//! overlay and whether this boot's enrollment token arrived (iPXE loaded the uncompressed
+//! enrollment initrd after the overlay) on the serial console. BIOS (SeaBIOS + QEMU's iPXE ROM) and UEFI (OVMF, q35) in
 //! full mode; BIOS in proxy mode beside dnsmasq (dnsmasq gives the address, we the boot file).
 //! The VMs run one after another (TCG is slow enough alone).
 
@@ -54,17 +55,24 @@ fn boot_full(fx: &Fixture, fw: Firmware, node: usize) -> f64 {
     let state = fx.d.join(format!("state-{fw:?}"));
     let args = fx.server_args("full", &state, &["--dhcp-range", "10.77.0.100-10.77.0.150"]);
     let server = start_server(&srv, &args, &fx.d.join(format!("server-{fw:?}.log")));
+    let op = issue_operator(&state, "tests", &fx.d.join(format!("op-{fw:?}")));
     let serial = fx.d.join(format!("serial-{fw:?}.log"));
     let (name, mac, _) = NODES[node];
     let t0 = Instant::now();
     let mut vm = start_vm(&rack, "tap0", mac, fw, &fx.d, &serial);
-    let want = format!("{INIT_MARKER} node={name}");
+    let want = format!("{INIT_MARKER} node={name} enroll=yes");
     let secs = wait_serial(&serial, &want, t0, BOOT_DEADLINE)
         .unwrap_or_else(|e| panic!("{fw:?}: {e}\n--- server log ---\n{}", server.proc.output()));
     eprintln!("{fw:?}: power-on to /init with node={name} in {secs:.1} s");
     // The server saw the whole path.
-    let (_, status) = curl(&srv, &["http://10.77.0.1:8082/v1/events"]);
-    for phase in ["\"dhcp\"", "\"ipxe-script\"", "\"kernel\"", "\"overlay\""] {
+    let (_, status) = curl_as(&srv, &op, &[&mgmt_url("/v1/events")]);
+    for phase in [
+        "\"dhcp\"",
+        "\"ipxe-script\"",
+        "\"kernel\"",
+        "\"overlay\"",
+        "\"enroll-initrd\"",
+    ] {
         assert!(status.contains(phase), "{fw:?}: no {phase} event: {status}");
     }
     if fw == Firmware::Uefi {
@@ -121,10 +129,11 @@ fn vms_pxe_boot_to_init() {
         .unwrap();
     let args = fx.server_args("proxy", &fx.d.join("state-proxy"), &[]);
     let server = start_server(&srv, &args, &fx.d.join("server-proxy.log"));
+    let op = issue_operator(&fx.d.join("state-proxy"), "tests", &fx.d.join("op-proxy"));
     let serial = fx.d.join("serial-proxy.log");
     let t0 = Instant::now();
     let _vm = start_vm(&rack, "tap0", NODES[2].1, Firmware::Bios, &fx.d, &serial);
-    let want = format!("{INIT_MARKER} node={}", NODES[2].0);
+    let want = format!("{INIT_MARKER} node={} enroll=yes", NODES[2].0);
     let proxy = wait_serial(&serial, &want, t0, BOOT_DEADLINE).unwrap_or_else(|e| {
         panic!(
             "proxy: {e}\n--- server ---\n{}\n--- dnsmasq ---\n{}",
@@ -137,7 +146,7 @@ fn vms_pxe_boot_to_init() {
         dlog.contains("DHCPACK") && dlog.contains(NODES[2].1),
         "dnsmasq gave the address:\n{dlog}"
     );
-    let (_, m) = curl(&srv, &["http://10.77.0.1:8082/metrics"]);
+    let (_, m) = curl_as(&srv, &op, &[&mgmt_url("/metrics")]);
     assert!(m.contains("pxe_dhcp_offers_total{mode=\"proxy\"}"), "{m}");
     assert!(
         !m.contains("pxe_dhcp_offers_total{mode=\"proxy\"} 0\n"),

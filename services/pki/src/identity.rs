@@ -132,6 +132,17 @@ pub fn serial_hex(bytes: &[u8]) -> String {
     hex::encode(trimmed)
 }
 
+/// A Unix time as RFC 3339 UTC (`2027-12-01T18:34:00Z`), for messages.
+pub fn utc(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// Reads identity, serial and validity from a DER certificate. It does not verify anything:
 /// call it on certificates rustls has already verified, or after [`crate::credentials`]'
 /// checks.

@@ -69,7 +69,12 @@ impl TlsListener {
                 let Ok(permit) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let (tcp, addr) = match tcp.accept().await {
+                // Stop (and release the port) once nobody serves this listener any more.
+                let accepted = tokio::select! {
+                    a = tcp.accept() => a,
+                    _ = tx.closed() => return,
+                };
+                let (tcp, addr) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(listener = name, error = %e, "accept failed");

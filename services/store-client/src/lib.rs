@@ -853,12 +853,22 @@ pub struct Keyspace {
 impl Keyspace {
     /// `GET {base}/{key}`: `None` when absent. Linearizable (served through the leader).
     pub async fn get(&self, key: &str) -> Result<Option<Versioned>> {
+        self.get_with(key, "").await
+    }
+
+    /// `GET {base}/{key}?consistency=serializable`: what the replica that answers holds, without
+    /// going to the leader (use a client with one endpoint to ask one particular node).
+    pub async fn get_local(&self, key: &str) -> Result<Option<Versioned>> {
+        self.get_with(key, "?consistency=serializable").await
+    }
+
+    async fn get_with(&self, key: &str, query: &str) -> Result<Option<Versioned>> {
         let a = self
             .client
             .call(
                 "get",
                 Method::GET,
-                &format!("{}/{}", self.base, encode_key(key)),
+                &format!("{}/{}{query}", self.base, encode_key(key)),
                 None,
                 self.client.inner.timeout,
                 true,

@@ -2,7 +2,7 @@
 //!
 //! [`Rack`] writes a contract for N nodes on `127.0.X.(10+i)` (1 voter below 3 nodes, 3 below
 //! 5, else 5 — the contract crate's rule), then runs, for every node at once, exactly what
-//! systemd runs on a real node and in the same order: `firstboot disk`, `configure`,
+//! systemd runs on a real node and in the same order: `firstboot disk`, `enroll`, `configure`,
 //! `chainfire-server`, `chainfire-join`, `flaredb-server`, `flaredb-join`, `iam-server`,
 //! `iam-setup`, `health-check`. A step that exits 75 (retry later) is run again, as
 //! `Restart=on-failure` would; exit 2 (configuration wrong) ends that node. Servers are real
@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 /// The steps and services of a node, in unit order.
 pub const CHAIN: &[Link] = &[
     Link::Step("disk"),
+    Link::Step("enroll"),
     Link::Step("configure"),
     Link::Service("chainfire", "chainfire-server"),
     Link::Step("chainfire-join"),
@@ -96,13 +97,53 @@ pub fn node_ip(subnet: u8, i: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, subnet, 10 + i as u8)
 }
 
-/// Writes the rack's contract (and the IAM bootstrap credential) and returns its path.
+/// The rack's IAM administrator and the password the harness logs in with (only its
+/// argon2id hash, made with `iam-server hash-password`, goes into the contract).
+pub const ADMIN: (&str, &str) = ("admin", "Rack-Seed-Passphrase-7");
+
+/// Runs one of the workspace's binaries to completion; fails with its output.
+fn run_tool(
+    bin_dir: &Path,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(bin_dir.join(program))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{program} {} failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Writes the rack's contract (v2: the admin as a hash, no secret anywhere) and returns its
+/// path.
 pub fn write_contract(spec: &RackSpec) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(spec.work.join("secrets"))?;
-    let cred = spec.work.join("secrets/iam-bootstrap.json");
-    std::fs::write(
-        &cred,
-        r#"{"username":"admin","password":"Rack-Seed-Passphrase-7"}"#,
+    std::fs::create_dir_all(&spec.work)?;
+    let hash = run_tool(
+        &spec.bin_dir,
+        "iam-server",
+        &["hash-password"],
+        Some(ADMIN.1),
     )?;
     let voters = voter_count_for_rack(spec.nodes);
     let nodes: Vec<serde_json::Value> = (0..spec.nodes)
@@ -116,11 +157,11 @@ pub fn write_contract(spec: &RackSpec) -> std::io::Result<PathBuf> {
         })
         .collect();
     let contract = serde_json::json!({
-        "version": 1,
+        "version": plasmacloud_contract::CONTRACT_VERSION,
         "cluster": {"name": format!("local-rack-{}", spec.nodes), "id": format!("local-rack-{}-{}", spec.subnet, spec.nodes)},
-        "boot_server": {"address": format!("127.0.{}.1", spec.subnet), "http_port": 8081, "management_port": 8082},
+        "boot_server": {"address": format!("127.0.{}.1", spec.subnet), "http_port": 8081, "management_port": 8082, "enrollment_port": 8443},
         "initial_voters": (0..voters).map(node_name).collect::<Vec<_>>(),
-        "iam": {"bootstrap_credential": cred},
+        "iam": {"admin": {"username": ADMIN.0, "password_hash": hash.trim()}},
         "nodes": nodes,
     });
     let path = spec.work.join("cluster-config.json");
@@ -128,12 +169,90 @@ pub fn write_contract(spec: &RackSpec) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Issues `name` a key and certificate offline (`pxe-server pki issue --node`) into its
+/// `state/pki`, as for a machine that does not PXE-boot.
+pub fn issue_node(spec: &RackSpec, contract: &Path, name: &str) -> std::io::Result<()> {
+    let state_s = spec.work.join("pxe-state").display().to_string();
+    let contract_s = contract.display().to_string();
+    let out = spec
+        .work
+        .join(name)
+        .join("state")
+        .join(plasmacloud_contract::NODE_PKI_DIR);
+    let out_s = out.display().to_string();
+    run_tool(
+        &spec.bin_dir,
+        "pxe-server",
+        &[
+            "pki",
+            "issue",
+            "--state-dir",
+            &state_s,
+            "--node",
+            name,
+            "--cluster",
+            &contract_s,
+            "--out",
+            &out_s,
+        ],
+        None,
+    )
+    .map(drop)
+}
+
+/// The rack's cluster CA (in `work/pxe-state`, as pxe-server keeps it) and, issued offline,
+/// every node's key and certificate (in its `state/pki`) and the harness's operator
+/// certificate (`work/operator`).
+pub fn issue_certificates(
+    spec: &RackSpec,
+    contract: &Path,
+    names: &[String],
+) -> std::io::Result<()> {
+    let state_s = spec.work.join("pxe-state").display().to_string();
+    let contract_s = contract.display().to_string();
+    run_tool(
+        &spec.bin_dir,
+        "pxe-server",
+        &[
+            "pki",
+            "init",
+            "--state-dir",
+            &state_s,
+            "--cluster",
+            &contract_s,
+        ],
+        None,
+    )?;
+    for name in names {
+        issue_node(spec, contract, name)?;
+    }
+    let op = spec.work.join("operator").display().to_string();
+    run_tool(
+        &spec.bin_dir,
+        "pxe-server",
+        &[
+            "pki",
+            "issue",
+            "--state-dir",
+            &state_s,
+            "--operator",
+            "local-rack",
+            "--out",
+            &op,
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
 impl Rack {
     /// Writes the contract and prepares the work directory; starts nothing.
     pub fn new(spec: RackSpec) -> std::io::Result<Self> {
         let contract = write_contract(&spec)?;
+        let names: Vec<String> = (0..spec.nodes).map(node_name).collect();
+        issue_certificates(&spec, &contract, &names)?;
         Ok(Self {
-            names: (0..spec.nodes).map(node_name).collect(),
+            names,
             spec,
             contract,
             started: Instant::now(),
@@ -145,6 +264,18 @@ impl Rack {
     /// The node's directory.
     pub fn node_dir(&self, name: &str) -> PathBuf {
         self.spec.work.join(name)
+    }
+
+    /// Issues `name` a new key and certificate offline (after its disk was wiped).
+    pub fn issue_node(&self, name: &str, contract: &Path) -> std::io::Result<()> {
+        issue_node(&self.spec, contract, name)
+    }
+
+    /// The harness's operator certificate, key and the cluster CA (what its checks present).
+    pub fn operator_files(&self) -> plasmacloud_pki::TlsFiles {
+        plasmacloud_pki::TlsFiles::from(&plasmacloud_pki::Credentials::operator(
+            self.spec.work.join("operator"),
+        ))
     }
 
     /// The per-node flags every `firstboot` step takes.

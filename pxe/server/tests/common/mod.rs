@@ -1,6 +1,7 @@
 //! Shared fixtures for pxe-server's integration tests: a test rack (a testkit [`Segment`]:
 //! network namespaces around a bridge, deleted on drop), the clients run in it, a contract and
-//! a hand-written bundle, and the server process.
+//! a hand-written bundle, the server process, the `pki` CLI, and curl over HTTPS with the
+//! cluster CA (and an operator's or node's certificate).
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -10,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use plasmacloud_contract::manifest::{BootEntry, BundleManifest, ManifestFile, MANIFEST_VERSION};
+use plasmacloud_contract::manifest::{
+    overlay_path, BootEntry, BundleManifest, ManifestFile, MANIFEST_VERSION,
+};
 pub use plasmacloud_testkit::netns::{self, Segment};
 use plasmacloud_testkit::{workspace_binary, Process};
 use sha2::{Digest, Sha256};
@@ -227,7 +230,7 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 /// Builds a bundle: `kernel` and `base` bytes, one overlay per node (its bytes say which
-/// node), and a manifest with `cmdline_extra` on every entry.
+/// node; named as netboot-image names it), and a manifest with `cmdline_extra` on every entry.
 pub fn write_bundle(
     dir: &Path,
     contract: &Path,
@@ -249,23 +252,22 @@ pub fn write_bundle_with(
 ) -> PathBuf {
     let c = plasmacloud_contract::Contract::load(contract).unwrap();
     let bundle = dir.join("bundle");
-    std::fs::create_dir_all(bundle.join("nodes")).unwrap();
+    std::fs::create_dir_all(&bundle).unwrap();
     let mut files = Vec::new();
-    let mut add = |path: &str, bytes: &[u8], secret: bool| {
+    let mut add = |path: &str, bytes: &[u8]| {
         std::fs::write(bundle.join(path), bytes).unwrap();
         files.push(ManifestFile {
             path: path.into(),
             size: bytes.len() as u64,
             sha256: sha256_hex(bytes),
-            secret,
         });
     };
-    add("vmlinuz", kernel, false);
-    add("initrd.img", base, false);
+    add("vmlinuz", kernel);
+    add("initrd.img", base);
     let mut entries = std::collections::BTreeMap::new();
     for n in &c.nodes {
-        let p = format!("nodes/{}.cpio", n.name);
-        add(&p, &overlay(&n.name), true);
+        let p = overlay_path(&n.name);
+        add(&p, &overlay(&n.name));
         entries.insert(
             n.name.clone(),
             BootEntry {
@@ -305,7 +307,7 @@ pub fn write_bundle_with(
 /// The bytes of a node's overlay: an empty cpio trailer is not needed for the tests that only
 /// fetch it, so it is a marker string (QEMU tests build real cpio overlays).
 pub fn overlay_bytes(node: &str) -> Vec<u8> {
-    format!("SECRET-OVERLAY-OF-{node}\n").into_bytes()
+    format!("OVERLAY-OF-{node}\n").into_bytes()
 }
 
 /// An iPXE directory: Debian's files when present, else small stand-ins, plus `extra` files.
@@ -452,11 +454,12 @@ pub fn cpio(entries: &[CpioEntry<'_>]) -> Vec<u8> {
 pub const INIT_MARKER: &str = "PLASMACLOUD-INIT-REACHED";
 
 /// A tiny initramfs: static busybox and an /init that prints [`INIT_MARKER`], the node name
-/// from the overlay (or `none`), and powers off.
+/// from the overlay (or `none`), whether the enrollment initrd's token arrived (`enroll=yes`,
+/// 32 hex digits, mode 600), and powers off.
 pub fn test_initrd() -> Vec<u8> {
     let busybox = std::fs::read("/bin/busybox").unwrap();
     let init = format!(
-        "#!/bin/busybox sh\n/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\necho \"{INIT_MARKER} node=$(/bin/busybox cat /etc/plasmacloud-node 2>/dev/null || echo none)\"\n/bin/busybox poweroff -f\n"
+        "#!/bin/busybox sh\n/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\nT=/etc/plasmacloud/enroll/token\nE=no\n[ \"$(/bin/busybox wc -c < $T 2>/dev/null)\" = 33 ] && [ \"$(/bin/busybox stat -c %a $T)\" = 600 ] && E=yes\necho \"{INIT_MARKER} node=$(/bin/busybox cat /etc/plasmacloud-node 2>/dev/null || echo none) enroll=$E\"\n/bin/busybox poweroff -f\n"
     );
     cpio(&[
         CpioEntry::Dir("bin"),
@@ -592,4 +595,111 @@ pub fn wait_serial(
             .collect();
         format!("{e}\n--- serial tail ---\n{tail}")
     })
+}
+
+/// Runs `pxe-server pki ARGS`; returns (exit code, stdout, stderr).
+pub fn pki(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(workspace_binary("pxe-server"))
+        .arg("pki")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A certificate holder's files for curl.
+#[derive(Clone, Debug)]
+pub struct Holder {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `operator` or `node`.
+    pub stem: &'static str,
+}
+
+impl Holder {
+    /// The CA file.
+    pub fn ca(&self) -> String {
+        self.dir.join("ca.crt").display().to_string()
+    }
+
+    /// curl flags presenting this certificate and trusting only the CA.
+    pub fn curl_args(&self) -> Vec<String> {
+        vec![
+            "--cacert".into(),
+            self.ca(),
+            "--cert".into(),
+            self.dir
+                .join(format!("{}.crt", self.stem))
+                .display()
+                .to_string(),
+            "--key".into(),
+            self.dir
+                .join(format!("{}.key", self.stem))
+                .display()
+                .to_string(),
+        ]
+    }
+}
+
+/// `pxe-server pki issue --operator NAME` from the state directory `state` into `out`.
+pub fn issue_operator(state: &Path, name: &str, out: &Path) -> Holder {
+    let (code, _, err) = pki(&[
+        "issue",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--operator",
+        name,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "pki issue --operator: {err}");
+    Holder {
+        dir: out.to_path_buf(),
+        stem: "operator",
+    }
+}
+
+/// `pxe-server pki issue --node NAME --cluster FILE` into `out`.
+pub fn issue_node(state: &Path, cluster: &Path, name: &str, out: &Path) -> Holder {
+    let (code, _, err) = pki(&[
+        "issue",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--node",
+        name,
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "pki issue --node: {err}");
+    Holder {
+        dir: out.to_path_buf(),
+        stem: "node",
+    }
+}
+
+/// `pxe-server pki init` for `state` (before the server starts, so certificates can be issued
+/// first).
+pub fn init_ca(state: &Path) -> String {
+    let (code, out, err) = pki(&["init", "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(code, 0, "pki init: {err}");
+    out.trim().to_string()
+}
+
+/// curl in `ns` as `who` (HTTPS with the cluster CA); returns (success, output).
+pub fn curl_as(ns: &str, who: &Holder, args: &[&str]) -> (bool, String) {
+    let mut full: Vec<String> = who.curl_args();
+    full.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+    curl(ns, &refs)
+}
+
+/// The management API base URL of the test server.
+pub fn mgmt_url(path: &str) -> String {
+    format!("https://{SERVER_IP}:8082{path}")
 }
