@@ -18,8 +18,8 @@ pub const SERVER_IP: &str = "10.99.0.1";
 pub const HTTP_PORT: u16 = 8081;
 /// Management port (boot events, phase reports).
 pub const MGMT_PORT: u16 = 8082;
-/// Where the IAM bootstrap credential lives on the seed.
-pub const IAM_CRED_ON_NODE: &str = "/etc/plasmacloud/secrets/iam-bootstrap.json";
+/// Enrollment port (nodes' CSRs, HTTPS).
+pub const ENROLL_PORT: u16 = 8443;
 /// The admin the rack seeds.
 pub const IAM_ADMIN: (&str, &str) = ("admin", "Rack-Operator-Passphrase-2026");
 /// The MAC of the stranger VM in `unknown-mac`.
@@ -122,8 +122,33 @@ pub struct Artifacts {
     pub build_secs: Vec<(String, f64)>,
 }
 
-/// Writes the rack's contract for `n` nodes and the IAM credential under `work/secrets`.
-pub fn write_contract(work: &Path, n: usize) -> anyhow::Result<PathBuf> {
+/// The argon2id hash of the rack admin's password, made the way an operator makes it.
+pub fn admin_hash(bin_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(bin_dir.join("iam-server"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("while starting iam-server hash-password")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(format!("{}\n", IAM_ADMIN.1).as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "iam-server hash-password failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Writes the rack's contract for `n` nodes (version 2: no secret in it; the admin as the
+/// argon2id `admin_hash`).
+pub fn write_contract(work: &Path, n: usize, admin_hash: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(work).with_context(|| format!("while creating {}", work.display()))?;
     let voters = voter_count_for_rack(n);
     let nodes: Vec<serde_json::Value> = (0..n)
@@ -146,41 +171,21 @@ pub fn write_contract(work: &Path, n: usize) -> anyhow::Result<PathBuf> {
         })
         .collect();
     let contract = serde_json::json!({
-        "version": 1,
+        "version": plasmacloud_contract::CONTRACT_VERSION,
         "cluster": {"name": format!("vm-rack-{n}"), "id": format!("plasmacloud-vm-rack-{n}")},
-        "boot_server": {"address": SERVER_IP, "http_port": HTTP_PORT, "management_port": MGMT_PORT},
+        "boot_server": {"address": SERVER_IP, "http_port": HTTP_PORT, "management_port": MGMT_PORT, "enrollment_port": ENROLL_PORT},
         "ports": {
             "chainfire_api": 2379, "chainfire_raft": 2380, "chainfire_gossip": 2381,
             "flaredb_api": 2479, "flaredb_raft": 2480, "iam_api": 8080
         },
         "initial_voters": (0..voters).map(|i| node(i).0).collect::<Vec<_>>(),
-        "iam": {"bootstrap_credential": IAM_CRED_ON_NODE},
+        "iam": {"admin": {"username": IAM_ADMIN.0, "password_hash": admin_hash}},
         "nodes": nodes,
     });
     let path = work.join("cluster-config.json");
     std::fs::write(&path, serde_json::to_string_pretty(&contract)? + "\n")
         .with_context(|| format!("while writing {}", path.display()))?;
-    // The credential's source for the seed's overlay: secrets/<node>/<path on node>.
-    let seed = node(0).0;
-    let cred = work
-        .join("secrets")
-        .join(&seed)
-        .join(IAM_CRED_ON_NODE.trim_start_matches('/'));
-    if let Some(dir) = cred.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(
-        &cred,
-        serde_json::json!({"username": IAM_ADMIN.0, "password": IAM_ADMIN.1}).to_string(),
-    )?;
-    set_mode(&cred, 0o600)?;
     Ok(path)
-}
-
-fn set_mode(p: &Path, mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("while setting the mode of {}", p.display()))
 }
 
 /// Builds units, appliance, contract and bundle under `work`.
@@ -244,7 +249,7 @@ pub fn build(
         std::fs::write(work.join("appliance-report.json"), report)?;
         Ok(())
     })?;
-    let contract = write_contract(work, nodes)?;
+    let contract = write_contract(work, nodes, &admin_hash(bin_dir)?)?;
     let bundle = work.join("bundle");
     step("bundle", &mut || {
         run(
@@ -259,8 +264,6 @@ pub fn build(
                 .arg(&appliance)
                 .arg("--cmdline")
                 .arg(CMDLINE)
-                .arg("--secrets")
-                .arg(work.join("secrets"))
                 .arg("--out")
                 .arg(&bundle),
         )
@@ -271,6 +274,112 @@ pub fn build(
         bundle,
         build_secs: secs,
     })
+}
+
+/// The rack's PKI, in pxe-server's state directory for run `label` (`work/pxe-state-<label>`):
+/// the cluster CA (`pxe-server pki init`, as an operator does before the first serve) and the
+/// harness's operator certificate (`pki issue --operator`). Returns the operator's files.
+pub fn rack_pki(
+    work: &Path,
+    bin_dir: &Path,
+    contract: &Path,
+    label: &str,
+) -> anyhow::Result<plasmacloud_pki::TlsFiles> {
+    let state = pxe_state_dir(work, label);
+    let op = work.join(format!("operator-{label}"));
+    run(
+        "pxe-server pki init",
+        Command::new(bin_dir.join("pxe-server"))
+            .args(["pki", "init", "--state-dir"])
+            .arg(&state)
+            .arg("--cluster")
+            .arg(contract),
+    )?;
+    run(
+        "pxe-server pki issue --operator",
+        Command::new(bin_dir.join("pxe-server"))
+            .args(["pki", "issue", "--operator", "vm-rack", "--state-dir"])
+            .arg(&state)
+            .arg("--out")
+            .arg(&op),
+    )?;
+    Ok(plasmacloud_pki::TlsFiles::from(
+        &plasmacloud_pki::Credentials::operator(op),
+    ))
+}
+
+/// pxe-server's state directory of run `label`.
+pub fn pxe_state_dir(work: &Path, label: &str) -> PathBuf {
+    work.join(format!("pxe-state-{label}"))
+}
+
+/// A data disk as an installed machine has it (for the dnsmasq comparison, where no
+/// pxe-server enrolls the nodes): a GPT with one partition labelled `plasmacloud` holding an
+/// ext4 filesystem that already carries the node's key and certificate (`pki/`, issued
+/// offline with `pxe-server pki issue --node`). `firstboot disk` finds it ours and mounts it,
+/// and `firstboot enroll` finds a valid certificate and has nothing to do.
+pub fn preinstalled_disk(
+    disk: &Path,
+    size: u64,
+    work: &Path,
+    bin_dir: &Path,
+    contract: &Path,
+    label: &str,
+    node: &str,
+) -> anyhow::Result<()> {
+    let root = work.join(format!("preinstalled-{node}-{label}"));
+    let _ = std::fs::remove_dir_all(&root);
+    let pki = root.join(plasmacloud_contract::NODE_PKI_DIR);
+    run(
+        "pxe-server pki issue --node",
+        Command::new(bin_dir.join("pxe-server"))
+            .args(["pki", "issue", "--node", node, "--state-dir"])
+            .arg(pxe_state_dir(work, label))
+            .arg("--cluster")
+            .arg(contract)
+            .arg("--out")
+            .arg(&pki),
+    )?;
+    let f = std::fs::File::create(disk)
+        .with_context(|| format!("while creating {}", disk.display()))?;
+    f.set_len(size)?;
+    drop(f);
+    const START: u64 = 2048; // sectors
+    let sectors = size / 512 - START - 34; // the backup GPT at the end
+    let mut sf = Command::new("sfdisk");
+    sf.args(["-q"]).arg(disk);
+    sf.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = sf.spawn().context("while starting sfdisk")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin.write_all(
+            format!(
+                "label: gpt\nstart={START}, size={sectors}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"plasmacloud\"\n"
+            )
+            .as_bytes(),
+        )?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "sfdisk {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    run(
+        "mkfs.ext4 -d",
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "plasmacloud", "-E"])
+            .arg(format!("offset={}", START * 512))
+            .arg("-d")
+            .arg(&root)
+            .arg(disk)
+            .arg(format!("{}k", sectors / 2)),
+    )?;
+    Ok(())
 }
 
 /// Writes a TFTP root for dnsmasq: the bundle's kernel and initrds (hard links), iPXE binaries,
@@ -325,16 +434,21 @@ mod tests {
     }
 
     #[test]
-    fn contract_names_vda_and_the_seed_credential() {
+    fn contract_names_vda_and_carries_the_admin_as_a_hash() {
         let d = std::env::temp_dir().join(format!("vm-rack-unit-{}", std::process::id()));
-        let p = write_contract(&d, 3).expect("contract");
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(p).expect("read")).expect("json");
-        assert_eq!(v["nodes"][2]["disk"]["device"], "/dev/vda");
-        assert_eq!(v["initial_voters"].as_array().map(Vec::len), Some(3));
-        assert!(d
-            .join("secrets/node01/etc/plasmacloud/secrets/iam-bootstrap.json")
-            .is_file());
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$FCXPgIi1gahS52F7DaMVyw$hXfRVp9txfuCxGVwuE6RSUMu9bH/wtIf/qfEhEWbgWM";
+        let p = write_contract(&d, 3, hash).expect("contract");
+        let text = std::fs::read_to_string(&p).expect("read");
+        let c = plasmacloud_contract::Contract::parse(&text).expect("a valid contract");
+        assert_eq!(c.voters().len(), 3);
+        assert_eq!(
+            c.nodes[2].disk.as_ref().map(|d| d.device.as_str()),
+            Some("/dev/vda")
+        );
+        assert!(
+            !text.contains(IAM_ADMIN.1),
+            "the password never goes into the contract"
+        );
         let _ = std::fs::remove_dir_all(d);
     }
 }

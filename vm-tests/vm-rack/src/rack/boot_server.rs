@@ -24,7 +24,7 @@ pub async fn start_pxe(plan: &Plan, http: &Http) -> anyhow::Result<Child> {
         .args(["--dhcp-range", "10.99.0.100-10.99.0.199"])
         .args(["--ipxe-dir", "/usr/lib/ipxe"])
         .arg("--state-dir")
-        .arg(plan.work.join(format!("pxe-state-{}", plan.label)))
+        .arg(prepare::pxe_state_dir(&plan.work, &plan.label))
         .arg("--http-addr")
         .arg(format!("{SERVER_IP}:{}", prepare::HTTP_PORT))
         .arg("--management-addr")
@@ -47,7 +47,7 @@ pub async fn start_pxe(plan: &Plan, http: &Http) -> anyhow::Result<Child> {
             );
         }
         if let Ok(r) = http
-            .get(&format!("http://{SERVER_IP}:{MGMT_PORT}/health"))
+            .get(&format!("https://{SERVER_IP}:{MGMT_PORT}/health"))
             .await
         {
             if r.status.is_success() {

@@ -27,7 +27,7 @@ impl Rack {
         for ip in ips {
             let v = self
                 .http
-                .get_json(&format!("http://{ip}:{port}/v1/cluster/members"))
+                .get_json(&format!("https://{ip}:{port}/v1/cluster/members"))
                 .await?;
             let leader = v["leader"]
                 .as_u64()
@@ -79,7 +79,7 @@ impl Rack {
             let r = self
                 .http
                 .post_json(
-                    &format!("http://{seed}:8080/v1/auth/login"),
+                    &format!("https://{seed}:8080/v1/auth/login"),
                     serde_json::json!({"username": prepare::IAM_ADMIN.0, "password": prepare::IAM_ADMIN.1}),
                 )
                 .await
@@ -99,7 +99,7 @@ impl Rack {
             for (svc, port) in [("chainfire", 2379), ("flaredb", 2479), ("iam", 8080)] {
                 let h = self
                     .http
-                    .get_json(&format!("http://{ip}:{port}/health"))
+                    .get_json(&format!("https://{ip}:{port}/health"))
                     .await
                     .with_context(|| format!("{name} {svc} health"))?;
                 if h["status"] != "healthy" {
@@ -131,7 +131,7 @@ impl Rack {
         let phases: Vec<String> = mine.iter().map(|e| e.phase.clone()).collect();
         if mine
             .iter()
-            .any(|e| e.phase == "overlay" || e.node.is_some())
+            .any(|e| e.phase == "overlay" || e.phase == "enroll" || e.node.is_some())
         {
             bail!("the stranger was served as a contract node: {phases:?}");
         }
@@ -144,7 +144,7 @@ impl Rack {
         // Its lease: from the pool, no contract node's address or name.
         let status = self
             .http
-            .get_json(&format!("http://{SERVER_IP}:{MGMT_PORT}/v1/status"))
+            .get_json(&format!("https://{SERVER_IP}:{MGMT_PORT}/v1/status"))
             .await?;
         let lease = status["leases"]
             .as_array()
@@ -172,6 +172,9 @@ impl Rack {
         if console.contains("plasmacloud.node=") || console.contains(prepare::IAM_ADMIN.1) {
             bail!("a node name or the IAM secret shows on the stranger's console");
         }
+        if console.contains("FAILED") {
+            bail!("a unit failed on the stranger's console (a machine the contract does not know must skip the chain)");
+        }
         // The boot plane, asked the way the stranger could ask it.
         let base = format!("http://{SERVER_IP}:{}", prepare::HTTP_PORT);
         let dashed = UNKNOWN_MAC.replace(':', "-");
@@ -184,15 +187,17 @@ impl Rack {
         if !code.is_success()
             || script.contains("/s/")
             || script.contains("overlay")
+            || script.contains("enroll")
             || script.contains("plasmacloud.node=")
         {
             bail!("the unknown MAC's script is not the bare default entry ({code}):\n{script}");
         }
         let seed = node(0);
         let seed_dashed = seed.1.replace(':', "-");
+        // The seed's script and any guessed per-boot URL are refused; overlays are public
+        // (they hold the contract and a node name, nothing secret).
         let refused = [
-            format!("{base}/files/overlay-{}.cpio.zst", seed.0),
-            format!("{base}/s/{}/overlay-{}.cpio.zst", "0".repeat(32), seed.0),
+            format!("{base}/s/{}/enroll.cpio", "0".repeat(32)),
             format!("{base}/boot/{seed_dashed}.ipxe"),
         ];
         for url in &refused {
@@ -201,8 +206,23 @@ impl Rack {
                 bail!("GET {url} answered {}, expected 403 Forbidden", r.status);
             }
         }
+        // A guessed enrollment token gets no certificate.
+        let r = self
+            .http
+            .post_json(
+                &format!("https://{SERVER_IP}:{}/v1/enroll", prepare::ENROLL_PORT),
+                serde_json::json!({"node": seed.0, "token": "0".repeat(32), "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----\n"}),
+            )
+            .await?;
+        if r.status != StatusCode::FORBIDDEN && r.status != StatusCode::BAD_REQUEST {
+            bail!(
+                "a guessed enrollment token answered {}: {}",
+                r.status,
+                r.body
+            );
+        }
         self.say(&format!(
-            "unknown-mac: the stranger booted the default entry ({phases:?}) at pool address {ip}: no overlay, no node name, no phase report, no cluster-ready; the seed's overlay (plain and with a forged token) and script are refused (403)"
+            "unknown-mac: the stranger booted the default entry ({phases:?}) at pool address {ip}: no overlay, no enrollment, no node name, no phase report, no failed unit, no cluster-ready; the seed's script, a guessed per-boot URL and a guessed enrollment token are refused"
         ));
         Ok(at)
     }

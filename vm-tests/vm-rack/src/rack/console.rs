@@ -24,6 +24,10 @@ const SERIAL_MARKS: &[(&str, &str)] = &[
     ("network: online", "Reached target network-online.target"),
     ("unit: firstboot-disk", "Finished firstboot-disk.service"),
     (
+        "unit: firstboot-enroll",
+        "Finished firstboot-enroll.service",
+    ),
+    (
         "unit: firstboot-configure",
         "Finished firstboot-configure.service",
     ),
@@ -160,6 +164,7 @@ mod tests {
     fn every_first_boot_unit_has_a_console_mark() {
         for unit in [
             "firstboot-disk",
+            "firstboot-enroll",
             "firstboot-configure",
             "chainfire",
             "chainfire-cluster-join",

@@ -71,7 +71,7 @@ impl Feed {
                 .unwrap_or_default();
         }
         let url = format!(
-            "http://{SERVER_IP}:{MGMT_PORT}/v1/events?since={}",
+            "https://{SERVER_IP}:{MGMT_PORT}/v1/events?since={}",
             self.since
         );
         let Ok(v) = self.http.get_json(&url).await else {
@@ -85,8 +85,10 @@ impl Feed {
     }
 }
 
-/// Starts the phase-report sink that stands in for pxe-server's management API in dnsmasq runs.
-pub async fn start_sink() -> anyhow::Result<Arc<Mutex<Vec<Event>>>> {
+/// Starts the phase-report sink that stands in for pxe-server's management API in dnsmasq runs:
+/// HTTPS on the same address with a certificate of the rack's CA (in `pxe_state`), as the
+/// nodes trust nothing else.
+pub async fn start_sink(pxe_state: &std::path::Path) -> anyhow::Result<Arc<Mutex<Vec<Event>>>> {
     use axum::extract::{Path as AxPath, State};
     let store: Arc<Mutex<Vec<Event>>> = Arc::default();
     async fn report(
@@ -115,11 +117,31 @@ pub async fn start_sink() -> anyhow::Result<Arc<Mutex<Vec<Event>>>> {
     let app = axum::Router::new()
         .route("/v1/nodes/{name}/events", axum::routing::post(report))
         .with_state(store.clone());
+    let ca = plasmacloud_pki::ClusterCa::load(&pxe_state.join("pki"))
+        .context("while loading the rack's CA")?;
+    let ip: std::net::IpAddr = SERVER_IP.parse().context("the server address")?;
+    let spec = plasmacloud_pki::CertSpec {
+        ips: vec![ip],
+        server_auth: true,
+        ..plasmacloud_pki::CertSpec::operator(plasmacloud_pki::Identity::operator("vm-rack-sink")?)
+    };
+    let (cert, key) = ca.issue_with_new_key(&spec)?;
+    let tls =
+        plasmacloud_pki::tls::TlsMaterial::from_pem("sink", &cert.cert_pem, &key, ca.cert_pem())?;
+    let config = tls.server_config(
+        plasmacloud_pki::tls::ClientAuth::Optional,
+        &plasmacloud_pki::Revocations::default(),
+    )?;
     let l = tokio::net::TcpListener::bind((SERVER_IP, MGMT_PORT))
         .await
         .context("while binding the phase-report sink")?;
+    let l = plasmacloud_pki::TlsListener::spawn("sink", l, config)?;
     tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
+        let _ = axum::serve(
+            l,
+            app.into_make_service_with_connect_info::<plasmacloud_pki::Peer>(),
+        )
+        .await;
     });
     Ok(store)
 }

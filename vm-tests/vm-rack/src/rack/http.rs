@@ -1,8 +1,11 @@
 //! The one way the harness talks HTTP, to the nodes' services and to the boot server alike:
-//! every request goes through [`Http::send`], so how a request is sent (timeouts, and later
-//! retries of idempotent requests on a fresh connection) is decided in one place. On top of it:
-//! JSON and text GETs that fail on a non-2xx answer, and the key/value writes and reads the
-//! scenarios make through Chainfire and FlareDB.
+//! every request goes through [`Http::send`], so how a request is sent is decided in one
+//! place: as an operator over mutual TLS (the harness's certificate, issued by the rack's
+//! pxe-server), with a 10 s deadline, and — for reads — once more on a fresh connection when a
+//! pooled one broke after sending (a node that rebooted resets the connections from before
+//! its reboot; `plasmacloud_store_client::http`). On top of it: JSON and text GETs that fail on
+//! a non-2xx answer, and the key/value writes and reads the scenarios make through Chainfire
+//! and FlareDB.
 
 use std::time::{Duration, Instant};
 
@@ -42,36 +45,48 @@ impl Reply {
 /// The harness's HTTP client.
 #[derive(Debug, Clone)]
 pub struct Http {
-    client: reqwest::Client,
+    http: plasmacloud_store_client::http::Http,
 }
 
 impl Http {
-    /// A client that never goes through a proxy and gives up on a request after 10 s.
-    pub fn new() -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
+    /// A client that presents the operator certificate in `operator` (and trusts only the
+    /// rack's CA), never goes through a proxy and gives up on a request after 10 s.
+    pub fn new(operator: &plasmacloud_pki::TlsFiles) -> anyhow::Result<Self> {
+        let tls = plasmacloud_pki::tls::TlsMaterial::load(operator)
+            .context("while loading the harness's operator certificate")?;
+        let config = tls
+            .client_config()
             .context("while building the HTTP client")?;
-        Ok(Http { client })
+        let http = plasmacloud_store_client::http::Http::new(|| {
+            reqwest::Client::builder()
+                .use_preconfigured_tls(config.clone())
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT)
+        })
+        .context("while building the HTTP client")?;
+        Ok(Http { http })
     }
 
     /// Sends one request and reads its answer. Every request of the harness comes through
     /// here. Fails only when no answer came (connection, timeout); any status is an answer.
     pub async fn send(&self, method: Method, url: &str, body: Body) -> anyhow::Result<Reply> {
-        let req = self.client.request(method.clone(), url);
+        let req = self.http.client().request(method.clone(), url);
         let req = match body {
             Body::Empty => req,
             Body::Text(t) => req.body(t),
             Body::Json(v) => req.json(&v),
         };
-        let r = req
-            .send()
+        let req = req.build().with_context(|| format!("{method} {url}"))?;
+        let read = plasmacloud_store_client::http::method_is_read(&method);
+        let r = self
+            .http
+            .send(req, read)
             .await
             .with_context(|| format!("{method} {url}"))?;
-        let status = r.status();
-        let body = r.text().await.unwrap_or_default();
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status: r.status,
+            body: String::from_utf8_lossy(&r.body).into_owned(),
+        })
     }
 
     /// `GET url`, whatever it answers.
@@ -139,8 +154,8 @@ impl Http {
 /// A key's URL: Chainfire's `/v1/kv/KEY`, FlareDB's namespaced `/v1/ns/vm-rack/kv/KEY`.
 fn kv_url(ip: &str, port: u16, key: &str) -> String {
     if port == 2479 {
-        format!("http://{ip}:{port}/v1/ns/vm-rack/kv/{key}")
+        format!("https://{ip}:{port}/v1/ns/vm-rack/kv/{key}")
     } else {
-        format!("http://{ip}:{port}/v1/kv/{key}")
+        format!("https://{ip}:{port}/v1/kv/{key}")
     }
 }

@@ -18,7 +18,7 @@ use super::plan::{BootServer, Outcome, Plan};
 use super::timeline::{self, NodeProgress};
 use super::view::View;
 use super::vm::Vm;
-use crate::prepare::{node, UNKNOWN_MAC};
+use crate::prepare::{self, node, UNKNOWN_MAC};
 use crate::scenario::Scenario;
 
 /// The running rack.
@@ -233,7 +233,9 @@ pub async fn shutdown_signal() {
 }
 
 async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
-    let http = Http::new()?;
+    // The cluster CA in pxe-server's state directory, and the harness's operator certificate.
+    let operator = prepare::rack_pki(&plan.work, &plan.bin_dir, &plan.contract, &plan.label)?;
+    let http = Http::new(&operator)?;
     let mut children = Vec::new();
     let sink = match plan.server {
         BootServer::Pxe => {
@@ -241,7 +243,7 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
             None
         }
         BootServer::Dnsmasq => {
-            let sink = start_sink().await?;
+            let sink = start_sink(&prepare::pxe_state_dir(&plan.work, &plan.label)).await?;
             children.push(start_dnsmasq(plan)?);
             Some(sink)
         }
@@ -252,9 +254,26 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
     for i in 0..n {
         let (name, mac, _) = node(i);
         let disk = plan.work.join(format!("{name}-{}.raw", plan.label));
-        let f = std::fs::File::create(&disk)
-            .with_context(|| format!("while creating {}", disk.display()))?;
-        f.set_len(2 << 30)?; // sparse 2 GiB
+        const DISK_BYTES: u64 = 2 << 30; // sparse 2 GiB
+        match plan.server {
+            // pxe-server enrolls each node: its disk starts blank.
+            BootServer::Pxe => {
+                let f = std::fs::File::create(&disk)
+                    .with_context(|| format!("while creating {}", disk.display()))?;
+                f.set_len(DISK_BYTES)?;
+            }
+            // dnsmasq cannot enroll anyone: the nodes are installed machines holding their
+            // certificate already.
+            BootServer::Dnsmasq => prepare::preinstalled_disk(
+                &disk,
+                DISK_BYTES,
+                &plan.work,
+                &plan.bin_dir,
+                &plan.contract,
+                &plan.label,
+                &name,
+            )?,
+        }
         vms.push(Vm::new(plan, &name, &mac, &format!("tap{i}"), Some(disk)));
         mac_to_node.insert(mac, name);
     }

@@ -68,7 +68,11 @@ const PHASES: &[(&str, &str)] = &[
         "udev to data disk ready (mkfs, mount)",
         "unit: firstboot-disk",
     ),
-    ("network online + configure", "configure ok"),
+    (
+        "network online + enrollment (key, CSR, certificate)",
+        "enroll ok",
+    ),
+    ("configure", "configure ok"),
     ("chainfire + join", "chainfire-join ok"),
     ("flaredb + join", "flaredb-join ok"),
     ("iam + setup", "iam-setup ok"),
