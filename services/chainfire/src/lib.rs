@@ -1,11 +1,18 @@
 //! Chainfire: the cluster's configuration store — a revisioned key-value store replicated with
 //! Raft (the shared core in `plasmacloud-raft`), in the spirit of etcd.
 //!
-//! Ports: 2379 API, 2380 Raft (2381 reserved for gossip). Start a node with
-//! `chainfire-server --id 1 --data-dir /var/lib/chainfire --api-addr IP:2379 --raft-addr IP:2380`
-//! (every flag also `PLASMACLOUD_CHAINFIRE_<FLAG>` and a key in `--config FILE`), then form the
-//! cluster through the API: `POST /v1/cluster/init` on the seed node, `POST /v1/cluster/learners`
-//! for each joiner, `POST /v1/cluster/voters` to promote.
+//! Ports: 2379 API, 2380 Raft (2381 reserved for gossip), both mutual TLS with the node's
+//! certificate from the cluster CA. Start a node with
+//! `chainfire-server --id 1 --data-dir /var/lib/chainfire --api-addr IP:2379 --raft-addr IP:2380
+//! --tls-cert pki/node.crt --tls-key pki/node.key --tls-ca pki/ca.crt` (every flag also
+//! `PLASMACLOUD_CHAINFIRE_<FLAG>` and a key in `--config FILE`), then form the cluster through
+//! the API: `POST /v1/cluster/init` on the seed node, `POST /v1/cluster/learners` for each
+//! joiner, `POST /v1/cluster/voters` to promote.
+//!
+//! Who may call what (`plasmacloud_raft::access`): `/health` and `/readyz` anyone over TLS;
+//! every other API route a certificate of the cluster CA (node or operator); the Raft port a
+//! node certificate only. Serials listed under `pki/revoked/` are refused within a few seconds
+//! (`plasmacloud_raft::revocation`: Chainfire reads its own applied state).
 //!
 //! API (JSON errors `{"error":"…"}` everywhere):
 //! - `GET /health` → `{"status":"healthy","raft":"leader","cluster_size":3}` or 503 with

@@ -1,9 +1,9 @@
 //! `chainfire-server`: the shared start-up of `plasmacloud_raft::serve` with Chainfire's
-//! key-value routes.
+//! key-value routes, and its revocation set kept equal to its own `pki/revoked/`.
 
 use clap::Parser;
 use plasmacloud_raft::serve::{self, ServeArgs};
-use plasmacloud_raft::{api, Error};
+use plasmacloud_raft::{api, revocation, Error};
 
 /// Chainfire: Raft-replicated configuration store (API 2379, Raft 2380).
 #[derive(Debug, Parser)]
@@ -25,7 +25,10 @@ async fn main() {
             )),
             None => Ok(()),
         },
-        |st, ()| api::chainfire_kv_routes(st.clone()),
+        |st, ()| {
+            tokio::spawn(revocation::follow_local(st.clone()));
+            api::chainfire_kv_routes(st.clone())
+        },
     )
     .await
 }

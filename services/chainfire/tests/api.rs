@@ -1,11 +1,12 @@
 //! The KV API on a one-node cluster (revisions, compare-and-swap, 404s, prefixes, bad input),
-//! health before and after init, and TLS (a client without the CA is refused).
+//! health before and after init, and TLS (a client without the CA, or speaking plain HTTP, gets
+//! no answer).
 
 mod common;
 
 use std::time::Duration;
 
-use common::{assert_not_initialised, phase, wait_healthy, Node};
+use common::{assert_not_initialised, https_anonymous, phase, wait_healthy, Node};
 use plasmacloud_store_client::{Error, Precondition, RaftRole, StoreClient};
 
 const BIN: &str = "chainfire-server";
@@ -21,7 +22,9 @@ async fn kv_semantics_on_one_node() {
     let h = c.health().await.expect("health");
     assert_eq!(h.status, "unhealthy");
     assert_not_initialised(&h);
-    let raw = reqwest::get(format!("http://{}/health", n.api))
+    let raw = https_anonymous()
+        .get(n.api_url("/health"))
+        .send()
         .await
         .expect("get");
     assert_eq!(raw.status(), 503);
@@ -134,9 +137,9 @@ async fn kv_semantics_on_one_node() {
     assert!(!d.deleted);
 
     phase("bad input: JSON errors");
-    let http = reqwest::Client::new();
+    let http = n.https();
     let r = http
-        .put(format!("http://{}/v1/kv/bin", n.api))
+        .put(n.api_url("/v1/kv/bin"))
         .body(vec![0xff, 0xfe])
         .send()
         .await
@@ -148,21 +151,21 @@ async fn kv_semantics_on_one_node() {
         "{body}"
     );
     let r = http
-        .put(format!("http://{}/v1/kv/x?prev_revision=abc", n.api))
+        .put(n.api_url("/v1/kv/x?prev_revision=abc"))
         .body("v")
         .send()
         .await
         .expect("send");
     assert_eq!(r.status(), 400);
     let r = http
-        .put(format!("http://{}/v1/kv/x", n.api))
+        .put(n.api_url("/v1/kv/x"))
         .body("v")
         .send()
         .await
         .expect("send");
     assert!(r.headers().get("x-revision").is_some());
     let r = http
-        .post(format!("http://{}/v1/cluster/init", n.api))
+        .post(n.api_url("/v1/cluster/init"))
         .body("{")
         .send()
         .await
@@ -172,59 +175,17 @@ async fn kv_semantics_on_one_node() {
     assert!(body["error"].is_string());
 }
 
-fn certs(ip: std::net::Ipv4Addr) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
-    let key = KeyPair::generate().expect("key");
-    let params = CertificateParams::new(vec![ip.to_string()]).expect("params");
-    let cert = params.signed_by(&key, &ca_cert, &ca_key).expect("cert");
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_refuses_a_client_without_the_ca() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut n = Node::new(BIN, 1, tmp.path());
-    let ip = match n.api.ip() {
-        std::net::IpAddr::V4(v4) => v4,
-        std::net::IpAddr::V6(_) => unreachable!("loopback v4"),
-    };
-    let (ca, cert, key) = certs(ip);
-    let (ca_p, cert_p, key_p) = (
-        tmp.path().join("ca.pem"),
-        tmp.path().join("cert.pem"),
-        tmp.path().join("key.pem"),
-    );
-    std::fs::write(&ca_p, &ca).expect("write");
-    std::fs::write(&cert_p, &cert).expect("write");
-    std::fs::write(&key_p, &key).expect("write");
-    n.extra = vec![
-        "--tls-cert".into(),
-        cert_p.display().to_string(),
-        "--tls-key".into(),
-        key_p.display().to_string(),
-        "--tls-ca".into(),
-        ca_p.display().to_string(),
-    ];
     n.start(true);
 
-    phase("a client with the CA works");
-    let good = StoreClient::builder([n.api.to_string()])
-        .ca_pem(ca.as_bytes())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    phase("a client with the node's certificate works");
+    let good = n.client();
     assert!(good.endpoints()[0].starts_with("https://"));
     good.init(&[n.member()]).await.expect("init over TLS");
-    plasmacloud_testkit::wait_until_async("healthy over TLS", Duration::from_secs(20), || {
-        let good = good.clone();
-        async move { good.health().await.ok().filter(|h| h.is_healthy()) }
-    })
-    .await
-    .expect("healthy");
+    wait_healthy(&n, Duration::from_secs(20)).await;
     good.put("secret", "s3cr3t").await.expect("put over TLS");
     assert_eq!(
         good.get("secret")
@@ -246,7 +207,7 @@ async fn tls_refuses_a_client_without_the_ca() {
         "no HTTP answer expected: {e}"
     );
     let r = reqwest::Client::new()
-        .get(format!("https://{}/health", n.api))
+        .get(n.api_url("/health"))
         .send()
         .await;
     assert!(r.is_err(), "a client without the CA must not get an answer");

@@ -96,14 +96,12 @@ async fn three_nodes_survive_leader_kill_restart_and_wipe() {
             assert_eq!(v.value, format!("node {}", m.id));
         }
         // each replica has it locally too (serializable read through raw HTTP)
-        let url = format!(
-            "http://{}/v1/kv/hello/from/1?consistency=serializable",
-            n.api
-        );
+        let url = n.api_url("/v1/kv/hello/from/1?consistency=serializable");
+        let http = n.https();
         let ok = wait_until_async("local replica", Duration::from_secs(10), || {
-            let url = url.clone();
+            let (url, http) = (url.clone(), http.clone());
             async move {
-                let r = reqwest::get(&url).await.ok()?;
+                let r = http.get(&url).send().await.ok()?;
                 (r.status() == 200).then_some(())
             }
         })
@@ -246,15 +244,13 @@ async fn three_nodes_survive_leader_kill_restart_and_wipe() {
     let me = members.get(leader).expect("still a member");
     assert_eq!(me.raft_addr, nodes[li].raft.to_string());
     assert_eq!(me.role, MemberRole::Voter);
-    let url = format!(
-        "http://{}/v1/kv?prefix=bulk/&consistency=serializable",
-        nodes[li].api
-    );
+    let url = nodes[li].api_url("/v1/kv?prefix=bulk/&consistency=serializable");
+    let http = nodes[li].https();
     let want = have.len();
     wait_until_async("restarted node caught up", Duration::from_secs(30), || {
-        let url = url.clone();
+        let (url, http) = (url.clone(), http.clone());
         async move {
-            let v: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
             (v["items"].as_array()?.len() >= want).then_some(())
         }
     })
@@ -376,11 +372,8 @@ async fn a_follower_behind_on_large_batched_entries_catches_up() {
     )
     .await
     .expect("the follower caught up");
-    let url = format!(
-        "http://{}/v1/kv/big/63/7?consistency=serializable",
-        nodes[fi].api
-    );
-    let r = reqwest::get(&url).await.expect("get");
+    let url = nodes[fi].api_url("/v1/kv/big/63/7?consistency=serializable");
+    let r = nodes[fi].https().get(&url).send().await.expect("get");
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.expect("body").len(), value.len());
 }

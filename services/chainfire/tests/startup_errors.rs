@@ -1,9 +1,15 @@
-//! Bad configuration, ports in use, and foreign, corrupt or mismatched data directories: a
-//! clear error, a non-zero exit, and nothing created or overwritten.
+//! Bad configuration (TLS missing, partial or unusable included), ports in use, and foreign,
+//! corrupt or mismatched data directories: a clear error, a non-zero exit, and nothing created
+//! or overwritten.
 
+mod common;
+
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
+use plasmacloud_pki::ca::CertSpec;
+use plasmacloud_pki::{Identity, TlsFiles};
 use plasmacloud_testkit::{free_port, loopback_ip, workspace_binary};
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -18,6 +24,31 @@ fn run(args: &[&str]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// A node certificate's files in `dir`.
+fn node_files(dir: &Path) -> TlsFiles {
+    let spec = CertSpec::node(
+        Identity::node("node1").expect("name"),
+        IpAddr::from([127, 0, 0, 1]),
+    );
+    common::issue(&spec, Some(dir)).1.expect("files")
+}
+
+/// `--tls-cert C --tls-key K --tls-ca A`.
+fn tls_flags(f: &TlsFiles) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        f.cert.display().to_string(),
+        "--tls-key".into(),
+        f.key.display().to_string(),
+        "--tls-ca".into(),
+        f.ca.display().to_string(),
+    ]
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn addrs() -> (String, String) {
@@ -64,8 +95,35 @@ fn bad_configuration_is_refused_with_exit_code_2() {
     let bad_toml = tmp.path().join("bad.toml");
     std::fs::write(&bad_toml, "id = 1\ndata_dirr = \"/x\"\n").expect("write");
     let bad_toml = bad_toml.display().to_string();
+    let files = node_files(&tmp.path().join("pki"));
+    let tls = tls_flags(&files);
+    let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+    // An operator's certificate, a key others may read, a certificate of another CA.
+    let op = common::issue(
+        &CertSpec::operator(Identity::operator("alice").expect("name")),
+        Some(&tmp.path().join("op")),
+    )
+    .1
+    .expect("files");
+    let op_flags = tls_flags(&op);
+    let loose = node_files(&tmp.path().join("loose"));
+    std::fs::set_permissions(
+        &loose.key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let loose_flags = tls_flags(&loose);
+    let other_ca = tmp.path().join("other-ca.crt");
+    std::fs::write(
+        &other_ca,
+        plasmacloud_pki::ClusterCa::generate("other")
+            .expect("ca")
+            .cert_pem(),
+    )
+    .expect("write");
+    let other_ca = other_ca.display().to_string();
 
-    let good = [
+    let plain = [
         "--id",
         "1",
         "--data-dir",
@@ -75,26 +133,70 @@ fn bad_configuration_is_refused_with_exit_code_2() {
         "--raft-addr",
         &raft,
     ];
+    let good = [&plain[..], &tls[..]].concat();
+    let good = &good[..];
     // (the command line, what the error must say)
-    let cases: [(Vec<&str>, &[&str]); 7] = [
-        (with(&good, "--data-dir", None), &["--data-dir is required"]),
+    let cases: [(Vec<&str>, &[&str]); 14] = [
+        (with(good, "--data-dir", None), &["--data-dir is required"]),
         (
-            with(&good, "--api-addr", Some("nonsense")),
+            with(good, "--api-addr", Some("nonsense")),
             &["--api-addr \"nonsense\" must be ip:port"],
         ),
         (
-            with(&good, "--raft-addr", Some(&api)),
+            with(good, "--raft-addr", Some(&api)),
             &["give them different ports"],
         ),
         (
-            with(&good, "--api-addr", Some("0.0.0.0:2379")),
+            with(good, "--api-addr", Some("0.0.0.0:2379")),
             &["concrete IP"],
         ),
         (vec!["--config", &bad_toml], &["data_dirr", "bad.toml"]),
-        (with(&good, "--id", None), &["pass --id"]),
+        (with(good, "--id", None), &["pass --id"]),
         (
-            [&good[..], &["--tls-cert", "/nonexistent.pem"]].concat(),
-            &["--tls-cert and --tls-key go together"],
+            plain.to_vec(),
+            &[
+                "TLS is mandatory",
+                "tls_cert, tls_key and tls_ca",
+                "pxe-server pki issue --node NAME",
+            ],
+        ),
+        (
+            [&plain[..], &["--tls-cert", "/nonexistent.pem"]].concat(),
+            &[
+                "missing `tls_key` (--tls-key, PLASMACLOUD_CHAINFIRE_TLS_KEY), `tls_ca`",
+                "pxe-server pki issue",
+            ],
+        ),
+        (
+            with(good, "--tls-cert", Some("/nonexistent.pem")),
+            &["/nonexistent.pem", "pxe-server pki issue"],
+        ),
+        (
+            [&plain[..], &as_strs(&op_flags)[..]].concat(),
+            &["names operator alice, not a node"],
+        ),
+        (
+            [&plain[..], &as_strs(&loose_flags)[..]].concat(),
+            &["chmod 600"],
+        ),
+        (
+            with(good, "--tls-ca", Some(&other_ca)),
+            &["not a valid certificate of this cluster's CA"],
+        ),
+        (
+            [
+                &with(&plain, "--api-addr", Some("10.9.8.7:2379"))[..],
+                &["--dev-plaintext"],
+            ]
+            .concat(),
+            &[
+                "--dev-plaintext is for development on loopback only",
+                "10.9.8.7:2379",
+            ],
+        ),
+        (
+            [good, &["--dev-plaintext"]].concat(),
+            &["give one or the other"],
         ),
     ];
     for (args, needles) in &cases {
@@ -109,7 +211,12 @@ fn bad_configuration_is_refused_with_exit_code_2() {
     let good = tmp.path().join("good.toml");
     std::fs::write(
         &good,
-        format!("id = 1\ndata_dir = \"{ds}\"\napi_addr = \"{api}\"\nraft_addr = \"{raft}\"\n"),
+        format!(
+            "id = 1\ndata_dir = \"{ds}\"\napi_addr = \"{api}\"\nraft_addr = \"{raft}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_ca = \"{}\"\n",
+            files.cert.display(),
+            files.key.display(),
+            files.ca.display()
+        ),
     )
     .expect("write");
     let (code, out) = run(&["--config", &good.display().to_string(), "--check"]);
@@ -125,16 +232,20 @@ fn port_in_use_is_a_clear_error_and_creates_nothing() {
     let busy = std::net::TcpListener::bind((ip, 0)).expect("bind");
     let busy_addr = busy.local_addr().expect("addr").to_string();
     let raft = format!("{ip}:{}", free_port(ip));
-    let (code, out) = run(&[
+    let tls = tls_flags(&node_files(&tmp.path().join("pki")));
+    let ds = d.display().to_string();
+    let mut args = vec![
         "--id",
         "1",
         "--data-dir",
-        &d.display().to_string(),
+        &ds,
         "--api-addr",
         &busy_addr,
         "--raft-addr",
         &raft,
-    ]);
+    ];
+    args.extend(tls.iter().map(String::as_str));
+    let (code, out) = run(&args);
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("cannot listen on api address") && out.contains(&busy_addr),
@@ -157,6 +268,7 @@ struct RefusedDir {
 fn foreign_corrupt_and_mismatched_data_dirs_are_refused_untouched() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (api, raft) = addrs();
+    let tls = tls_flags(&node_files(&tmp.path().join("pki")));
     let marker =
         |service: &str| format!(r#"{{"service":"{service}","format":1,"incarnation":"00"}}"#);
     let cases = [
@@ -202,16 +314,19 @@ fn foreign_corrupt_and_mismatched_data_dirs_are_refused_untouched() {
             std::fs::write(&path, content).expect("write");
         }
         let before = listing(&dir);
-        let (code, out) = run(&[
+        let ds = dir.display().to_string();
+        let mut args = vec![
             "--id",
             c.id,
             "--data-dir",
-            &dir.display().to_string(),
+            &ds,
             "--api-addr",
             &api,
             "--raft-addr",
             &raft,
-        ]);
+        ];
+        args.extend(tls.iter().map(String::as_str));
+        let (code, out) = run(&args);
         assert_eq!(code, 2, "{}: {out}", c.case);
         for needle in c.says {
             assert!(out.contains(needle), "{}: {out}", c.case);

@@ -2,11 +2,16 @@
 //! compare-and-swap (`iam`, `metrics`, `events`, …) and time series, replicated with the same
 //! Raft core as Chainfire (`plasmacloud-raft`).
 //!
-//! Ports: 2479 API, 2480 Raft. Flags as Chainfire's (`PLASMACLOUD_FLAREDB_…`), plus
+//! Ports: 2479 API, 2480 Raft, both mutual TLS with the node's certificate (as Chainfire's:
+//! see `plasmacloud_raft::access`). Flags as Chainfire's (`PLASMACLOUD_FLAREDB_…`), plus
 //! `--chainfire URL[,URL…]`: when set, the node registers itself under the Chainfire key
 //! `flaredb/members/{id}` (value: `{"id","api_addr","raft_addr"}`) and keeps checking; `/health`
-//! then reports `"chainfire":"connected"|"disconnected"`. Chainfire being down never blocks
-//! FlareDB's reads or writes.
+//! then reports `"chainfire":"connected"|"disconnected"`; and it re-reads Chainfire's
+//! `pki/revoked/` every two seconds (`plasmacloud_raft::revocation`), refusing those serials.
+//! The link speaks mutual TLS with the node's own certificate. Chainfire being down never
+//! blocks FlareDB's reads or writes (the last known revocation list stays in force).
+//!
+//! The namespaces `iam` and `system` are node-only: an operator's certificate is refused there.
 //!
 //! API: the membership calls, `/health` and `/readyz` are Chainfire's; data:
 //! - `PUT|GET|DELETE /v1/ns/{ns}/kv/{key}`, `GET /v1/ns/{ns}/kv?prefix=P` — Chainfire's KV
@@ -21,6 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use plasmacloud_pki::TlsFiles;
 use plasmacloud_raft::config::FileConfig;
 use plasmacloud_raft::node::NodeState;
 use plasmacloud_raft::serve::Server;
@@ -38,9 +44,10 @@ pub const REGISTRATION_PREFIX: &str = "flaredb/members/";
 /// How often the registration is checked.
 pub const REGISTRATION_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The client for `--chainfire` (or `chainfire` in `--config`), trusting `--tls-ca` when given;
-/// `None` when no endpoint is set. A bad list or CA is a configuration error, so `--check`
-/// reports it.
+/// The client for `--chainfire` (or `chainfire` in `--config`), speaking mutual TLS with this
+/// node's certificate (`tls_cert`, `tls_key`, `tls_ca`); `None` when no endpoint is set. A bad
+/// list or certificate is a configuration error, so `--check` reports it. Without the TLS
+/// files (only under `--dev-plaintext`, which the server checks) the link is plain too.
 pub fn chainfire_client(cfg: &FileConfig) -> Result<Option<StoreClient>, Error> {
     let list = match cfg.chainfire.as_deref().map(str::trim) {
         Some(list) if !list.is_empty() => list,
@@ -48,9 +55,14 @@ pub fn chainfire_client(cfg: &FileConfig) -> Result<Option<StoreClient>, Error> 
     };
     let mut b = StoreClient::builder(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
         .timeout(Duration::from_secs(2));
-    if let Some(ca) = &cfg.tls_ca {
+    if let (Some(cert), Some(key), Some(ca)) = (&cfg.tls_cert, &cfg.tls_key, &cfg.tls_ca) {
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        };
         b = b
-            .ca_file(ca)
+            .tls_files(&files)
             .map_err(|e| Error::Config(format!("--chainfire: {e}")))?;
     }
     b.build()

@@ -1,9 +1,10 @@
 //! `flaredb-server`: the shared start-up of `plasmacloud_raft::serve` with FlareDB's
-//! `--chainfire` link and its namespace and time-series routes.
+//! `--chainfire` link (registration and the revocation list) and its namespace and time-series
+//! routes.
 
 use clap::Parser;
-use plasmacloud_raft::api;
 use plasmacloud_raft::serve::{self, ServeArgs};
+use plasmacloud_raft::{api, revocation};
 
 /// FlareDB: Raft-replicated namespaced KV and time series (API 2479, Raft 2480).
 #[derive(Debug, Parser)]
@@ -19,7 +20,7 @@ struct Args {
 #[tokio::main]
 async fn main() {
     let cmd = serve::command::<Args>(&flaredb::SERVER).mut_arg("tls_ca", |a| {
-        a.help("CA (PEM) that peers' (and Chainfire's) certificates are verified against")
+        a.help("The cluster CA (PEM): every peer, client and Chainfire certificate is verified against it")
     });
     let args: Args = serve::parse(cmd);
     serve::serve_main(
@@ -32,9 +33,18 @@ async fn main() {
             flaredb::chainfire_client(cfg)
         },
         |st, chainfire| {
-            if let Some(cf) = chainfire {
-                st.set_chainfire_connected(false);
-                tokio::spawn(flaredb::keep_registered(st.clone(), cf));
+            match chainfire {
+                Some(cf) => {
+                    st.set_chainfire_connected(false);
+                    tokio::spawn(revocation::follow_chainfire(
+                        st.access.revoked().clone(),
+                        cf.clone(),
+                    ));
+                    tokio::spawn(flaredb::keep_registered(st.clone(), cf));
+                }
+                None => tracing::warn!(
+                    "no --chainfire: this node cannot read the revocation list (pki/revoked/), so revoked certificates of the cluster CA are still accepted"
+                ),
             }
             api::flaredb_routes(st.clone())
         },

@@ -32,7 +32,7 @@ async fn namespaces_time_series_and_chainfire_registration() {
     let mut a = Node::new("flaredb-server", 1, &root);
     let mut b = Node::new("flaredb-server", 2, &root);
     for n in [&mut a, &mut b] {
-        n.extra = vec!["--chainfire".into(), format!("http://{}", cf.api)];
+        n.extra = vec!["--chainfire".into(), format!("https://{}", cf.api)];
         n.start(true);
     }
     a.client().init(&[a.member()]).await.expect("init");
@@ -57,7 +57,10 @@ async fn namespaces_time_series_and_chainfire_registration() {
     assert_eq!(h.chainfire.as_deref(), Some("connected"), "{h:?}");
 
     phase("namespaces: isolation, CAS, listing");
-    let both = StoreClient::new([a.api.to_string(), b.api.to_string()]).expect("client");
+    let both = StoreClient::builder([a.api.to_string(), b.api.to_string()])
+        .tls(a.cert.clone())
+        .build()
+        .expect("client");
     let iam = both.namespace("iam").expect("ns");
     let metrics = both.namespace("metrics").expect("ns");
     let r1 = iam
@@ -106,7 +109,10 @@ async fn namespaces_time_series_and_chainfire_registration() {
     let l = iam.list("users/").await.expect("list");
     assert_eq!(l.items.len(), 1);
     assert!(both.namespace("Bad!").is_err());
-    let r = reqwest::get(format!("http://{}/v1/ns/UPPER/kv/x", a.api))
+    let r = a
+        .https()
+        .get(a.api_url("/v1/ns/UPPER/kv/x"))
+        .send()
         .await
         .expect("get");
     assert_eq!(r.status(), 400);
@@ -165,8 +171,9 @@ async fn namespaces_time_series_and_chainfire_registration() {
         both.ts_range("node02.cpu", 0, 10_000).await.expect("range")[0].v,
         1.0
     );
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/v1/ts/x/points", a.api))
+    let r = a
+        .https()
+        .post(a.api_url("/v1/ts/x/points"))
         .body("{\"points\":[{\"t\":1}]}")
         .send()
         .await

@@ -2,6 +2,8 @@
 //!
 //! Every key is a TOML key in `--config FILE`, a flag and an environment variable
 //! (`PLASMACLOUD_CHAINFIRE_…` / `PLASMACLOUD_FLAREDB_…`); flags and variables win over the file.
+//! The one exception is `--dev-plaintext` (flag and variable only, never a file key): a shipped
+//! configuration file cannot turn TLS off.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,8 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use plasmacloud_pki::TlsFiles;
+
 use crate::error::Error;
-use crate::node::{NodeConfig, TlsConfig};
+use crate::node::NodeConfig;
 use crate::types::NodeId;
 
 /// The TOML file (and, field for field, the flags).
@@ -25,11 +29,11 @@ pub struct FileConfig {
     pub api_addr: Option<String>,
     /// Raft listen (and advertised) address.
     pub raft_addr: Option<String>,
-    /// TLS certificate (PEM).
+    /// This node's certificate (PEM), from the cluster CA.
     pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
+    /// Its private key (PEM, mode 0600).
     pub tls_key: Option<PathBuf>,
-    /// CA for verifying peers (PEM).
+    /// The cluster CA (PEM): every peer and client certificate is verified against it.
     pub tls_ca: Option<PathBuf>,
     /// Snapshot every this many log entries.
     pub snapshot_logs: Option<u64>,
@@ -39,6 +43,9 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     /// FlareDB only: Chainfire endpoints, comma-separated.
     pub chainfire: Option<String>,
+    /// `--dev-plaintext`: no TLS, loopback addresses only (a flag, never a file key).
+    #[serde(skip)]
+    pub dev_plaintext: Option<bool>,
 }
 
 macro_rules! over {
@@ -70,7 +77,8 @@ impl FileConfig {
             snapshot_logs,
             heartbeat_ms,
             request_timeout_ms,
-            chainfire
+            chainfire,
+            dev_plaintext
         )
     }
 
@@ -99,24 +107,10 @@ impl FileConfig {
                 "--data-dir is required (or {prefix}_DATA_DIR, or `data_dir` in --config)"
             ))
         })?;
-        let tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsConfig {
-                cert,
-                key,
-                ca: self.tls_ca,
-            }),
-            (None, None) => {
-                if self.tls_ca.is_some() {
-                    return Err(Error::Config(
-                        "--tls-ca needs --tls-cert and --tls-key".into(),
-                    ));
-                }
-                None
-            }
-            _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
-        };
+        let tls = tls_files(self.tls_cert, self.tls_key, self.tls_ca, prefix)?;
         let mut cfg = NodeConfig::new(service, self.id, data_dir, api_addr, raft_addr);
         cfg.tls = tls;
+        cfg.dev_plaintext = self.dev_plaintext.unwrap_or(false);
         if let Some(n) = self.snapshot_logs {
             cfg.snapshot_logs = n;
         }
@@ -136,15 +130,51 @@ impl FileConfig {
     }
 }
 
+/// How to get the files TLS needs (named in every error about them).
+pub const HOW_TO_GET_A_CERTIFICATE: &str = "a node gets them at enrollment (`firstboot enroll`, into <state>/pki/), or offline from the provisioning host: `pxe-server pki issue --node NAME --out DIR --cluster cluster-config.json --state-dir STATE` writes DIR/node.crt, DIR/node.key and DIR/ca.crt";
+
+/// The three TLS files, all or none; a partial set names what is missing.
+fn tls_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    prefix: &str,
+) -> Result<Option<TlsFiles>, Error> {
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+        (None, None, None) => Ok(None),
+        (cert, key, ca) => {
+            let missing: Vec<String> = [("tls_cert", cert), ("tls_key", key), ("tls_ca", ca)]
+                .into_iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(k, _)| {
+                    format!(
+                        "`{k}` (--{}, {prefix}_{})",
+                        k.replace('_', "-"),
+                        k.to_uppercase()
+                    )
+                })
+                .collect();
+            Err(Error::Config(format!(
+                "TLS needs tls_cert, tls_key and tls_ca together; missing {}: {HOW_TO_GET_A_CERTIFICATE}",
+                missing.join(", ")
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const TLS: &str =
+        "tls_cert = \"/p/node.crt\"\ntls_key = \"/p/node.key\"\ntls_ca = \"/p/ca.crt\"\n";
+
     #[test]
     fn flags_win_and_errors_name_the_key() {
-        let file: FileConfig = toml::from_str(
-            "id = 1\ndata_dir = \"/x\"\napi_addr = \"127.0.0.1:2379\"\nraft_addr = \"127.0.0.1:2380\"\n",
-        )
+        let file: FileConfig = toml::from_str(&format!(
+            "id = 1\ndata_dir = \"/x\"\napi_addr = \"127.0.0.1:2379\"\nraft_addr = \"127.0.0.1:2380\"\n{TLS}"
+        ))
         .unwrap();
         let flags = FileConfig {
             id: Some(2),
@@ -156,6 +186,10 @@ mod tests {
             .into_node_config("chainfire", "P")
             .unwrap();
         assert_eq!(cfg.id, Some(2));
+        assert_eq!(
+            cfg.tls.as_ref().map(|t| t.ca.clone()),
+            Some(PathBuf::from("/p/ca.crt"))
+        );
         let e = toml::from_str::<FileConfig>("bogus = 1").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         let e = FileConfig {
@@ -165,5 +199,59 @@ mod tests {
         .into_node_config("chainfire", "P")
         .unwrap_err();
         assert!(e.to_string().contains("--api-addr \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn tls_is_all_three_files_or_the_loopback_development_flag() {
+        let base = |extra: &str| -> FileConfig {
+            toml::from_str(&format!(
+                "id = 1\ndata_dir = \"/x\"\napi_addr = \"127.0.0.1:2379\"\nraft_addr = \"127.0.0.1:2380\"\n{extra}"
+            ))
+            .unwrap()
+        };
+        let e = base("").into_node_config("chainfire", "P").unwrap_err();
+        let text = e.to_string();
+        for needle in [
+            "tls_cert",
+            "tls_key",
+            "tls_ca",
+            "pxe-server pki issue --node",
+        ] {
+            assert!(text.contains(needle), "{text}");
+        }
+        let e = base("tls_cert = \"/c\"\n")
+            .into_node_config("chainfire", "P_X")
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("missing `tls_key` (--tls-key, P_X_TLS_KEY), `tls_ca`"),
+            "{text}"
+        );
+        assert!(!text.contains("`tls_cert`"), "{text}");
+
+        // The development flag is a flag, never a file key, and loopback only.
+        let e = toml::from_str::<FileConfig>("dev_plaintext = true").unwrap_err();
+        assert!(e.to_string().contains("dev_plaintext"), "{e}");
+        let dev = FileConfig {
+            dev_plaintext: Some(true),
+            ..Default::default()
+        };
+        let cfg = base("")
+            .merged_with(dev.clone())
+            .into_node_config("chainfire", "P")
+            .unwrap();
+        assert!(cfg.dev_plaintext && cfg.tls.is_none());
+        let mut far = base("");
+        far.api_addr = Some("10.0.0.1:2379".into());
+        let e = far
+            .merged_with(dev.clone())
+            .into_node_config("chainfire", "P")
+            .unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let e = base(TLS)
+            .merged_with(dev)
+            .into_node_config("chainfire", "P")
+            .unwrap_err();
+        assert!(e.to_string().contains("--dev-plaintext"), "{e}");
     }
 }

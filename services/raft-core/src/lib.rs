@@ -7,6 +7,10 @@
 //!   snapshot.
 //! - [`network`]: Raft RPC as JSON over HTTP on the Raft port (axum server, reqwest client),
 //!   with the target's id and data-directory incarnation on every request.
+//! - [`access`]: who may call what — mutual TLS on both ports with the node's certificate,
+//!   node-only Raft, public `/health` and `/readyz`, FlareDB's node-only namespaces.
+//! - [`revocation`]: the revoked serials (Chainfire `pki/revoked/`) every node refuses,
+//!   re-read every two seconds.
 //! - [`proposer`]: client writes, batched into single entries while earlier ones are in
 //!   flight (one fsync and one replicated entry for many concurrent writes).
 //! - [`node`]: starting a node (data directory, listeners, Raft, TLS, sd-notify, role logging).
@@ -43,6 +47,7 @@
 // would only add noise on paths that are not hot.
 #![allow(clippy::result_large_err)]
 
+pub mod access;
 pub mod api;
 pub mod cluster_view;
 pub mod config;
@@ -53,10 +58,11 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod revocation;
 pub mod serve;
 pub mod state_machine;
 pub mod types;
 
 pub use error::Error;
-pub use node::{NodeConfig, StoreNode, TlsConfig};
+pub use node::{NodeConfig, StoreNode};
 pub use types::{NodeId, NodeInfo, Raft, TypeConfig};

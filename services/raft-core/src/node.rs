@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use axum::Router;
 use openraft::{Config, ServerState, SnapshotPolicy};
-use tokio::sync::mpsc;
+use plasmacloud_pki::{Peer, TlsFiles, TlsListener};
 
+use crate::access::{Access, Port};
 use crate::cluster_view::role_of;
+use crate::config::HOW_TO_GET_A_CERTIFICATE;
 use crate::datadir::{open_data_dir, write_marker, DataDir};
 use crate::db::open_db;
 use crate::error::Error;
@@ -18,17 +20,6 @@ use crate::log_store::LogStore;
 use crate::network::{raft_router, HttpNetwork, Identity, RaftRpcState};
 use crate::state_machine::{StateMachine, StateReader};
 use crate::types::{NodeId, NodeInfo, Raft};
-
-/// TLS material: the server certificate and key (PEM) and the CA peers are verified against.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// Certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Private key (PEM).
-    pub key: PathBuf,
-    /// CA used to verify peers (Raft, forwarding); the system roots when absent.
-    pub ca: Option<PathBuf>,
-}
 
 /// A validated node configuration.
 #[derive(Debug, Clone)]
@@ -43,8 +34,11 @@ pub struct NodeConfig {
     pub api_addr: SocketAddr,
     /// `--raft-addr` (bound and advertised).
     pub raft_addr: SocketAddr,
-    /// TLS on both ports when set.
-    pub tls: Option<TlsConfig>,
+    /// This node's certificate, key and the cluster CA: mutual TLS on both ports. Required
+    /// unless `dev_plaintext`.
+    pub tls: Option<TlsFiles>,
+    /// `--dev-plaintext`: no TLS at all, allowed only when both addresses are loopback.
+    pub dev_plaintext: bool,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_logs: u64,
     /// Raft heartbeat interval, ms; elections time out after 10–20 heartbeats (etcd's advice:
@@ -76,6 +70,7 @@ impl NodeConfig {
             api_addr,
             raft_addr,
             tls: None,
+            dev_plaintext: false,
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             request_timeout: Duration::from_secs(10),
@@ -117,14 +112,32 @@ impl NodeConfig {
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::Config("--data-dir is empty".into()));
         }
-        Ok(())
+        self.validate_transport()
     }
 
-    fn scheme(&self) -> &'static str {
-        if self.tls.is_some() {
-            "https"
-        } else {
-            "http"
+    /// TLS is mandatory; `--dev-plaintext` is the loopback-only way out.
+    fn validate_transport(&self) -> Result<(), Error> {
+        match (&self.tls, self.dev_plaintext) {
+            (Some(_), false) => Ok(()),
+            (None, false) => Err(Error::Config(format!(
+                "TLS is mandatory: set tls_cert, tls_key and tls_ca (--tls-cert/--tls-key/--tls-ca, or those keys in --config) to this node's certificate, its key and the cluster CA; {HOW_TO_GET_A_CERTIFICATE}"
+            ))),
+            (Some(_), true) => Err(Error::Config(
+                "--dev-plaintext turns TLS off, but tls_cert/tls_key/tls_ca are set too; give one or the other".into(),
+            )),
+            (None, true) => {
+                for (flag, a) in [
+                    ("--api-addr", self.api_addr),
+                    ("--raft-addr", self.raft_addr),
+                ] {
+                    if !a.ip().is_loopback() {
+                        return Err(Error::Config(format!(
+                            "--dev-plaintext is for development on loopback only, and {flag} {a} is not a loopback address; give the node its certificate (tls_cert, tls_key, tls_ca) instead"
+                        )));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -141,10 +154,12 @@ pub struct NodeState {
     pub raft: Raft,
     /// Reads of the applied state.
     pub reader: StateReader,
-    /// HTTP client for peers (forwarding, identity), with the TLS trust settings.
+    /// HTTP client for peers (forwarding, identity), presenting this node's certificate.
     pub http: reqwest::Client,
-    /// `http` or `https`.
+    /// `https` (`http` only under `--dev-plaintext`).
     pub scheme: &'static str,
+    /// TLS material, revocation set and the guards of both ports.
+    pub access: Access,
     /// Membership changes run one at a time.
     pub membership_lock: tokio::sync::Mutex<()>,
     /// FlareDB's link to Chainfire: 0 = not applicable, 1 = connected, 2 = disconnected.
@@ -193,69 +208,6 @@ pub struct StoreNode {
     state: Arc<NodeState>,
     api_listener: std::net::TcpListener,
     raft_listener: std::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-fn load_server_tls(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Error> {
-    let cert_pem = std::fs::read(&tls.cert)
-        .map_err(|e| Error::Tls(format!("reading --tls-cert {}: {e}", tls.cert.display())))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Tls(format!("--tls-cert {}: {e}", tls.cert.display())))?;
-    if certs.is_empty() {
-        return Err(Error::Tls(format!(
-            "--tls-cert {} holds no PEM certificate",
-            tls.cert.display()
-        )));
-    }
-    let key_pem = std::fs::read(&tls.key)
-        .map_err(|e| Error::Tls(format!("reading --tls-key {}: {e}", tls.key.display())))?;
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| Error::Tls(format!("--tls-key {}: {e}", tls.key.display())))?
-        .ok_or_else(|| {
-            Error::Tls(format!(
-                "--tls-key {} holds no PEM private key",
-                tls.key.display()
-            ))
-        })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| Error::Tls(format!("--tls-cert/--tls-key do not match: {e}")))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-fn peer_client(cfg: &NodeConfig) -> Result<reqwest::Client, Error> {
-    let mut b = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(2))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(128)
-        .tcp_nodelay(true);
-    if let Some(tls) = &cfg.tls {
-        if let Some(ca) = &tls.ca {
-            let pem = std::fs::read(ca)
-                .map_err(|e| Error::Tls(format!("reading --tls-ca {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Tls(format!("--tls-ca {}: {e}", ca.display())))?;
-            if certs.is_empty() {
-                return Err(Error::Tls(format!(
-                    "--tls-ca {} holds no certificate",
-                    ca.display()
-                )));
-            }
-            b = b.tls_built_in_root_certs(false);
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-    }
-    b.build()
-        .map_err(|e| Error::Tls(format!("building the peer HTTP client: {e}")))
 }
 
 fn bind(which: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
@@ -277,11 +229,11 @@ impl StoreNode {
     /// starts Raft. Nothing is created when any step before opening the directory fails.
     pub async fn start(cfg: NodeConfig) -> Result<StoreNode, Error> {
         cfg.validate()?;
-        let tls = match &cfg.tls {
-            Some(t) => Some(load_server_tls(t)?),
-            None => None,
-        };
-        let http = peer_client(&cfg)?;
+        let access = Access::load(&cfg)?;
+        // Both server configurations are built here, so a bad key fails before anything binds.
+        access.server_config(Port::Api)?;
+        access.server_config(Port::Raft)?;
+        let http = access.peer_client()?;
         let api_listener = bind("api", cfg.api_addr)?;
         let raft_listener = bind("raft", cfg.raft_addr)?;
 
@@ -323,7 +275,7 @@ impl StoreNode {
                 .validate()
                 .map_err(|e| Error::Config(format!("raft settings: {e}")))?,
         );
-        let scheme = cfg.scheme();
+        let scheme = access.scheme();
         let network = HttpNetwork::new(http.clone(), scheme);
         let sm = StateMachine::new(db.clone());
         let reader = sm.reader();
@@ -340,6 +292,7 @@ impl StoreNode {
             reader,
             http,
             scheme,
+            access,
             membership_lock: tokio::sync::Mutex::new(()),
             chainfire_link: AtomicU8::new(0),
         });
@@ -347,7 +300,6 @@ impl StoreNode {
             state,
             api_listener,
             raft_listener,
-            tls,
         })
     }
 
@@ -357,10 +309,18 @@ impl StoreNode {
     }
 
     /// Serves `api` on the API port and Raft on the Raft port until SIGTERM or SIGINT, then
-    /// shuts Raft down. Logs `listening …` and sends `READY=1` once both ports serve.
+    /// shuts Raft down. Logs `listening …` and sends `READY=1` once both ports serve. `api`
+    /// carries its own guards (see [`crate::api::app`]); the Raft routes are guarded here.
     pub async fn serve(self, api: Router) -> Result<(), Error> {
         let st = self.state.clone();
-        let raft_app = raft_router(RaftRpcState {
+        if !st.access.is_mtls() {
+            tracing::warn!(
+                "--dev-plaintext: NO TLS and NO client authentication on {} and {}; anyone on this host can read, write and join. Development only",
+                st.cfg.api_addr,
+                st.cfg.raft_addr
+            );
+        }
+        let raft_routes = raft_router(RaftRpcState {
             raft: st.raft.clone(),
             identity: Arc::new(Identity {
                 service: st.cfg.service.to_string(),
@@ -369,20 +329,27 @@ impl StoreNode {
                 initialized: false,
             }),
         });
+        let raft_app = st.access.guard(Port::Raft, raft_routes);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let api_task = spawn_server(
             "api",
             self.api_listener,
-            self.tls.clone(),
+            st.access.server_config(Port::Api)?,
             api,
             stop_rx.clone(),
         )?;
-        let raft_task = spawn_server("raft", self.raft_listener, self.tls, raft_app, stop_rx)?;
+        let raft_task = spawn_server(
+            "raft",
+            self.raft_listener,
+            st.access.server_config(Port::Raft)?,
+            raft_app,
+            stop_rx,
+        )?;
         tracing::info!(
             node_id = st.id,
             api = %st.cfg.api_addr,
             raft = %st.cfg.raft_addr,
-            tls = st.cfg.tls.is_some(),
+            mtls = st.access.is_mtls(),
             "{} listening on api {} raft {}",
             st.cfg.service,
             st.cfg.api_addr,
@@ -490,31 +457,6 @@ async fn nudge_replication(raft: Raft) {
     }
 }
 
-/// A listener that yields TLS streams; handshakes run concurrently off the accept loop.
-struct TlsListener {
-    rx: mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
 fn spawn_server(
     which: &'static str,
     listener: std::net::TcpListener,
@@ -548,39 +490,16 @@ fn spawn_server(
             })
         }
         Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let (tx, rx) = mpsc::channel(64);
+            let l = TlsListener::spawn(which, listener, cfg).map_err(|source| Error::Bind {
+                which,
+                addr,
+                source,
+            })?;
             tokio::spawn(async move {
-                loop {
-                    let (tcp, peer) = match listener.accept().await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!(which, error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = tcp.set_nodelay(true);
-                    let acceptor = acceptor.clone();
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(s)) => {
-                                let _ = tx.send((s, peer)).await;
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(which, %peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(which, %peer, "TLS handshake timed out"),
-                        }
-                    });
-                }
-            });
-            let l = TlsListener { rx, local: addr };
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(shutdown).await {
+                if let Err(e) = axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
                     tracing::error!(which, error = %e, "server stopped");
                 }
             })

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use axum::Router;
 use clap::{CommandFactory, FromArgMatches};
 
+use crate::access::Access;
 use crate::api;
 use crate::config::FileConfig;
 use crate::error::Error;
@@ -81,15 +82,19 @@ pub struct ServeArgs {
     /// Raft address ip:port (listened on and told to peers).
     #[arg(long)]
     pub raft_addr: Option<String>,
-    /// TLS certificate chain (PEM); turns on HTTPS on both ports.
+    /// This node's certificate (PEM) from the cluster CA; mutual TLS on both ports (required).
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
+    /// This node's private key (PEM, mode 0600).
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
-    /// CA (PEM) that peers' certificates are verified against.
+    /// The cluster CA (PEM): every peer and client certificate is verified against it.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
+    /// Development only: no TLS and no client authentication, refused unless both addresses
+    /// are loopback (never a --config key).
+    #[arg(long)]
+    pub dev_plaintext: bool,
     /// Build a snapshot and purge the log every this many entries (default 10000).
     #[arg(long)]
     pub snapshot_logs: Option<u64>,
@@ -102,7 +107,7 @@ pub struct ServeArgs {
     /// Log format: `pretty` or `json` (filter with RUST_LOG).
     #[arg(long, default_value = "pretty")]
     pub log_format: String,
-    /// Validate the configuration and exit (binds and creates nothing).
+    /// Validate the configuration (the TLS files included) and exit (binds and creates nothing).
     #[arg(long)]
     pub check: bool,
 }
@@ -122,6 +127,7 @@ impl ServeArgs {
             heartbeat_ms: self.heartbeat_ms,
             request_timeout_ms: self.request_timeout_ms,
             chainfire: None,
+            dev_plaintext: self.dev_plaintext.then_some(true),
         }
     }
 }
@@ -186,7 +192,8 @@ pub fn init_logs(format: &str) -> Result<(), Error> {
 /// The body of a server's `main`: sets up logs, merges `--config` with the flags, lets the
 /// server `prepare` what is its own from the merged configuration (it may refuse it, or lay its
 /// own flags over it), validates, answers `--check`, then starts the node and serves
-/// `/health`, `/readyz` and `/v1/cluster/…` plus the server's `routes` until SIGTERM.
+/// `/health`, `/readyz` and `/v1/cluster/…` plus the server's `routes` until SIGTERM (every
+/// route but the first two guarded: see [`crate::access`]).
 ///
 /// Never returns on failure: the error goes to the log and to stderr (`error: …`) and the
 /// process exits with [`Error::exit_code`] (2: configuration; 1: otherwise, also when logging
@@ -222,6 +229,8 @@ async fn run<P>(
     let mut merged = file.merged_with(args.overrides());
     let prepared = prepare(&mut merged)?;
     let cfg = merged.into_node_config(server.name, server.env_prefix)?;
+    // The certificate, key and CA are read and checked here too, so `--check` reports them.
+    Access::load(&cfg)?;
     if args.check {
         println!("configuration ok");
         return Ok(());
@@ -229,5 +238,5 @@ async fn run<P>(
     let node = StoreNode::start(cfg).await?;
     let st = node.state();
     let own = routes(&st, prepared);
-    node.serve(api::cluster_routes(st).merge(own)).await
+    node.serve(api::app(st, own)).await
 }

@@ -1,20 +1,123 @@
 //! Shared helpers of Chainfire's and FlareDB's integration tests (FlareDB includes this file by
-//! path): nodes as real processes on 127.0.0.x.
+//! path): nodes as real processes on 127.0.0.x, every one speaking mutual TLS with a node
+//! certificate of the test's cluster CA ([`ca`], one per test process, made with
+//! plasmacloud-pki's `ClusterCa` as pxe-server makes the real one).
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use plasmacloud_pki::ca::{CertSpec, ClusterCa};
+use plasmacloud_pki::tls::{reqwest_builder_trusting, TlsMaterial};
+use plasmacloud_pki::{Credentials, Identity, TlsFiles};
 use plasmacloud_store_client::{Health, Member, StoreClient};
 use plasmacloud_testkit::{free_port, loopback_ip, workspace_binary, Process};
+
+/// The test process's cluster CA.
+pub fn ca() -> &'static ClusterCa {
+    static CA: OnceLock<ClusterCa> = OnceLock::new();
+    CA.get_or_init(|| ClusterCa::generate("test").expect("test CA"))
+}
+
+/// A certificate of `ca()` for `spec`, as loaded TLS material, and its files written into
+/// `dir` (key 0600) as `pxe-server pki issue` writes them.
+pub fn issue(spec: &CertSpec, dir: Option<&Path>) -> (TlsMaterial, Option<TlsFiles>) {
+    let (issued, key) = ca().issue_with_new_key(spec).expect("issue a certificate");
+    let material = TlsMaterial::from_pem(
+        &spec.identity.to_string(),
+        &issued.cert_pem,
+        &key,
+        ca().cert_pem(),
+    )
+    .expect("TLS material");
+    let files = dir.map(|dir| {
+        let creds = match spec.identity.role {
+            plasmacloud_pki::Role::Node => Credentials::node(dir),
+            plasmacloud_pki::Role::Operator => Credentials::operator(dir),
+        };
+        creds
+            .write_all(&key, &issued.cert_pem, ca().cert_pem())
+            .expect("write certificate files");
+        TlsFiles::from(&creds)
+    });
+    (material, files)
+}
+
+/// A node certificate (server and client) for `name` at `ip`.
+pub fn node_cert(name: &str, ip: IpAddr) -> TlsMaterial {
+    issue(
+        &CertSpec::node(Identity::node(name).expect("node name"), ip),
+        None,
+    )
+    .0
+}
+
+/// An operator certificate (client only) for `name`.
+pub fn operator_cert(name: &str) -> TlsMaterial {
+    issue(
+        &CertSpec::operator(Identity::operator(name).expect("operator name")),
+        None,
+    )
+    .0
+}
+
+/// A certificate of another CA entirely (trusting ours, so only the certificate is in
+/// question).
+pub fn stranger_client() -> reqwest::Client {
+    let other = ClusterCa::generate("stranger").expect("other CA");
+    let (issued, key) = other
+        .issue_with_new_key(&CertSpec::node(
+            Identity::node("node1").expect("name"),
+            IpAddr::from([127, 0, 0, 1]),
+        ))
+        .expect("issue");
+    let chain: Vec<_> = rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+        .expect("key")
+        .expect("a key");
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(plasmacloud_pki::tls::root_store("ca", ca().cert_pem()).expect("roots"))
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    reqwest::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
+/// A reqwest client presenting `m` (trusting only the test CA).
+pub fn https_as(m: &TlsMaterial) -> reqwest::Client {
+    m.reqwest_builder()
+        .expect("builder")
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// A reqwest client that trusts the test CA and presents no certificate.
+pub fn https_anonymous() -> reqwest::Client {
+    reqwest_builder_trusting(ca().cert_pem())
+        .expect("builder")
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
 
 /// Prints a named test phase.
 pub fn phase(name: &str) {
     eprintln!("=== phase: {name}");
 }
 
-/// One node: its addresses, data directory and (while running) process.
+/// One node: its addresses, data directory, certificate and (while running) process.
 pub struct Node {
     pub bin: &'static str,
     pub id: u64,
@@ -22,13 +125,17 @@ pub struct Node {
     pub raft: SocketAddr,
     pub dir: PathBuf,
     pub logs: PathBuf,
+    /// Its node certificate `node<id>` (server and client), as files and loaded.
+    pub tls: TlsFiles,
+    pub cert: TlsMaterial,
     pub extra: Vec<String>,
     pub proc: Option<Process>,
     starts: u32,
 }
 
 impl Node {
-    /// A node description with fresh addresses; nothing runs yet.
+    /// A node description with fresh addresses and a node certificate `node<id>` of [`ca`]
+    /// (in `root/pki-node<id>/`, outside the data directory); nothing runs yet.
     pub fn new(bin: &'static str, id: u64, root: &Path) -> Self {
         let ip = loopback_ip();
         let api = SocketAddr::from((ip, free_port(ip)));
@@ -36,6 +143,11 @@ impl Node {
         while raft == api {
             raft = SocketAddr::from((ip, free_port(ip)));
         }
+        let spec = CertSpec::node(
+            Identity::node(&format!("node{id}")).expect("node name"),
+            IpAddr::V4(ip),
+        );
+        let (cert, tls) = issue(&spec, Some(&root.join(format!("pki-node{id}"))));
         Node {
             bin,
             id,
@@ -43,10 +155,24 @@ impl Node {
             raft,
             dir: root.join(format!("node{id}")),
             logs: root.to_path_buf(),
+            tls: tls.expect("files"),
+            cert,
             extra: Vec::new(),
             proc: None,
             starts: 0,
         }
+    }
+
+    /// The TLS flags of this node's certificate.
+    pub fn tls_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.tls.cert.display().to_string(),
+            "--tls-key".into(),
+            self.tls.key.display().to_string(),
+            "--tls-ca".into(),
+            self.tls.ca.display().to_string(),
+        ]
     }
 
     /// The arguments of a start (`--id` only when `with_id`).
@@ -59,12 +185,23 @@ impl Node {
             "--raft-addr".into(),
             self.raft.to_string(),
         ];
+        a.extend(self.tls_args());
         if with_id {
             a.push("--id".into());
             a.push(self.id.to_string());
         }
         a.extend(self.extra.iter().cloned());
         a
+    }
+
+    /// `https://<api><path>`.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.api)
+    }
+
+    /// `https://<raft><path>`.
+    pub fn raft_url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.raft)
     }
 
     /// Starts the process and waits for its `listening` line.
@@ -101,13 +238,24 @@ impl Node {
         }
     }
 
-    /// A client talking to this node only.
+    /// A client talking to this node only, with its own node certificate.
     pub fn client(&self) -> StoreClient {
+        self.client_as(&self.cert)
+    }
+
+    /// A client talking to this node only, presenting `cert`.
+    pub fn client_as(&self, cert: &TlsMaterial) -> StoreClient {
         StoreClient::builder([self.api.to_string()])
+            .tls(cert.clone())
             .timeout(Duration::from_secs(10))
             .membership_timeout(Duration::from_secs(60))
             .build()
             .expect("client")
+    }
+
+    /// A reqwest client presenting this node's certificate.
+    pub fn https(&self) -> reqwest::Client {
+        https_as(&self.cert)
     }
 
     /// The log of the current (or last) process.
@@ -116,9 +264,10 @@ impl Node {
     }
 }
 
-/// A client over all `nodes`.
+/// A client over all `nodes`, with the first one's node certificate.
 pub fn client_all(nodes: &[&Node], timeout: Duration) -> StoreClient {
     StoreClient::builder(nodes.iter().map(|n| n.api.to_string()))
+        .tls(nodes[0].cert.clone())
         .timeout(timeout)
         .build()
         .expect("client")
@@ -160,4 +309,88 @@ pub fn assert_not_initialised(h: &Health) {
         !h.is_healthy() && reason.contains("not initialised"),
         "{h:?}"
     );
+}
+
+/// What a request got: no HTTP answer at all (the TLS handshake was refused, or the
+/// connection broke), or a status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    NoAnswer(String),
+    Status(u16, String),
+}
+
+impl Outcome {
+    /// The status, when there was an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Outcome::Status(s, _) => Some(*s),
+            Outcome::NoAnswer(_) => None,
+        }
+    }
+}
+
+/// One HTTP request to a node, as an attacker or a legitimate caller would send it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// What it does, for messages (`"write a new key"`).
+    pub what: &'static str,
+    pub method: reqwest::Method,
+    /// The full URL.
+    pub url: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Call {
+    pub fn new(what: &'static str, method: reqwest::Method, url: String, body: &str) -> Self {
+        Call {
+            what,
+            method,
+            url,
+            headers: Vec::new(),
+            body: body.to_string(),
+        }
+    }
+
+    /// Sends it with `client`.
+    pub async fn send(&self, client: &reqwest::Client) -> Outcome {
+        let mut req = client
+            .request(self.method.clone(), &self.url)
+            .body(self.body.clone());
+        for (k, v) in &self.headers {
+            req = req.header(*k, v);
+        }
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                Outcome::Status(status, r.text().await.unwrap_or_default())
+            }
+            Err(e) => Outcome::NoAnswer(format!("{e:?}")),
+        }
+    }
+}
+
+impl Call {
+    /// Sends it with fresh clients from `client` (a new handshake each time) and checks that
+    /// it gets no HTTP answer because the server ended the handshake with `alert`
+    /// (`CertificateRevoked`, `UnknownCA`, `CertificateRequired`). With TLS 1.3 the client
+    /// may see only the closed connection, not the alert (hyper: "connection was not
+    /// ready"); such a try is repeated, any HTTP answer fails at once.
+    pub async fn refused_with(&self, client: impl Fn() -> reqwest::Client, alert: &str) {
+        let mut last = None;
+        for _ in 0..10 {
+            match self.send(&client()).await {
+                Outcome::NoAnswer(e) if e.contains(alert) => return,
+                Outcome::NoAnswer(e) => last = Some(e),
+                answered => panic!(
+                    "{}: the handshake should end in {alert}, got an answer: {answered:?}",
+                    self.what
+                ),
+            }
+        }
+        panic!(
+            "{}: no answer, but never the alert {alert}: {last:?}",
+            self.what
+        );
+    }
 }

@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use plasmacloud_pki::listener::Caller;
 use plasmacloud_store_client::types::valid_namespace;
 use plasmacloud_store_client::{DeleteResponse, ListResponse, PutResponse};
 use serde::Serialize;
@@ -168,23 +169,27 @@ pub(super) async fn list(State(st): State<St>, KvPath { ks, .. }: KvPath, r: Req
 }
 
 /// The key space and key a KV request addresses, from its path: Chainfire's one key space
-/// (`""`) under `/v1/kv/…`, a FlareDB namespace (checked) under `/v1/ns/{ns}/kv/…`. The key is
-/// empty on the listing routes.
+/// (`""`) under `/v1/kv/…`, a FlareDB namespace (checked, and refused to callers who may not
+/// use it: see `access::NODE_ONLY_NAMESPACES`) under `/v1/ns/{ns}/kv/…`. The key is empty on
+/// the listing routes. The check runs where the request arrived, before any forwarding.
 pub(super) struct KvPath {
     ks: String,
     key: String,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for KvPath {
+impl FromRequestParts<St> for KvPath {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
         let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
         let ks = match params.remove("ns") {
             Some(ns) => {
                 check_name(valid_namespace(&ns), "namespace", &ns, "[a-z0-9_-]{1,32}")?;
+                state
+                    .access
+                    .check_namespace(&ns, parts.extensions.get::<Caller>())?;
                 ns
             }
             None => String::new(),

@@ -9,6 +9,9 @@
 //!   answer is relayed — and the local write and read steps;
 //! - `handler`: what every handler is made of (its state, its inputs, its answers).
 //!
+//! [`app`] puts them together: `/health` and `/readyz` for anyone, everything else behind the
+//! API port's guard (a certificate of the cluster CA; see [`crate::access`]).
+//!
 //! Errors are always JSON (`ErrorBody`). Writes, linearizable reads and membership changes
 //! arriving at a non-leader are forwarded to the leader (see the crate docs). This module holds
 //! only the routers; the modules above never import it back.
@@ -18,6 +21,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
+
+use crate::access::Port;
 
 mod forward;
 mod handler;
@@ -40,11 +45,26 @@ async fn not_found(uri: OriginalUri) -> Response {
     )
 }
 
-/// `/health`, `/readyz` and `/v1/cluster/…`.
-pub fn cluster_routes(st: St) -> Router {
+/// The API port: the public [`health_routes`], and [`cluster_routes`] plus the server's `own`
+/// routes behind the guard; JSON 404s for anything else.
+pub fn app(st: St, own: Router) -> Router {
+    let guarded = st
+        .access
+        .guard(Port::Api, cluster_routes(st.clone()).merge(own));
+    health_routes(st).merge(guarded).fallback(not_found)
+}
+
+/// `/health` and `/readyz`: anyone may read them (over TLS, without a certificate).
+pub fn health_routes(st: St) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/readyz", get(health::readyz))
+        .with_state(st)
+}
+
+/// `/v1/cluster/…`: forming the cluster, reading and changing its members.
+pub fn cluster_routes(st: St) -> Router {
+    Router::new()
         .route("/v1/cluster/init", post(membership::init))
         .route("/v1/cluster/members", get(membership::members))
         .route("/v1/cluster/learners", post(membership::add_learner))
@@ -53,7 +73,6 @@ pub fn cluster_routes(st: St) -> Router {
             "/v1/cluster/members/{id}",
             delete(membership::remove_member),
         )
-        .fallback(not_found)
         .with_state(st)
 }
 
