@@ -100,14 +100,13 @@ pub fn ensure_rootfs(src: &RootfsSource, cache: &Path) -> Result<PathBuf, ImageE
     let line = format!("{cmd:?}");
     tracing::info!(command = %line, "debootstrap (once; cached at {})", dir.display());
     let started = std::time::Instant::now();
-    let output = cmd.output().map_err(|e| ImageError::Command {
+    let (status, log) = run_showing_stages(&mut cmd, started).map_err(|e| ImageError::Command {
         command: line.clone(),
         status: "could not start".into(),
         log: format!("{e} (install the debootstrap package)"),
     })?;
-    if !output.status.success() {
-        let mut log = String::from_utf8_lossy(&output.stdout).into_owned();
-        log.push_str(&String::from_utf8_lossy(&output.stderr));
+    if !status.success() {
+        let mut log = log;
         let debootstrap_log =
             fs::read_to_string(tmp.join("debootstrap/debootstrap.log")).unwrap_or_default();
         log.push_str(&debootstrap_log);
@@ -115,7 +114,7 @@ pub fn ensure_rootfs(src: &RootfsSource, cache: &Path) -> Result<PathBuf, ImageE
         let _ = fs::remove_dir_all(&tmp);
         return Err(ImageError::Command {
             command: line,
-            status: output.status.to_string(),
+            status: status.to_string(),
             log: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         });
     }
@@ -129,6 +128,50 @@ pub fn ensure_rootfs(src: &RootfsSource, cache: &Path) -> Result<PathBuf, ImageE
     }
     tracing::info!(elapsed = ?started.elapsed(), rootfs = %dir.display(), "debootstrap done");
     Ok(dir)
+}
+
+/// Runs debootstrap, logging a line (with the time since `started`) each time it enters a new
+/// stage ("Retrieving", "Validating", "Extracting", "Installing", "Configuring", …: the verb of
+/// its `I:` lines), so a first build that takes minutes is never silent. Returns its exit
+/// status and everything it printed.
+fn run_showing_stages(
+    cmd: &mut Command,
+    started: std::time::Instant,
+) -> std::io::Result<(std::process::ExitStatus, String)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take();
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut text);
+        }
+        text
+    });
+    let mut log = String::new();
+    let mut stage = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("I: ") {
+                let verb = rest.split_whitespace().next().unwrap_or("").to_string();
+                if verb != stage {
+                    tracing::info!(
+                        elapsed = format_args!("{:.0?}", started.elapsed()),
+                        "debootstrap: {rest}"
+                    );
+                    stage = verb;
+                }
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+    }
+    let status = child.wait()?;
+    log.push_str(&err_reader.join().unwrap_or_default());
+    Ok((status, log))
 }
 
 /// Removes what an appliance never reads: apt's package cache and lists, documentation, man
