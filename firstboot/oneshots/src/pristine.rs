@@ -14,7 +14,8 @@ use axum::{Json, Router};
 use plasmacloud_pki::listener::{guard, Need};
 use plasmacloud_pki::tls::ClientAuth;
 use plasmacloud_pki::{Peer, Revocations, TlsListener};
-use plasmacloud_store_client::MembersResponse;
+use axum::http::StatusCode;
+use plasmacloud_store_client::{ErrorBody, MembersResponse};
 
 use crate::step::Ctx;
 
@@ -62,7 +63,17 @@ pub async fn answer_no_cluster(ctx: &Ctx) -> Option<Answering> {
                 })
             }),
         )
-        .route_layer(axum::middleware::from_fn_with_state(
+        // Anything else is Chainfire's to answer, and Chainfire is not running here yet:
+        // "certainly not applied, ask another endpoint", so a peer's client moves on instead
+        // of reading this node's silence as an empty key space.
+        .fallback(|| async {
+            let mut body = ErrorBody::new(
+                "this node holds no cluster yet (its Chainfire has not started); ask another member",
+            );
+            body.retryable = true;
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+        })
+        .layer(axum::middleware::from_fn_with_state(
             Need::node(&revoked),
             guard,
         ));
