@@ -1,8 +1,17 @@
 //! The lease store (full mode): fixed addresses for the contract's nodes, a pool for the rest,
-//! persisted as an append-only log of JSON lines (`leases.log` in the state directory), each
-//! line `fdatasync`ed before the OFFER or ACK that depends on it is sent. On start the log is
-//! replayed and compacted. So a restart loses no lease, and an address promised to one MAC is
-//! never promised to another while that promise lasts.
+//! persisted as an append-only log of JSON lines (`leases.log` in the state directory).
+//!
+//! The rule: **an address acknowledged to one MAC is never promised to another while that
+//! lease lasts, across restarts and power cuts.** So a bound lease (an ACK) is `fdatasync`ed
+//! before the ACK is sent, and the store refuses to record an address another MAC holds. An
+//! OFFER's hold is written but not synced: a power cut that loses it costs nothing, because
+//! the client's REQUEST for it is checked against the store again (and NAKed if the address
+//! went to someone else meanwhile), and no ACK ever rests on an unsynced line.
+//!
+//! The log is compacted (the current view written to `leases.log.tmp`, synced, renamed over
+//! the log, the directory synced) on open and, while serving, whenever it holds more than
+//! [`COMPACT_MIN_LINES`] lines and four times as many lines as leases; a crash at any point of
+//! that leaves either the old log or the new one, each holding every lease.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -16,6 +25,12 @@ use crate::ServerError;
 
 /// The lease log file name.
 pub const LEASE_LOG: &str = "leases.log";
+/// The log is compacted while serving once it holds more lines than this (and four times as
+/// many lines as leases).
+pub const COMPACT_MIN_LINES: usize = 4096;
+/// A lapsed pool lease (or a released one) is forgotten at compaction this long after it
+/// lapsed (until then its MAC gets the same address back when it is free).
+pub const FORGET_AFTER_SECS: u64 = 86_400;
 
 /// Offered (held briefly for the REQUEST) or bound (ACKed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +66,15 @@ pub struct LeaseStore {
     by_ip: HashMap<Ipv4Addr, String>,
     log: File,
     path: PathBuf,
+    dir: PathBuf,
+    /// Lines in the log now.
+    lines: usize,
+    /// Compact when `lines` passes this (and 4× the leases).
+    compact_min_lines: usize,
+    /// Bytes in the log now, and up to which byte it is known synced.
+    written: u64,
+    synced: u64,
+    compactions: u64,
 }
 
 /// Seconds since the epoch.
@@ -61,9 +85,31 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Which MAC holds each address: among the unreleased leases naming it, the one that lasts
+/// longest (the store never lets two MACs hold one address unexpired at once, so that is the
+/// holder when there is one; the others lapsed).
+fn index_by_ip(by_mac: &HashMap<String, Lease>) -> HashMap<Ipv4Addr, String> {
+    let mut best: HashMap<Ipv4Addr, (u64, String)> = HashMap::new();
+    for l in by_mac.values() {
+        if l.state == LeaseState::Released {
+            continue;
+        }
+        let e = best.entry(l.ip).or_insert((l.expires, l.mac.clone()));
+        if l.expires > e.0 || (l.expires == e.0 && l.mac < e.1) {
+            *e = (l.expires, l.mac.clone());
+        }
+    }
+    best.into_iter().map(|(ip, (_, mac))| (ip, mac)).collect()
+}
+
 impl LeaseStore {
     /// Opens (replays and compacts) the log in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Self, ServerError> {
+        Self::open_with(state_dir, COMPACT_MIN_LINES)
+    }
+
+    /// [`Self::open`], compacting while serving past `compact_min_lines` lines.
+    pub fn open_with(state_dir: &Path, compact_min_lines: usize) -> Result<Self, ServerError> {
         let path = state_dir.join(LEASE_LOG);
         let io = |e: std::io::Error| ServerError::State {
             path: path.clone(),
@@ -80,38 +126,89 @@ impl LeaseStore {
                 }
             }
         }
-        // Compact: rewrite the current view, then swap it in atomically.
-        let tmp = state_dir.join(format!("{LEASE_LOG}.tmp"));
-        {
-            let mut t = File::create(&tmp).map_err(io)?;
-            for l in by_mac.values() {
-                let mut s = serde_json::to_string(l).unwrap_or_default();
-                s.push('\n');
-                t.write_all(s.as_bytes()).map_err(io)?;
-            }
-            t.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io)?;
-        if let Ok(d) = File::open(state_dir) {
-            let _ = d.sync_all();
-        }
+        let by_ip = index_by_ip(&by_mac);
+        // A placeholder handle until the first compaction opens the real log.
         let log = OpenOptions::new()
             .append(true)
             .create(true)
             .open(&path)
             .map_err(io)?;
-        let mut by_ip = HashMap::new();
-        for l in by_mac.values() {
-            if l.state != LeaseState::Released {
-                by_ip.insert(l.ip, l.mac.clone());
-            }
-        }
-        Ok(Self {
+        let mut store = Self {
             by_mac,
             by_ip,
             log,
             path,
-        })
+            dir: state_dir.to_path_buf(),
+            lines: 0,
+            compact_min_lines,
+            written: 0,
+            synced: 0,
+            compactions: 0,
+        };
+        store.compact()?;
+        store.compactions = 0;
+        Ok(store)
+    }
+
+    /// Rewrites the log as the current view (dropping leases long lapsed and leases whose
+    /// address another MAC holds now), atomically: temp file, sync, rename, directory sync.
+    fn compact(&mut self) -> Result<(), ServerError> {
+        let io = |e: std::io::Error| ServerError::State {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let now = now_unix();
+        let by_ip = &self.by_ip;
+        self.by_mac.retain(|mac, l| {
+            let superseded = by_ip.get(&l.ip).is_some_and(|h| h != mac);
+            let forgotten = l.node.is_none()
+                && (l.state == LeaseState::Released || l.expires <= now)
+                && l.expires.saturating_add(FORGET_AFTER_SECS) <= now;
+            l.node.is_some() || !(superseded || forgotten)
+        });
+        self.by_ip = index_by_ip(&self.by_mac);
+        let tmp = self.dir.join(format!("{LEASE_LOG}.tmp"));
+        let mut bytes = 0u64;
+        {
+            let mut t = File::create(&tmp).map_err(io)?;
+            let mut all: Vec<&Lease> = self.by_mac.values().collect();
+            all.sort_by(|a, b| a.mac.cmp(&b.mac));
+            let mut text = String::new();
+            for l in all {
+                text.push_str(&serde_json::to_string(l).unwrap_or_default());
+                text.push('\n');
+            }
+            t.write_all(text.as_bytes()).map_err(io)?;
+            t.sync_all().map_err(io)?;
+            bytes += text.len() as u64;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .map_err(io)?;
+        let before = self.lines;
+        self.lines = self.by_mac.len();
+        self.written = bytes;
+        self.synced = bytes;
+        self.compactions += 1;
+        if before > 0 {
+            tracing::info!(
+                lines_before = before,
+                lines = self.lines,
+                "lease log compacted"
+            );
+        }
+        Ok(())
+    }
+
+    /// How many times the log was compacted while serving.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
     }
 
     /// All leases.
@@ -173,7 +270,8 @@ impl LeaseStore {
         lapsed.map(|(_, ip)| ip)
     }
 
-    /// Records (and syncs) a lease. Refuses to give an address another MAC holds.
+    /// Records a lease: a bound or released one synced before this returns, an offered one
+    /// only written (see the module's rule). Refuses to give an address another MAC holds.
     pub fn record(&mut self, lease: Lease) -> Result<(), ServerError> {
         let now = now_unix();
         if lease.state != LeaseState::Released {
@@ -194,7 +292,12 @@ impl LeaseStore {
             message: e.to_string(),
         };
         self.log.write_all(line.as_bytes()).map_err(io)?;
-        self.log.sync_data().map_err(io)?;
+        self.written += line.len() as u64;
+        self.lines += 1;
+        if lease.state != LeaseState::Offered {
+            self.log.sync_data().map_err(io)?;
+            self.synced = self.written;
+        }
         if let Some(old) = self.by_mac.get(&lease.mac) {
             if old.ip != lease.ip && self.by_ip.get(&old.ip) == Some(&lease.mac) {
                 self.by_ip.remove(&old.ip);
@@ -207,7 +310,12 @@ impl LeaseStore {
         } else {
             self.by_ip.insert(lease.ip, lease.mac.clone());
         }
+        let durable = lease.state != LeaseState::Offered;
         self.by_mac.insert(lease.mac.clone(), lease);
+        if durable && self.lines > self.compact_min_lines && self.lines > 4 * self.by_mac.len() {
+            // Only after a synced line: an offer never triggers the fsyncs of a compaction.
+            self.compact()?;
+        }
         Ok(())
     }
 }
@@ -255,5 +363,153 @@ mod tests {
         );
         let reserved = |ip: Ipv4Addr| ip == Ipv4Addr::new(10, 0, 0, 11);
         assert_eq!(s.pick_pool_address("c", range, &reserved, now_unix()), None);
+    }
+    /// Cuts the log where a power cut may cut it: after the last synced byte.
+    fn power_cut(dir: &Path, s: LeaseStore) {
+        let synced = s.synced;
+        drop(s);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(dir.join(LEASE_LOG))
+            .expect("log");
+        f.set_len(synced).expect("truncate");
+    }
+
+    #[test]
+    fn an_offer_lost_in_a_power_cut_never_lets_an_acked_address_go_to_another_mac() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let range = (Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 13));
+        let no = |_: Ipv4Addr| false;
+        let mut s = LeaseStore::open(dir.path()).expect("open");
+        s.record(lease("a", [10, 0, 0, 10], LeaseState::Offered))
+            .expect("offer a");
+        s.record(lease("a", [10, 0, 0, 10], LeaseState::Bound))
+            .expect("ack a");
+        s.record(lease("b", [10, 0, 0, 11], LeaseState::Offered))
+            .expect("offer b");
+        s.record(lease("c", [10, 0, 0, 12], LeaseState::Bound))
+            .expect("ack c");
+        s.record(lease("d", [10, 0, 0, 13], LeaseState::Offered))
+            .expect("offer d, never synced");
+        assert!(s.written > s.synced, "the last offer is not synced");
+        power_cut(dir.path(), s);
+        let mut s = LeaseStore::open(dir.path()).expect("reopen");
+        // Every ACK survived; b's offer (synced along with c's ACK) too; d's is gone.
+        assert_eq!(s.holder(Ipv4Addr::new(10, 0, 0, 10), now_unix()), Some("a"));
+        assert_eq!(s.holder(Ipv4Addr::new(10, 0, 0, 12), now_unix()), Some("c"));
+        assert_eq!(s.holder(Ipv4Addr::new(10, 0, 0, 11), now_unix()), Some("b"));
+        assert!(s.get("d").is_none());
+        // The acked addresses go to nobody else; d's lost offer may go to x: d never got an ACK,
+        // and its REQUEST for .13 now finds x there (pxe-server NAKs it).
+        for ip in [[10, 0, 0, 10], [10, 0, 0, 12]] {
+            assert!(s.record(lease("x", ip, LeaseState::Offered)).is_err());
+        }
+        assert_eq!(
+            s.pick_pool_address("x", range, &no, now_unix()),
+            Some(Ipv4Addr::new(10, 0, 0, 13))
+        );
+        s.record(lease("x", [10, 0, 0, 13], LeaseState::Bound))
+            .expect("x");
+        assert!(s
+            .record(lease("d", [10, 0, 0, 13], LeaseState::Bound))
+            .is_err());
+    }
+
+    #[test]
+    fn power_cuts_at_any_point_keep_every_ack_and_never_two_holders() {
+        // A small pool, six MACs, offers, ACKs and releases in a fixed pseudo-random order, a
+        // power cut (the log cut after its last synced byte) every few steps.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let range = (Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 13));
+        let no = |_: Ipv4Addr| false;
+        let macs = ["m0", "m1", "m2", "m3", "m4", "m5"];
+        let mut acked: HashMap<&str, Ipv4Addr> = HashMap::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut s = LeaseStore::open_with(dir.path(), 16).expect("open");
+        for step in 0..400 {
+            let mac = macs[rnd(6) as usize];
+            let now = now_unix();
+            match rnd(4) {
+                0 | 1 => {
+                    if let Some(ip) = s.pick_pool_address(mac, range, &no, now) {
+                        let state = if rnd(2) == 0 {
+                            LeaseState::Offered
+                        } else {
+                            LeaseState::Bound
+                        };
+                        if s.record(lease(mac, ip.octets(), state)).is_ok()
+                            && state == LeaseState::Bound
+                        {
+                            acked.insert(mac, ip);
+                        }
+                    }
+                }
+                2 => {
+                    if let Some(ip) = acked.remove(mac) {
+                        s.record(lease(mac, ip.octets(), LeaseState::Released))
+                            .expect("release");
+                    }
+                }
+                _ => {
+                    if step % 3 == 0 {
+                        power_cut(dir.path(), s);
+                        s = LeaseStore::open_with(dir.path(), 16).expect("reopen");
+                    }
+                }
+            }
+            for (m, ip) in &acked {
+                assert_eq!(
+                    s.holder(*ip, now_unix()),
+                    Some(*m),
+                    "step {step}: {m}'s acked {ip}"
+                );
+            }
+            let mut holders = HashMap::new();
+            for l in s.all() {
+                if s.holder(l.ip, now_unix()) == Some(l.mac.as_str()) {
+                    assert!(
+                        holders.insert(l.ip, l.mac.clone()).is_none(),
+                        "two holders of {}",
+                        l.ip
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn renewals_past_the_threshold_compact_the_log_while_serving_and_a_restart_sees_every_lease() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join(LEASE_LOG);
+        let lines = || std::fs::read_to_string(&log).expect("log").lines().count();
+        let mut s = LeaseStore::open_with(dir.path(), 100).expect("open");
+        let macs: Vec<String> = (0..10).map(|i| format!("52:54:00:00:00:{i:02x}")).collect();
+        let mut most = 0;
+        for round in 0..50 {
+            for (i, m) in macs.iter().enumerate() {
+                let mut l = lease(m, [10, 0, 1, i as u8 + 10], LeaseState::Bound);
+                l.expires += round;
+                s.record(l).expect("renew");
+            }
+            most = most.max(lines());
+        }
+        assert!(s.compactions() >= 3, "{} compactions", s.compactions());
+        assert!(most <= 101, "the log grew to {most} lines");
+        assert!(lines() <= 101);
+        assert!(!dir.path().join(format!("{LEASE_LOG}.tmp")).exists());
+        drop(s);
+        let s = LeaseStore::open(dir.path()).expect("reopen");
+        for (i, m) in macs.iter().enumerate() {
+            let l = s.get(m).expect("every lease after the restart");
+            assert_eq!(l.ip, Ipv4Addr::new(10, 0, 1, i as u8 + 10));
+            assert_eq!(l.state, LeaseState::Bound);
+            assert!(l.expires >= now_unix() + 600 + 49 - 5, "the last renewal");
+        }
     }
 }
