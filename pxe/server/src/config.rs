@@ -18,6 +18,8 @@ pub const DEFAULT_IPXE_DIR: &str = "/usr/lib/ipxe";
 pub const DEFAULT_LEASE_SECS: u32 = 3600;
 /// Default cap on concurrent TFTP transfers.
 pub const DEFAULT_TFTP_MAX_TRANSFERS: usize = 128;
+/// Default cap on concurrent TFTP transfers from one client address.
+pub const DEFAULT_TFTP_MAX_PER_CLIENT: usize = 8;
 /// Default largest TFTP window (RFC 7440) granted.
 pub const DEFAULT_TFTP_MAX_WINDOW: u16 = 64;
 /// Default DHCP server port.
@@ -150,6 +152,9 @@ pub struct Flags {
     /// Most concurrent TFTP transfers [default: 128].
     #[arg(long, env = "PLASMACLOUD_PXE_TFTP_MAX_TRANSFERS", value_name = "N")]
     pub tftp_max_transfers: Option<usize>,
+    /// Most concurrent TFTP transfers from one client address [default: 8].
+    #[arg(long, env = "PLASMACLOUD_PXE_TFTP_MAX_PER_CLIENT", value_name = "N")]
+    pub tftp_max_per_client: Option<usize>,
     /// Largest TFTP windowsize granted [default: 64].
     #[arg(long, env = "PLASMACLOUD_PXE_TFTP_MAX_WINDOW", value_name = "N")]
     pub tftp_max_window: Option<u16>,
@@ -180,6 +185,7 @@ struct FileConfig {
     dhcp_port: Option<u16>,
     tftp_port: Option<u16>,
     tftp_max_transfers: Option<usize>,
+    tftp_max_per_client: Option<usize>,
     tftp_max_window: Option<u16>,
     log_format: Option<LogFormat>,
 }
@@ -246,6 +252,8 @@ pub struct Config {
     pub tftp_port: u16,
     /// TFTP concurrency.
     pub tftp_max_transfers: usize,
+    /// TFTP concurrency per client address.
+    pub tftp_max_per_client: usize,
     /// TFTP window cap.
     pub tftp_max_window: u16,
     /// Log format.
@@ -411,6 +419,9 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
         tftp_port: pick!(tftp_port).unwrap_or(DEFAULT_TFTP_PORT),
         tftp_max_transfers: pick!(tftp_max_transfers)
             .unwrap_or(DEFAULT_TFTP_MAX_TRANSFERS)
+            .max(1),
+        tftp_max_per_client: pick!(tftp_max_per_client)
+            .unwrap_or(DEFAULT_TFTP_MAX_PER_CLIENT)
             .max(1),
         tftp_max_window: pick!(tftp_max_window)
             .unwrap_or(DEFAULT_TFTP_MAX_WINDOW)

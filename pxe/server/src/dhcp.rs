@@ -1,6 +1,12 @@
 //! The DHCP listeners. Each socket runs on its own OS thread with blocking I/O (DHCP is a few
-//! packets per client; the lease log `fdatasync`s before every OFFER and ACK, which must not
-//! stall the tokio runtime): UDP 67 in both modes, plus UDP 4011 in proxy mode.
+//! packets per client; the lease log `fdatasync`s before every ACK, which must not stall the
+//! tokio runtime; OFFERs are written but not synced, see [`crate::leases`]): UDP 67 in both
+//! modes, plus UDP 4011 in proxy mode.
+//!
+//! Each MAC may send [`MAC_BURST`] packets at once and [`MAC_PER_SEC`] a second after that;
+//! the rest are dropped unanswered before any work is done for them (counted in
+//! `pxe_dhcp_rate_limited_total`, one log line per 5 s), so one MAC flooding DISCOVERs cannot
+//! crowd the others out of the socket's queue, the lease log or the event feed.
 //!
 //! Full mode: the contract's nodes get their fixed address, other MACs a pool address (or no
 //! answer under `--unknown-mac ignore`); the bound lease is what the boot plane later checks a
@@ -20,6 +26,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::config::{Mode, UnknownMac};
 use crate::leases::{now_unix, Lease, LeaseState};
+use crate::limits::{RateLimiter, RefusalLog};
 use crate::state::{lock, Metrics, NewEvent, State};
 use crate::ServerError;
 
@@ -27,6 +34,13 @@ use crate::ServerError;
 pub const PXE_PORT: u16 = 4011;
 /// How long an OFFER holds its address before the REQUEST.
 pub const OFFER_HOLD_SECS: u64 = 60;
+/// Packets one MAC may send at once (a PXE ROM and then iPXE each send a DISCOVER and a
+/// REQUEST, and retransmit a few).
+pub const MAC_BURST: u32 = 10;
+/// Packets one MAC may send per second after its burst.
+pub const MAC_PER_SEC: f64 = 2.0;
+/// MACs the rate limiter remembers (idle ones are forgotten first).
+pub const MAC_TABLE: usize = 8192;
 
 /// Binds a UDP socket on `port` of the boot interface (SO_BINDTODEVICE, broadcast allowed).
 pub fn bind_udp(state: &State, port: u16, what: &str) -> Result<UdpSocket, ServerError> {
@@ -51,6 +65,8 @@ pub fn bind_udp(state: &State, port: u16, what: &str) -> Result<UdpSocket, Serve
 /// Runs one DHCP socket forever (on the calling thread).
 pub fn run(state: Arc<State>, sock: UdpSocket, port: u16) {
     let mut buf = vec![0u8; 4096];
+    let mut per_mac = RateLimiter::new(MAC_BURST, MAC_PER_SEC, MAC_TABLE);
+    let flood_log = RefusalLog::default();
     loop {
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
@@ -67,6 +83,19 @@ pub fn run(state: Arc<State>, sock: UdpSocket, port: u16) {
                 continue;
             }
         };
+        if !per_mac.allow(&req.mac, std::time::Instant::now()) {
+            Metrics::inc(&state.metrics.dhcp_rate_limited);
+            flood_log.note(|suppressed| {
+                warn!(
+                    mac = %req.mac_string(),
+                    port,
+                    dropped_since_last_line = suppressed,
+                    "DHCP: {} sends more than {MAC_PER_SEC} packets a second (burst {MAC_BURST}); dropping the excess unanswered",
+                    req.mac_string()
+                )
+            });
+            continue;
+        }
         let span = info_span!("dhcp", xid = format_args!("{:#010x}", req.xid), mac = %req.mac_string(), port);
         let _g = span.enter();
         let reply = match state.config.mode {

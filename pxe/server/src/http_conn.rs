@@ -18,6 +18,13 @@
 //! anything with a body, an unparsable head, HTTP/2's preface) hands the connection, with every
 //! byte already read, to hyper for the rest of its life.
 //!
+//! Bounds ([`crate::limits`]): at most [`BOOT_PLANE_CAPS`](crate::limits::BOOT_PLANE_CAPS)
+//! connections (1024, 32 per client address; one more gets `503` and is closed); each request
+//! head complete within `HEADER_TIMEOUT` (10 s) of the moment this loop waits for it, which
+//! also closes idle kept-alive connections; a response that makes no progress for
+//! `STALL_TIMEOUT` (30 s: a client that stopped reading) is dropped; handlers answer within
+//! `REQUEST_TIMEOUT` (30 s). hyper gets the same bounds ([`crate::http_serve`]).
+//!
 //! A file truncated while it is being sent makes `sendfile` return 0 early: the connection is
 //! closed with the body short of its `Content-Length`, which every client reports as an error
 //! (the same as the read-ahead path). Bundle files are written to a temp dir and renamed, so an
@@ -27,7 +34,6 @@
 //! cache is read from disk inside the call (as in nginx without `aio threads`); each call moves
 //! at most one socket buffer's worth, so such a stall is bounded by that much disk read.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -43,6 +49,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
+use crate::limits::{Slots, HEADER_TIMEOUT, REQUEST_TIMEOUT, STALL_TIMEOUT};
 use crate::state::{Metrics, State};
 
 /// Request extension: this request came through [`serve`]'s own loop, which can send a file
@@ -75,9 +82,13 @@ const MAX_SMALL_BODY: usize = 1 << 20;
 /// nginx's `sendfile_max_chunk` default.
 const SENDFILE_MAX: usize = 2 << 20;
 
+/// The answer to a connection over the listener's caps (then closed).
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 22\r\nRetry-After: 1\r\n\r\ntoo many connections\r\n";
+
 /// Accepts connections on `listener` for ever, serving `app` (which gets each peer's address as
-/// `ConnectInfo<SocketAddr>`).
-pub async fn serve(listener: TcpListener, app: Router) -> io::Result<()> {
+/// `ConnectInfo<SocketAddr>`), holding at most what `slots` allows (one over the caps gets a
+/// `503` and is closed).
+pub async fn serve(listener: TcpListener, app: Router, slots: Arc<Slots>) -> io::Result<()> {
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -88,13 +99,34 @@ pub async fn serve(listener: TcpListener, app: Router) -> io::Result<()> {
                 continue;
             }
         };
+        let slot = match slots.try_take(peer.ip()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = sock.try_write(BUSY);
+                continue;
+            }
+        };
         let app = app.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(sock, peer, app).await {
-                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            let _slot = slot;
+            match connection(sock, peer, app, &slots).await {
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    slots.note_timeout();
+                    debug!(%peer, error = %e, "HTTP connection closed by a timeout");
+                }
+                Err(e) => debug!(%peer, error = %e, "HTTP connection ended with an error"),
+                Ok(()) => {}
             }
         });
     }
+}
+
+fn timed_out(what: &str, limit: std::time::Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what} not done within {} s", limit.as_secs()),
+    )
 }
 
 /// A request head this loop serves itself.
@@ -169,9 +201,17 @@ fn parse_head(buf: &[u8]) -> Parsed {
     }))
 }
 
-async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router) -> io::Result<()> {
+async fn connection(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    slots: &Slots,
+) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
+        // The whole head within HEADER_TIMEOUT of starting to wait for it (this also bounds an
+        // idle kept-alive connection).
+        let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
         let head = loop {
             match parse_head(&buf) {
                 Parsed::Ours(h) => break Some(h),
@@ -179,12 +219,17 @@ async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router) -> io::R
                 Parsed::Partial if buf.len() >= MAX_HEAD => break None,
                 Parsed::Partial => {}
             }
-            if sock.read_buf(&mut buf).await? == 0 {
-                return Ok(()); // closed between (or in the middle of) requests
+            match tokio::time::timeout_at(deadline, sock.read_buf(&mut buf)).await {
+                Err(_) => return Err(timed_out("request head", HEADER_TIMEOUT)),
+                Ok(r) => {
+                    if r? == 0 {
+                        return Ok(()); // closed between (or in the middle of) requests
+                    }
+                }
             }
         };
         let Some(head) = head else {
-            return handoff(sock, buf.freeze(), peer, app).await;
+            return handoff(sock, buf.freeze(), peer, app, slots).await;
         };
         let Head {
             mut req,
@@ -194,7 +239,11 @@ async fn connection(mut sock: TcpStream, peer: SocketAddr, app: Router) -> io::R
         buf.advance(len);
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(SendfileOk);
-        let Ok(resp) = app.clone().oneshot(req).await;
+        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, app.clone().oneshot(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => match e {},
+            Err(_) => return Err(timed_out("handler", REQUEST_TIMEOUT)),
+        };
         if !respond(&mut sock, resp, keep_alive).await? || !keep_alive {
             sock.shutdown().await.ok();
             return Ok(());
@@ -264,7 +313,9 @@ async fn respond(
         // (nginx's `tcp_nopush`); uncorked below, which pushes out the tail.
         socket2::SockRef::from(&*sock).set_cork(true).ok();
     }
-    sock.write_all(&head).await?;
+    tokio::time::timeout(STALL_TIMEOUT, sock.write_all(&head))
+        .await
+        .map_err(|_| timed_out("response head", STALL_TIMEOUT))??;
     if let Some(f) = file {
         let sent = send_file(sock, &f.file, f.offset, f.count).await;
         socket2::SockRef::from(&*sock).set_cork(false).ok();
@@ -304,7 +355,13 @@ async fn send_file(
             // `sendfile_max_chunk`): a receiver that keeps draining would otherwise hold the
             // worker thread for the whole file while the other sockets sit empty.
             Ok(_) => tokio::task::yield_now().await,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => sock.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(STALL_TIMEOUT, sock.writable())
+                    .await
+                    .map_err(|_| {
+                        timed_out("a socket-buffer's worth of the body", STALL_TIMEOUT)
+                    })??
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -324,18 +381,15 @@ fn sendfile_once(
 }
 
 /// Serves the rest of the connection with hyper, replaying the bytes already read.
-async fn handoff(sock: TcpStream, read: Bytes, peer: SocketAddr, app: Router) -> io::Result<()> {
-    let io = hyper_util::rt::TokioIo::new(Prefixed { read, sock });
-    let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {})) }
-    });
-    hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, svc)
-        .with_upgrades()
-        .await
-        .map_err(io::Error::other)
+async fn handoff(
+    sock: TcpStream,
+    read: Bytes,
+    peer: SocketAddr,
+    app: Router,
+    slots: &Slots,
+) -> io::Result<()> {
+    crate::http_serve::serve_http1(Prefixed { read, sock }, peer, app, slots).await;
+    Ok(())
 }
 
 /// A socket whose first reads return bytes already taken from it.

@@ -18,10 +18,12 @@
 //! ([`pki_commands`]). The binary is a thin `main.rs`.
 //!
 //! Layers, bottom up (a module imports only modules below it, never one that imports it back):
-//! [`config`] over [`cluster_ca`] and [`leases`]; [`neighbours`], [`enroll_tokens`],
-//! [`cert_log`], [`enroll_initrd`]; [`state`] and [`paths`]; [`boot_access`]; the listeners
-//! [`dhcp`], [`ra`], [`mgmt`], [`enroll`], [`http_conn`] (the boot plane's connection loop),
-//! then [`http`] (its router) and [`tftp`] (which binds its socket the way [`dhcp`] does);
+//! [`limits`] (connection and transfer caps, timeouts, rate limits: it imports nothing of the
+//! crate); [`config`] over [`cluster_ca`] and [`leases`]; [`neighbours`], [`enroll_tokens`],
+//! [`cert_log`], [`enroll_initrd`]; [`state`] and [`paths`]; [`boot_access`]; [`http_serve`]
+//! (hyper with the bounds, and the TLS listeners' accept loop); the listeners [`dhcp`],
+//! [`ra`], [`mgmt`], [`enroll`], [`http_conn`] (the boot plane's connection loop), then
+//! [`http`] (its router) and [`tftp`] (which binds its socket the way [`dhcp`] does);
 //! [`pki_commands`] beside them.
 //!
 //! Security (pxe/README.md says it for operators): nothing the boot plane serves is worth
@@ -39,7 +41,9 @@ pub mod enroll_initrd;
 pub mod enroll_tokens;
 pub mod http;
 pub mod http_conn;
+pub mod http_serve;
 pub mod leases;
+pub mod limits;
 pub mod mgmt;
 pub mod neighbours;
 pub mod paths;
@@ -53,7 +57,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use plasmacloud_pki::tls::ClientAuth;
-use plasmacloud_pki::{Peer, TlsListener};
+use plasmacloud_pki::TlsListener;
 use tracing::info;
 
 use crate::config::{Config, Mode};
@@ -176,6 +180,7 @@ pub fn describe(cfg: &Config) -> String {
 /// Binds every listener (failing with a clear error before serving anything), then serves
 /// until the process is stopped.
 pub async fn serve(cfg: Config) -> Result<(), ServerError> {
+    raise_open_file_limit();
     let state_dir = cfg.state_dir.clone();
     let (ca, _) = cluster_ca::load_or_create(&state_dir, cfg.contract.name(), Some(&cfg.contract))?;
     let leases = LeaseStore::open(&state_dir)?;
@@ -262,11 +267,23 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
         }
     });
     let http_app = http::router(state.clone());
-    let mgmt_app = mgmt::router(state.clone()).into_make_service_with_connect_info::<Peer>();
-    let enroll_app = enroll::router(state.clone()).into_make_service_with_connect_info::<Peer>();
-    let http_task = tokio::spawn(http_conn::serve(http_l, http_app));
-    let mgmt_task = tokio::spawn(async move { axum::serve(mgmt_l, mgmt_app).await });
-    let enroll_task = tokio::spawn(async move { axum::serve(enroll_l, enroll_app).await });
+    let mgmt_app = mgmt::router(state.clone());
+    let enroll_app = enroll::router(state.clone());
+    let http_task = tokio::spawn(http_conn::serve(
+        http_l,
+        http_app,
+        state.listeners.boot.clone(),
+    ));
+    let mgmt_task = tokio::spawn(http_serve::serve_tls(
+        mgmt_l,
+        mgmt_app,
+        state.listeners.management.clone(),
+    ));
+    let enroll_task = tokio::spawn(http_serve::serve_tls(
+        enroll_l,
+        enroll_app,
+        state.listeners.enrollment.clone(),
+    ));
     info!(
         mode = cfg.mode.as_str(),
         interface = %cfg.interface.name,
@@ -302,6 +319,30 @@ fn refresh_revocations(state: &State) {
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the revocation log; keeping the last list")
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (at most 2^20): the connection and
+/// transfer caps, and the bundles' open files, are sized for more than the usual 1024.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let want = lim.maximum.unwrap_or(1 << 20).min(1 << 20);
+    if lim.current.is_some_and(|c| c < want) {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: lim.maximum,
+            },
+        ) {
+            Ok(()) => info!(from = ?lim.current, to = want, "raised the open-file limit"),
+            Err(e) => tracing::warn!(
+                current = ?lim.current,
+                error = %e,
+                "cannot raise the open-file limit; the connection caps may meet it first (raise LimitNOFILE)"
+            ),
         }
     }
 }

@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::leases::now_unix;
 use crate::state::{lock, peer_v4, BootEvent, NewEvent, State};
 
-/// The management router (serve it with `into_make_service_with_connect_info::<Peer>()`).
+/// The management router (served by [`crate::http_serve::serve_tls`], which gives handlers
+/// `ConnectInfo<Peer>`).
 pub fn router(state: Arc<State>) -> Router {
     let operator = Router::new()
         .route("/v1/status", get(status))
@@ -256,7 +257,12 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics.render(),
+        format!(
+            "{}{}# HELP pxe_lease_log_compactions_total Lease log compactions while serving.\n# TYPE pxe_lease_log_compactions_total counter\npxe_lease_log_compactions_total {}\n",
+            state.metrics.render(),
+            state.listeners.render(),
+            lock(&state.leases).compactions()
+        ),
     )
         .into_response()
 }

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use plasmacloud_pki::ca::ClusterCa;
 use plasmacloud_pki::Revocations;
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::enroll_tokens::TokenStore;
 use crate::leases::LeaseStore;
+use crate::limits::Slots;
 
 /// How many events the server keeps in memory.
 pub const EVENT_CAPACITY: usize = 10_000;
@@ -86,6 +87,8 @@ pub struct Metrics {
     pub dhcp_ignored: AtomicU64,
     /// Malformed or unanswerable DHCP packets.
     pub dhcp_errors: AtomicU64,
+    /// DHCP packets dropped by the per-MAC rate limit.
+    pub dhcp_rate_limited: AtomicU64,
     /// TFTP transfers completed.
     pub tftp_transfers_ok: AtomicU64,
     /// TFTP transfers failed (timeouts, client errors).
@@ -177,6 +180,11 @@ impl Metrics {
             &[("", g(&self.dhcp_errors))],
         );
         counter(
+            "pxe_dhcp_rate_limited_total",
+            "DHCP packets dropped unanswered by the per-MAC rate limit.",
+            &[("", g(&self.dhcp_rate_limited))],
+        );
+        counter(
             "pxe_tftp_transfers_total",
             "TFTP transfers by result.",
             &[
@@ -245,6 +253,78 @@ impl Metrics {
     }
 }
 
+/// What each listener holds ([`crate::limits`]): connections, or TFTP transfers.
+#[derive(Debug)]
+pub struct ListenerSlots {
+    /// The boot plane's connections.
+    pub boot: Arc<Slots>,
+    /// The management listener's connections (after the TLS handshake).
+    pub management: Arc<Slots>,
+    /// The enrollment listener's connections (after the TLS handshake).
+    pub enrollment: Arc<Slots>,
+    /// TFTP transfers.
+    pub tftp: Arc<Slots>,
+}
+
+impl ListenerSlots {
+    /// The caps of `cfg`.
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            boot: Slots::new("boot", "connection", crate::limits::BOOT_PLANE_CAPS),
+            management: Slots::new("management", "connection", crate::limits::MANAGEMENT_CAPS),
+            enrollment: Slots::new("enrollment", "connection", crate::limits::ENROLLMENT_CAPS),
+            tftp: Slots::new(
+                "tftp",
+                "transfer",
+                crate::limits::Caps {
+                    total: cfg.tftp_max_transfers,
+                    per_address: Some(cfg.tftp_max_per_client),
+                },
+            ),
+        }
+    }
+
+    /// The Prometheus rows of the connection caps.
+    pub fn render(&self) -> String {
+        let http = [&self.boot, &self.management, &self.enrollment];
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        out.push_str("# HELP pxe_connections_open HTTP connections open now, by listener.\n# TYPE pxe_connections_open gauge\n");
+        for s in http {
+            out.push_str(&format!(
+                "pxe_connections_open{{listener=\"{}\"}} {}\n",
+                s.name,
+                s.open()
+            ));
+        }
+        out.push_str("# HELP pxe_connections_refused_total HTTP connections refused by a cap (listener total or per client address).\n# TYPE pxe_connections_refused_total counter\n");
+        for s in http {
+            out.push_str(&format!(
+                "pxe_connections_refused_total{{listener=\"{}\",cap=\"listener\"}} {}\npxe_connections_refused_total{{listener=\"{}\",cap=\"address\"}} {}\n",
+                s.name,
+                g(&s.refused_full),
+                s.name,
+                g(&s.refused_address)
+            ));
+        }
+        out.push_str("# HELP pxe_connections_timed_out_total HTTP connections closed by a header, stall or request timeout.\n# TYPE pxe_connections_timed_out_total counter\n");
+        for s in http {
+            out.push_str(&format!(
+                "pxe_connections_timed_out_total{{listener=\"{}\"}} {}\n",
+                s.name,
+                g(&s.timed_out)
+            ));
+        }
+        let t = &self.tftp;
+        out.push_str(&format!(
+            "# HELP pxe_tftp_busy_total TFTP read requests refused by a cap (server total or per client address).\n# TYPE pxe_tftp_busy_total counter\npxe_tftp_busy_total{{cap=\"server\"}} {}\npxe_tftp_busy_total{{cap=\"address\"}} {}\n",
+            g(&t.refused_full),
+            g(&t.refused_address)
+        ));
+        out
+    }
+}
+
 /// Everything the listeners share.
 #[derive(Debug)]
 pub struct State {
@@ -268,6 +348,8 @@ pub struct State {
     next_seq: AtomicU64,
     /// Counters.
     pub metrics: Metrics,
+    /// What each listener holds, and its caps.
+    pub listeners: ListenerSlots,
 }
 
 /// Locks a mutex, recovering from poisoning (a panicked holder leaves consistent data here:
@@ -343,6 +425,7 @@ impl State {
         ca: ClusterCa,
         enroll_tokens: TokenStore,
     ) -> Self {
+        let listeners = ListenerSlots::new(&config);
         Self {
             config,
             leases: Mutex::new(leases),
@@ -354,6 +437,7 @@ impl State {
             events: Mutex::new(VecDeque::new()),
             next_seq: AtomicU64::new(1),
             metrics: Metrics::default(),
+            listeners,
         }
     }
 

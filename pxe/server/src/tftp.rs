@@ -7,15 +7,24 @@
 //! wire format and option negotiation it would give us live in `pxe-protocol` anyway; what
 //! remains here is the transfer loop.
 //!
-//! Each transfer gets its own socket (a new TID, RFC 1350 §4), a semaphore permit (the
-//! concurrency cap), and a window of blocks (RFC 7440) kept in memory for retransmission.
-//! Timeouts start at the negotiated `timeout` (default 1 s) and double per retry up to 8 s;
-//! after 6 retries the transfer fails. Paths are confined to the root ([`crate::paths`]):
-//! absolute paths, `..` and symlinks that resolve outside the root are refused with "access
-//! violation".
+//! Each transfer gets its own socket (a new TID, RFC 1350 §4), a slot (the caps: at most
+//! `--tftp-max-transfers` at once, default 128, and `--tftp-max-per-client` from one client
+//! address, default 8; one more is refused with "server busy" or "too many transfers from
+//! this address"), and a window of blocks (RFC 7440) kept in memory for retransmission. A
+//! read request from a peer (address and port) whose transfer is still running is a
+//! retransmitted RRQ and is ignored: the running transfer resends its first block anyway.
+//!
+//! Until the client has acknowledged its first DATA block (the OACK included), it has proven
+//! nothing: each wait is the negotiated `timeout` (default 1 s) without backoff, and after
+//! [`FIRST_ACK_RETRIES`] retransmissions, or [`FIRST_ACK_DEADLINE`] in all, the transfer is
+//! dropped (so a flood of never-acknowledged requests holds each slot for about 4 s, not for
+//! the whole backoff). After that, timeouts double per retry up to 8 s; after 6 retries the
+//! transfer fails. Paths are confined to the root ([`crate::paths`]): absolute paths, `..`
+//! and symlinks that resolve outside the root are refused with "access violation".
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pxe_protocol::tftp::{
@@ -23,16 +32,22 @@ use pxe_protocol::tftp::{
 };
 use std::io::Read;
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
 use tracing::{debug, info, info_span, warn};
 
+use crate::limits::Refused;
 use crate::paths::{resolve_path, PathRefusal};
-use crate::state::{Metrics, NewEvent, State};
+use crate::state::{lock, Metrics, NewEvent, State};
 
 /// Retransmissions before a transfer is abandoned.
 pub const MAX_RETRIES: u32 = 6;
 /// Longest retransmission timeout after backoff.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(8);
+/// Retransmissions of the first block (or the OACK) before a transfer that was never
+/// acknowledged is dropped.
+pub const FIRST_ACK_RETRIES: u32 = 3;
+/// The longest a transfer may wait for the acknowledgement of its first block (or OACK),
+/// whatever timeout the client negotiated.
+pub const FIRST_ACK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Binds the TFTP listener on the boot interface.
 pub fn bind(state: &State) -> Result<UdpSocket, crate::ServerError> {
@@ -53,7 +68,8 @@ pub fn bind(state: &State) -> Result<UdpSocket, crate::ServerError> {
 
 /// Serves forever.
 pub async fn run(state: Arc<State>, sock: UdpSocket) {
-    let limit = Arc::new(Semaphore::new(state.config.tftp_max_transfers));
+    let slots = state.listeners.tftp.clone();
+    let running: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -73,18 +89,29 @@ pub async fn run(state: Arc<State>, sock: UdpSocket) {
         };
         match packet {
             Packet::Rrq(req) => {
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    Metrics::inc(&state.metrics.tftp_refused);
-                    warn!(%peer, file = %req.filename, "TFTP transfer limit reached; refusing");
-                    let _ = sock
-                        .send_to(
-                            &Packet::error(ErrorCode::NotDefined, "server busy, retry later"),
-                            peer,
-                        )
-                        .await;
+                if lock(&running).contains(&peer) {
+                    debug!(%peer, file = %req.filename, "read request again from a peer being served; ignored");
                     continue;
+                }
+                let slot = match slots.try_take(peer.ip()) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        Metrics::inc(&state.metrics.tftp_refused);
+                        let msg = match why {
+                            Refused::Full { .. } => "server busy, retry later",
+                            Refused::Address { .. } => {
+                                "too many transfers from this address, retry later"
+                            }
+                        };
+                        let _ = sock
+                            .send_to(&Packet::error(ErrorCode::NotDefined, msg), peer)
+                            .await;
+                        continue;
+                    }
                 };
+                lock(&running).insert(peer);
                 let st = state.clone();
+                let running = running.clone();
                 let span = info_span!("tftp", %peer, file = %req.filename);
                 // The transfer itself runs on a blocking thread: lockstep TFTP is bound by
                 // round-trip latency, and a thread parked in recv() wakes straight from the
@@ -96,7 +123,8 @@ pub async fn run(state: Arc<State>, sock: UdpSocket) {
                     st.metrics
                         .tftp_active
                         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    drop(permit);
+                    lock(&running).remove(&peer);
+                    drop(slot);
                 });
             }
             Packet::Wrq(req) => {
@@ -242,6 +270,69 @@ fn recv_until(
     }
 }
 
+/// How long to wait next, and whether to go on after a timeout: until the first DATA block
+/// is acknowledged, no backoff, [`FIRST_ACK_RETRIES`] and [`FIRST_ACK_DEADLINE`]; then
+/// doubling up to [`MAX_TIMEOUT`], [`MAX_RETRIES`].
+struct Patience {
+    base: Duration,
+    timeout: Duration,
+    retries: u32,
+    /// `Some(deadline)` until the client has acknowledged a DATA block.
+    unproven: Option<std::time::Instant>,
+}
+
+impl Patience {
+    fn new(base: Duration) -> Self {
+        Self {
+            base,
+            timeout: base,
+            retries: 0,
+            unproven: Some(std::time::Instant::now() + FIRST_ACK_DEADLINE),
+        }
+    }
+
+    /// The deadline of the wait that starts now.
+    fn wait_deadline(&self) -> std::time::Instant {
+        let d = std::time::Instant::now() + self.timeout;
+        match self.unproven {
+            Some(u) => d.min(u),
+            None => d,
+        }
+    }
+
+    /// The client moved the transfer on (`data`: it acknowledged a DATA block).
+    fn progress(&mut self, data: bool) {
+        self.retries = 0;
+        self.timeout = self.base;
+        if data {
+            self.unproven = None;
+        }
+    }
+
+    /// A wait ran out: `Err(why)` when the transfer is to be dropped.
+    fn timed_out(&mut self, what: &str) -> Result<(), String> {
+        self.retries += 1;
+        match self.unproven {
+            Some(deadline) => {
+                if self.retries > FIRST_ACK_RETRIES || std::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "no ACK for {what} after {} tries: dropped (a client that never acknowledges its first block holds a slot at most {} s)",
+                        self.retries,
+                        FIRST_ACK_DEADLINE.as_secs()
+                    ));
+                }
+            }
+            None => {
+                if self.retries > MAX_RETRIES {
+                    return Err(format!("no ACK for {what} after {MAX_RETRIES} retries"));
+                }
+                self.timeout = (self.timeout * 2).min(MAX_TIMEOUT);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the transfer (blocking); returns the payload bytes delivered.
 fn transfer(
     state: &State,
@@ -252,14 +343,13 @@ fn transfer(
     base_timeout: Duration,
 ) -> Result<u64, String> {
     let mut rx = vec![0u8; 2048];
+    let mut patience = Patience::new(base_timeout);
     // RFC 2347: an OACK first, acknowledged with ACK 0.
     if !neg.oack.is_empty() {
         let oack = Packet::Oack(neg.oack.clone()).encode();
-        let mut timeout = base_timeout;
-        let mut tries = 0;
         'oack: loop {
             sock.send(&oack).map_err(|e| e.to_string())?;
-            let deadline = std::time::Instant::now() + timeout;
+            let deadline = patience.wait_deadline();
             while let Some(n) = recv_until(sock, &mut rx, deadline)? {
                 match Packet::parse(&rx[..n]) {
                     Ok(Packet::Ack(0)) => break 'oack,
@@ -269,13 +359,10 @@ fn transfer(
                     _ => {}
                 }
             }
-            tries += 1;
-            if tries > MAX_RETRIES {
-                return Err("no ACK for the OACK".into());
-            }
+            patience.timed_out("the OACK")?;
             Metrics::inc(&state.metrics.tftp_retransmits);
-            timeout = (timeout * 2).min(MAX_TIMEOUT);
         }
+        patience.progress(false);
     }
     let blksize = usize::from(neg.blksize);
     let window = u64::from(neg.windowsize.max(1));
@@ -287,8 +374,6 @@ fn transfer(
     let mut next_to_read: u64 = 1;
     let mut pkt = Vec::with_capacity(blksize + 4);
     let mut sent_bytes: u64 = 0;
-    let mut timeout = base_timeout;
-    let mut retries = 0;
     let mut first_send_upto: u64 = 0; // highest block sent at least once
     while base <= total_blocks {
         // Fill the window.
@@ -322,7 +407,7 @@ fn transfer(
             }
         }
         // Wait for an ACK that moves the window.
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = patience.wait_deadline();
         let mut advanced = false;
         while let Some(n) = recv_until(sock, &mut rx, deadline)? {
             match Packet::parse(&rx[..n]) {
@@ -350,18 +435,39 @@ fn transfer(
             }
         }
         if advanced {
-            retries = 0;
-            timeout = base_timeout;
+            patience.progress(true);
         } else {
-            retries += 1;
-            if retries > MAX_RETRIES {
-                return Err(format!(
-                    "no ACK for block {base} after {MAX_RETRIES} retries"
-                ));
-            }
-            timeout = (timeout * 2).min(MAX_TIMEOUT);
-            debug!(block = base, ?timeout, "retransmitting window");
+            patience.timed_out(&format!("block {base}"))?;
+            debug!(block = base, timeout = ?patience.timeout, "retransmitting window");
         }
     }
     Ok(sent_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unproven_client_gets_three_retransmissions_then_backoff_once_it_acks() {
+        let mut p = Patience::new(Duration::from_secs(1));
+        for _ in 0..FIRST_ACK_RETRIES {
+            p.timed_out("block 1").expect("still patient");
+            assert_eq!(
+                p.timeout,
+                Duration::from_secs(1),
+                "no backoff before the first ACK"
+            );
+        }
+        let e = p.timed_out("block 1").expect_err("dropped");
+        assert!(e.contains("dropped"), "{e}");
+        let mut p = Patience::new(Duration::from_secs(1));
+        p.progress(true);
+        assert!(p.unproven.is_none());
+        for _ in 0..MAX_RETRIES {
+            p.timed_out("block 9").expect("patient");
+        }
+        assert_eq!(p.timeout, MAX_TIMEOUT);
+        assert!(p.timed_out("block 9").is_err());
+    }
 }
