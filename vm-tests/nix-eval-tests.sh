@@ -13,6 +13,9 @@
 # Prints every test, then `N passed, M failed` (and what was skipped); exits 1 on a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# No build users here (nothing is built); without this Nix warns on stderr about a missing
+# nixbld group on every call.
+export NIX_CONFIG="${NIX_CONFIG:-}"$'\nbuild-users-group ='
 
 if ! command -v nix-instantiate >/dev/null; then
   echo "nix-eval-tests: nix-instantiate not found (apt-get install nix-bin)" >&2
@@ -34,20 +37,32 @@ while IFS= read -r -d '' f; do
   fi
 done < <(find . -name '*.nix' -not -path './target/*' -not -path './.git/*' -print0 | sort -z)
 
-# Runs a test file (a list of { name, expected, actual }) and reports each test.
+# Runs a test file (a list of { name, expected, actual }) and reports each test. Anything
+# Nix prints on stderr (a warning, a trace) or output that is not the list fails the file.
 run_tests() {
   local label=$1
   shift
-  local json
-  if ! json=$(nix-instantiate --eval --strict --json "$@" 2>&1); then
-    fail "$label: evaluation" "$json"
+  local json err
+  err=$(mktemp)
+  if ! json=$(nix-instantiate --eval --strict --json "$@" 2>"$err"); then
+    fail "$label: evaluation" "$(cat "$err")"
+    rm -f "$err"
     return
   fi
+  if [ -s "$err" ]; then
+    fail "$label: evaluation printed nothing" "$(cat "$err")"
+  fi
+  rm -f "$err"
   while IFS=$'\t' read -r status name detail; do
     if [ "$status" = ok ]; then pass "$label: $name"; else fail "$label: $name" "$detail"; fi
   done < <(python3 -c '
 import json, sys
-for t in json.load(sys.stdin):
+try:
+    tests = json.load(sys.stdin)
+except ValueError as e:
+    print("fail\tthe tests\tnot a JSON list of tests: %s" % e)
+    sys.exit(0)
+for t in tests:
     status = "ok" if t["ok"] else "fail"
     detail = "" if t["ok"] else "expected %s, got %s" % (json.dumps(t["expected"]), json.dumps(t["actual"]))
     print("%s\t%s\t%s" % (status, t["name"], detail))
@@ -74,8 +89,10 @@ if [ -f "$lib_dir/default.nix" ]; then
   run_tests flake --arg lib "import $lib_dir" \
     -E "{ lib }: $report (import ./vm-tests/nixos/eval/flake-outputs.nix { inherit lib; })"
   # 4. The suites' Python test scripts, rendered with a stand-in pkgs, must compile.
-  if scripts=$(nix-instantiate --eval --strict --json --arg lib "import $lib_dir" \
-      vm-tests/nixos/eval/test-scripts.nix 2>&1); then
+  scripts_out=$(mktemp)
+  scripts_err=$(mktemp)
+  if nix-instantiate --eval --strict --json --arg lib "import $lib_dir" \
+    vm-tests/nixos/eval/test-scripts.nix >"$scripts_out" 2>"$scripts_err" && [ ! -s "$scripts_err" ]; then
     while IFS=$'\t' read -r status name detail; do
       if [ "$status" = ok ]; then pass "$name"; else fail "$name" "$detail"; fi
     done < <(python3 -c '
@@ -86,10 +103,11 @@ for suite, text in json.load(sys.stdin).items():
         print("ok\ttestScript of %s compiles as Python\t" % suite)
     except SyntaxError as e:
         print("fail\ttestScript of %s compiles as Python\t%s" % (suite, e))
-' <<<"$scripts")
+' <"$scripts_out")
   else
-    fail "render the test scripts" "$scripts"
+    fail "render the test scripts" "$(cat "$scripts_err")"
   fi
+  rm -f "$scripts_out" "$scripts_err"
 elif [ "${CI:-}" = true ]; then
   fail "module type checks and test-script rendering: no nixpkgs lib (no shared nixpkgs tree, no NIXPKGS_LIB; CI=true: nothing may skip)"
 else
