@@ -6,8 +6,13 @@
 # settings in drop-ins, and gates the application services listed in `gatedServices` on
 # cluster-ready.target. The order is the design's:
 #
-#   firstboot-disk → firstboot-configure → chainfire → chainfire-cluster-join → flaredb →
-#   flaredb-cluster-join → iam → iam-initial-setup → cluster-health-check → cluster-ready.target
+#   firstboot-disk → firstboot-enroll → firstboot-configure → chainfire →
+#   chainfire-cluster-join → flaredb → flaredb-cluster-join → iam → iam-initial-setup →
+#   cluster-health-check → cluster-ready.target
+#
+# firstboot-enroll gives the node its key and certificate (`<stateDir>/pki/`, on the data
+# disk): from pxe-server with this boot's token (netbooted nodes), or it finds the files an
+# operator issued offline (`pxe-server pki issue --node NAME --out <stateDir>/pki`).
 {
   config,
   lib,
@@ -23,12 +28,28 @@ let
   # The oneshots of the chain (the units that run `firstboot …`).
   oneshots = [
     "firstboot-disk"
+    "firstboot-enroll"
     "firstboot-configure"
     "chainfire-cluster-join"
     "flaredb-cluster-join"
     "iam-initial-setup"
     "cluster-health-check"
   ];
+  # Every service of the chain: each runs only where the contract is
+  # (ConditionPathExists=, rendered with the default path).
+  chainServices = oneshots ++ [
+    "chainfire"
+    "flaredb"
+    "iam"
+  ];
+  defaultContractPath = "/etc/plasmacloud/cluster-config.json";
+  # Another contract path: the rendered condition is reset and names it instead.
+  contractCondition = lib.optionalAttrs (cfg.contractPath != defaultContractPath) {
+    unitConfig.ConditionPathExists = [
+      ""
+      cfg.contractPath
+    ];
+  };
 in
 {
   imports = [
@@ -80,9 +101,13 @@ in
     };
 
     contractPath = mkOption {
-      type = types.str;
-      default = "/etc/plasmacloud/cluster-config.json";
-      description = "Where the oneshots read the contract (PLASMACLOUD_CLUSTER).";
+      type = types.strMatching "/.*";
+      default = defaultContractPath;
+      description = ''
+        Where the oneshots read the contract (PLASMACLOUD_CLUSTER). Every unit of the chain runs
+        only where this file exists (`ConditionPathExists=`): a machine without a contract runs
+        none of it.
+      '';
     };
 
     nodeName = mkOption {
@@ -173,7 +198,11 @@ in
         assertion = cfg.contract == null || lib.hasPrefix "/etc/" cfg.contractPath;
         message = "services.plasmacloud.firstboot.contractPath must lie under /etc/ when `contract` installs a file there (it is ${cfg.contractPath}).";
       }
-    ];
+    ]
+    ++ map (p: {
+      assertion = false;
+      message = "services.plasmacloud.firstboot.contract: ${p}";
+    }) (if contract == null then [ ] else contractLib.problems contract);
 
     environment.systemPackages = [ cfg.package ];
 
@@ -190,7 +219,7 @@ in
     systemd.targets.cluster-ready = {
       wantedBy = [ "multi-user.target" ];
       wants = map (s: "${s}.service") cfg.gatedServices;
-    };
+    } // contractCondition;
 
     systemd.services = lib.mkMerge [
       (lib.genAttrs oneshots (_: {
@@ -205,6 +234,7 @@ in
           cfg.stateDir != contractLib.defaultMountPoint
         ) cfg.stateDir;
       }))
+      (lib.genAttrs chainServices (_: contractCondition))
       { firstboot-disk.path = cfg.diskTools; }
       (lib.genAttrs cfg.gatedServices (_: {
         after = [ "cluster-ready.target" ];

@@ -2,7 +2,8 @@
 #
 # Like the stores: the unit comes from the rendered unit files; this module adds a drop-in
 # (user, settings as PLASMACLOUD_IAM_* variables that win over /etc/plasmacloud/iam.toml, which
-# `firstboot configure` writes from the contract) and the firewall.
+# `firstboot configure` writes from the contract; the node's TLS files: IAM serves HTTPS with
+# the node's certificate and reaches FlareDB and Chainfire over mutual TLS) and the firewall.
 {
   config,
   lib,
@@ -62,8 +63,9 @@ in
         log_format = "json";
       };
       description = ''
-        Keys of iam-server's TOML configuration (`listen_addr`, `flaredb` — a list of URLs,
-        `signing_key`, `token_ttl`, `log_format`).
+        Keys of iam-server's TOML configuration (`listen_addr`, `flaredb` and `chainfire` —
+        lists of https URLs, `signing_key`, `token_ttl`, `log_format`); the TLS files are
+        `tls.*`.
 
         Precedence, highest first: these settings (PLASMACLOUD_IAM_<KEY> variables in a
         drop-in; lists comma-separated), then /etc/plasmacloud/iam.toml as `firstboot
@@ -71,6 +73,10 @@ in
         `pkgs.formats.toml` to /etc/plasmacloud/iam.settings.toml.
       '';
     };
+
+    # HTTPS with the node's certificate; the same files are IAM's client certificate towards
+    # FlareDB and Chainfire.
+    tls = service.tlsOptions "iam-server";
 
     openFirewall = service.openFirewallOption "Open the API port in the firewall.";
   };
@@ -111,6 +117,7 @@ in
           environment = contractLib.settingsToEnv "PLASMACLOUD_IAM" effectiveSettings;
         };
       }
+      (service.tlsConfig cfg "iam" "PLASMACLOUD_IAM" firstboot.stateDir)
       (service.account cfg "iam" "PlasmaCloud IAM server")
       # The rendered unit's StateDirectory= is writable without a drop-in.
       (service.movedDataDir cfg "iam" "/var/lib/plasmacloud/iam")

@@ -1,13 +1,16 @@
 # The netboot profile of a PlasmaCloud node: nixpkgs' netboot module (kernel, netboot ramdisk
 # with the squashfs Nix store, netboot.ipxe), SSH with keys only, a serial console, DHCP on
-# every ethernet, and the per-node overlay's files carried from the initramfs into the running
-# system.
+# every ethernet, and the per-node overlay's and the enrollment initrd's files carried from the
+# initramfs into the running system.
 #
-# Why the copy: the bundle appends a per-node overlay initrd (contract, identity, secrets under
-# /etc/plasmacloud) after the base initrd; the kernel unpacks both into the initramfs. NixOS
-# runs stage 1 there, mounts the real root (a tmpfs) at $targetRoot and switch_root's into it,
-# which empties the initramfs: the overlay's files would be gone. So stage 1 copies them over
-# after mounting and before switching.
+# Why the copy: pxe-server's per-node script appends two initrds after the base one: the
+# bundle's per-node overlay (the contract and the node's name under /etc/plasmacloud; public)
+# and this boot's enrollment initrd (/etc/plasmacloud/enroll/{token,ca.crt}: a single-use
+# token, root only). The kernel unpacks all of them into the initramfs. NixOS runs stage 1
+# there, mounts the real root (a tmpfs) at $targetRoot and switch_root's into it, which empties
+# the initramfs: those files would be gone. So stage 1 copies them over after mounting and
+# before switching, and makes the enrollment directory root's alone (0700, the token 0600)
+# whatever the archive said.
 {
   config,
   lib,
@@ -22,13 +25,50 @@ let
     types
     ;
   cfg = config.plasmacloud.netboot;
-  copyScripted = lib.concatMapStrings (dir: ''
-    if [ -d ${dir} ]; then
-      mkdir -p "$targetRoot${dirOf dir}"
-      cp -a ${dir} "$targetRoot${dirOf dir}/"
-      echo "plasmacloud: carried ${dir} from the overlay initrd into the system"
-    fi
-  '') cfg.overlayPaths;
+  contractLib = import ./lib/contract.nix;
+  enroll = contractLib.enrollDir;
+  token = "${enroll}/${contractLib.enrollTokenFile}";
+  ca = "${enroll}/${contractLib.enrollCaFile}";
+  copyScripted =
+    lib.concatMapStrings (dir: ''
+      if [ -d ${dir} ]; then
+        mkdir -p "$targetRoot${dirOf dir}"
+        cp -a ${dir} "$targetRoot${dirOf dir}/"
+        echo "plasmacloud: carried ${dir} from the overlay initrd into the system"
+      fi
+    '') cfg.overlayPaths
+    + ''
+      if [ -d ${enroll} ]; then
+        mkdir -p "$targetRoot${dirOf enroll}"
+        cp -a ${enroll} "$targetRoot${dirOf enroll}/"
+        chown -R 0:0 "$targetRoot${enroll}"
+        chmod 0700 "$targetRoot${enroll}"
+        if [ -e "$targetRoot${token}" ]; then chmod 0600 "$targetRoot${token}"; fi
+        if [ -e "$targetRoot${ca}" ]; then chmod 0644 "$targetRoot${ca}"; fi
+        echo "plasmacloud: carried ${enroll} (this boot's enrollment token, root only) into the system"
+      fi
+    '';
+  # Stage 1 with the systemd initrd: one oneshot per directory, after /sysroot is mounted and
+  # before the switch; `post` runs after the copy.
+  initrdCopy = description: dir: post: {
+    inherit description;
+    wantedBy = [ "initrd.target" ];
+    after = [ "initrd-fs.target" ];
+    before = [
+      "initrd.target"
+      "initrd-switch-root.target"
+    ];
+    unitConfig = {
+      DefaultDependencies = false;
+      ConditionPathIsDirectory = dir;
+    };
+    serviceConfig = {
+      Type = "oneshot";
+      ExecStartPre = "/bin/mkdir -p /sysroot${dirOf dir}";
+      ExecStart = "/bin/cp -a ${dir} /sysroot${dirOf dir}/";
+    } // lib.optionalAttrs (post != [ ]) { ExecStartPost = post; };
+  };
+  overlayUnits = lib.imap0 (i: _: "plasmacloud-overlay-${toString i}") cfg.overlayPaths;
 in
 {
   imports = [
@@ -51,10 +91,10 @@ in
       type = types.listOf (types.strMatching "/[^ ]*[^/ ]");
       default = [ "/etc/plasmacloud" ];
       description = ''
-        Directories of the overlay initrd carried into the running system at stage 1. The
-        contract's secret paths (TLS keys, the IAM bootstrap credential) must lie under one of
-        them (/etc/plasmacloud/… is the convention); a path under the data disk's mount point
-        would be hidden by the mount.
+        Directories of the overlay initrd carried into the running system at stage 1: the
+        contract and the node's name (/etc/plasmacloud/… is the convention; a path under the
+        data disk's mount point would be hidden by the mount). The enrollment initrd's
+        ${enroll} is always carried, made root's alone (0700, the token 0600).
       '';
     };
 
@@ -74,28 +114,23 @@ in
     # the switch.
     boot.initrd.systemd.services = mkIf config.boot.initrd.systemd.enable (
       lib.listToAttrs (
-        lib.imap0 (i: dir: {
-          name = "plasmacloud-overlay-${toString i}";
-          value = {
-            description = "Carry ${dir} from the overlay initrd into /sysroot";
-            wantedBy = [ "initrd.target" ];
-            after = [ "initrd-fs.target" ];
-            before = [
-              "initrd.target"
-              "initrd-switch-root.target"
-            ];
-            unitConfig = {
-              DefaultDependencies = false;
-              ConditionPathIsDirectory = dir;
-            };
-            serviceConfig = {
-              Type = "oneshot";
-              ExecStartPre = "/bin/mkdir -p /sysroot${dirOf dir}";
-              ExecStart = "/bin/cp -a ${dir} /sysroot${dirOf dir}/";
-            };
-          };
-        }) cfg.overlayPaths
+        lib.zipListsWith (name: dir: {
+          inherit name;
+          value = initrdCopy "Carry ${dir} from the overlay initrd into /sysroot" dir [ ];
+        }) overlayUnits cfg.overlayPaths
       )
+      // {
+        # After the overlay copies, which may carry the same directory with the archive's modes.
+        plasmacloud-enroll =
+          lib.recursiveUpdate
+            (initrdCopy "Carry this boot's enrollment token into /sysroot (root only)" enroll [
+              "/bin/chown -R 0:0 /sysroot${enroll}"
+              "/bin/chmod 0700 /sysroot${enroll}"
+              "-/bin/chmod 0600 /sysroot${token}"
+              "-/bin/chmod 0644 /sysroot${ca}"
+            ])
+            { after = [ "initrd-fs.target" ] ++ map (u: "${u}.service") overlayUnits; };
+      }
     );
 
     boot.kernelParams = [

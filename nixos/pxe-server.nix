@@ -1,6 +1,11 @@
 # services.pxe-server: the provisioning server (DHCP full or proxy, TFTP, HTTP boot, per-node
-# iPXE scripts, management API). Not part of the node's unit graph, so this module declares
-# its unit; the configuration goes to pxe-server as a TOML file (keys spelled like the flags).
+# iPXE scripts, the cluster CA and node enrollment over HTTPS, management API over HTTPS). Not
+# part of the node's unit graph, so this module declares its unit; the configuration goes to
+# pxe-server as a TOML file (keys spelled like the flags).
+#
+# Its state directory holds the cluster CA (`pki/ca.key`) and the enrollment token log: a
+# directory on this machine, 0700, owned by the service, never in the Nix store (which every
+# user can read); assertions refuse a store path there and for the CA key to import.
 {
   config,
   lib,
@@ -13,7 +18,20 @@ let
   inherit (lib) mkOption types literalExpression;
   cfg = config.services.pxe-server;
   settingsFormat = pkgs.formats.toml { };
-  bootServer = contractLib.bootServer (contractLib.fromOption cfg.cluster);
+  contract = contractLib.fromOption cfg.cluster;
+  bootServer = contractLib.bootServer contract;
+  onVarLib = lib.hasPrefix "/var/lib/" cfg.stateDir;
+  pxeServer = lib.getExe' cfg.package "pxe-server";
+
+  # On the first start with `ca` set and no CA in the state directory: import it (systemd
+  # hands the files over as credentials, so root-only files work).
+  importCa = pkgs.writeShellScript "pxe-server-import-ca" ''
+    if [ -e ${lib.escapeShellArg "${cfg.stateDir}/pki/ca.key"} ]; then
+      exit 0
+    fi
+    exec ${pxeServer} pki import --state-dir ${lib.escapeShellArg cfg.stateDir} \
+      --cert "$CREDENTIALS_DIRECTORY/ca-cert" --key "$CREDENTIALS_DIRECTORY/ca-key"
+  '';
 
   configFile = settingsFormat.generate "pxe-server.toml" (
     lib.filterAttrs (_: v: v != null) {
@@ -26,6 +44,8 @@ let
       state-dir = cfg.stateDir;
       http-addr = cfg.httpAddr;
       management-addr = cfg.managementAddr;
+      enrollment-addr = cfg.enrollmentAddr;
+      enroll-token-ttl = cfg.enrollTokenTtl;
       dhcp-port = cfg.dhcpPort;
       tftp-port = cfg.tftpPort;
     }
@@ -101,8 +121,9 @@ in
       type = types.path;
       description = ''
         The bundle directory (`netboot-image bundle --cluster … --netboot … --out DIR`). A
-        bundle built by Nix lives in the world-readable store: fine for contracts without
-        secrets; with secrets, build it outside the store and give its path as a string.
+        bundle is public (kernel, initrds, the contract and each node's name; no key, password
+        or token): one built by Nix (`nixos/pkgs/bundle.nix`) may live in the store, or give a
+        directory built on this host as a string.
       '';
     };
 
@@ -124,14 +145,57 @@ in
       type = types.strMatching "/.*";
       default = "/var/lib/pxe-server";
       description = ''
-        pxe-server's state: the leases, and (trust design) the cluster CA under `pki/`. It
-        holds secrets, so it is a directory on this machine, never in the Nix store (an
-        assertion says so); under /var/lib/ it is the unit's StateDirectory= (mode 0700).
+        pxe-server's state: the leases, the cluster CA (`pki/ca.key` 0600, `pki/ca.crt`, the
+        log of issued certificates; made on the first start when absent) and the enrollment
+        token log (`enroll/`). It holds secrets, so it is a directory on this machine, never
+        in the Nix store (an assertion says so), mode 0700 and owned by the service: under
+        /var/lib/ the unit's StateDirectory=, elsewhere made by tmpfiles. Run the `pxe-server
+        pki` commands on it as the service's user (`sudo -u pxe-server pxe-server pki issue
+        --state-dir … --node NAME --cluster … --out DIR`), so the files they add stay the
+        service's.
       '';
     };
 
+    ca = {
+      certFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/keys/plasmacloud-ca.crt";
+        description = ''
+          An existing cluster CA certificate (PEM) to import on the first start, when the state
+          directory holds no CA (`pxe-server pki import`); null = pxe-server makes its own. For
+          a contract that pins `pki.ca_sha256`, the pinned CA.
+        '';
+      };
+      keyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/keys/plasmacloud-ca.key";
+        description = ''
+          The private key of `ca.certFile` (PEM), handed to the import as a systemd credential.
+          A secret: a path on this machine, never in the Nix store (an assertion refuses one).
+        '';
+      };
+    };
+
     httpAddr = listenOption "Boot-plane (HTTP)" "http_port";
-    managementAddr = listenOption "Management (status, boot events, metrics)" "management_port";
+    managementAddr = listenOption "Management (HTTPS: status, boot events, metrics)" "management_port";
+    enrollmentAddr = listenOption "Enrollment (HTTPS: nodes trade this boot's token and a CSR for their certificate)" "enrollment_port";
+
+    enrollTokenTtl = mkOption {
+      type = types.nullOr (
+        types.addCheck types.ints.unsigned (n: n >= 60)
+        // {
+          description = "integer of at least 60 (seconds)";
+        }
+      );
+      default = null;
+      example = 1800;
+      description = ''
+        Seconds a node has from fetching its boot script to enrolling with the token it
+        brought (`enroll-token-ttl`); null = pxe-server's default (3600).
+      '';
+    };
     dhcpPort = portOption "DHCP server" 67;
     tftpPort = portOption "TFTP" 69;
 
@@ -145,12 +209,12 @@ in
       };
       description = ''
         Further keys of pxe-server's TOML file (`unknown-mac`, `ipv6-ra`, `lease-secs`,
-        `router`, `tftp-max-transfers`, `tftp-max-window`, `log-format`); they win over the
-        options above. pxe-server refuses unknown keys.
+        `router`, `tftp-max-transfers`, `tftp-max-per-client`, `tftp-max-window`,
+        `log-format`); they win over the options above. pxe-server refuses unknown keys.
       '';
     };
 
-    openFirewall = service.openFirewallOption "Open, on `interface` only, UDP 67, 69 and 4011 and the boot-plane and management TCP ports.";
+    openFirewall = service.openFirewallOption "Open, on `interface` only, UDP 67, 69 and 4011 and the boot-plane, management and enrollment TCP ports.";
   };
 
   config = lib.mkIf cfg.enable (
@@ -161,8 +225,18 @@ in
             assertion = cfg.mode == "full" || cfg.dhcpRange == null;
             message = "services.pxe-server: proxy mode assigns no addresses; drop dhcpRange or use mode = \"full\".";
           }
+          {
+            assertion = (cfg.ca.certFile == null) == (cfg.ca.keyFile == null);
+            message = "services.pxe-server.ca: certFile and keyFile go together (a CA is imported with its key).";
+          }
           (service.notInStore "services.pxe-server.stateDir" cfg.stateDir)
-        ];
+          (service.notInStore "services.pxe-server.settings.state-dir" (cfg.settings.state-dir or null))
+          (service.notInStore "services.pxe-server.ca.keyFile" cfg.ca.keyFile)
+        ]
+        ++ map (p: {
+          assertion = false;
+          message = "services.pxe-server.cluster: ${p}";
+        }) (if contract == null then [ ] else contractLib.problems contract);
 
         environment.systemPackages = [ cfg.package ];
 
@@ -180,17 +254,22 @@ in
           wants = [ "network-online.target" ];
           bindsTo = [ "sys-subsystem-net-devices-${cfg.interface}.device" ];
           serviceConfig = {
-            ExecStartPre = "${lib.getExe' cfg.package "pxe-server"} check --config ${configFile}";
-            ExecStart = "${lib.getExe' cfg.package "pxe-server"} serve --config ${configFile}";
+            ExecStartPre = lib.optional (cfg.ca.keyFile != null) "${importCa}" ++ [
+              "${pxeServer} check --config ${configFile}"
+            ];
+            ExecStart = "${pxeServer} serve --config ${configFile}";
+            LoadCredential = lib.optionals (cfg.ca.keyFile != null) [
+              "ca-cert:${cfg.ca.certFile}"
+              "ca-key:${cfg.ca.keyFile}"
+            ];
             Restart = "on-failure";
             RestartSec = 2;
             # Exit 2: the configuration is wrong; restarting will not fix it.
             RestartPreventExitStatus = 2;
-            StateDirectory = lib.mkIf (lib.hasPrefix "/var/lib/" cfg.stateDir) (
-              lib.removePrefix "/var/lib/" cfg.stateDir
-            );
+            # The CA and the token log: the service's alone.
+            StateDirectory = lib.mkIf onVarLib (lib.removePrefix "/var/lib/" cfg.stateDir);
             StateDirectoryMode = "0700";
-            ReadWritePaths = lib.optional (!lib.hasPrefix "/var/lib/" cfg.stateDir) cfg.stateDir;
+            ReadWritePaths = lib.optional (!onVarLib) cfg.stateDir;
             AmbientCapabilities = capabilities;
             CapabilityBoundingSet = capabilities;
             NoNewPrivileges = true;
@@ -216,6 +295,15 @@ in
           };
         };
       }
+      {
+        # A state directory elsewhere: made 0700 for the service at boot.
+        systemd.tmpfiles.settings."10-pxe-server" = lib.mkIf (!onVarLib) {
+          ${cfg.stateDir}.d = {
+            inherit (cfg) user group;
+            mode = "0700";
+          };
+        };
+      }
       (service.account cfg "pxe-server" "PlasmaCloud provisioning server")
       (service.firewallOnInterface cfg {
         udp = lib.unique [
@@ -226,6 +314,7 @@ in
         tcp = [
           (listenPort cfg.httpAddr "http_port")
           (listenPort cfg.managementAddr "management_port")
+          (listenPort cfg.enrollmentAddr "enrollment_port")
         ];
       })
     ]

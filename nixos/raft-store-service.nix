@@ -4,7 +4,7 @@
 # The unit itself comes from the rendered unit files (services.plasmacloud.firstboot installs
 # them); this module only adds a drop-in: the service user, the operator's `settings` as
 # PLASMACLOUD_<SERVICE>_* variables (which win over the TOML `firstboot configure` writes),
-# TLS credentials, and the firewall. It reads services.plasmacloud.firstboot, so it is
+# the node's TLS files (both ports speak mutual TLS), and the firewall. It reads services.plasmacloud.firstboot, so it is
 # imported through firstboot.nix (which imports chainfire.nix, flaredb.nix and iam.nix; the
 # import graph has no cycle, which the module system could not resolve).
 {
@@ -80,8 +80,8 @@ in
       };
       description = ''
         Keys of ${name}-server's TOML configuration (`id`, `data_dir`, `api_addr`,
-        `raft_addr`, `tls_cert`, `tls_key`, `tls_ca`, `snapshot_logs`, `heartbeat_ms`,
-        `request_timeout_ms`${lib.optionalString (name == "flaredb") ", `chainfire`"}).
+        `raft_addr`, `snapshot_logs`, `heartbeat_ms`, `request_timeout_ms`${lib.optionalString (name == "flaredb") ", `chainfire` (https URLs)"});
+        the TLS files are `tls.*`.
 
         Precedence, highest first: these settings (passed as ${envPrefix}_<KEY> variables in
         a drop-in), then /etc/plasmacloud/${name}.toml as `firstboot configure` writes it from
@@ -91,27 +91,8 @@ in
       '';
     };
 
-    tls = {
-      certFile = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = "TLS certificate (PEM) path on the node; null = what the contract says.";
-      };
-      keyFile = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = ''
-          TLS private key (PEM) path on the node; null = what the contract says. Set here, it
-          is handed to the service as a systemd credential (LoadCredential=), so a key
-          readable by root only still works under a dedicated user.
-        '';
-      };
-      caFile = mkOption {
-        type = types.nullOr types.str;
-        default = null;
-        description = "CA (PEM) peers are verified against; null = what the contract says.";
-      };
-    };
+    # Both ports speak mutual TLS with the node's certificate; there is no plaintext setting.
+    tls = service.tlsOptions "${name}-server";
 
     openFirewall = service.openFirewallOption "Open the API, Raft (and gossip) TCP ports in the firewall.";
   };
@@ -130,16 +111,7 @@ in
               || (cfg.apiPort == contractPort apiPortKey && cfg.raftPort == contractPort raftPortKey);
             message = "services.${name}: apiPort/raftPort (${toString cfg.apiPort}/${toString cfg.raftPort}) differ from the contract's ports.${apiPortKey}/${raftPortKey} (${toString (contractPort apiPortKey)}/${toString (contractPort raftPortKey)}); the contract decides the addresses — change it there.";
           }
-          {
-            assertion = (cfg.tls.certFile == null) == (cfg.tls.keyFile == null);
-            message = "services.${name}.tls: certFile and keyFile go together.";
-          }
-          (service.notInStore "services.${name}.tls.keyFile" cfg.tls.keyFile)
         ];
-
-        warnings = lib.optional (
-          contract != null && contractLib.hasTls contract && cfg.tls.keyFile == null && cfg.user != "root"
-        ) "services.${name}: the contract names TLS keys (root-only files on the node) and the server runs as ${cfg.user}; set services.${name}.tls.* to hand the key over as a credential, or user = \"root\".";
 
         environment.etc."plasmacloud/${name}.settings.toml" = lib.mkIf (cfg.settings != { }) {
           source = settingsFormat.generate "${name}.settings.toml" cfg.settings;
@@ -149,19 +121,13 @@ in
         systemd.services.${name} = {
           environment =
             contractLib.settingsToEnv envPrefix cfg.settings
-            // lib.filterAttrs (_: v: v != null) {
-              "${envPrefix}_TLS_CERT" = cfg.tls.certFile;
-              "${envPrefix}_TLS_KEY" = if cfg.tls.keyFile == null then null else "%d/tls-key";
-              "${envPrefix}_TLS_CA" = cfg.tls.caFile;
-            }
             // lib.optionalAttrs (cfg.dataDir != defaultDataDir) {
               "${envPrefix}_DATA_DIR" = cfg.dataDir;
             };
-          serviceConfig.LoadCredential = lib.optional (
-            cfg.tls.keyFile != null
-          ) "tls-key:${cfg.tls.keyFile}";
         };
       }
+      # Mutual TLS on both ports with the node's certificate.
+      (service.tlsConfig cfg name envPrefix firstboot.stateDir)
       (service.account cfg name "${displayName} server")
       # The rendered unit's StateDirectory= is writable without a drop-in.
       (service.movedDataDir cfg name "/var/lib/plasmacloud/${name}")

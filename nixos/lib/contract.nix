@@ -3,8 +3,10 @@
 # `nix-instantiate --eval --strict` (vm-tests/nix-eval-tests.sh), on machines without nixpkgs.
 #
 # The contract crate (firstboot/contract) owns the schema and its validation; these functions
-# only read a contract that crate accepts, with the same defaults (ports, mount point) and the
-# same seed rule (the first initial voter).
+# only read a contract that crate accepts, with the same defaults (ports, mount point, the
+# enrollment port) and the same seed rule (the first initial voter). They read version 2 only:
+# an older contract is refused with what `firstboot validate` says to change
+# (firstboot/contract/src/migrate.rs).
 let
   inherit (builtins)
     attrNames
@@ -37,8 +39,64 @@ let
   defaultBootServer = {
     http_port = 8081;
     management_port = 8082;
+    enrollment_port = 8443;
   };
   defaultMountPoint = "/var/lib/plasmacloud";
+
+  # The contract version these functions read (firstboot/contract/src/wire.rs: CONTRACT_VERSION).
+  contractVersion = 2;
+
+  # What a version-1 contract must change, as firstboot/contract/src/migrate.rs says it (the
+  # pure tests check that these texts are the crate's). `version` is how the crate's message
+  # names the current version.
+  migrationAdvice = version: {
+    version = "1 is the old contract format; this release reads version ${version}, which carries no secrets: make the changes listed here, then set \"version\": ${version}";
+    tls = "remove it: the cluster CA now lives in pxe-server's state directory (`pxe-server pki init`); to pin it, set pki.ca_sha256 to what `pxe-server pki show` prints";
+    nodeTls = "remove it: nodes make their key and get their certificate at enrollment (`firstboot-enroll.service`), or offline with `pxe-server pki issue --node NAME`";
+    bootstrapCredential = "replace it with \"admin\": {\"username\": \"…\", \"password_hash\": \"…\"}; make the hash with `iam-server hash-password` (the password itself never goes into the contract)";
+  };
+
+  # The problems of a version-1 document, one `path: what to change` line each.
+  oldVersionProblems =
+    doc:
+    let
+      advice = migrationAdvice (toString contractVersion);
+      nodes = if isList (doc.nodes or null) then doc.nodes else [ ];
+    in
+    [ "version: ${advice.version}" ]
+    ++ (if doc ? tls then [ "tls: ${advice.tls}" ] else [ ])
+    ++ builtins.concatLists (
+      builtins.genList (
+        i:
+        if isAttrs (builtins.elemAt nodes i) && (builtins.elemAt nodes i) ? tls then
+          [ "nodes[${toString i}].tls: ${advice.nodeTls}" ]
+        else
+          [ ]
+      ) (length nodes)
+    )
+    ++ (
+      if isAttrs (doc.iam or null) && doc.iam ? bootstrap_credential then
+        [ "iam.bootstrap_credential: ${advice.bootstrapCredential}" ]
+      else
+        [ ]
+    );
+
+  # The document itself when it is a contract of the version read here; else an evaluation
+  # error saying what to change.
+  checkVersion =
+    doc:
+    let
+      v = doc.version or null;
+    in
+    if v == contractVersion then
+      doc
+    else if v == 1 then
+      throw (
+        "contract: this is a version-1 contract; version ${toString contractVersion} carries no secrets. What `firstboot validate` says to change (firstboot/contract/src/migrate.rs):\n"
+        + concatStringsSep "\n" (map (p: "  - ${p}") (oldVersionProblems doc))
+      )
+    else
+      throw "contract: version ${builtins.toJSON v} is not one this release reads (it reads version ${toString contractVersion}; `firstboot validate` checks a contract)";
 
   chars = s: builtins.genList (i: builtins.substring i 1 s) (builtins.stringLength s);
   upper = replaceStrings (chars "abcdefghijklmnopqrstuvwxyz-") (chars "ABCDEFGHIJKLMNOPQRSTUVWXYZ_");
@@ -57,10 +115,18 @@ let
       throw "contract: more than one ${what}";
 
   self = rec {
-    inherit defaultPorts defaultMountPoint;
+    inherit
+      defaultPorts
+      defaultMountPoint
+      contractVersion
+      migrationAdvice
+      oldVersionProblems
+      checkVersion
+      ;
 
-    # Reads a contract file (a Nix path, e.g. one in the flake's source).
-    load = path: fromJSON (readFile path);
+    # Reads a contract file (a Nix path, e.g. one in the flake's source); an older version is
+    # an evaluation error saying what to change.
+    load = path: checkVersion (fromJSON (readFile path));
 
     # The contract a module option (`services.plasmacloud.firstboot.contract`,
     # `services.pxe-server.cluster`) holds, as evaluation-time data, or null when it holds none.
@@ -71,15 +137,15 @@ let
     # Anything else is a file the modules never read: a store path a derivation builds (reading
     # it would need the build, and pure evaluation refuses absolute store paths) or a file on
     # the target machine (`/etc/plasmacloud/cluster-config.json`). The built-in defaults then
-    # apply.
+    # apply. Whatever is read must be a version-2 contract (else an evaluation error).
     fromOption =
       v:
       if builtins.isPath v then
         load v
       else if isAttrs v then
-        (if (v.type or null) == "derivation" then null else v)
+        (if (v.type or null) == "derivation" then null else checkVersion v)
       else if builtins.isString v && isJsonText v then
-        fromJSON v
+        checkVersion (fromJSON v)
       else
         null;
 
@@ -120,8 +186,58 @@ let
       else
         { source = v; };
 
-    # Does the contract name TLS material? (Contract v1: `tls`.)
-    hasTls = contract: (contract.tls or null) != null;
+    # Where things live on a node (firstboot/contract/src/lib.rs): the enrollment initrd's
+    # directory and files, and the node's key material under its state directory (the data
+    # disk): `node.key` (0600), `node.crt`, `ca.crt`.
+    enrollDir = "/etc/plasmacloud/enroll";
+    enrollTokenFile = "token";
+    enrollCaFile = "ca.crt";
+    nodePkiDir = "pki";
+    nodeTlsFiles = stateDir: {
+      cert = "${stateDir}/${nodePkiDir}/node.crt";
+      key = "${stateDir}/${nodePkiDir}/node.key";
+      ca = "${stateDir}/${nodePkiDir}/ca.crt";
+    };
+
+    # The first IAM administrator ({ username, password_hash }), or null.
+    iamAdmin = contract: if contract == null then null else (contract.iam or { }).admin or null;
+
+    # The pinned CA fingerprint (`pki.ca_sha256`), or null.
+    caSha256 = contract: if contract == null then null else (contract.pki or { }).ca_sha256 or null;
+
+    # An argon2id PHC string with parameters, salt and hash (`iam-server hash-password`).
+    isArgon2idHash =
+      s:
+      builtins.isString s
+      && match "[$]argon2id[$]v=[0-9]+[$]m=[0-9]+,t=[0-9]+,p=[0-9]+[$][A-Za-z0-9+/]+[$][A-Za-z0-9+/]+" s != null;
+
+    # 64 lowercase hex digits (what `pxe-server pki show` prints).
+    isFingerprint = s: builtins.isString s && match "[0-9a-f]{64}" s != null;
+
+    # What the modules assert about a contract they read (the contract crate checks the rest):
+    # the admin's password is a hash, never the password, and a pinned CA is a fingerprint.
+    problems =
+      contract:
+      let
+        admin = iamAdmin contract;
+        pin = caSha256 contract;
+      in
+      (
+        if admin != null && !(isArgon2idHash (admin.password_hash or null)) then
+          [
+            "iam.admin.password_hash is not an argon2id PHC string (expected $argon2id$v=19$m=…,t=…,p=…$salt$hash; never the password itself): make one with `iam-server hash-password` (it reads the password from stdin)"
+          ]
+        else
+          [ ]
+      )
+      ++ (
+        if pin != null && !(isFingerprint pin) then
+          [
+            "pki.ca_sha256 ${builtins.toJSON pin} is not a SHA-256 fingerprint (expected 64 lowercase hex digits, as `pxe-server pki show` prints)"
+          ]
+        else
+          [ ]
+      );
 
     # The service ports, with the contract crate's defaults filled in (all defaults for a
     # null contract).
@@ -157,7 +273,8 @@ let
     # Where a node's data disk is mounted.
     mountPoint = contract: name: (disk contract name).mount_point;
 
-    # `http://ip:port` of a service's API on a node (`chainfire`, `flaredb` or `iam`).
+    # `https://ip:port` of a service's API on a node (`chainfire`, `flaredb` or `iam`): every
+    # service port speaks TLS.
     apiUrl =
       contract: service: name:
       let
@@ -170,9 +287,8 @@ let
             iam = p.iam_api;
           }
           .${service};
-        scheme = if hasTls contract then "https" else "http";
       in
-      "${scheme}://${n.ipv4}:${toString port}";
+      "https://${n.ipv4}:${toString port}";
 
     # The voters' API URLs of a service, in contract order.
     voterUrls = contract: service: map (apiUrl contract service) (voters contract);
@@ -192,8 +308,23 @@ let
         p.iam_api
       ];
 
+    # pxe-server's HTTPS endpoints as the nodes reach them: enrollment (`/v1/enroll`) and
+    # management (phase reports).
+    enrollmentUrl =
+      contract:
+      let
+        bs = bootServer contract;
+      in
+      "https://${bs.address}:${toString bs.enrollment_port}";
+    managementUrl =
+      contract:
+      let
+        bs = bootServer contract;
+      in
+      "https://${bs.address}:${toString bs.management_port}";
+
     # What the provisioning server listens on: DHCP (67), TFTP (69), PXE (4011) over UDP; the
-    # boot plane and the management API over TCP.
+    # boot plane, the management API and enrollment over TCP.
     bootServerPorts =
       contract:
       let
@@ -208,6 +339,7 @@ let
         tcp = [
           bs.http_port
           bs.management_port
+          bs.enrollment_port
         ];
       };
 

@@ -1,7 +1,7 @@
 # What every PlasmaCloud service module declares the same way, written once: the `enable`,
 # `package`, `user`, `group` and `openFirewall` options, the dedicated system user and group,
-# the firewall rule, a data directory moved off the unit's own StateDirectory=, and the rule
-# that a secret never lies in the Nix store.
+# the firewall rule, a data directory moved off the unit's own StateDirectory=, the node's TLS
+# files handed to a server, and the rule that a secret never lies in the Nix store.
 #
 # The store is world-readable and every store path is a public artifact (shared/DESIGN.md,
 # "Trust"): a private key, a password or a state directory holding either must be a path on
@@ -10,6 +10,7 @@
 { lib }:
 let
   inherit (lib) mkOption mkIf types;
+  contractLib = import ./contract.nix;
 in
 rec {
   # `enable`, `package`, `user` and `group` of a service whose dedicated user and group are
@@ -107,6 +108,75 @@ rec {
           inherit (cfg) user group;
           mode = "0700";
         };
+      };
+    };
+
+  # `tls.{certFile,keyFile,caFile}` of a server; null = the node's own files from enrollment
+  # (`<firstboot.stateDir>/pki/{node.crt,node.key,ca.crt}`, which `firstboot configure` names
+  # in the server's TOML).
+  tlsOptions =
+    binary:
+    let
+      file =
+        what: onNode: extra:
+        mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "/var/lib/plasmacloud/pki/${onNode}";
+          description = ''
+            Path on the node of ${what} (PEM) for ${binary}; null = the node's
+            `<stateDir>/pki/${onNode}`, made at enrollment (`firstboot-enroll.service`) or issued
+            offline (`pxe-server pki issue --node`).${extra}
+          '';
+        };
+    in
+    {
+      certFile = file "this node's certificate from the cluster CA" "node.crt" "";
+      keyFile = file "this node's private key" "node.key" " A secret: never a store path (an assertion refuses one). Under a dedicated `user` the three files reach the server as systemd credentials (LoadCredential=), so the root-only pki/ directory works.";
+      caFile = file "the cluster CA certificate, which every peer and client is verified against" "ca.crt" "";
+    };
+
+  # The server's TLS files in a drop-in. Under a dedicated user the three files are handed
+  # over with LoadCredential= (the node's pki/ directory is 0700 root and the key 0600: the
+  # server reads root's copies, systemd makes private ones for it) and the
+  # `<envPrefix>_TLS_*` variables point at `%d/tls-{cert,key,ca}`; as root the unit reads the
+  # files `firstboot configure` names, and only paths set in the module become variables.
+  tlsConfig =
+    cfg: name: envPrefix: stateDir:
+    let
+      node = contractLib.nodeTlsFiles stateDir;
+      files = {
+        cert = if cfg.tls.certFile == null then node.cert else cfg.tls.certFile;
+        key = if cfg.tls.keyFile == null then node.key else cfg.tls.keyFile;
+        ca = if cfg.tls.caFile == null then node.ca else cfg.tls.caFile;
+      };
+      given = {
+        cert = cfg.tls.certFile;
+        key = cfg.tls.keyFile;
+        ca = cfg.tls.caFile;
+      };
+      asCredential = cfg.user != "root";
+      var = what: "${envPrefix}_TLS_${lib.toUpper what}";
+    in
+    {
+      assertions = [
+        {
+          assertion = (cfg.tls.certFile == null) == (cfg.tls.keyFile == null);
+          message = "services.${name}.tls: certFile and keyFile go together (a certificate is only good with its own key).";
+        }
+        (notInStore "services.${name}.tls.keyFile" cfg.tls.keyFile)
+      ];
+      systemd.services.${name} = {
+        environment =
+          if asCredential then
+            lib.mapAttrs' (what: _: lib.nameValuePair (var what) "%d/tls-${what}") files
+          else
+            lib.mapAttrs' (what: path: lib.nameValuePair (var what) path) (
+              lib.filterAttrs (_: v: v != null) given
+            );
+        serviceConfig.LoadCredential = lib.optionals asCredential (
+          lib.mapAttrsToList (what: path: "tls-${what}:${path}") files
+        );
       };
     };
 

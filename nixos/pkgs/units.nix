@@ -23,14 +23,14 @@ in
 runCommand "plasmacloud-units-${firstboot.version}"
   {
     passthru.bin = bin;
-    meta.description = "PlasmaCloud systemd units (firstboot chain, Chainfire, FlareDB, IAM, cluster-ready.target)";
+    meta.description = "PlasmaCloud systemd units (firstboot chain with enrollment, Chainfire, FlareDB, IAM, cluster-ready.target)";
   }
   ''
     mkdir -p $out/lib/systemd/system
     ${firstboot}/bin/firstboot units --out $out/lib/systemd/system --bindir ${bin}/bin
     # Every unit of the design must be there; a renamed unit breaks the NixOS modules.
-    for u in firstboot-disk firstboot-configure chainfire chainfire-cluster-join flaredb \
-             flaredb-cluster-join iam iam-initial-setup cluster-health-check; do
+    for u in firstboot-disk firstboot-enroll firstboot-configure chainfire chainfire-cluster-join \
+             flaredb flaredb-cluster-join iam iam-initial-setup cluster-health-check; do
       test -f $out/lib/systemd/system/$u.service || { echo "missing $u.service" >&2; exit 1; }
     done
     test -f $out/lib/systemd/system/cluster-ready.target

@@ -4,10 +4,11 @@
 # (`eth0`) takes DHCP from the site network.
 #
 # What stays out of the Nix store (which every user of the machine can read): pxe-server's
-# state directory (leases now; the cluster CA, `pki/ca.key`, under the trust design), on
-# this machine's disk and owned by the service; and the bundle, which `netboot-image bundle`
-# writes on this host (a v1 contract's bundle carries the nodes' secrets). The module
-# refuses a state directory or a secret file given as a store path.
+# state directory — the leases, the cluster CA (`pki/ca.key`, made on the first start) and
+# the enrollment token log — on this machine's disk, 0700 and owned by the service. The
+# module refuses a state directory or a CA key given as a store path. The bundle is public
+# (no key, password or token in it); here `netboot-image bundle` writes it on this host.
+# Nodes enroll at the contract's boot_server.enrollment_port (8443, opened with the others).
 { lib, ... }:
 let
   contractLib = import ../lib/contract.nix;

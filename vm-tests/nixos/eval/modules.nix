@@ -24,6 +24,7 @@ let
       generate = name: value: "/nix/store/00000000000000000000000000000000-${name}";
     };
     callPackage = f: args: fakeDrv "called";
+    writeShellScript = name: _: "/nix/store/00000000000000000000000000000000-${name}";
     util-linux = fakeDrv "util-linux";
     e2fsprogs = fakeDrv "e2fsprogs";
     xfsprogs = fakeDrv "xfsprogs";
@@ -226,6 +227,7 @@ in
         "flaredb"
         "iam"
         "firstboot-disk"
+        "firstboot-enroll"
         "firstboot-configure"
         "cluster-health-check"
       ];
@@ -241,6 +243,52 @@ in
       PLASMACLOUD_LOG_FORMAT = "pretty";
     };
     actual = n1.systemd.services.chainfire-cluster-join.environment;
+  }
+  {
+    name = "firstboot-enroll (the node's key and certificate) is a oneshot of the chain like the others";
+    expected = n1.systemd.services.chainfire-cluster-join.environment;
+    actual = n1.systemd.services.firstboot-enroll.environment;
+  }
+  {
+    name = "the chain's units keep the rendered ConditionPathExists= for the default contract path";
+    expected = [ ];
+    actual = lib.filter (n: n1.systemd.services.${n} ? unitConfig) [
+      "firstboot-disk"
+      "firstboot-enroll"
+      "chainfire"
+      "cluster-health-check"
+    ];
+  }
+  {
+    name = "another contract path: every unit of the chain and cluster-ready.target run only where it is";
+    expected = {
+      units = lib.genList (_: [
+        ""
+        "/etc/plasmacloud/other.json"
+      ]) 11;
+      env = "/etc/plasmacloud/other.json";
+    };
+    actual =
+      let
+        c = node { services.plasmacloud.firstboot.contractPath = "/etc/plasmacloud/other.json"; };
+      in
+      {
+        units =
+          map (n: c.systemd.services.${n}.unitConfig.ConditionPathExists) [
+            "firstboot-disk"
+            "firstboot-enroll"
+            "firstboot-configure"
+            "chainfire"
+            "chainfire-cluster-join"
+            "flaredb"
+            "flaredb-cluster-join"
+            "iam"
+            "iam-initial-setup"
+            "cluster-health-check"
+          ]
+          ++ [ c.systemd.targets.cluster-ready.unitConfig.ConditionPathExists ];
+        env = c.systemd.services.firstboot-enroll.environment.PLASMACLOUD_CLUSTER;
+      };
   }
   {
     name = "firstboot-disk has its tools";
@@ -271,10 +319,70 @@ in
         PLASMACLOUD_IAM_TOKEN_TTL = "2h";
       };
     };
-    actual = {
-      chainfire = n1.systemd.services.chainfire.environment;
-      iam = n1.systemd.services.iam.environment;
+    actual =
+      let
+        notTls = lib.filterAttrs (n: _: !lib.hasInfix "_TLS_" n);
+      in
+      {
+        chainfire = notTls n1.systemd.services.chainfire.environment;
+        iam = notTls n1.systemd.services.iam.environment;
+      };
+  }
+  {
+    name = "under their users the servers get the node's TLS files from enrollment as credentials";
+    expected =
+      lib.genList
+        (_: {
+          cred = [
+            "tls-ca:/var/lib/plasmacloud/pki/ca.crt"
+            "tls-cert:/var/lib/plasmacloud/pki/node.crt"
+            "tls-key:/var/lib/plasmacloud/pki/node.key"
+          ];
+          env = [
+            "%d/tls-ca"
+            "%d/tls-cert"
+            "%d/tls-key"
+          ];
+        })
+        3;
+    actual =
+      map
+        (
+          s:
+          let
+            u = n1.systemd.services.${s};
+          in
+          {
+            cred = u.serviceConfig.LoadCredential;
+            env = lib.attrValues (lib.filterAttrs (n: _: lib.hasInfix "_TLS_" n) u.environment);
+          }
+        )
+        [
+          "chainfire"
+          "flaredb"
+          "iam"
+        ];
+  }
+  {
+    name = "as root the servers read the files firstboot configure names (nothing in the drop-in)";
+    expected = {
+      cred = [ ];
+      env = { };
     };
+    actual =
+      let
+        u = (node { services.flaredb.user = "root"; }).systemd.services.flaredb;
+      in
+      {
+        cred = u.serviceConfig.LoadCredential;
+        env = lib.filterAttrs (n: _: lib.hasInfix "_TLS_" n) u.environment;
+      };
+  }
+  {
+    name = "the node's TLS files follow a moved state directory";
+    expected = "tls-key:/srv/plasmacloud/pki/node.key";
+    actual = lib.last (node { services.plasmacloud.firstboot.stateDir = "/srv/plasmacloud"; })
+      .systemd.services.iam.serviceConfig.LoadCredential;
   }
   {
     name = "services run as their own users";
@@ -318,9 +426,13 @@ in
       .services.plasmacloud.firstboot.deadline;
   }
   {
-    name = "a TLS key set in the module becomes a credential";
+    name = "TLS files set in the module become credentials (the CA stays the node's)";
     expected = {
-      cred = [ "tls-key:/etc/plasmacloud/tls/node01.key" ];
+      cred = [
+        "tls-ca:/var/lib/plasmacloud/pki/ca.crt"
+        "tls-cert:/etc/plasmacloud/tls/node01.crt"
+        "tls-key:/etc/plasmacloud/tls/node01.key"
+      ];
       env = "%d/tls-key";
     };
     actual =
@@ -343,7 +455,7 @@ in
     actual = failedAssertions p1;
   }
   {
-    name = "pxe-server firewall: UDP 67/69/4011 and the contract's TCP ports, on the boot interface";
+    name = "pxe-server firewall: UDP 67/69/4011 and the contract's TCP ports (enrollment too), on the boot interface";
     expected = {
       udp = [
         67
@@ -353,6 +465,7 @@ in
       tcp = [
         8081
         8082
+        8443
       ];
     };
     actual = {
@@ -376,19 +489,122 @@ in
     actual = throws (pxe { services.pxe-server.mode = lib.mkForce "relay"; }).services.pxe-server.mode;
   }
   {
-    name = "pxe-server: management address port reaches the firewall";
+    name = "pxe-server: management and enrollment address ports reach the firewall";
     expected = [
       8081
       9082
+      9443
     ];
     actual =
-      (pxe { services.pxe-server.managementAddr = "10.99.0.1:9082"; })
-      .networking.firewall.interfaces.eth1.allowedTCPPorts;
+      (pxe {
+        services.pxe-server.managementAddr = "10.99.0.1:9082";
+        services.pxe-server.enrollmentAddr = "10.99.0.1:9443";
+      }).networking.firewall.interfaces.eth1.allowedTCPPorts;
+  }
+  {
+    name = "pxe-server: an enrollment token lifetime under 60 s is refused by the type";
+    expected = [
+      true
+      false
+    ];
+    actual = [
+      (throws (pxe { services.pxe-server.enrollTokenTtl = 30; }).services.pxe-server.enrollTokenTtl)
+      (throws (pxe { services.pxe-server.enrollTokenTtl = 1800; }).services.pxe-server.enrollTokenTtl)
+    ];
+  }
+  {
+    name = "pxe-server: the state directory is the unit's, 0700; elsewhere tmpfiles makes it 0700";
+    expected = {
+      unit = "pxe-server";
+      mode = "0700";
+      elsewhere = {
+        mode = "0700";
+        user = "pxe-server";
+        group = "pxe-server";
+      };
+    };
+    actual = {
+      unit = p1.systemd.services.pxe-server.serviceConfig.StateDirectory;
+      mode = p1.systemd.services.pxe-server.serviceConfig.StateDirectoryMode;
+      elsewhere =
+        (pxe { services.pxe-server.stateDir = lib.mkForce "/srv/pxe-state"; })
+        .systemd.tmpfiles.settings."10-pxe-server"."/srv/pxe-state".d;
+    };
+  }
+  {
+    name = "pxe-server: a CA to import comes in as credentials before the check";
+    expected = {
+      pre = 2;
+      cred = [
+        "ca-cert:/run/keys/ca.crt"
+        "ca-key:/run/keys/ca.key"
+      ];
+      failed = [ ];
+    };
+    actual =
+      let
+        c = pxe {
+          services.pxe-server.ca = {
+            certFile = "/run/keys/ca.crt";
+            keyFile = "/run/keys/ca.key";
+          };
+        };
+      in
+      {
+        pre = lib.length c.systemd.services.pxe-server.serviceConfig.ExecStartPre;
+        cred = c.systemd.services.pxe-server.serviceConfig.LoadCredential;
+        failed = failedAssertions c;
+      };
+  }
+  {
+    name = "pxe-server: a CA certificate without its key fails an assertion";
+    expected = 1;
+    actual = lib.length (failedAssertions (pxe { services.pxe-server.ca.certFile = "/run/keys/ca.crt"; }));
   }
   {
     name = "netboot: stage 1 carries /etc/plasmacloud into the target root";
     expected = true;
     actual = lib.hasInfix ''cp -a /etc/plasmacloud "$targetRoot/etc/"'' netboot.boot.initrd.postMountCommands;
+  }
+  {
+    name = "netboot: stage 1 carries the enrollment token, root's alone (0700, the token 0600)";
+    expected = [
+      true
+      true
+      true
+    ];
+    actual = map (x: lib.hasInfix x netboot.boot.initrd.postMountCommands) [
+      ''cp -a /etc/plasmacloud/enroll "$targetRoot/etc/plasmacloud/"''
+      ''chmod 0700 "$targetRoot/etc/plasmacloud/enroll"''
+      ''chmod 0600 "$targetRoot/etc/plasmacloud/enroll/token"''
+    ];
+  }
+  {
+    name = "netboot, systemd initrd: the enrollment copy runs after the overlay copies and fixes the modes";
+    expected = {
+      after = [
+        "initrd-fs.target"
+        "plasmacloud-overlay-0.service"
+      ];
+      post = [
+        "/bin/chown -R 0:0 /sysroot/etc/plasmacloud/enroll"
+        "/bin/chmod 0700 /sysroot/etc/plasmacloud/enroll"
+        "-/bin/chmod 0600 /sysroot/etc/plasmacloud/enroll/token"
+        "-/bin/chmod 0644 /sysroot/etc/plasmacloud/enroll/ca.crt"
+      ];
+    };
+    actual =
+      let
+        u =
+          (eval [
+            (root + "/nixos/netboot-base.nix")
+            { boot.initrd.systemd.enable = true; }
+          ]).boot.initrd.systemd.services.plasmacloud-enroll;
+      in
+      {
+        inherit (u) after;
+        post = u.serviceConfig.ExecStartPost;
+      };
   }
   {
     name = "netboot: serial console, keys only, chain enabled";
@@ -447,8 +663,10 @@ in
     ];
   }
   {
-    name = "secrets given as store paths are refused: pxe-server's state, IAM's signing key, a TLS key";
+    name = "secrets given as store paths are refused: pxe-server's state (option and setting) and CA key, IAM's signing key, a TLS key";
     expected = [
+      true
+      true
       true
       true
       true
@@ -462,6 +680,15 @@ in
         (refused (pxe {
           services.pxe-server.stateDir = lib.mkForce "/nix/store/00000000000000000000000000000000-state";
         }) "services.pxe-server.stateDir")
+        (refused (pxe {
+          services.pxe-server.settings.state-dir = "/nix/store/00000000000000000000000000000000-state";
+        }) "services.pxe-server.settings.state-dir")
+        (refused (pxe {
+          services.pxe-server.ca = {
+            certFile = "/run/keys/ca.crt";
+            keyFile = "/nix/store/00000000000000000000000000000000-ca.key";
+          };
+        }) "services.pxe-server.ca.keyFile")
         (refused (node {
           services.iam.signingKeyFile = "/nix/store/00000000000000000000000000000000-key.pem";
         }) "services.iam.signingKeyFile")
@@ -483,6 +710,36 @@ in
         keyFile = "/etc/plasmacloud/tls/node01.key";
       };
     });
+  }
+  {
+    name = "a contract whose admin carries a password instead of its hash fails an assertion naming it";
+    expected = [
+      true
+      true
+    ];
+    actual =
+      let
+        plain = (lib.importJSON contractFile) // {
+          iam.admin = {
+            username = "admin";
+            password_hash = "Example-Admin-Passphrase-2026";
+          };
+        };
+        named = cfg: lib.any (lib.hasInfix "iam.admin.password_hash is not an argon2id") (failedAssertions cfg);
+      in
+      [
+        (named (node { services.plasmacloud.firstboot.contract = lib.mkForce plain; }))
+        (named (pxe { services.pxe-server.cluster = lib.mkForce plain; }))
+      ];
+  }
+  {
+    name = "a version-1 contract is refused at evaluation (firstboot validate's advice)";
+    expected = true;
+    actual = throws (
+      node {
+        services.plasmacloud.firstboot.contract = lib.mkForce ((lib.importJSON contractFile) // { version = 1; });
+      }
+    ).services.chainfire.apiPort;
   }
   {
     name = "a contract given as an attribute set is read and installed as text";

@@ -7,6 +7,21 @@ let
   five = c.load (root + "/examples/cluster-5.json");
   disko = n: (import (root + "/nixos/nodes/${n}/disko.nix")).disko.devices;
   throws = e: !(builtins.tryEval (builtins.deepSeq e e)).success;
+  testAdmin = builtins.fromJSON (builtins.readFile (root + "/vm-tests/nixos/lib/test-admin.json"));
+  # A version-1 contract as the old examples were: TLS paths and an IAM credential file.
+  old =
+    builtins.removeAttrs three [ "iam" ]
+    // {
+      version = 1;
+      tls.ca_cert = "/etc/plasmacloud/tls/ca.crt";
+      nodes = map (n: n // { tls = { cert = "c"; key = "k"; }; }) three.nodes;
+      iam.bootstrap_credential = "/etc/plasmacloud/iam-admin.json";
+    };
+  migrateRs = builtins.readFile (root + "/firstboot/contract/src/migrate.rs");
+  wireRs = builtins.readFile (root + "/firstboot/contract/src/wire.rs");
+  # How the crate writes a message as a Rust string literal.
+  rustLiteral = builtins.replaceStrings [ "\"" ] [ "\\\"" ];
+  infix = needle: hay: builtins.replaceStrings [ needle ] [ "" ] hay != hay;
 in
 [
   {
@@ -42,11 +57,11 @@ in
     actual = builtins.length (c.voters five) - (builtins.length (c.voters five) / 2) * 2;
   }
   {
-    name = "voter API URLs of FlareDB";
+    name = "voter API URLs of FlareDB (every service port speaks TLS)";
     expected = [
-      "http://10.99.0.11:2479"
-      "http://10.99.0.12:2479"
-      "http://10.99.0.13:2479"
+      "https://10.99.0.11:2479"
+      "https://10.99.0.12:2479"
+      "https://10.99.0.13:2479"
     ];
     actual = c.voterUrls three "flaredb";
   }
@@ -78,7 +93,7 @@ in
     actual = (c.ports (removeAttrs three [ "ports" ])).chainfire_api;
   }
   {
-    name = "boot server ports (UDP 67/69/4011, TCP http/management)";
+    name = "boot server ports (UDP 67/69/4011, TCP http/management/enrollment)";
     expected = {
       udp = [
         67
@@ -88,9 +103,130 @@ in
       tcp = [
         8081
         8082
+        8443
       ];
     };
     actual = c.bootServerPorts three;
+  }
+  {
+    name = "the enrollment port defaults to 8443; enrollment and management are https";
+    expected = [
+      "https://10.99.0.1:8443"
+      "https://10.99.0.1:8082"
+      8443
+    ];
+    actual = [
+      (c.enrollmentUrl three)
+      (c.managementUrl three)
+      (c.bootServer (three // { boot_server = builtins.removeAttrs three.boot_server [ "enrollment_port" ]; }))
+      .enrollment_port
+    ];
+  }
+  {
+    name = "a node's key material lives under its state directory's pki/";
+    expected = {
+      cert = "/data/pki/node.crt";
+      key = "/data/pki/node.key";
+      ca = "/data/pki/ca.crt";
+    };
+    actual = c.nodeTlsFiles "/data";
+  }
+  {
+    name = "the enrollment initrd's files (firstboot/contract: ENROLL_DIR, ENROLL_*_FILE)";
+    expected = [
+      "/etc/plasmacloud/enroll"
+      "token"
+      "ca.crt"
+      "pki"
+    ];
+    actual = [
+      c.enrollDir
+      c.enrollTokenFile
+      c.enrollCaFile
+      c.nodePkiDir
+    ];
+  }
+  {
+    name = "contract version 2 is read; the crate's CONTRACT_VERSION is the same";
+    expected = [
+      2
+      true
+    ];
+    actual = [
+      three.version
+      (infix "pub const CONTRACT_VERSION: u32 = ${toString c.contractVersion};" wireRs)
+    ];
+  }
+  {
+    name = "a version-1 contract is refused at evaluation, however it is given";
+    expected = [
+      true
+      true
+      true
+      true
+    ];
+    actual = [
+      (throws (c.fromOption old))
+      (throws (c.fromOption (builtins.toJSON old)))
+      (throws (c.checkVersion old))
+      (throws (c.checkVersion (three // { version = 3; })))
+    ];
+  }
+  {
+    name = "a version-1 contract is told what to change, path by path";
+    expected = [
+      "version"
+      "tls"
+      "nodes[0].tls"
+      "nodes[1].tls"
+      "nodes[2].tls"
+      "iam.bootstrap_credential"
+    ];
+    actual = map (p: builtins.head (builtins.match "([^:]*): .*" p)) (c.oldVersionProblems old);
+  }
+  {
+    name = "the advice is firstboot validate's own (firstboot/contract/src/migrate.rs)";
+    expected = [
+      true
+      true
+      true
+      true
+    ];
+    actual = map (m: infix (rustLiteral m) migrateRs) (
+      builtins.attrValues (c.migrationAdvice "{CONTRACT_VERSION}")
+    );
+  }
+  {
+    name = "the admin is an argon2id hash (the examples' and the tests'); a password is a problem";
+    expected = [
+      [ ]
+      [ ]
+      [ "iam.admin.password_hash" ]
+      true
+    ];
+    actual = [
+      (c.problems three)
+      (c.problems five)
+      (map (p: builtins.head (builtins.match "([^ ]*) .*" p)) (
+        c.problems (three // { iam.admin = { username = "admin"; password_hash = testAdmin.password; }; })
+      ))
+      (c.isArgon2idHash testAdmin.password_hash)
+    ];
+  }
+  {
+    name = "a pinned CA is a fingerprint";
+    expected = [
+      null
+      [ ]
+      [ "pki.ca_sha256" ]
+    ];
+    actual = [
+      (c.caSha256 three)
+      (c.problems (three // { pki.ca_sha256 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"; }))
+      (map (p: builtins.head (builtins.match "([^ ]*) .*" p)) (
+        c.problems (three // { pki.ca_sha256 = "01:23"; })
+      ))
+    ];
   }
   {
     name = "node network";
@@ -245,9 +381,12 @@ in
         )
         [
           (root + "/examples/cluster-3.json")
-          { cluster.name = "a"; }
+          {
+            version = 2;
+            cluster.name = "a";
+          }
           ''
-            { "cluster": { "name": "b" } }
+            { "version": 2, "cluster": { "name": "b" } }
           ''
           # A file written at evaluation is a store path: pure evaluation refuses to read it.
           (builtins.toFile "c.json" "{}")
