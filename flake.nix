@@ -126,13 +126,14 @@
           args = {
             inherit pkgs;
             plasmacloudModule = self.nixosModules.default;
+            packages = self.packages.x86_64-linux;
           };
         in
         {
+          # Installed nodes with certificates issued offline in the test script.
           cluster-bootstrap = import ./vm-tests/nixos/cluster-bootstrap.nix args;
-          pxe-boot = import ./vm-tests/nixos/pxe-boot.nix (
-            args // { packages = self.packages.x86_64-linux; }
-          );
+          # Netbooted nodes that enroll with the pxe-server VM.
+          pxe-boot = import ./vm-tests/nixos/pxe-boot.nix args;
           # docs/options.md against the modules' options (nixosOptionsDoc); its passthru has
           # the page (`markdown`) and nixpkgs' optionsJSON/optionsCommonMark.
           options-doc =

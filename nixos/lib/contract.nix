@@ -400,13 +400,13 @@ let
       };
 
     # The contract with every node's data disk on `device` (a VM whose only virtio disk is the
-    # data disk sees it as /dev/vda) and, when `credential` is not null, an IAM bootstrap
-    # credential path.
+    # data disk sees it as /dev/vda) and, when `admin` ({ username, password_hash }) is not
+    # null, that IAM administrator.
     withTestOverrides =
       contract:
       {
         device ? null,
-        credential ? null,
+        admin ? null,
       }:
       contract
       // {
@@ -415,12 +415,12 @@ let
         ) contract.nodes;
       }
       // (
-        if credential == null then
+        if admin == null then
           { }
         else
           {
             iam = (contract.iam or { }) // {
-              bootstrap_credential = credential;
+              admin = { inherit (admin) username password_hash; };
             };
           }
       );

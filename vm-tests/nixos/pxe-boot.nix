@@ -1,10 +1,13 @@
 # nixosTest: the boot path end to end. `boot` runs services.pxe-server (full DHCP mode) on the
-# test VLAN; node01..node03 are diskless QEMU machines with the contract's MACs and one empty
-# data disk each, which PXE-boot from it over that VLAN (virtio-net's iPXE ROM → DHCP → HTTP
-# per-node iPXE script → kernel, netboot ramdisk, per-node overlay; no user-mode TFTP), run
-# the netboot image's first-boot chain and must reach cluster-ready with the same checks as
-# cluster-bootstrap and the Rust rack harness; then the rack's reboot scenario (node03
-# power-cycles, netboots again from RAM, and finds its Raft data on its disk).
+# test VLAN, with the cluster CA in its state directory (made on its first start); node01..node03
+# are diskless QEMU machines with the contract's MACs and one empty data disk each, which
+# PXE-boot from it over that VLAN (virtio-net's iPXE ROM → DHCP → HTTP per-node iPXE script →
+# kernel, netboot ramdisk, the node's public overlay, this boot's enrollment initrd with a
+# single-use token and ca.crt; no user-mode TFTP), enroll with pxe-server over HTTPS
+# (firstboot-enroll makes the key on the node), run the netboot image's first-boot chain and
+# must reach cluster-ready with the same checks as cluster-bootstrap and the Rust rack harness;
+# then the rack's reboot scenario (node03 power-cycles, netboots again from RAM, finds its Raft
+# data and its certificate on its disk, and needs no new certificate).
 {
   pkgs,
   plasmacloudModule,
@@ -41,12 +44,14 @@ let
   };
   netboot = pkgs.callPackage ../../nixos/pkgs/netboot.nix { nixos = netbootSystem; };
 
+  # Public: kernel, initrd, the contract and each node's name (no secret in it).
   bundle = pkgs.callPackage ../../nixos/pkgs/bundle.nix {
     inherit (packages) netboot-image;
     inherit netboot;
     contract = t.file;
-    secrets.${contractLib.seed contract}.${t.credentialPath} = t.credentialFile;
   };
+  stateDir = "/var/lib/pxe-server";
+  names = contractLib.nodeNames contract;
 
   # The same QEMU invocation the driver uses for its own nodes (KVM when there is one).
   # (callPackage: the file's arguments differ between nixpkgs releases.)
@@ -102,14 +107,25 @@ pkgs.testers.runNixOSTest {
     ${builtins.readFile ./lib/checks.py}
 
     contract = json.loads(${builtins.toJSON (builtins.toJSON contract)})
-    credential = json.loads(${builtins.toJSON (builtins.toJSON t.credential)})
-    names = ${builtins.toJSON (contractLib.nodeNames contract)}
+    login = json.loads(${builtins.toJSON (builtins.toJSON t.login)})
+    names = ${builtins.toJSON names}
+    state = "${stateDir}"
 
-    with phase("the provisioning server comes up"):
+
+    def issued_certificates() -> int:
+        """How many certificates the CA signed (pki/issued.log, one JSON line each)."""
+        return int(boot.succeed(f"cat {state}/pki/issued.log 2>/dev/null | grep -c . || true").strip() or "0")
+
+
+    with phase("the provisioning server comes up with its CA in its state directory"):
         boot.start()
         boot.wait_for_unit("pxe-server.service")
         boot.wait_for_open_port(${toString bootServer.http_port}, "${bootServer.address}")
         boot.wait_for_open_port(${toString bootServer.management_port}, "${bootServer.address}")
+        boot.wait_for_open_port(${toString bootServer.enrollment_port}, "${bootServer.address}")
+        got = boot.succeed(f"stat -c '%a %U' {state} {state}/pki {state}/pki/ca.key").split()
+        assert got == ["700", "pxe-server"] * 2 + ["600", "pxe-server"], f"the state directory and the CA key: {got}"
+        print(boot.succeed(f"pxe-server pki show --state-dir {state}"))
 
     with phase("three diskless nodes, each with an empty data disk"):
         for name in names:
@@ -126,11 +142,20 @@ pkgs.testers.runNixOSTest {
             m.start()
         for m in machines:
             m.wait_for_unit("multi-user.target", timeout=1200)
-            # The overlay's files were carried into the running system at stage 1.
+            # The overlay's and the enrollment initrd's files were carried into the running
+            # system at stage 1, the token root's alone.
             m.succeed(f"grep -qx {m.name} /etc/plasmacloud/node")
             m.succeed("test -s /etc/plasmacloud/cluster-config.json")
+            got = m.succeed("stat -c '%a %U' ${contractLib.enrollDir} ${contractLib.enrollDir}/${contractLib.enrollTokenFile}").split()
+            assert got == ["700", "root", "600", "root"], f"{m.name}: the enrollment directory and token: {got}"
+            m.succeed("test -s ${contractLib.enrollDir}/${contractLib.enrollCaFile}")
 
-    cluster = Cluster(machines, contract, credential)
+    with phase("enrollment: each node made its key and got its certificate from pxe-server"):
+        for m in machines:
+            m.wait_for_unit("firstboot-enroll.service", timeout=1200)
+        assert issued_certificates() == len(names), f"pxe-server signed {issued_certificates()} certificates"
+
+    cluster = Cluster(machines, contract, login)
     check_cluster(cluster)
 
     with phase("the data disk carries the Raft data"):
@@ -139,5 +164,10 @@ pkgs.testers.runNixOSTest {
 
     with phase("reboot: node03 power-cycles, PXE-boots again, comes back as the same member with its data"):
         scenario_reboot(cluster, "node03")
+
+    with phase("after the reboot node03 kept its key and certificate: nothing new was signed"):
+        cluster.machines["node03"].succeed(
+            "journalctl -b -u firstboot-enroll.service | grep -q 'holds its certificate already'")
+        assert issued_certificates() == len(names), f"pxe-server signed {issued_certificates()} certificates"
   '';
 }

@@ -276,27 +276,32 @@ in
     ];
   }
   {
-    name = "test overrides: data disk and IAM credential";
+    name = "test overrides: data disk and the test's IAM admin (its hash, never its password)";
     expected = {
       devices = [
         "/dev/vda"
         "/dev/vda"
         "/dev/vda"
       ];
-      credential = "/etc/plasmacloud/iam-admin.json";
+      admin = {
+        username = "admin";
+        password_hash = testAdmin.password_hash;
+      };
       untouched = "demo-3";
+      problems = [ ];
     };
     actual =
       let
         t = c.withTestOverrides three {
           device = "/dev/vda";
-          credential = "/etc/plasmacloud/iam-admin.json";
+          admin = testAdmin;
         };
       in
       {
         devices = map (n: (c.disk t n).device) (c.nodeNames t);
-        credential = t.iam.bootstrap_credential;
+        admin = c.iamAdmin t;
         untouched = t.cluster.name;
+        problems = c.problems t;
       };
   }
   {

@@ -24,11 +24,13 @@ let
   args = {
     inherit pkgs;
     plasmacloudModule = { };
-    packages.netboot-image = fakeDrv "netboot-image";
+    packages = {
+      netboot-image = fakeDrv "netboot-image";
+      pxe-server = fakeDrv "pxe-server";
+    };
   };
 in
 {
-  cluster-bootstrap =
-    (import ../cluster-bootstrap.nix { inherit (args) pkgs plasmacloudModule; }).testScript;
+  cluster-bootstrap = (import ../cluster-bootstrap.nix args).testScript;
   pxe-boot = (import ../pxe-boot.nix args).testScript;
 }
