@@ -11,15 +11,22 @@
 #      optionsCommonMark: each .drvPath evaluated and the .drv present in the store;
 #   2. no evaluation warning and no trace: any line Nix prints besides its own notes about
 #      the lock file fails the step (NixOS prints the `warnings` of our modules that way);
-#   3. the modules refuse secrets given as store paths (pxe-host's state directory, IAM's
-#      signing key), in the real NixOS evaluation;
-#   4. docs/options.md is what nixosOptionsDoc makes of our options now (--write-options-doc
+#   3. no secret in the store: every .drv and input source those outputs depend on is read
+#      for private keys and passwords (the repository's and nixpkgs' own text aside; the test
+#      admin's password only in the nixosTest drivers, whose scripts log in with it);
+#   4. in the real NixOS evaluation: the modules refuse secrets given as store paths
+#      (pxe-server's state directory, as option or setting, and CA key to import; IAM's
+#      signing key) and a contract whose admin carries a password; a version-1 contract stops
+#      the evaluation with `firstboot validate`'s advice; another contract path moves the
+#      chain's ConditionPathExists=;
+#   5. docs/options.md is what nixosOptionsDoc makes of our options now (--write-options-doc
 #      rewrites it);
-#   5. the nixosTest testScripts pass the checks nixpkgs' driver build runs: pyflakes with the
+#   6. the nixosTest testScripts pass the checks nixpkgs' driver build runs: pyflakes with the
 #      driver's symbols as builtins, mypy with the driver's type stubs prepended and its own
 #      sources (the shared tree's nixos/lib/test-driver) on the path;
-#   6. the step can fail: in a copy of the repository, an undefined option, a wrong type and
-#      a module warning each make it fail, naming the option.
+#   7. the step can fail: in a copy of the repository, an undefined option, a wrong type, a
+#      module warning and a private key a module writes into the store each make it fail,
+#      naming what is wrong; so do a misspelt method and an undefined name in a test script.
 #
 # Without the shared tree this skips (by hand) or fails (CI=true). Prints every check, then
 # `N passed, M failed in S s`; exits 1 on a failure.
@@ -136,7 +143,126 @@ instantiate "nixosOptionsDoc" checks.x86_64-linux.options-doc \
   'c: { "options-doc optionsJSON" = c.optionsJSON.drvPath; "options-doc optionsCommonMark" = c.optionsCommonMark.drvPath; }'
 part "instantiation"
 
-# 3. Secrets given as store paths are refused, in the real NixOS evaluation of pxe-host.
+# 3. No secret in the store. Every store path the instantiated outputs depend on — each .drv
+# (builders, scripts, test scripts, generated files' text) and each input source (files the
+# evaluation wrote: contracts, TOML, scripts; copies of source trees) — is read for a private
+# key (a PEM block with its body), the test admin's and the examples' passwords, a JSON
+# "password" field and a version-1 `bootstrap_credential`. Where a match is a file of the
+# repository (its tracked text: docs and tests name the examples' password, migrate.rs names
+# the v1 field) or of nixpkgs (its own test fixtures), it is theirs, public, and counted; a
+# private key in the repository, and anything in what the evaluation generated, fails — but
+# the test admin's password in the nixosTest drivers, whose test scripts log in with it.
+cat >"$work/scan-secrets.py" <<'EOF'
+import json, os, re, sys
+
+closure_file, repo, tracked_file, nixpkgs = sys.argv[1:]
+closure = [l.strip() for l in open(closure_file) if l.strip()]
+tracked = set(l.rstrip("\n") for l in open(tracked_file))
+test_password = json.load(open(os.path.join(repo, "vm-tests/nixos/lib/test-admin.json")))["password"]
+# In a .drv the text of a string is escaped (\n, \"), so both forms are matched.
+private_key = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:\\n|\s)+[A-Za-z0-9+/=]{40,}")
+public_text = {
+    "the test admin's password": re.compile(re.escape(test_password.encode())),
+    "the examples' password": re.compile(rb"Example-Admin-Passphrase-2026"),
+    'a JSON "password" field': re.compile(rb'\\*"password\\*"\s*:\s*\\*"'),
+    "a version-1 bootstrap_credential": re.compile(rb"bootstrap_credential"),
+}
+in_test_driver = ("the test admin's password", 'a JSON "password" field')
+
+def files(path):
+    if os.path.isfile(path) and not os.path.islink(path):
+        yield path, ""
+    for root, _, names in os.walk(path):
+        for n in names:
+            f = os.path.join(root, n)
+            if os.path.isfile(f) and not os.path.islink(f):
+                yield f, os.path.relpath(f, path)
+
+def same(a, b):
+    try:
+        return os.path.isfile(b) and open(a, "rb").read() == open(b, "rb").read()
+    except OSError:
+        return False
+
+nixpkgs_by_name = None
+def of_nixpkgs(f, top, rel):
+    """Is f (rel inside the store path named top) a copy of a nixpkgs file?"""
+    global nixpkgs_by_name
+    if nixpkgs_by_name is None:
+        nixpkgs_by_name = {}
+        for root, dirs, names in os.walk(nixpkgs):
+            for n in dirs + names:
+                nixpkgs_by_name.setdefault(n, []).append(os.path.join(root, n))
+    return any(same(f, os.path.join(t, rel) if rel else t) for t in nixpkgs_by_name.get(top, []))
+
+found, theirs, allowed = [], {"repository": 0, "nixpkgs": 0}, []
+scanned = paths = 0
+for path in closure:
+    if path == nixpkgs:
+        continue  # the nixpkgs input itself (nix-eval reads its lib): upstream's
+    paths += 1
+    top = os.path.basename(path)[33:]
+    driver = top.startswith("nixos-test-driver-plasmacloud-") and top.endswith(".drv")
+    for f, rel in files(path):
+        scanned += 1
+        data = open(f, "rb").read()
+        hits = []
+        if private_key.search(data):
+            hits.append("a private key")
+        hits += [what for what, rx in public_text.items() if rx.search(data)]
+        if not hits:
+            continue
+        if rel in tracked and same(f, os.path.join(repo, rel)):
+            for what in hits:
+                if what == "a private key":
+                    found.append(f"{f}: a private key in the repository ({rel})")
+                else:
+                    theirs["repository"] += 1
+            continue
+        if not path.endswith(".drv") and of_nixpkgs(f, top, rel):
+            theirs["nixpkgs"] += len(hits)
+            continue
+        for what in hits:
+            if driver and what in in_test_driver:
+                allowed.append(top)
+            else:
+                found.append(f"{f}: {what}")
+print(f"scanned\t{scanned} files in {paths} store paths; {theirs['repository']} matches in the repository's own text, {theirs['nixpkgs']} in nixpkgs' own files (its test fixtures)")
+for a in sorted(set(allowed)):
+    print(f"allowed\t{a}")
+for x in found:
+    print(f"found\t{x}")
+EOF
+git ls-files >"$work/tracked"
+# scan_store OUTPUTS RESULT: the closure of the .drv files listed (last field of each line of
+# OUTPUTS) scanned into RESULT (`scanned`, `allowed` and `found` lines); fails when the
+# closure cannot be read.
+scan_store() {
+  nix-store -qR $(awk '{print $NF}' "$1") >"$work/closure" 2>"$work/closure-err" || true
+  if [ -s "$work/closure-err" ] || [ ! -s "$work/closure" ]; then
+    cat "$work/closure-err" >"$2"
+    return 1
+  fi
+  python3 "$work/scan-secrets.py" "$work/closure" "$repo" "$work/tracked" "$store" >"$2"
+}
+if ! scan_store "$work/instantiated" "$work/secrets"; then
+  fail "no secret in the store: the closure of the instantiated outputs" "$(cat "$work/secrets")"
+else
+  scanned=$(grep -m1 '^scanned' "$work/secrets" | cut -f2)
+  if grep -q '^found' "$work/secrets"; then
+    fail "no secret in what the evaluation put in the store ($scanned)" "$(grep '^found' "$work/secrets" | cut -f2)"
+  else
+    pass "no private key, password or token in what the evaluation put in the store ($scanned)"
+  fi
+  if grep -q '^allowed' "$work/secrets"; then
+    pass "the test admin's password is only in the nixosTest drivers ($(grep '^allowed' "$work/secrets" | cut -f2 | tr '\n' ' '| sed 's/ $//'))"
+  else
+    fail "the test admin's password is in the nixosTest drivers (their checks log in with it)" "not found: does the scan still see the drivers?"
+  fi
+fi
+part "no secret in the store"
+
+# 4. Secrets given as store paths are refused, in the real NixOS evaluation of pxe-host.
 refusal() {
   local label=$1 module=$2 expect=$3
   if ! evaluate "$repo" nixosConfigurations.pxe-host --apply "c: map (a: a.message) (builtins.filter (a: !a.assertion) (c.extendModules { modules = [ ($module) ]; }).config.assertions)"; then
@@ -153,9 +279,38 @@ refusal "pxe-host refuses a state directory in the store" \
 refusal "pxe-host refuses an IAM signing key in the store (firstboot + IAM enabled)" \
   '{ lib, ... }: { services.plasmacloud.firstboot.enable = true; services.chainfire.enable = true; services.flaredb.enable = true; services.iam.enable = true; services.iam.signingKeyFile = "${builtins.toFile "signing-key.pem" "not a key"}"; }' \
   "services.iam.signingKeyFile is a secret"
+refusal "pxe-host refuses a CA key to import in the store" \
+  '{ lib, ... }: { services.pxe-server.ca = { certFile = "/run/keys/ca.crt"; keyFile = "${builtins.toFile "ca.key" "not a key"}"; }; }' \
+  "services.pxe-server.ca.keyFile is a secret"
+refusal "pxe-host refuses a state directory in the store given in settings" \
+  '{ lib, ... }: { services.pxe-server.settings.state-dir = "${builtins.storeDir}/00000000000000000000000000000000-state"; }' \
+  "services.pxe-server.settings.state-dir is a secret"
+refusal "pxe-host refuses a contract whose admin carries a password, not its hash" \
+  '{ lib, ... }: { services.pxe-server.cluster = lib.mkForce (lib.recursiveUpdate (lib.importJSON c.config.services.pxe-server.cluster) { iam.admin.password_hash = "Example-Admin-Passphrase-2026"; }); }' \
+  "iam.admin.password_hash is not an argon2id PHC string"
+
+# A version-1 contract stops the evaluation with what `firstboot validate` says to change.
+if evaluate "$repo" nixosConfigurations.node01 --apply 'c: (c.extendModules { modules = [ ({ lib, ... }: { services.plasmacloud.firstboot.contract = lib.mkForce ((lib.importJSON c.config.services.plasmacloud.firstboot.contract) // { version = 1; iam.bootstrap_credential = "/etc/plasmacloud/iam-admin.json"; }); }) ]; }).config.system.build.toplevel.drvPath'; then
+  fail "a version-1 contract is refused at evaluation" "node01 instantiated with it"
+elif grep -q "firstboot/contract/src/migrate.rs" "$work/err" && grep -q "iam.bootstrap_credential: replace it with" "$work/err"; then
+  pass "a version-1 contract is refused at evaluation, with firstboot validate's advice"
+else
+  fail "a version-1 contract is refused at evaluation, with firstboot validate's advice" "$(cat "$work/err")"
+fi
+
+# Another contract path: every unit of the chain (and cluster-ready.target) runs only where it is.
+if evaluate "$repo" nixosConfigurations.node01 --apply 'c: let u = (c.extendModules { modules = [ { services.plasmacloud.firstboot.contractPath = "/etc/plasmacloud/other.json"; } ]; }).config.systemd.units; in builtins.filter (n: builtins.match "(.*\n)?ConditionPathExists=\nConditionPathExists=/etc/plasmacloud/other.json\n.*" u.${n}.text == null) [ "firstboot-disk.service" "firstboot-enroll.service" "firstboot-configure.service" "chainfire.service" "chainfire-cluster-join.service" "flaredb.service" "flaredb-cluster-join.service" "iam.service" "iam-initial-setup.service" "cluster-health-check.service" "cluster-ready.target" ]'; then
+  if [ "$(cat "$work/out")" = "[]" ]; then
+    pass "another contract path moves ConditionPathExists= of every unit of the chain"
+  else
+    fail "another contract path moves ConditionPathExists= of every unit of the chain" "not moved: $(cat "$work/out")"
+  fi
+else
+  fail "another contract path moves ConditionPathExists= of every unit of the chain" "$(cat "$work/err")"
+fi
 part "refusals"
 
-# 4. docs/options.md.
+# 5. docs/options.md.
 if evaluate "$repo" checks.x86_64-linux.options-doc.markdown; then
   python3 -c 'import json, sys; sys.stdout.write(json.load(sys.stdin))' <"$work/out" >"$work/options.md"
   if [ "$write_options_doc" = 1 ]; then
@@ -171,7 +326,7 @@ else
 fi
 part "options doc"
 
-# 5. The test scripts, as nixpkgs' nixos/lib/testing/driver.nix checks them when it builds
+# 6. The test scripts, as nixpkgs' nixos/lib/testing/driver.nix checks them when it builds
 # the driver: machine names pythonized, one `name: Machine;` per node and `vlanN: VLan;` per
 # VLAN after test-script-prepend.py for mypy; the driver's symbols plus the machine names as
 # pyflakes builtins. lint_suites FLAKE writes one line per check to $work/lint
@@ -279,7 +434,7 @@ while IFS=$'\t' read -r status label file; do
 done <"$work/lint"
 part "test scripts"
 
-# 6. The step can fail. A copy of the repository (the files the flake sees) gets one mistake
+# 7. The step can fail. A copy of the repository (the files the flake sees) gets one mistake
 # at a time in a module; instantiating a node must then fail and name what is wrong.
 copy="$work/repo"
 mkdir -p "$copy"
@@ -312,6 +467,28 @@ mistake "a wrong type in a module" "services.iam.port' is not of type" \
   '      { services.iam.port = "8080"; }'
 mistake "a warning from a module" "trace: evaluation warning: services.iam: deliberate" \
   '      { warnings = [ "services.iam: deliberate" ]; }'
+
+# A private key a module writes into the store (a file in /etc, from `text`) is found by the
+# scan of part 3. (The header is split here so that this script holds no key block itself.)
+cp "$work/iam.nix.orig" "$copy/nixos/iam.nix"
+python3 -c "
+import sys
+p = sys.argv[1]
+s = open(p).read()
+anchor = '      (service.account cfg \"iam\" \"PlasmaCloud IAM server\")\n'
+leak = '      { environment.etc.\"plasmacloud/leak.pem\".text = \"-----BEGIN \" + \"PRIVATE KEY-----\\\\n' + 'QUJD' * 16 + '\\\\n-----END PRIVATE KEY-----\\\\n\"; }\n'
+open(p, 'w').write(s.replace(anchor, leak + anchor))
+" "$copy/nixos/iam.nix"
+if ! evaluate "path:$copy" nixosConfigurations.node01.config.system.build.toplevel.drvPath; then
+  fail "the step fails on a private key in the store (node01 with it must still instantiate)" "$(cat "$work/err")"
+else
+  echo "node01-with-a-key $(python3 -c 'import json, sys; print(json.load(sys.stdin))' <"$work/out")" >"$work/leak-outputs"
+  if scan_store "$work/leak-outputs" "$work/leak-secrets" && grep -q '^found	.*leak.pem.*: a private key$' "$work/leak-secrets"; then
+    pass "the step fails on a private key in the store"
+  else
+    fail "the step fails on a private key in the store" "$(cat "$work/leak-secrets")"
+  fi
+fi
 
 cp "$work/iam.nix.orig" "$copy/nixos/iam.nix"
 
