@@ -15,8 +15,30 @@ use crate::prepare::{self, node, MGMT_PORT, SERVER_IP, UNKNOWN_MAC};
 
 impl Rack {
     /// Checks one store's membership from every listed node: `voters` voters, one leader that
-    /// every node agrees on. Returns (leader id, sorted voter ids, leader's api address).
+    /// every node agrees on — within 15 s, so an election that happens to be running when the
+    /// check starts (a busy host delays heartbeats) is waited out rather than reported.
+    /// Returns (leader id, sorted voter ids, leader's api address).
     pub async fn check_members(
+        &self,
+        store: &str,
+        port: u16,
+        ips: &[String],
+        voters: usize,
+    ) -> anyhow::Result<(u64, Vec<u64>, String)> {
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.members_once(store, port, ips, voters).await {
+                Ok(v) => return Ok(v),
+                Err(e) if Instant::now() < until => {
+                    tracing::debug!(error = %e, "membership not settled yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn members_once(
         &self,
         store: &str,
         port: u16,
