@@ -5,10 +5,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use plasmacloud_contract::manifest::BundleManifest;
 use plasmacloud_contract::Contract;
 use serde::Deserialize;
 
+use crate::bundle::Bundle;
 use crate::cluster_ca::{check_pin, CaStatus};
 use crate::ServerError;
 
@@ -214,14 +214,11 @@ pub struct Config {
     pub interface: InterfaceInfo,
     /// DHCP mode.
     pub mode: Mode,
-    /// The contract file.
+    /// The contract file (read again with the bundle on a reload).
     pub cluster_path: PathBuf,
-    /// The loaded contract.
-    pub contract: Contract,
-    /// The bundle directory.
+    /// The bundle directory as configured (the contract and the manifest live in the served
+    /// [`Bundle`], which a reload replaces).
     pub bundle_dir: PathBuf,
-    /// The loaded manifest.
-    pub manifest: BundleManifest,
     /// Pool (full mode).
     pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
     /// iPXE binaries / TFTP root.
@@ -297,9 +294,9 @@ fn read_file_config(path: &Path) -> Result<FileConfig, ServerError> {
     toml::from_str(&text).map_err(|e| cfg_err("config", format!("{}: {e}", path.display())))
 }
 
-/// Merges flags over the file, loads the contract and the manifest, checks every artifact and
-/// the interface. Binds nothing.
-pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
+/// Merges flags over the file, loads the contract and the bundle (every file opened and
+/// checked, [`Bundle::load`]), checks the interface. Binds nothing.
+pub fn resolve(flags: &Flags) -> Result<(Config, Bundle), ServerError> {
     let file = match &flags.config {
         Some(p) => read_file_config(p)?,
         None => FileConfig::default(),
@@ -319,21 +316,14 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
     let interface = interface_info(&if_name)?;
     let cluster_path = pick!(cluster)
         .ok_or_else(|| cfg_err("cluster", "missing: pass --cluster cluster-config.json"))?;
-    let contract = Contract::load(&cluster_path).map_err(|e| ServerError::Contract {
-        path: cluster_path.clone(),
-        message: e.to_string(),
-    })?;
     let bundle_dir = pick!(bundle).ok_or_else(|| {
         cfg_err(
             "bundle",
             "missing: pass --bundle DIR (netboot-image's output)",
         )
     })?;
-    let manifest = BundleManifest::load(&bundle_dir).map_err(|e| ServerError::Contract {
-        path: bundle_dir.join(plasmacloud_contract::manifest::MANIFEST_FILE),
-        message: e.to_string(),
-    })?;
-    check_bundle(&bundle_dir, &manifest, &contract)?;
+    let bundle = Bundle::load(&bundle_dir, &cluster_path)?;
+    let contract = &bundle.contract;
     let ipxe_dir = pick!(ipxe_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
     check_ipxe_dir(&ipxe_dir)?;
     let state_dir = pick!(state_dir).ok_or_else(|| {
@@ -344,7 +334,7 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
     })?;
     check_state_dir(&state_dir)?;
     let ca = crate::cluster_ca::status(&state_dir)?;
-    check_pin(&contract, &ca)?;
+    check_pin(contract, &ca)?;
     let dhcp_range = match pick!(dhcp_range) {
         Some(r) => Some(parse_range(&r, &interface)?),
         None => None,
@@ -355,19 +345,7 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
             "proxy mode assigns no addresses; drop --dhcp-range or use --mode full",
         ));
     }
-    if mode == Mode::Full {
-        for n in &contract.nodes {
-            if !same_subnet(n.ipv4, interface.ip, interface.netmask) {
-                return Err(cfg_err(
-                    "cluster",
-                    format!(
-                        "node {} has ipv4 {} outside {}'s subnet {}/{}; full mode hands out only addresses on the boot interface's subnet",
-                        n.name, n.ipv4, interface.name, interface.ip, interface.netmask
-                    ),
-                ));
-            }
-        }
-    }
+    check_nodes_on_subnet(mode, &interface, contract)?;
     let bs = &contract.config.boot_server;
     let http_port = u16::try_from(bs.http_port).unwrap_or(8081);
     let mgmt_port = u16::try_from(bs.management_port).unwrap_or(8082);
@@ -396,13 +374,11 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
             format!("{enroll_token_ttl} s is too short for a node to boot and enroll; give at least {MIN_ENROLL_TOKEN_TTL_SECS}"),
         ));
     }
-    Ok(Config {
+    let cfg = Config {
         interface,
         mode,
         cluster_path,
-        contract,
         bundle_dir,
-        manifest,
         dhcp_range,
         ipxe_dir,
         state_dir,
@@ -427,7 +403,73 @@ pub fn resolve(flags: &Flags) -> Result<Config, ServerError> {
             .unwrap_or(DEFAULT_TFTP_MAX_WINDOW)
             .max(1),
         log_format: pick!(log_format).unwrap_or(LogFormat::Pretty),
-    })
+    };
+    Ok((cfg, bundle))
+}
+
+/// In full mode every contract address must be on the boot interface's subnet.
+fn check_nodes_on_subnet(
+    mode: Mode,
+    interface: &InterfaceInfo,
+    contract: &Contract,
+) -> Result<(), ServerError> {
+    if mode == Mode::Full {
+        for n in &contract.nodes {
+            if !same_subnet(n.ipv4, interface.ip, interface.netmask) {
+                return Err(cfg_err(
+                    "cluster",
+                    format!(
+                        "node {} has ipv4 {} outside {}'s subnet {}/{}; full mode hands out only addresses on the boot interface's subnet",
+                        n.name, n.ipv4, interface.name, interface.ip, interface.netmask
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a newly loaded bundle (and its contract) may replace `old` under a running server
+/// configured by `cfg`: the same cluster, the same boot server (its ports are bound), every
+/// node on the boot subnet in full mode, and the contract's CA pin (if any) is `ca_sha256`.
+pub fn check_replacement(
+    cfg: &Config,
+    old: &Bundle,
+    new: &Bundle,
+    ca_sha256: &str,
+) -> Result<(), ServerError> {
+    if new.contract.id() != old.contract.id() {
+        return Err(cfg_err(
+            "cluster",
+            format!(
+                "{} is now cluster {:?}; this pxe-server serves {:?} (a different cluster needs its own pxe-server and state directory)",
+                cfg.cluster_path.display(),
+                new.contract.id(),
+                old.contract.id()
+            ),
+        ));
+    }
+    if new.contract.config.boot_server != old.contract.config.boot_server {
+        return Err(cfg_err(
+            "cluster",
+            format!(
+                "{}: boot_server changed; its listeners are bound, so restart pxe-server to move them",
+                cfg.cluster_path.display()
+            ),
+        ));
+    }
+    check_nodes_on_subnet(cfg.mode, &cfg.interface, &new.contract)?;
+    if let Some(pin) = new.contract.ca_sha256() {
+        if !pin.eq_ignore_ascii_case(ca_sha256) {
+            return Err(ServerError::CaPin {
+                pinned: pin.to_string(),
+                message: format!(
+                    "this pxe-server's CA is {ca_sha256}; fix the contract's pki.ca_sha256"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, mask: Ipv4Addr) -> bool {
@@ -510,49 +552,6 @@ fn parse_range(r: &str, iface: &InterfaceInfo) -> Result<(Ipv4Addr, Ipv4Addr), S
         }
     }
     Ok((a, b))
-}
-
-fn check_bundle(dir: &Path, m: &BundleManifest, contract: &Contract) -> Result<(), ServerError> {
-    if m.cluster_id != contract.id() {
-        return Err(cfg_err(
-            "bundle",
-            format!(
-                "{} was built for cluster {:?}, the contract is {:?}; rebuild the bundle from this contract",
-                dir.display(),
-                m.cluster_id,
-                contract.id()
-            ),
-        ));
-    }
-    for f in &m.files {
-        let p = dir.join(&f.path);
-        let meta = std::fs::metadata(&p).map_err(|e| ServerError::MissingArtifact {
-            path: p.clone(),
-            message: format!("listed in manifest.json but not readable: {e}"),
-        })?;
-        if meta.len() != f.size {
-            return Err(ServerError::MissingArtifact {
-                path: p,
-                message: format!(
-                    "is {} bytes, manifest.json says {}; rebuild the bundle",
-                    meta.len(),
-                    f.size
-                ),
-            });
-        }
-    }
-    for n in &contract.nodes {
-        if !m.entries.contains_key(&n.name) {
-            return Err(cfg_err(
-                "bundle",
-                format!(
-                    "manifest.json has no entry for node {}; rebuild the bundle from this contract",
-                    n.name
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn check_ipxe_dir(dir: &Path) -> Result<(), ServerError> {

@@ -204,9 +204,9 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
             return Some(*ip);
         }
         let range = cfg.dhcp_range?;
-        let reserved = |ip: Ipv4Addr| {
-            ip == cfg.interface.ip || cfg.contract.nodes.iter().any(|n| n.ipv4 == ip)
-        };
+        let contract = &state.bundles.current().contract;
+        let reserved =
+            |ip: Ipv4Addr| ip == cfg.interface.ip || contract.nodes.iter().any(|n| n.ipv4 == ip);
         lock(&state.leases).pick_pool_address(&mac, range, &reserved, now)
     };
     let node_name = node.as_ref().map(|(n, _)| n.clone());

@@ -115,7 +115,7 @@ async fn enroll(
             )
         }
     };
-    let Ok(node) = state.config.contract.node(&req.node).cloned() else {
+    let Ok(node) = state.bundles.current().contract.node(&req.node).cloned() else {
         return refused(
             StatusCode::NOT_FOUND,
             format!("no node {:?} in the contract", req.node),

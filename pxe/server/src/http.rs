@@ -4,7 +4,8 @@
 //! | route | what | who may fetch it |
 //! |---|---|---|
 //! | `GET /boot/{mac}.ipxe` | the script for the node with that MAC (`52-54-00-…`); a new enrollment token is minted for each | the node, by [`crate::boot_access`]'s rule (else 403) |
-//! | `GET /files/{path}` | any bundle file (kernel, base initrd, overlays: all public) | anyone on the boot network |
+//! | `GET /files/{path}` | any file of the current bundle (kernel, base initrd, overlays: all public) | anyone on the boot network |
+//! | `GET /b/{version}/{path}` | the same from bundle `version` (the current one, or one replaced less than 10 min ago): the URLs a script names, so a boot stays on the bundle its script came from | anyone on the boot network |
 //! | `GET /s/{token}/enroll.cpio` | that boot's enrollment initrd (token + CA), made on the fly | only through the URL in that node's script, only from the address it went to, by the same rule |
 //! | `GET /ipxe/{path}` | iPXE binaries (UEFI HTTP boot) | anyone |
 //!
@@ -14,10 +15,15 @@
 //! [`SendfileOk`]) gets its body, whole file or range, sent with `sendfile(2)` straight from the
 //! page cache; requests that hyper serves (after a `HEAD`, a request with a body, …) use the
 //! read-ahead stream below.
+//!
+//! Bundle files are served from the handles the bundle opened when it was loaded
+//! ([`crate::bundle`]): a request takes the current bundle once, and a transfer holds its file
+//! to the end whatever replaces the bundle meanwhile. Kernel, initrd and overlay fetches are
+//! boot events that name the bundle version; a kernel fetch by a node records the version it
+//! booted (`/v1/status`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -31,10 +37,10 @@ use pxe_protocol::ipxe::{
     initrd_name, render_boot_script, render_refusal_script, BootScript, ScriptInitrd,
 };
 use rand::RngCore;
-use tokio::io::AsyncSeekExt;
 use tracing::{info, warn};
 
 use crate::boot_access::{may_boot, Requester};
+use crate::bundle::Bundle;
 use crate::config::{Mode, UnknownMac};
 use crate::enroll_initrd::{enrollment_initrd, ENROLL_INITRD_NAME};
 use crate::http_conn::{SendfileBody, SendfileOk};
@@ -47,6 +53,7 @@ pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/boot/{file}", get(boot_script))
         .route("/files/{*path}", get(bundle_file))
+        .route("/b/{version}/{*path}", get(versioned_file))
         .route("/s/{token}/{*path}", get(enroll_file))
         .route("/ipxe/{*path}", get(ipxe_file))
         .with_state(state)
@@ -83,10 +90,11 @@ async fn boot_script(
     };
     let mac = parsed.to_string();
     let peer_ip = peer_v4(peer);
-    let spec = state.config.contract.node_by_mac(parsed).cloned();
+    let bundle = state.bundles.current();
+    let spec = bundle.contract.node_by_mac(parsed).cloned();
     let node = spec.as_ref().map(|n| n.name.clone());
     let base = state.config.http_base();
-    let manifest = &state.config.manifest;
+    let manifest = &bundle.manifest;
     let script = match (&node, &spec) {
         (Some(name), Some(spec)) => {
             let who = match may_boot(&state, spec, peer) {
@@ -127,7 +135,7 @@ async fn boot_script(
                 // Verified by its neighbour entry: what status shows as the node's address.
                 state.saw(&mac, who.ip);
             }
-            script_for(&base, name, entry, Some(&url_token))
+            script_for(&base, &bundle.version, name, entry, Some(&url_token))
         }
         _ => match state.config.unknown_mac {
             UnknownMac::Default => {
@@ -137,7 +145,7 @@ async fn boot_script(
                 else {
                     return not_found(&state, "no default entry");
                 };
-                script_for(&base, "default", entry, None)
+                script_for(&base, &bundle.version, "default", entry, None)
             }
             UnknownMac::Ignore => render_refusal_script(&format!(
                 "{mac} is not in the cluster contract; not booting it"
@@ -150,10 +158,11 @@ async fn boot_script(
         ip: peer_ip,
         phase: "ipxe-script".into(),
         status: "ok".into(),
-        detail: format!("served to {peer}"),
+        detail: format!("served to {peer} (bundle {})", bundle.short()),
+        bundle: Some(bundle.version.clone()),
         ..Default::default()
     });
-    info!(%peer, node = node.as_deref().unwrap_or("default"), "served iPXE script");
+    info!(%peer, node = node.as_deref().unwrap_or("default"), bundle = bundle.short(), "served iPXE script");
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -192,21 +201,23 @@ async fn mint_boot_tokens(
     Ok(url_token)
 }
 
-/// A boot script: the entry's kernel and initrds (all under `/files/`), then, for a node's
-/// boot, its enrollment initrd under `/s/<url token>/`.
+/// A boot script: the entry's kernel and initrds (all under the bundle's versioned URL
+/// `/b/<version>/`), then, for a node's boot, its enrollment initrd under `/s/<url token>/`.
 fn script_for(
     base: &str,
+    version: &str,
     title: &str,
     entry: &plasmacloud_contract::manifest::BootEntry,
     url_token: Option<&str>,
 ) -> String {
+    let bundle_base = format!("{base}/b/{version}");
     let mut initrds: Vec<ScriptInitrd> = entry
         .initrds
         .iter()
         .enumerate()
         .map(|(i, p)| ScriptInitrd {
             name: initrd_name(p, i),
-            url: format!("{base}/files/{p}"),
+            url: format!("{bundle_base}/{p}"),
         })
         .collect();
     if let Some(t) = url_token {
@@ -217,27 +228,10 @@ fn script_for(
     }
     render_boot_script(&BootScript {
         title: title.to_string(),
-        kernel_url: format!("{base}/files/{}", entry.kernel),
+        kernel_url: format!("{bundle_base}/{}", entry.kernel),
         initrds,
         cmdline: entry.cmdline.clone(),
     })
-}
-
-fn phase_of(state: &State, path: &str) -> &'static str {
-    let m = &state.config.manifest;
-    if m.entries.values().any(|e| e.kernel == path) {
-        "kernel"
-    } else if state
-        .config
-        .contract
-        .nodes
-        .iter()
-        .any(|n| path == plasmacloud_contract::manifest::overlay_path(&n.name))
-    {
-        "overlay"
-    } else {
-        "initrd"
-    }
 }
 
 /// What an artifact route reads from a request besides its path: the conditional and `Range`
@@ -268,10 +262,28 @@ async fn bundle_file(
     req: FileRequest,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
-    let Some(f) = state.config.manifest.file(&path) else {
-        return not_found(&state, &path);
+    let bundle = state.bundles.current();
+    serve_bundle_file(&state, &bundle, peer, &path, &req).await
+}
+
+/// `GET /b/{version}/{path}`: a file of that bundle, while it is served.
+async fn versioned_file(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    AxPath((version, path)): AxPath<(String, String)>,
+    req: FileRequest,
+) -> Response {
+    Metrics::inc(&state.metrics.http_requests);
+    let Some(bundle) = state.bundles.by_version(&version) else {
+        return not_found(
+            &state,
+            &format!(
+                "bundle {version} is not served any more (a replaced bundle is kept {} s); boot again",
+                crate::bundle::RETAIN.as_secs()
+            ),
+        );
     };
-    serve_bundle_file(&state, f, peer, &path, &req).await
+    serve_bundle_file(&state, &bundle, peer, &path, &req).await
 }
 
 /// `GET /s/{token}/enroll.cpio`: the enrollment initrd of one boot.
@@ -305,7 +317,7 @@ async fn enroll_file(
     if peer_v4(peer) != Some(tok.ip) {
         return refuse(format!("the URL was issued to {}", tok.ip));
     }
-    let node = match state.config.contract.node(&tok.node) {
+    let node = match state.bundles.current().contract.node(&tok.node) {
         Ok(n) => n.clone(),
         Err(_) => return not_found(&state, "no such node"),
     };
@@ -351,19 +363,21 @@ async fn enroll_file(
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// Serves a file of the bundle (its manifest sha256 is the `ETag`) and notes the fetch as a
-/// boot event; the callers have checked who may have it.
+/// Serves a file of `bundle` from the handle it opened at load (its sha256 is the `ETag`) and
+/// notes the fetch as a boot event; the callers have checked who may have it.
 async fn serve_bundle_file(
     state: &Arc<State>,
-    f: &plasmacloud_contract::manifest::ManifestFile,
+    bundle: &Arc<Bundle>,
     peer: SocketAddr,
     path: &str,
     req: &FileRequest,
 ) -> Response {
+    let Some(f) = bundle.file(path) else {
+        return not_found(state, path);
+    };
     let etag = format!("\"{}\"", f.sha256);
-    let full = state.config.bundle_dir.join(&f.path);
-    note_artifact(state, peer, path, req);
-    serve_file(state, full, etag, req).await
+    note_artifact(state, bundle, peer, path, req);
+    serve_file(state, f.file.clone(), f.size, etag, req).await
 }
 
 async fn ipxe_file(
@@ -375,7 +389,14 @@ async fn ipxe_file(
     let Ok(full) = resolve_path(&state.config.ipxe_dir, &path) else {
         return not_found(&state, &path);
     };
-    let etag = match std::fs::metadata(&full) {
+    let file = match tokio::fs::File::open(&full).await {
+        Ok(f) => f.into_std().await,
+        Err(e) => {
+            warn!(path = %full.display(), error = %e, "cannot open artifact");
+            return not_found(&state, "artifact unreadable");
+        }
+    };
+    let (len, etag) = match file.metadata() {
         Ok(m) => {
             let mtime = m
                 .modified()
@@ -383,14 +404,14 @@ async fn ipxe_file(
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            format!("\"{:x}-{:x}\"", m.len(), mtime)
+            (m.len(), format!("\"{:x}-{:x}\"", m.len(), mtime))
         }
         Err(_) => return not_found(&state, &path),
     };
-    serve_file(&state, full, etag, &req).await
+    serve_file(&state, Arc::new(file), len, etag, &req).await
 }
 
-fn note_artifact(state: &State, peer: SocketAddr, path: &str, req: &FileRequest) {
+fn note_artifact(state: &State, bundle: &Bundle, peer: SocketAddr, path: &str, req: &FileRequest) {
     if req.method != http::Method::GET || req.headers.contains_key(header::RANGE) {
         return;
     }
@@ -399,13 +420,18 @@ fn note_artifact(state: &State, peer: SocketAddr, path: &str, req: &FileRequest)
         .as_deref()
         .and_then(|m| state.node_of_mac(m))
         .map(|n| n.name.clone());
+    let phase = bundle.phase_of(path);
+    if let (Some(n), "kernel") = (&node, phase) {
+        state.note_boot(n, &bundle.version);
+    }
     state.event(NewEvent {
         node,
         mac,
         ip: peer_v4(peer),
-        phase: phase_of(state, path).into(),
+        phase: phase.into(),
         status: "started".into(),
-        detail: path.to_string(),
+        detail: format!("{path} (bundle {})", bundle.short()),
+        bundle: Some(bundle.version.clone()),
         ..Default::default()
     });
 }
@@ -440,24 +466,15 @@ fn parse_range(h: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok(r))
 }
 
+/// Serves `len` bytes of the open `file` (whole, or the requested range) with `etag`.
 async fn serve_file(
     state: &Arc<State>,
-    path: PathBuf,
+    file: Arc<std::fs::File>,
+    len: u64,
     etag: String,
     req: &FileRequest,
 ) -> Response {
     let headers = &req.headers;
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "cannot open artifact");
-            return not_found(state, "artifact unreadable");
-        }
-    };
-    let len = match file.metadata().await {
-        Ok(m) => m.len(),
-        Err(_) => return not_found(state, "artifact unreadable"),
-    };
     let etag_hv = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"x\""));
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)
@@ -511,7 +528,7 @@ async fn serve_file(
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         if resp.status() != StatusCode::INTERNAL_SERVER_ERROR {
             resp.extensions_mut().insert(SendfileBody {
-                file: Arc::new(file.into_std().await),
+                file,
                 offset: start,
                 count,
                 state: state.clone(),
@@ -519,10 +536,7 @@ async fn serve_file(
         }
         return resp;
     }
-    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return not_found(state, "seek failed");
-    }
-    let stream = read_ahead(file.into_std().await, count, state.clone());
+    let stream = read_ahead(file, start, count, state.clone());
     builder
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
@@ -531,27 +545,32 @@ async fn serve_file(
 /// Chunk size of artifact reads.
 const CHUNK: usize = 128 << 10;
 
-/// Streams `count` bytes of `file` from a blocking reader thread through a small channel, so
-/// disk reads run ahead of (and in parallel with) socket writes, one pool hop per transfer
-/// rather than one per chunk; memory stays bounded at a few chunks per transfer.
+/// Streams `count` bytes of `file` from `offset` (positioned reads: the handle may be shared)
+/// from a blocking reader thread through a small channel, so disk reads run ahead of (and in
+/// parallel with) socket writes, one pool hop per transfer rather than one per chunk; memory
+/// stays bounded at a few chunks per transfer.
 fn read_ahead(
-    mut file: std::fs::File,
+    file: Arc<std::fs::File>,
+    offset: u64,
     count: u64,
     state: Arc<State>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
-    use std::io::Read;
+    use std::os::unix::fs::FileExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
-        let mut left = count;
-        while left > 0 {
-            let want = usize::try_from(left.min(CHUNK as u64)).unwrap_or(CHUNK);
-            // read_to_end into spare capacity: no zero-filling of the chunk first.
-            let mut buf = Vec::with_capacity(want);
-            if let Err(e) = (&mut file).take(want as u64).read_to_end(&mut buf) {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            let filled = buf.len();
+        let mut off = offset;
+        let end = offset.saturating_add(count);
+        while off < end {
+            let want = usize::try_from((end - off).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let mut buf = vec![0u8; want];
+            let filled = match file.read_at(&mut buf, off) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
             if filled == 0 {
                 let _ = tx.blocking_send(Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -559,7 +578,8 @@ fn read_ahead(
                 )));
                 return;
             }
-            left -= filled as u64;
+            buf.truncate(filled);
+            off += filled as u64;
             Metrics::inc_by(&state.metrics.http_bytes, filled as u64);
             if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
                 return; // the client went away

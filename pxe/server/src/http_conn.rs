@@ -7,7 +7,7 @@
 //! 512 MiB initrd that made the boot plane CPU-bound at about half nginx's throughput.
 //!
 //! How: each accepted connection starts here. While the next request head in the buffer is a
-//! simple `GET` of `/files/…`, `/s/…` or `/ipxe/…` (HTTP/1.0 or 1.1, no request body, no
+//! simple `GET` of `/files/…`, `/b/…`, `/s/…` or `/ipxe/…` (HTTP/1.0 or 1.1, no request body, no
 //! `Expect` or `Upgrade`), it is turned into an `http::Request` and handed to the same axum
 //! router as every other request, so the routing, the per-node token and source-address checks,
 //! `Range`, `If-None-Match`/`If-Range` and `ETag` all stay in the router (`http.rs`). The request
@@ -143,7 +143,10 @@ enum Parsed {
 }
 
 fn is_artifact_path(p: &str) -> bool {
-    p.starts_with("/files/") || p.starts_with("/s/") || p.starts_with("/ipxe/")
+    p.starts_with("/files/")
+        || p.starts_with("/b/")
+        || p.starts_with("/s/")
+        || p.starts_with("/ipxe/")
 }
 
 fn has_token(v: &[u8], token: &str) -> bool {

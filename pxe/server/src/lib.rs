@@ -19,12 +19,13 @@
 //!
 //! Layers, bottom up (a module imports only modules below it, never one that imports it back):
 //! [`limits`] (connection and transfer caps, timeouts, rate limits: it imports nothing of the
-//! crate); [`config`] over [`cluster_ca`] and [`leases`]; [`neighbours`], [`enroll_tokens`],
-//! [`cert_log`], [`enroll_initrd`]; [`state`] and [`paths`]; [`boot_access`]; [`http_serve`]
-//! (hyper with the bounds, and the TLS listeners' accept loop); the listeners [`dhcp`],
-//! [`ra`], [`mgmt`], [`enroll`], [`http_conn`] (the boot plane's connection loop), then
-//! [`http`] (its router) and [`tftp`] (which binds its socket the way [`dhcp`] does);
-//! [`pki_commands`] beside them.
+//! crate); [`config`] over [`bundle`] (a loaded, checked bundle and the bundles served),
+//! [`cluster_ca`] and [`leases`]; [`neighbours`], [`enroll_tokens`], [`cert_log`],
+//! [`enroll_initrd`]; [`state`] and [`paths`]; [`boot_access`]; [`reload`] (a new bundle on
+//! SIGHUP or a manifest change); [`http_serve`] (hyper with the bounds, and the TLS
+//! listeners' accept loop); the listeners [`dhcp`], [`ra`], [`mgmt`], [`enroll`],
+//! [`http_conn`] (the boot plane's connection loop), then [`http`] (its router) and [`tftp`]
+//! (which binds its socket the way [`dhcp`] does); [`pki_commands`] beside them.
 //!
 //! Security (pxe/README.md says it for operators): nothing the boot plane serves is worth
 //! stealing but a boot's enrollment token, which goes only to the node's leased address whose
@@ -32,6 +33,7 @@
 //! state directory (CA key, token log) is what must be protected.
 
 pub mod boot_access;
+pub mod bundle;
 pub mod cert_log;
 pub mod cluster_ca;
 pub mod config;
@@ -49,6 +51,7 @@ pub mod neighbours;
 pub mod paths;
 pub mod pki_commands;
 pub mod ra;
+pub mod reload;
 pub mod state;
 pub mod tftp;
 
@@ -60,6 +63,7 @@ use plasmacloud_pki::tls::ClientAuth;
 use plasmacloud_pki::TlsListener;
 use tracing::info;
 
+use crate::bundle::Bundle;
 use crate::config::{Config, Mode};
 use crate::enroll_tokens::TokenStore;
 use crate::leases::LeaseStore;
@@ -141,12 +145,12 @@ pub enum ServerError {
     },
 }
 
-/// A one-paragraph summary of a validated configuration (what `check` prints).
-pub fn describe(cfg: &Config) -> String {
+/// A one-paragraph summary of a validated configuration and its bundle (what `check` prints).
+pub fn describe(cfg: &Config, bundle: &Bundle) -> String {
     let ca = match &cfg.ca {
         cluster_ca::CaStatus::Present(f) => format!(
             "ca sha256 {f}{}",
-            if cfg.contract.ca_sha256().is_some() {
+            if bundle.contract.ca_sha256().is_some() {
                 " (pinned by the contract)"
             } else {
                 " (not pinned: add pki.ca_sha256 to the contract to pin it)"
@@ -155,16 +159,17 @@ pub fn describe(cfg: &Config) -> String {
         cluster_ca::CaStatus::Absent => "ca none yet (serve creates one)".to_string(),
     };
     format!(
-        "config ok: mode {} on {} ({}/{} mtu {}), cluster {} ({} nodes), bundle {} ({} entries), ipxe {}, state {}, http {}, management {} (https), enrollment {} (https), enroll-token-ttl {}s, {ca}, dhcp-range {}, unknown-mac {:?}, ipv6-ra {}",
+        "config ok: mode {} on {} ({}/{} mtu {}), cluster {} ({} nodes), bundle {} ({} entries, version {}), ipxe {}, state {}, http {}, management {} (https), enrollment {} (https), enroll-token-ttl {}s, {ca}, dhcp-range {}, unknown-mac {:?}, ipv6-ra {}",
         cfg.mode.as_str(),
         cfg.interface.name,
         cfg.interface.ip,
         cfg.interface.netmask,
         cfg.interface.mtu,
-        cfg.contract.name(),
-        cfg.contract.nodes.len(),
+        bundle.contract.name(),
+        bundle.contract.nodes.len(),
         cfg.bundle_dir.display(),
-        cfg.manifest.entries.len(),
+        bundle.manifest.entries.len(),
+        bundle.version,
         cfg.ipxe_dir.display(),
         cfg.state_dir.display(),
         cfg.http_addr,
@@ -178,11 +183,12 @@ pub fn describe(cfg: &Config) -> String {
 }
 
 /// Binds every listener (failing with a clear error before serving anything), then serves
-/// until the process is stopped.
-pub async fn serve(cfg: Config) -> Result<(), ServerError> {
+/// `bundle` (and the bundles that replace it, [`reload`]) until the process is stopped.
+pub async fn serve(cfg: Config, bundle: Bundle) -> Result<(), ServerError> {
     raise_open_file_limit();
     let state_dir = cfg.state_dir.clone();
-    let (ca, _) = cluster_ca::load_or_create(&state_dir, cfg.contract.name(), Some(&cfg.contract))?;
+    let (ca, _) =
+        cluster_ca::load_or_create(&state_dir, bundle.contract.name(), Some(&bundle.contract))?;
     let leases = LeaseStore::open(&state_dir)?;
     let tokens = {
         let dir = state_dir.clone();
@@ -202,7 +208,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
             &[cfg.http_addr, cfg.management_addr, cfg.enrollment_addr],
         ),
     )?;
-    let state = Arc::new(State::new(cfg, leases, ca, tokens));
+    let state = Arc::new(State::new(cfg, bundle, leases, ca, tokens));
     refresh_revocations(&state);
     let cfg = &state.config;
     let bind_tcp = |what: &'static str, addr: std::net::SocketAddr| async move {
@@ -257,6 +263,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
         spawn_thread("ipv6-ra", move || ra::run(st, s))?;
     }
     tokio::spawn(tftp::run(state.clone(), tftp_s));
+    tokio::spawn(reload::watch(state.clone()));
     let st = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REVOCATION_REFRESH);
@@ -294,6 +301,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServerError> {
         management = %cfg.management_addr,
         enrollment = %cfg.enrollment_addr,
         ca_sha256 = %state.ca.fingerprint(),
+        bundle = %state.bundles.current().version,
         "pxe-server ready"
     );
     tokio::select! {

@@ -65,15 +65,17 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check(flags) => {
-            let cfg = config::resolve(&flags).context("while checking the configuration")?;
-            println!("{}", pxe_server::describe(&cfg));
+            let (cfg, bundle) =
+                config::resolve(&flags).context("while checking the configuration")?;
+            println!("{}", pxe_server::describe(&cfg, &bundle));
             Ok(())
         }
         Command::Serve(flags) => {
             init_logs(config::log_format(&flags));
-            let cfg = config::resolve(&flags).context("while loading the configuration")?;
+            let (cfg, bundle) =
+                config::resolve(&flags).context("while loading the configuration")?;
             let rt = tokio::runtime::Runtime::new().context("while starting the tokio runtime")?;
-            rt.block_on(pxe_server::serve(cfg))
+            rt.block_on(pxe_server::serve(cfg, bundle))
                 .context("while serving")?;
             Ok(())
         }

@@ -4,12 +4,14 @@
 //! | route | body / answer | who |
 //! |---|---|---|
 //! | `GET /health` | `{"status":"ok"}` | anyone |
-//! | `GET /v1/status` | `{"cluster","mode","nodes":[{"name","mac","ipv4","dhcp_ip","last_event"}],"unknown":[event…],"leases":[…]}` | loopback, or an operator certificate |
+//! | `GET /v1/status` | `{"cluster","cluster_id","mode","bundle":{"version","dir","loaded_at","files","retained"},"nodes":[{"name","mac","ipv4","dhcp_ip","last_event","bundle":{"version","at"}}],"unknown":[event…],"leases":[…]}` | loopback, or an operator certificate |
 //! | `GET /v1/events?since=SEQ` | `{"events":[event…],"next":SEQ}`: events with `seq > since` (default 0); poll again with `since=next` | loopback, or an operator certificate |
 //! | `GET /metrics` | Prometheus text format | loopback, or an operator certificate |
 //! | `POST /v1/nodes/{name}/events` | `{"phase":"chainfire-cluster-join","status":"started\|ok\|failed","detail":"…"}` (detail optional) → 202 with the stored event; 404 for a node not in the contract; 400 for a bad body | that node's certificate, or `Authorization: Bearer <enrollment token>` of a live token of that node |
 //!
-//! An event is `{"seq","at_ms","at","node","mac","ip","source":"server|node","phase","status","detail"}`.
+//! An event is `{"seq","at_ms","at","node","mac","ip","source":"server|node","phase","status","detail","bundle"}`
+//! (`bundle`: the bundle version a script, kernel or initrd came from, else null). A node's
+//! `bundle` in the status is the version of the last kernel it fetched: the bundle it booted.
 //!
 //! The rule: what the server saw (addresses, MACs, leases, security events) is for the
 //! operator, so it needs the operator's certificate (`pxe-server pki issue --operator NAME`) or
@@ -30,7 +32,7 @@ use plasmacloud_pki::{Peer, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::leases::now_unix;
-use crate::state::{lock, peer_v4, BootEvent, NewEvent, State};
+use crate::state::{lock, peer_v4, rfc3339, BootEvent, NewEvent, NodeBoot, State};
 
 /// The management router (served by [`crate::http_serve::serve_tls`], which gives handlers
 /// `ConnectInfo<Peer>`).
@@ -146,12 +148,15 @@ struct NodeStatus {
     ipv4: String,
     dhcp_ip: Option<String>,
     last_event: Option<BootEvent>,
+    /// The bundle of the node's last boot (its last kernel fetch).
+    bundle: Option<NodeBoot>,
 }
 
 async fn status(AxState(state): AxState<Arc<State>>) -> Response {
     let last = state.last_events();
-    let nodes: Vec<NodeStatus> = state
-        .config
+    let bundle = state.bundles.current();
+    let booted = lock(&state.booted).clone();
+    let nodes: Vec<NodeStatus> = bundle
         .contract
         .nodes
         .iter()
@@ -161,6 +166,7 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
             ipv4: n.ipv4.to_string(),
             dhcp_ip: state.seen_ip(&n.mac.to_string()).map(|i| i.to_string()),
             last_event: last.get(&n.name).cloned(),
+            bundle: booted.get(&n.name).cloned(),
         })
         .collect();
     let unknown: Vec<BootEvent> = last
@@ -170,9 +176,16 @@ async fn status(AxState(state): AxState<Arc<State>>) -> Response {
         .collect();
     let leases = lock(&state.leases).all();
     Json(serde_json::json!({
-        "cluster": state.config.contract.name(),
-        "cluster_id": state.config.contract.id(),
+        "cluster": bundle.contract.name(),
+        "cluster_id": bundle.contract.id(),
         "mode": state.config.mode.as_str(),
+        "bundle": {
+            "version": bundle.version,
+            "dir": bundle.dir.display().to_string(),
+            "loaded_at": rfc3339(bundle.loaded_at_ms),
+            "files": bundle.manifest.files.len(),
+            "retained": state.bundles.retained(),
+        },
         "nodes": nodes,
         "unknown": unknown,
         "leases": leases,
@@ -207,7 +220,8 @@ async fn report(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(node) = state.config.contract.node(&name) else {
+    let bundle = state.bundles.current();
+    let Ok(node) = bundle.contract.node(&name) else {
         return refuse(
             StatusCode::NOT_FOUND,
             format!("no node {name:?} in the contract"),
@@ -247,6 +261,7 @@ async fn report(
         phase: r.phase,
         status: r.status,
         detail: r.detail,
+        bundle: None,
     });
     (StatusCode::ACCEPTED, Json(ev)).into_response()
 }
@@ -258,10 +273,12 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
             "text/plain; version=0.0.4",
         )],
         format!(
-            "{}{}# HELP pxe_lease_log_compactions_total Lease log compactions while serving.\n# TYPE pxe_lease_log_compactions_total counter\npxe_lease_log_compactions_total {}\n",
+            "{}{}# HELP pxe_lease_log_compactions_total Lease log compactions while serving.\n# TYPE pxe_lease_log_compactions_total counter\npxe_lease_log_compactions_total {}\n# HELP pxe_bundle_info The bundle being served (version: its manifest's sha256).\n# TYPE pxe_bundle_info gauge\npxe_bundle_info{{version=\"{}\"}} 1\n# HELP pxe_bundles_retained Replaced bundles still served to boots that began on them.\n# TYPE pxe_bundles_retained gauge\npxe_bundles_retained {}\n",
             state.metrics.render(),
             state.listeners.render(),
-            lock(&state.leases).compactions()
+            lock(&state.leases).compactions(),
+            state.bundles.current().version,
+            state.bundles.retained().len()
         ),
     )
         .into_response()

@@ -1,5 +1,6 @@
-//! Shared server state: the lease store, what DHCP saw (MAC → address), per-boot URL tokens,
-//! the cluster CA and the enrollment token store, boot events, and metrics counters.
+//! Shared server state: the bundles being served, the lease store, what DHCP saw (MAC →
+//! address), per-boot URL tokens, the cluster CA and the enrollment token store, boot events,
+//! which bundle each node last booted, connection caps, and metrics counters.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,6 +11,7 @@ use plasmacloud_pki::ca::ClusterCa;
 use plasmacloud_pki::Revocations;
 use serde::{Deserialize, Serialize};
 
+use crate::bundle::{Bundle, Bundles};
 use crate::config::Config;
 use crate::enroll_tokens::TokenStore;
 use crate::leases::LeaseStore;
@@ -43,6 +45,17 @@ pub struct BootEvent {
     pub status: String,
     /// Free text.
     pub detail: String,
+    /// The bundle version (its manifest's sha256) a script, kernel or initrd came from.
+    pub bundle: Option<String>,
+}
+
+/// The bundle a node last booted: the version of the last kernel it fetched.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeBoot {
+    /// The bundle version (its manifest's sha256).
+    pub version: String,
+    /// When the kernel fetch started (RFC 3339 UTC).
+    pub at: String,
 }
 
 /// A per-boot URL token: the enrollment initrd URL of one boot of one node, valid only from
@@ -121,6 +134,10 @@ pub struct Metrics {
     pub enroll_reused: AtomicU64,
     /// IPv6 RAs sent.
     pub ra_sent: AtomicU64,
+    /// Bundles loaded and swapped in by a reload.
+    pub bundle_reloads_ok: AtomicU64,
+    /// Bundles refused by a reload (the old one kept serving).
+    pub bundle_reloads_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -241,6 +258,14 @@ impl Metrics {
             ],
         );
         counter(
+            "pxe_bundle_reloads_total",
+            "Bundle reloads by result (refused: the old bundle kept serving).",
+            &[
+                ("result=\"ok\"", g(&self.bundle_reloads_ok)),
+                ("result=\"refused\"", g(&self.bundle_reloads_refused)),
+            ],
+        );
+        counter(
             "pxe_ipv6_ra_sent_total",
             "IPv6 router advertisements sent.",
             &[("", g(&self.ra_sent))],
@@ -330,6 +355,11 @@ impl ListenerSlots {
 pub struct State {
     /// The validated configuration.
     pub config: Config,
+    /// The bundle being served (and the replaced ones still served to boots that began on
+    /// them); take [`Bundles::current`] once per request.
+    pub bundles: Bundles,
+    /// The bundle each node last booted, by node name.
+    pub booted: Mutex<HashMap<String, NodeBoot>>,
     /// Leases (full mode).
     pub leases: Mutex<LeaseStore>,
     /// The address DHCP last saw (assigned, requested or used) for each MAC.
@@ -415,12 +445,15 @@ pub struct NewEvent {
     pub status: String,
     /// Detail.
     pub detail: String,
+    /// The bundle version a fetch came from.
+    pub bundle: Option<String>,
 }
 
 impl State {
     /// Builds the state from its opened parts.
     pub fn new(
         config: Config,
+        bundle: Bundle,
         leases: LeaseStore,
         ca: ClusterCa,
         enroll_tokens: TokenStore,
@@ -428,6 +461,8 @@ impl State {
         let listeners = ListenerSlots::new(&config);
         Self {
             config,
+            bundles: Bundles::new(bundle),
+            booted: Mutex::new(HashMap::new()),
             leases: Mutex::new(leases),
             seen: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
@@ -474,6 +509,7 @@ impl State {
             phase: e.phase,
             status: e.status,
             detail: e.detail,
+            bundle: e.bundle,
         };
         tracing::info!(
             seq = ev.seq,
@@ -538,10 +574,21 @@ impl State {
             .map(|(m, _)| m.clone())
     }
 
-    /// The contract node of a MAC string.
-    pub fn node_of_mac(&self, mac: &str) -> Option<&plasmacloud_contract::NodeSpec> {
+    /// The contract node of a MAC string (in the current bundle's contract).
+    pub fn node_of_mac(&self, mac: &str) -> Option<plasmacloud_contract::NodeSpec> {
         let m: plasmacloud_contract::MacAddr = mac.parse().ok()?;
-        self.config.contract.node_by_mac(m)
+        self.bundles.current().contract.node_by_mac(m).cloned()
+    }
+
+    /// Notes that `node` fetched its kernel from bundle `version`.
+    pub fn note_boot(&self, node: &str, version: &str) {
+        lock(&self.booted).insert(
+            node.to_string(),
+            NodeBoot {
+                version: version.to_string(),
+                at: rfc3339(now_ms()),
+            },
+        );
     }
 }
 

@@ -285,7 +285,7 @@ fn tftp_and_http_with_real_clients() {
             .to_string()
     };
     let overlay_url = url_of("overlay-node01.cpio.zst");
-    assert!(overlay_url.contains("/files/"), "{overlay_url}");
+    assert!(overlay_url.contains("/b/"), "{overlay_url}");
     let enroll_url = url_of("enroll.cpio");
     assert!(enroll_url.contains("/s/"), "{enroll_url}");
     let out = d.join("enroll.cpio");
