@@ -155,8 +155,10 @@ part "instantiation"
 cat >"$work/scan-secrets.py" <<'EOF'
 import json, os, re, sys
 
-closure_file, repo, tracked_file, nixpkgs = sys.argv[1:]
-closure = [l.strip() for l in open(closure_file) if l.strip()]
+closure_file, repo, tracked_file, nixpkgs, root = sys.argv[1:]
+# A chroot store (`store = /some/dir`) keeps /nix/store/X at /some/dir/nix/store/X.
+closure = [root + l.strip() for l in open(closure_file) if l.strip()]
+nixpkgs = root + nixpkgs
 tracked = set(l.rstrip("\n") for l in open(tracked_file))
 test_password = json.load(open(os.path.join(repo, "vm-tests/nixos/lib/test-admin.json")))["password"]
 # In a .drv the text of a string is escaped (\n, \"), so both forms are matched.
@@ -234,6 +236,14 @@ for x in found:
     print(f"found\t{x}")
 EOF
 git ls-files >"$work/tracked"
+# Where the store's files are on disk: a chroot store (`store = /dir` or `…?root=/dir`) keeps
+# them under that directory.
+store_setting=$(nix show-config 2>/dev/null | sed -n 's/^store = //p')
+case "$store_setting" in
+  /*) store_root=${store_setting%%\?*} ;;
+  *root=/*) store_root=${store_setting#*root=}; store_root=${store_root%%&*} ;;
+  *) store_root= ;;
+esac
 # scan_store OUTPUTS RESULT: the closure of the .drv files listed (last field of each line of
 # OUTPUTS) scanned into RESULT (`scanned`, `allowed` and `found` lines); fails when the
 # closure cannot be read.
@@ -243,7 +253,7 @@ scan_store() {
     cat "$work/closure-err" >"$2"
     return 1
   fi
-  python3 "$work/scan-secrets.py" "$work/closure" "$repo" "$work/tracked" "$store" >"$2"
+  python3 "$work/scan-secrets.py" "$work/closure" "$repo" "$work/tracked" "$store" "$store_root" >"$2"
 }
 if ! scan_store "$work/instantiated" "$work/secrets"; then
   fail "no secret in the store: the closure of the instantiated outputs" "$(cat "$work/secrets")"
