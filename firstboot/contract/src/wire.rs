@@ -20,7 +20,7 @@ pub const CONTRACT_VERSION: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Contract format version; this release knows `1`.
+    /// Contract format version; this release reads `2` (and tells a `1` what to change).
     pub version: u32,
     /// Cluster name and id.
     pub cluster: ClusterIdentity,
