@@ -6,6 +6,12 @@
 //! leader): puts/s, p50/p99 latency, server CPU time per put (user + system, summed over the
 //! three processes) and the peak RSS (VmHWM, summed over the three processes).
 //!
+//! Both run as they are meant to run: TLS with client-certificate authentication on every
+//! port, client and peer. One test CA (plasmacloud-pki's `ClusterCa`, as pxe-server makes the
+//! real one) issues a node certificate per server (Chainfire's `--tls-cert/--tls-key/--tls-ca`;
+//! etcd's `--cert-file --key-file --client-cert-auth --trusted-ca-file` and the `--peer-…`
+//! equivalents) and an operator certificate for the client, which both check.
+//!
 //! The measured time is split into `--rounds` alternating slices (Chainfire, etcd, Chainfire,
 //! …), so that load from elsewhere on the machine falls on both alike.
 //! etcd is driven through its HTTP/JSON gateway (`POST /v3/kv/put`), the only HTTP write path
@@ -23,6 +29,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine;
 use clap::Parser;
+use plasmacloud_pki::ca::{CertSpec, ClusterCa};
+use plasmacloud_pki::tls::TlsMaterial;
+use plasmacloud_pki::{Credentials, Identity, TlsFiles};
 use plasmacloud_store_client::{Member, StoreClient};
 
 /// Chainfire vs etcd 3.4: puts/s, p50/p99, peak RSS at 1 and 64 clients.
@@ -132,13 +141,50 @@ where
     Ok(())
 }
 
+/// The bench's CA: node certificates for the servers, an operator certificate for the client.
+struct Pki {
+    ca: ClusterCa,
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A node certificate for `name` at `ip` (and `also`), written under the bench directory.
+    fn node(&self, name: &str, ip: Ipv4Addr, also: &[Ipv4Addr]) -> anyhow::Result<TlsFiles> {
+        let mut spec = CertSpec::node(Identity::node(name)?, ip.into());
+        spec.ips
+            .extend(also.iter().map(|a| std::net::IpAddr::V4(*a)));
+        let (issued, key) = self.ca.issue_with_new_key(&spec)?;
+        let creds = Credentials::node(self.dir.join(name));
+        creds.write_all(&key, &issued.cert_pem, self.ca.cert_pem())?;
+        Ok(TlsFiles::from(&creds))
+    }
+
+    /// The client's operator certificate.
+    fn client(&self) -> anyhow::Result<TlsMaterial> {
+        let spec = CertSpec::operator(Identity::operator("chainfire-bench")?);
+        let (issued, key) = self.ca.issue_with_new_key(&spec)?;
+        Ok(TlsMaterial::from_pem(
+            "bench client",
+            &issued.cert_pem,
+            &key,
+            self.ca.cert_pem(),
+        )?)
+    }
+}
+
 /// Starts three Chainfire nodes, forms the cluster, returns the leader's API URL.
-async fn start_chainfire(bin: &Path, dir: &Path) -> anyhow::Result<(Procs, String)> {
+async fn start_chainfire(
+    bin: &Path,
+    dir: &Path,
+    pki: &Pki,
+    client: &TlsMaterial,
+) -> anyhow::Result<(Procs, String)> {
     let mut procs = Procs(Vec::new());
     let mut members = Vec::new();
     for id in 1..=3u64 {
         let ip = Ipv4Addr::new(127, 0, 10, id as u8);
         let (api, raft) = (free_addr(ip)?, free_addr(ip)?);
+        let tls = pki.node(&format!("cf{id}"), ip, &[])?;
         let args = vec![
             "--id".into(),
             id.to_string(),
@@ -148,6 +194,12 @@ async fn start_chainfire(bin: &Path, dir: &Path) -> anyhow::Result<(Procs, Strin
             api.to_string(),
             "--raft-addr".into(),
             raft.to_string(),
+            "--tls-cert".into(),
+            tls.cert.display().to_string(),
+            "--tls-key".into(),
+            tls.key.display().to_string(),
+            "--tls-ca".into(),
+            tls.ca.display().to_string(),
         ];
         procs
             .0
@@ -159,6 +211,7 @@ async fn start_chainfire(bin: &Path, dir: &Path) -> anyhow::Result<(Procs, Strin
         });
     }
     let seed = StoreClient::builder([members[0].api_addr.clone()])
+        .tls(client.clone())
         .timeout(Duration::from_secs(20))
         .build()?;
     wait_for("chainfire to listen", Duration::from_secs(30), || {
@@ -171,7 +224,9 @@ async fn start_chainfire(bin: &Path, dir: &Path) -> anyhow::Result<(Procs, Strin
         .context("while initialising chainfire")?;
     for m in &members[1..] {
         wait_for("chainfire node to listen", Duration::from_secs(30), || {
-            let c = StoreClient::new([m.api_addr.clone()]);
+            let c = StoreClient::builder([m.api_addr.clone()])
+                .tls(client.clone())
+                .build();
             async move {
                 match c {
                     Ok(c) => c.health().await.is_ok(),
@@ -197,13 +252,14 @@ async fn start_chainfire(bin: &Path, dir: &Path) -> anyhow::Result<(Procs, Strin
         .find(|m| m.id == leader)
         .map(|m| m.api_addr.clone())
         .context("leader not in members")?;
-    Ok((procs, format!("http://{api}")))
+    Ok((procs, format!("https://{api}")))
 }
 
 /// Starts three etcd nodes, returns the leader's client URL.
 async fn start_etcd(
     bin: &Path,
     dir: &Path,
+    pki: &Pki,
     http: &reqwest::Client,
 ) -> anyhow::Result<(Procs, String)> {
     let mut procs = Procs(Vec::new());
@@ -214,30 +270,58 @@ async fn start_etcd(
     }
     let cluster = nodes
         .iter()
-        .map(|(n, _, p)| format!("{n}=http://{p}"))
+        .map(|(n, _, p)| format!("{n}=https://{p}"))
         .collect::<Vec<_>>()
         .join(",");
-    for (name, client, peer) in &nodes {
-        let args = vec![
+    for (i, (name, client, peer)) in nodes.iter().enumerate() {
+        // etcd checks a peer's client certificate against the address it connects from,
+        // and its peers dial from 127.0.0.1.
+        let tls = pki.node(
+            name,
+            Ipv4Addr::new(127, 0, 11, i as u8 + 1),
+            &[Ipv4Addr::LOCALHOST],
+        )?;
+        let (cert, key, ca) = (
+            tls.cert.display().to_string(),
+            tls.key.display().to_string(),
+            tls.ca.display().to_string(),
+        );
+        let mut args = vec![
+            "--cert-file".into(),
+            cert.clone(),
+            "--key-file".into(),
+            key.clone(),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            ca.clone(),
+            "--peer-cert-file".into(),
+            cert,
+            "--peer-key-file".into(),
+            key,
+            "--peer-client-cert-auth".into(),
+            "--peer-trusted-ca-file".into(),
+            ca,
+        ];
+        args.extend::<Vec<String>>(vec![
             "--name".into(),
             name.clone(),
             "--data-dir".into(),
             dir.join(name).display().to_string(),
             "--listen-client-urls".into(),
-            format!("http://{client}"),
+            format!("https://{client}"),
             "--advertise-client-urls".into(),
-            format!("http://{client}"),
+            format!("https://{client}"),
             "--listen-peer-urls".into(),
-            format!("http://{peer}"),
+            format!("https://{peer}"),
             "--initial-advertise-peer-urls".into(),
-            format!("http://{peer}"),
+            format!("https://{peer}"),
             "--initial-cluster".into(),
             cluster.clone(),
             "--initial-cluster-state".into(),
             "new".into(),
             "--initial-cluster-token".into(),
             "bench".into(),
-        ];
+        ]);
         procs
             .0
             .push(spawn(bin, &args, &dir.join(format!("{name}.log")))?);
@@ -249,7 +333,7 @@ async fn start_etcd(
             bail!("etcd did not elect a leader");
         }
         for (_, client, _) in &nodes {
-            let url = format!("http://{client}");
+            let url = format!("https://{client}");
             let st: Option<serde_json::Value> = match http
                 .post(format!("{url}/v3/maintenance/status"))
                 .body("{}")
@@ -293,6 +377,10 @@ struct RunResult {
     puts_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Mean, p90 and p99.9 latency (the tail explains a throughput ratio at one client).
+    mean_ms: f64,
+    p90_ms: f64,
+    p999_ms: f64,
     /// Server CPU milliseconds per put.
     cpu_ms_per_put: f64,
     errors: u64,
@@ -313,6 +401,9 @@ impl Tally {
             puts_per_s: lat.len() as f64 / self.secs,
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
+            mean_ms: lat.iter().sum::<u64>() as f64 / lat.len().max(1) as f64 / 1000.0,
+            p90_ms: pct(0.90),
+            p999_ms: pct(0.999),
             cpu_ms_per_put: self.cpu_secs * 1000.0 / lat.len().max(1) as f64,
             errors: self.errors,
         }
@@ -439,18 +530,25 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let max_clients = clients.iter().copied().max().unwrap_or(1);
-    let http = reqwest::Client::builder()
+    let pki = Pki {
+        ca: ClusterCa::generate("chainfire-bench")?,
+        dir: dir.join("pki"),
+    };
+    let client_cert = pki.client()?;
+    // One client for both systems: TLS, presenting the operator certificate.
+    let http = client_cert
+        .reqwest_builder()?
         .pool_max_idle_per_host(max_clients * 2)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(10))
         .build()?;
 
     eprintln!(
-        "starting 3 chainfire nodes and 3 etcd nodes under {}",
+        "starting 3 chainfire nodes and 3 etcd nodes under {}, all with TLS and client certificates",
         dir.display()
     );
-    let (cf_procs, cf_url) = start_chainfire(&chainfire, &dir).await?;
-    let (etcd_procs, etcd_url) = start_etcd(&args.etcd, &dir, &http).await?;
+    let (cf_procs, cf_url) = start_chainfire(&chainfire, &dir, &pki, &client_cert).await?;
+    let (etcd_procs, etcd_url) = start_etcd(&args.etcd, &dir, &pki, &http).await?;
     eprintln!("chainfire leader {cf_url}, etcd leader {etcd_url}");
 
     println!(
@@ -516,6 +614,10 @@ async fn main() -> anyhow::Result<()> {
             cf.cpu_ms_per_put,
             et.cpu_ms_per_put,
             cf.cpu_ms_per_put / et.cpu_ms_per_put
+        ));
+        cpu_lines.push(format!(
+            "latency at {n} clients, mean / p90 / p99.9 ms: chainfire {:.2} / {:.2} / {:.2}, etcd {:.2} / {:.2} / {:.2}",
+            cf.mean_ms, cf.p90_ms, cf.p999_ms, et.mean_ms, et.p90_ms, et.p999_ms
         ));
     }
     for l in cpu_lines {
