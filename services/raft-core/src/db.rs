@@ -4,6 +4,13 @@
 //! last purged), `kv`, `ts`, `sm_meta` (last applied, membership, ids ever used) and `snapshot`
 //! (the latest built or received snapshot). One database means one write-ahead log: the log
 //! store's synced writes also make every earlier state-machine write durable.
+//!
+//! The write-ahead log is flushed by hand (`manual_wal_flush`): a write lands in RocksDB's WAL
+//! buffer, and the log writer pushes the buffer out and syncs it (`flush_wal(true)`) for the
+//! entries and votes it must make durable. That sync runs without holding RocksDB's write
+//! path, so a state-machine write is a memory-only step that never queues behind an fsync
+//! (it may be lost in a crash before the next sync, and is then applied again from the log).
+//! Writes with `sync = true` (snapshots) still sync everything before them.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +40,7 @@ pub fn open_db(path: &Path, create: bool) -> Result<Arc<DB>, Error> {
     opts.create_if_missing(create);
     opts.create_missing_column_families(create);
     opts.set_max_background_jobs(2);
+    opts.set_manual_wal_flush(true);
     let cfs = ALL_CFS
         .iter()
         .map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));

@@ -13,6 +13,8 @@
 //!   re-read every two seconds.
 //! - [`proposer`]: client writes, batched into single entries while earlier ones are in
 //!   flight (one fsync and one replicated entry for many concurrent writes).
+//! - [`durability`]: the leader syncs its own log beside replication; applying an entry and
+//!   telling followers it is committed wait for that sync.
 //! - [`node`]: starting a node (data directory, listeners, Raft, TLS, sd-notify, role logging).
 //! - [`cluster_view`]: the role and the members as this node sees them (for `node` and `api`).
 //! - [`serve`]: the body of both servers' `main`: shared flags and their environment
@@ -53,6 +55,7 @@ pub mod cluster_view;
 pub mod config;
 pub mod datadir;
 pub mod db;
+pub mod durability;
 pub mod error;
 pub mod log_store;
 pub mod network;

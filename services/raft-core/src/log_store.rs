@@ -7,6 +7,12 @@
 //! The newest entries, queued or written, are also kept in a bounded in-memory cache, so that
 //! replication (which reads what was just appended) is served without touching the disk; a
 //! cached entry is dropped only after it is written.
+//!
+//! One exception to "flushed means synced": a leader's own new entries are reported flushed
+//! when they are queued, so openraft replicates them while they are being synced (see
+//! [`crate::durability`] for the rule and what waits for the sync instead). The writer reports
+//! how far the log is on disk ([`LogStore::durable`]); a failed sync of entries already
+//! reported flushed aborts the process.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -18,7 +24,8 @@ use openraft::{OptionalSend, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use crate::db::{blocking, index_key, read_err, write_err, CF_LOG, CF_RAFT_META};
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::durability::{durable_from, Durable, DurableWriter};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -27,6 +34,9 @@ const KEY_PURGED: &[u8] = b"last_purged";
 /// One queued write: its operations and whom to tell once they are synced.
 enum Done {
     Flushed(LogFlushed<TypeConfig>),
+    /// A leader's own entries, already reported flushed: synced like the others, and a failure
+    /// cannot be reported any more, so it aborts the process.
+    Acked,
     Reply(tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Nobody waits (the committed id: written in order with the log, never awaited).
     Nothing,
@@ -42,6 +52,19 @@ struct Job {
     done: Done,
     /// `(index, sequence)` of the cached entries this job writes.
     written: Vec<(u64, u64)>,
+    /// What the job does to how far the log is on disk.
+    effect: Effect,
+}
+
+/// A job's effect on [`Durable`].
+#[derive(Debug, Clone, Copy)]
+enum Effect {
+    /// None (a vote, the committed id, a purge).
+    None,
+    /// Entries up to this index are on disk once written.
+    Appended(u64),
+    /// The log is cut from this index on.
+    Truncated(u64),
 }
 
 /// How many written entries the cache keeps at most (unwritten ones are never dropped).
@@ -118,6 +141,12 @@ pub struct LogStore {
     db: Arc<DB>,
     tx: std::sync::mpsc::Sender<Job>,
     recent: Shared,
+    /// This node's id: entries of a leader id naming it, appended while its vote is that
+    /// committed leader id, are its own as leader.
+    me: NodeId,
+    /// The last vote saved (or read at start).
+    vote: Arc<std::sync::Mutex<Option<Vote>>>,
+    durable: Durable,
     /// Declared after `tx`, so when the last clone drops, every sender is gone before the
     /// writer thread is joined.
     _writer: Arc<WriterThread>,
@@ -146,7 +175,12 @@ impl std::fmt::Debug for LogStore {
     }
 }
 
-fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, recent: Shared) {
+fn writer_loop(
+    db: Arc<DB>,
+    rx: std::sync::mpsc::Receiver<Job>,
+    recent: Shared,
+    durable: DurableWriter,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while let Ok(j) = rx.try_recv() {
@@ -173,11 +207,15 @@ fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, recent: Shared) 
             }
         }
         if res.is_ok() {
-            // Sync unless every job is one nobody waits for (the committed id alone).
+            // Into RocksDB's WAL buffer (see `db`), then out and synced unless every job is
+            // one nobody waits for (the committed id alone, which the next sync takes along).
             let sync = jobs.iter().any(|j| !matches!(j.done, Done::Nothing));
-            let mut opts = WriteOptions::default();
-            opts.set_sync(sync);
-            res = db.write_opt(batch, &opts).map_err(|e| e.to_string());
+            res = db
+                .write_opt(batch, &WriteOptions::default())
+                .map_err(|e| e.to_string());
+            if res.is_ok() && sync {
+                res = db.flush_wal(true).map_err(|e| e.to_string());
+            }
         }
         if res.is_ok() {
             if let Ok(mut r) = recent.lock() {
@@ -185,9 +223,28 @@ fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, recent: Shared) 
                     r.mark_written(&j.written);
                 }
             }
+            for j in &jobs {
+                match j.effect {
+                    Effect::None => {}
+                    Effect::Appended(i) => durable.appended(i),
+                    Effect::Truncated(i) => durable.truncated(i),
+                }
+            }
         }
         for j in jobs {
             match j.done {
+                Done::Acked => {
+                    if let Err(e) = &res {
+                        // Already reported flushed: openraft may count this node toward a
+                        // commit. Nothing applied or announced it yet (it waits for the
+                        // sync); stop before anything does, and restart from the disk.
+                        tracing::error!(
+                            "syncing the leader's own log entries failed: {e}; aborting so this node restarts from what is on disk"
+                        );
+                        eprintln!("fatal: syncing the Raft log failed: {e}");
+                        std::process::abort();
+                    }
+                }
                 Done::Flushed(cb) => {
                     cb.log_io_completed(res.clone().map_err(std::io::Error::other))
                 }
@@ -201,6 +258,19 @@ fn writer_loop(db: Arc<DB>, rx: std::sync::mpsc::Receiver<Job>, recent: Shared) 
                 }
             }
         }
+    }
+}
+
+/// Were `entries` made by node `me` as the leader `vote` says it is? Only then is their flush
+/// reported before the sync. A node is leader of exactly one committed leader id at a time, and
+/// no other node makes entries under it; entries it receives from another leader — including
+/// old ones it made itself under an earlier leader id — are synced before they are reported.
+fn made_by_leader_me(vote: Option<Vote>, me: NodeId, entries: &[Entry]) -> bool {
+    match vote {
+        Some(v) if v.is_committed() && v.leader_id().node_id == me => {
+            !entries.is_empty() && entries.iter().all(|e| e.log_id.leader_id == *v.leader_id())
+        }
+        _ => false,
     }
 }
 
@@ -227,32 +297,69 @@ fn get_json<T: serde::de::DeserializeOwned>(
 }
 
 impl LogStore {
-    /// A log store over `db`, starting its writer thread.
-    pub fn new(db: Arc<DB>) -> Self {
+    /// The log store of node `me` over `db`, starting its writer thread. Reads how far the log
+    /// is on disk (a quick seek; call it where blocking is fine).
+    pub fn new(db: Arc<DB>, me: NodeId) -> Result<Self, StorageError> {
+        let on_disk = Self::last_on_disk(&db)?.map_or(0, |l| l.index);
+        let (writer, durable) = durable_from(on_disk);
         let (tx, rx) = std::sync::mpsc::channel();
         let recent: Shared = Arc::default();
         let (wdb, wp) = (db.clone(), recent.clone());
         let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(wdb, rx, wp))
+            .spawn(move || writer_loop(wdb, rx, wp, writer))
             .map_err(|e| tracing::error!("cannot start the log writer thread: {e}"))
             .ok();
-        Self {
+        Ok(Self {
             db,
             tx,
             recent,
+            me,
+            vote: Arc::default(),
+            durable,
             _writer: Arc::new(WriterThread(handle)),
+        })
+    }
+
+    /// How far this node's log is on disk (for the state machine and the network, which wait
+    /// on it: see [`crate::durability`]).
+    pub fn durable(&self) -> Durable {
+        self.durable.clone()
+    }
+
+    /// The last log id on disk (or the last purged one), read from the database.
+    fn last_on_disk(db: &DB) -> Result<Option<LogId>, StorageError> {
+        let last_purged: Option<LogId> = get_json(db, CF_RAFT_META, KEY_PURGED)?;
+        let cf = cf(db, CF_LOG)?;
+        let mut it = db.iterator_cf(cf, IteratorMode::End);
+        match it.next() {
+            Some(item) => {
+                let (_, v) = item.map_err(|e| read_err(&e))?;
+                let e: Entry = serde_json::from_slice(&v).map_err(|e| read_err(&e))?;
+                Ok(Some(e.log_id))
+            }
+            None => Ok(last_purged),
+        }
+    }
+
+    /// Are `entries` this node's own, made as the leader it is now? Then their flush may be
+    /// reported at once (the rule of [`crate::durability`]).
+    fn own_as_leader(&self, entries: &[Entry]) -> bool {
+        match self.vote.lock() {
+            Ok(vote) => made_by_leader_me(*vote, self.me, entries),
+            Err(_) => false,
         }
     }
 
     /// Queues `ops` and waits until they are synced.
-    async fn write_synced(&self, ops: Vec<WOp>) -> Result<(), StorageError> {
+    async fn write_synced(&self, ops: Vec<WOp>, effect: Effect) -> Result<(), StorageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send(Job {
                 ops,
                 done: Done::Reply(tx),
                 written: Vec::new(),
+                effect,
             })
             .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))?;
         match rx.await {
@@ -332,21 +439,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let db = self.db.clone();
+        // Entries reported flushed may still be on their way to the disk: the cache has them.
+        let cached = self
+            .recent
+            .lock()
+            .ok()
+            .and_then(|r| r.map.last_key_value().map(|(_, c)| c.entry.log_id));
         blocking(move || {
             let last_purged: Option<LogId> = get_json(&db, CF_RAFT_META, KEY_PURGED)?;
-            let cf = cf(&db, CF_LOG)?;
-            let mut it = db.iterator_cf(cf, IteratorMode::End);
-            let last = match it.next() {
-                Some(item) => {
-                    let (_, v) = item.map_err(|e| read_err(&e))?;
-                    let e: Entry = serde_json::from_slice(&v).map_err(|e| read_err(&e))?;
-                    Some(e.log_id)
-                }
-                None => last_purged,
-            };
+            let on_disk = Self::last_on_disk(&db)?;
             Ok(LogState {
                 last_purged_log_id: last_purged,
-                last_log_id: last,
+                last_log_id: cached.max(on_disk),
             })
         })
         .await
@@ -358,13 +462,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(vote).map_err(|e| write_err(&e))?;
-        self.write_synced(vec![WOp::Put(CF_RAFT_META, KEY_VOTE.to_vec(), bytes)])
-            .await
+        self.write_synced(
+            vec![WOp::Put(CF_RAFT_META, KEY_VOTE.to_vec(), bytes)],
+            Effect::None,
+        )
+        .await?;
+        if let Ok(mut v) = self.vote.lock() {
+            *v = Some(*vote);
+        }
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let db = self.db.clone();
-        blocking(move || get_json(&db, CF_RAFT_META, KEY_VOTE)).await
+        let vote: Option<Vote> = blocking(move || get_json(&db, CF_RAFT_META, KEY_VOTE)).await?;
+        if let Ok(mut v) = self.vote.lock() {
+            *v = vote;
+        }
+        Ok(vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -378,6 +493,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 ops: vec![WOp::Put(CF_RAFT_META, KEY_COMMITTED.to_vec(), bytes)],
                 done: Done::Nothing,
                 written: Vec::new(),
+                effect: Effect::None,
             })
             .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))
     }
@@ -397,6 +513,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let own = self.own_as_leader(&entries);
+        let last = entries.last().map(|e| e.log_id.index);
         let mut ops = Vec::new();
         let mut written = Vec::new();
         {
@@ -425,11 +544,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
+        let effect = last.map_or(Effect::None, Effect::Appended);
+        if own {
+            self.tx
+                .send(Job {
+                    ops,
+                    done: Done::Acked,
+                    written,
+                    effect,
+                })
+                .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))?;
+            // Queued behind everything before it: replication may start now.
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         self.tx
             .send(Job {
                 ops,
                 done: Done::Flushed(callback),
                 written,
+                effect,
             })
             .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))
     }
@@ -438,11 +572,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Ok(mut r) = self.recent.lock() {
             r.cut(|i| i < log_id.index);
         }
-        self.write_synced(vec![WOp::DeleteRange(
-            CF_LOG,
-            index_key(log_id.index).to_vec(),
-            index_key(u64::MAX).to_vec(),
-        )])
+        self.write_synced(
+            vec![WOp::DeleteRange(
+                CF_LOG,
+                index_key(log_id.index).to_vec(),
+                index_key(u64::MAX).to_vec(),
+            )],
+            Effect::Truncated(log_id.index),
+        )
         .await
     }
 
@@ -451,14 +588,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             r.cut(|i| i > log_id.index);
         }
         let bytes = serde_json::to_vec(&Some(log_id)).map_err(|e| write_err(&e))?;
-        self.write_synced(vec![
-            WOp::Put(CF_RAFT_META, KEY_PURGED.to_vec(), bytes),
-            WOp::DeleteRange(
-                CF_LOG,
-                index_key(0).to_vec(),
-                index_key(log_id.index + 1).to_vec(),
-            ),
-        ])
+        self.write_synced(
+            vec![
+                WOp::Put(CF_RAFT_META, KEY_PURGED.to_vec(), bytes),
+                WOp::DeleteRange(
+                    CF_LOG,
+                    index_key(0).to_vec(),
+                    index_key(log_id.index + 1).to_vec(),
+                ),
+            ],
+            Effect::None,
+        )
         .await
     }
 }
@@ -471,6 +611,13 @@ mod tests {
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn entry_of(term: u64, leader: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
             payload: EntryPayload::Blank,
         }
     }
@@ -513,6 +660,24 @@ mod tests {
             r.covering(20, None).map(|v| v.len()),
             Some(CACHE_ENTRIES - 9)
         );
+    }
+
+    #[test]
+    fn only_a_leaders_own_new_entries_skip_the_wait_for_the_sync() {
+        let leader_2_of_term_5 = Vote::new_committed(5, 2);
+        let own = [entry_of(5, 2, 10), entry_of(5, 2, 11)];
+        assert!(made_by_leader_me(Some(leader_2_of_term_5), 2, &own));
+        // Another node, an uncommitted vote (a candidate), no vote: synced first.
+        assert!(!made_by_leader_me(Some(leader_2_of_term_5), 3, &own));
+        assert!(!made_by_leader_me(Some(Vote::new(5, 2)), 2, &own));
+        assert!(!made_by_leader_me(None, 2, &own));
+        // Entries it made under an earlier term, sent back to it by a later leader.
+        let old = [entry_of(4, 2, 9)];
+        assert!(!made_by_leader_me(Some(Vote::new_committed(6, 3)), 2, &old));
+        assert!(!made_by_leader_me(Some(leader_2_of_term_5), 2, &old));
+        let mixed = [entry_of(4, 2, 9), entry_of(5, 2, 10)];
+        assert!(!made_by_leader_me(Some(leader_2_of_term_5), 2, &mixed));
+        assert!(!made_by_leader_me(Some(leader_2_of_term_5), 2, &[]));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::durability::Durable;
 use crate::types::{NodeId, NodeInfo, Raft, TypeConfig};
 
 /// Header naming the target node id.
@@ -61,12 +62,24 @@ pub const MAX_APPEND_BYTES: usize = 2 << 20;
 pub struct HttpNetwork {
     http: reqwest::Client,
     scheme: &'static str,
+    durable: Option<Durable>,
 }
 
 impl HttpNetwork {
-    /// A network using `http` (which carries the TLS trust settings) and `scheme`.
+    /// A network using `http` (which carries the TLS settings) and `scheme`.
     pub fn new(http: reqwest::Client, scheme: &'static str) -> Self {
-        Self { http, scheme }
+        Self {
+            http,
+            scheme,
+            durable: None,
+        }
+    }
+
+    /// Tells followers a commit index only once this node's log is on disk up to it (the rule
+    /// of [`crate::durability`]).
+    pub fn announcing_only_durable(mut self, durable: Durable) -> Self {
+        self.durable = Some(durable);
+        self
     }
 }
 
@@ -79,6 +92,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             node: node.clone(),
             http: self.http.clone(),
             scheme: self.scheme,
+            durable: self.durable.clone(),
         }
     }
 }
@@ -90,6 +104,7 @@ pub struct HttpConn {
     node: NodeInfo,
     http: reqwest::Client,
     scheme: &'static str,
+    durable: Option<Durable>,
 }
 
 impl HttpConn {
@@ -166,6 +181,20 @@ impl RaftNetwork<TypeConfig> for HttpConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        if let (Some(d), Some(c)) = (&self.durable, &rpc.leader_commit) {
+            // Rarely waits: the leader's sync usually ends before a follower acknowledges.
+            if tokio::time::timeout(option.hard_ttl(), d.wait_for(c.index))
+                .await
+                .is_err()
+            {
+                return Err(RPCError::Network(NetworkError::new(
+                    &std::io::Error::other(format!(
+                        "the leader's log is not on disk up to the commit index {} yet",
+                        c.index
+                    )),
+                )));
+            }
+        }
         let n = rpc.entries.len();
         let body =
             serde_json::to_vec(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -336,6 +365,7 @@ mod tests {
             },
             http: reqwest::Client::new(),
             scheme: "http",
+            durable: None,
         };
         let opt = RPCOption::new(Duration::from_millis(500));
         // 8 entries of 1 MiB: about 4x the cap, so about 2 entries fit.

@@ -238,13 +238,15 @@ impl StoreNode {
         let raft_listener = bind("raft", cfg.raft_addr)?;
 
         let (path, service, id) = (cfg.data_dir.clone(), cfg.service, cfg.id);
-        let (dir, db) = tokio::task::spawn_blocking(move || -> Result<(DataDir, _), Error> {
-            let dir = open_data_dir(&path, service, id)?;
+        let (dir, db, log) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let dir: DataDir = open_data_dir(&path, service, id)?;
             let db = open_db(&dir.db_path(), dir.fresh)?;
             if dir.fresh {
                 write_marker(&dir, service)?;
             }
-            Ok((dir, db))
+            let log = LogStore::new(db.clone(), dir.node_id)
+                .map_err(|e| Error::Raft(format!("reading the log: {e}")))?;
+            Ok((dir, db, log))
         })
         .await
         .map_err(|e| Error::Raft(format!("opening the data directory: {e}")))??;
@@ -276,10 +278,12 @@ impl StoreNode {
                 .map_err(|e| Error::Config(format!("raft settings: {e}")))?,
         );
         let scheme = access.scheme();
-        let network = HttpNetwork::new(http.clone(), scheme);
-        let sm = StateMachine::new(db.clone());
+        // The leader syncs its log beside replication (crate::durability): what follows from a
+        // commit waits for that sync.
+        let network = HttpNetwork::new(http.clone(), scheme).announcing_only_durable(log.durable());
+        let sm = StateMachine::new(db).applying_only_durable(log.durable());
         let reader = sm.reader();
-        let raft = Raft::new(dir.node_id, raft_cfg, network, LogStore::new(db), sm)
+        let raft = Raft::new(dir.node_id, raft_cfg, network, log, sm)
             .await
             .map_err(|e| Error::Raft(format!("starting raft: {e}")))?;
         let proposer = crate::proposer::Proposer::start(raft.clone());
@@ -385,9 +389,11 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs role changes and reports them as sd-notify `STATUS=` lines.
+/// Logs role changes and reports them as sd-notify `STATUS=` lines. It watches the server
+/// metrics, which change with the role, the leader or the membership only (the full metrics
+/// change with every write, and waking for each cost the write path a thread wake-up).
 async fn watch_role(st: Arc<NodeState>) {
-    let mut rx = st.raft.metrics();
+    let mut rx = st.raft.server_metrics();
     let mut last: Option<(ServerState, Option<NodeId>, usize)> = None;
     loop {
         let now = {
@@ -429,13 +435,13 @@ async fn watch_role(st: Arc<NodeState>) {
 /// this asks openraft for a heartbeat round, which sends each idle stream everything it lacks
 /// (a stream with a request in flight is left alone).
 async fn nudge_replication(raft: Raft) {
-    let mut rx = raft.metrics();
+    let mut rx = raft.data_metrics();
     let mut matched: std::collections::BTreeMap<NodeId, u64> = Default::default();
     loop {
         let lagging_advanced = {
             let m = rx.borrow_and_update();
             let mut hit = false;
-            if let (Some(repl), Some(last)) = (&m.replication, m.last_log_index) {
+            if let (Some(repl), Some(last)) = (&m.replication, m.last_log.map(|l| l.index)) {
                 for (id, log) in repl {
                     let at = log.map_or(0, |l| l.index);
                     let before = matched.insert(*id, at);

@@ -23,7 +23,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         };
         let dir = tempfile::tempdir().map_err(|e| io(e.to_string()))?;
         let db = plasmacloud_raft::db::open_db(dir.path(), true).map_err(|e| io(e.to_string()))?;
-        Ok((dir, LogStore::new(db.clone()), StateMachine::new(db)))
+        // Node id 0: the suite's entries name other leaders, so every append takes the
+        // synced-before-flushed path.
+        let log = LogStore::new(db.clone(), 0).map_err(|e| io(e.to_string()))?;
+        Ok((dir, log, StateMachine::new(db)))
     }
 }
 
