@@ -98,7 +98,7 @@ pub struct Flags {
     /// The cluster contract (cluster-config.json).
     #[arg(long, env = "PLASMACLOUD_PXE_CLUSTER", value_name = "FILE")]
     pub cluster: Option<PathBuf>,
-    /// The bundle directory (kernel, initrds, manifest.json).
+    /// The bundle directory (kernel, initrds, manifest.json); reloaded on SIGHUP and when its manifest.json changes.
     #[arg(long, env = "PLASMACLOUD_PXE_BUNDLE", value_name = "DIR")]
     pub bundle: Option<PathBuf>,
     /// Pool for machines not in the contract, full mode only: FIRST-LAST.

@@ -136,8 +136,13 @@ fn bench_tftp() {
     std::fs::write(f.ipxe.join("big.bin"), pattern(size as usize, 7)).unwrap();
     let (rack, srv, cli) = net();
 
-    // pxe-server (proxy mode: TFTP without RA; DHCP idle)
-    let args = f.server_args("proxy", &f.d.join("state"), &["--log-format", "json"]);
+    // pxe-server (proxy mode: TFTP without RA; DHCP idle); the 16 clients share one address,
+    // above the default per-address cap of 8
+    let args = f.server_args(
+        "proxy",
+        &f.d.join("state"),
+        &["--log-format", "json", "--tftp-max-per-client", "16"],
+    );
     let server = start_server(&srv, &args, &f.d.join("srv.log"));
     let ours = tftp_round(&cli, &f.d, "big.bin", size, "pxe-server");
     let mut ws = Vec::new();
