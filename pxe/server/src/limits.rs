@@ -445,6 +445,52 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_that_stops_moving_times_out_and_one_that_moves_does_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let limit = Duration::from_millis(200);
+            // A reader that never reads: the writer fills the pipe, then stalls.
+            let (a, _b) = tokio::io::duplex(1024);
+            let mut w = StallIo::new(a, limit);
+            let t = Instant::now();
+            let e = w
+                .write_all(&[0u8; 64 * 1024])
+                .await
+                .expect_err("a stalled write times out");
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+            assert!(
+                t.elapsed() >= limit && t.elapsed() < limit * 5,
+                "{:?}",
+                t.elapsed()
+            );
+            // A peer that sends a byte every 100 ms keeps the stream alive past the limit.
+            let (a, mut b) = tokio::io::duplex(1024);
+            let mut r = StallIo::new(a, limit);
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if b.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+                // Still connected, silent.
+                std::future::pending::<()>().await;
+                drop(b);
+            });
+            let mut got = [0u8; 5];
+            r.read_exact(&mut got)
+                .await
+                .expect("progress resets the clock");
+            let e = r.read(&mut got).await.expect_err("then silence times out");
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        });
+    }
+
+    #[test]
     fn rate_limiter_gives_a_burst_then_the_rate_and_forgets_idle_keys() {
         let mut r = RateLimiter::new(3, 2.0, 4);
         let t0 = Instant::now();

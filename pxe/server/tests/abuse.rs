@@ -364,7 +364,7 @@ fn slow_headers_are_closed_on_every_listener_while_good_clients_are_served() {
         "RSS {rss_attack:.1} MiB under the attack"
     );
 
-    eprintln!("phase: 40 idle connections from one address: 32 held, 8 refused at once with 503 and a log line");
+    eprintln!("phase: 40 idle connections from one address: 32 held, 8 refused at once with 503 and a log line; 10 idle TLS connections closed by the header timeout too");
     let mut idle = python(
         &bad,
         d,
@@ -372,7 +372,17 @@ fn slow_headers_are_closed_on_every_listener_while_good_clients_are_served() {
         SLOW_PY,
         &["10.77.0.1", "8081", "plain", "10.77.0.60", "40", "idle"],
     );
+    let mut idle_tls = python(
+        &bad,
+        d,
+        "idle-management",
+        SLOW_PY,
+        &["10.77.0.1", "8082", "tls", "10.77.0.61", "10", "idle"],
+    );
     idle.wait_for_output("opened 40", Duration::from_secs(30))
+        .unwrap();
+    idle_tls
+        .wait_for_output("opened 10", Duration::from_secs(30))
         .unwrap();
     let refused = metric(
         &srv,
@@ -410,6 +420,14 @@ fn slow_headers_are_closed_on_every_listener_while_good_clients_are_served() {
     assert!(
         times[7] < 2.0 && times[8] >= 9.0 && times[39] <= 12.0,
         "{times:?}"
+    );
+    let r = result_of(&mut idle_tls, Duration::from_secs(60));
+    eprintln!("idle TLS (management): {r}");
+    assert_eq!(r["closed"], 10, "{r}");
+    let (min, max) = (r["min_s"].as_f64().unwrap(), r["max_s"].as_f64().unwrap());
+    assert!(
+        min >= 9.0 && max <= 12.0,
+        "idle TLS connections are closed by the header timeout: {r}"
     );
     let log = server.proc.output();
     assert!(
