@@ -1,9 +1,12 @@
 //! The Raft log store: entries, vote, committed id and purge point in RocksDB.
 //!
 //! Every `append`, `save_vote`, `truncate` and `purge` goes to one writer thread, which drains
-//! all queued writes into a single RocksDB batch written with `sync = true` (group commit).
-//! openraft is told an append is flushed (and a vote call returns) only after that synced write,
-//! so an entry is acknowledged to the leader, and a vote granted, only once it is on disk.
+//! all queued writes into a single RocksDB batch and syncs it (group commit). openraft is told
+//! an append is flushed (and a vote call returns) only after that sync, so an entry is
+//! acknowledged to the leader, and a vote granted, only once it is on disk. When nothing is
+//! queued, a follower's append is synced in place instead (openraft's core task waits for it
+//! either way, and one at a time; the hand-over to the writer thread and back cost two thread
+//! wake-ups per replicated write), and the committed id goes straight into the WAL buffer.
 //! The newest entries, queued or written, are also kept in a bounded in-memory cache, so that
 //! replication (which reads what was just appended) is served without touching the disk; a
 //! cached entry is dropped only after it is written.
@@ -17,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -140,6 +144,10 @@ type Shared = Arc<std::sync::Mutex<Recent>>;
 pub struct LogStore {
     db: Arc<DB>,
     tx: std::sync::mpsc::Sender<Job>,
+    /// Jobs queued and not yet finished by the writer thread.
+    pending: Arc<AtomicUsize>,
+    /// The writer's side of `durable`, for writes made in place (see [`LogStore::append`]).
+    durable_writer: Arc<DurableWriter>,
     recent: Shared,
     /// This node's id: entries of a leader id naming it, appended while its vote is that
     /// committed leader id, are its own as leader.
@@ -179,7 +187,8 @@ fn writer_loop(
     db: Arc<DB>,
     rx: std::sync::mpsc::Receiver<Job>,
     recent: Shared,
-    durable: DurableWriter,
+    durable: Arc<DurableWriter>,
+    pending: Arc<AtomicUsize>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -189,73 +198,82 @@ fn writer_loop(
                 break;
             }
         }
-        let mut batch = WriteBatch::default();
-        let mut res: Result<(), String> = Ok(());
-        for j in &jobs {
-            for op in &j.ops {
-                let name = match op {
-                    WOp::Put(n, _, _) | WOp::DeleteRange(n, _, _) => *n,
-                };
-                let Some(cf) = db.cf_handle(name) else {
-                    res = Err(format!("column family {name} missing"));
-                    continue;
-                };
-                match op {
-                    WOp::Put(_, k, v) => batch.put_cf(cf, k, v),
-                    WOp::DeleteRange(_, a, b) => batch.delete_range_cf(cf, a, b),
-                }
-            }
-        }
-        if res.is_ok() {
-            // Into RocksDB's WAL buffer (see `db`), then out and synced unless every job is
-            // one nobody waits for (the committed id alone, which the next sync takes along).
-            let sync = jobs.iter().any(|j| !matches!(j.done, Done::Nothing));
-            res = db
-                .write_opt(batch, &WriteOptions::default())
-                .map_err(|e| e.to_string());
-            if res.is_ok() && sync {
-                res = db.flush_wal(true).map_err(|e| e.to_string());
-            }
-        }
-        if res.is_ok() {
-            if let Ok(mut r) = recent.lock() {
-                for j in &jobs {
-                    r.mark_written(&j.written);
-                }
-            }
-            for j in &jobs {
-                match j.effect {
-                    Effect::None => {}
-                    Effect::Appended(i) => durable.appended(i),
-                    Effect::Truncated(i) => durable.truncated(i),
-                }
-            }
-        }
+        let n = jobs.len();
+        let res = write_jobs(&db, &jobs, &recent, &durable);
         for j in jobs {
-            match j.done {
-                Done::Acked => {
-                    if let Err(e) = &res {
-                        // Already reported flushed: openraft may count this node toward a
-                        // commit. Nothing applied or announced it yet (it waits for the
-                        // sync); stop before anything does, and restart from the disk.
-                        tracing::error!(
-                            "syncing the leader's own log entries failed: {e}; aborting so this node restarts from what is on disk"
-                        );
-                        eprintln!("fatal: syncing the Raft log failed: {e}");
-                        std::process::abort();
-                    }
-                }
-                Done::Flushed(cb) => {
-                    cb.log_io_completed(res.clone().map_err(std::io::Error::other))
-                }
-                Done::Reply(tx) => {
-                    let _ = tx.send(res.clone());
-                }
-                Done::Nothing => {
-                    if let Err(e) = &res {
-                        tracing::warn!("saving the committed log id failed: {e}");
-                    }
-                }
+            finish(j.done, &res);
+        }
+        pending.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Writes `jobs` in one RocksDB batch — into the WAL buffer (see `db`), then out and synced
+/// unless every job is one nobody waits for (the committed id alone, which the next sync
+/// takes along) — and records what is now on disk.
+fn write_jobs(
+    db: &DB,
+    jobs: &[Job],
+    recent: &Shared,
+    durable: &DurableWriter,
+) -> Result<(), String> {
+    let mut batch = WriteBatch::default();
+    for j in jobs {
+        for op in &j.ops {
+            let name = match op {
+                WOp::Put(n, _, _) | WOp::DeleteRange(n, _, _) => *n,
+            };
+            let Some(cf) = db.cf_handle(name) else {
+                return Err(format!("column family {name} missing"));
+            };
+            match op {
+                WOp::Put(_, k, v) => batch.put_cf(cf, k, v),
+                WOp::DeleteRange(_, a, b) => batch.delete_range_cf(cf, a, b),
+            }
+        }
+    }
+    let sync = jobs.iter().any(|j| !matches!(j.done, Done::Nothing));
+    db.write_opt(batch, &WriteOptions::default())
+        .map_err(|e| e.to_string())?;
+    if sync {
+        db.flush_wal(true).map_err(|e| e.to_string())?;
+    }
+    if let Ok(mut r) = recent.lock() {
+        for j in jobs {
+            r.mark_written(&j.written);
+        }
+    }
+    for j in jobs {
+        match j.effect {
+            Effect::None => {}
+            Effect::Appended(i) => durable.appended(i),
+            Effect::Truncated(i) => durable.truncated(i),
+        }
+    }
+    Ok(())
+}
+
+/// Tells whoever waits for a written job how it went.
+fn finish(done: Done, res: &Result<(), String>) {
+    match done {
+        Done::Acked => {
+            if let Err(e) = res {
+                // Already reported flushed: openraft may count this node toward a commit.
+                // Nothing applied or announced it yet (that waits for the sync); stop before
+                // anything does, and restart from the disk.
+                tracing::error!(
+                    "syncing the leader's own log entries failed: {e}; aborting so this node restarts from what is on disk"
+                );
+                eprintln!("fatal: syncing the Raft log failed: {e}");
+                std::process::abort();
+            }
+        }
+        Done::Flushed(cb) => cb.log_io_completed(res.clone().map_err(std::io::Error::other)),
+        Done::Reply(tx) => {
+            let _ = tx.send(res.clone());
+        }
+        Done::Nothing => {
+            if let Err(e) = res {
+                tracing::warn!("saving the committed log id failed: {e}");
             }
         }
     }
@@ -302,17 +320,21 @@ impl LogStore {
     pub fn new(db: Arc<DB>, me: NodeId) -> Result<Self, StorageError> {
         let on_disk = Self::last_on_disk(&db)?.map_or(0, |l| l.index);
         let (writer, durable) = durable_from(on_disk);
+        let writer = Arc::new(writer);
+        let pending = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = std::sync::mpsc::channel();
         let recent: Shared = Arc::default();
-        let (wdb, wp) = (db.clone(), recent.clone());
+        let (wdb, wp, ww, wq) = (db.clone(), recent.clone(), writer.clone(), pending.clone());
         let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(wdb, rx, wp, writer))
+            .spawn(move || writer_loop(wdb, rx, wp, ww, wq))
             .map_err(|e| tracing::error!("cannot start the log writer thread: {e}"))
             .ok();
         Ok(Self {
             db,
             tx,
+            pending,
+            durable_writer: writer,
             recent,
             me,
             vote: Arc::default(),
@@ -351,17 +373,33 @@ impl LogStore {
         }
     }
 
+    /// Hands `job` to the writer thread.
+    fn queue(&self, job: Job) -> Result<(), StorageError> {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(job).map_err(|_| {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            write_err(&std::io::Error::other("log writer stopped"))
+        })
+    }
+
+    /// Nothing queued or being written: a write made now, in place, lands after everything
+    /// before it. (Only openraft's core task writes, one call at a time, so nothing can be
+    /// queued while such a write runs.)
+    fn idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    }
+
     /// Queues `ops` and waits until they are synced.
     async fn write_synced(&self, ops: Vec<WOp>, effect: Effect) -> Result<(), StorageError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Job {
-                ops,
-                done: Done::Reply(tx),
-                written: Vec::new(),
-                effect,
-            })
-            .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))?;
+        self.queue(Job {
+            ops,
+            done: Done::Reply(tx),
+            written: Vec::new(),
+            effect,
+        })?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(write_err(&std::io::Error::other(e))),
@@ -488,14 +526,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Losing it (a crash before the next synced batch) only means re-applying from the
         // state machine's last applied id on restart.
         let bytes = serde_json::to_vec(&committed).map_err(|e| write_err(&e))?;
-        self.tx
-            .send(Job {
-                ops: vec![WOp::Put(CF_RAFT_META, KEY_COMMITTED.to_vec(), bytes)],
-                done: Done::Nothing,
-                written: Vec::new(),
-                effect: Effect::None,
-            })
-            .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))
+        if self.idle() {
+            // Every log write before it is done: into the WAL buffer now, in memory (a write
+            // that would wait in RocksDB goes to the writer after all).
+            if let Ok(cf) = cf(&self.db, CF_RAFT_META) {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(cf, KEY_COMMITTED, &bytes);
+                let mut fast = WriteOptions::default();
+                fast.set_no_slowdown(true);
+                if self.db.write_opt(batch, &fast).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        self.queue(Job {
+            ops: vec![WOp::Put(CF_RAFT_META, KEY_COMMITTED.to_vec(), bytes)],
+            done: Done::Nothing,
+            written: Vec::new(),
+            effect: Effect::None,
+        })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -546,26 +595,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let effect = last.map_or(Effect::None, Effect::Appended);
         if own {
-            self.tx
-                .send(Job {
-                    ops,
-                    done: Done::Acked,
-                    written,
-                    effect,
-                })
-                .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))?;
+            self.queue(Job {
+                ops,
+                done: Done::Acked,
+                written,
+                effect,
+            })?;
             // Queued behind everything before it: replication may start now.
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        self.tx
-            .send(Job {
-                ops,
-                done: Done::Flushed(callback),
-                written,
-                effect,
-            })
-            .map_err(|_| write_err(&std::io::Error::other("log writer stopped")))
+        let job = Job {
+            ops,
+            done: Done::Flushed(callback),
+            written,
+            effect,
+        };
+        if self.idle() {
+            // A follower's append (openraft waits for its sync before it answers the leader,
+            // and sends nothing else meanwhile): synced here, on this thread, rather than
+            // handed to the writer thread and back — two thread wake-ups on every replicated
+            // write. `block_in_place` moves this worker's other tasks elsewhere meanwhile.
+            let res = tokio::task::block_in_place(|| {
+                write_jobs(
+                    &self.db,
+                    std::slice::from_ref(&job),
+                    &self.recent,
+                    &self.durable_writer,
+                )
+            });
+            finish(job.done, &res);
+            return Ok(());
+        }
+        self.queue(job)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
