@@ -1,6 +1,12 @@
-//! The enrollment initrd: one small, uncompressed newc archive made per boot of a known node,
-//! holding that boot's single-use token and the cluster CA, which the kernel unpacks after the
-//! base initrd and the node's overlay.
+//! The enrollment initrd: one small newc archive made per boot of a known node, holding that
+//! boot's single-use token and the cluster CA, which the kernel unpacks after the base initrd
+//! and the node's overlay.
+//!
+//! It is zstd-compressed like the overlay, although it is tiny: under UEFI the kernel's EFI
+//! stub loads the initrds back to back, and the kernel takes an *uncompressed* archive only at
+//! a 4-byte-aligned offset of the whole (`init/initramfs.c`), which the overlay's arbitrary
+//! length breaks ("Initramfs unpacking failed: invalid magic"); a compressed archive is found
+//! at any offset. (BIOS iPXE aligns each initrd, so it worked there.)
 //!
 //! ```text
 //! etc/                              0755
@@ -15,13 +21,14 @@
 
 use std::path::Path;
 
-use netboot_image::newc::{archive_to_vec, Entry};
+use netboot_image::bundle::compress_overlay;
+use netboot_image::newc::Entry;
 use plasmacloud_contract::{ENROLL_CA_FILE, ENROLL_DIR, ENROLL_TOKEN_FILE};
 
 use crate::ServerError;
 
-/// The name the enrollment initrd has in a boot script (`initrd=enroll.cpio`).
-pub const ENROLL_INITRD_NAME: &str = "enroll.cpio";
+/// The name the enrollment initrd has in a boot script (`initrd=enroll.cpio.zst`).
+pub const ENROLL_INITRD_NAME: &str = "enroll.cpio.zst";
 
 /// The archive for one boot: `token` and the CA certificate `ca_pem`.
 pub fn enrollment_initrd(token: &str, ca_pem: &str) -> Result<Vec<u8>, ServerError> {
@@ -46,7 +53,7 @@ pub fn enrollment_initrd(token: &str, ca_pem: &str) -> Result<Vec<u8>, ServerErr
         0o644,
         ca_pem.as_bytes().to_vec(),
     ));
-    archive_to_vec(&entries).map_err(|e| ServerError::State {
+    compress_overlay(&entries, ENROLL_INITRD_NAME).map_err(|e| ServerError::State {
         path: dir.to_path_buf(),
         message: format!("cannot make the enrollment initrd: {e}"),
     })
@@ -60,7 +67,13 @@ mod tests {
     fn the_archive_holds_the_token_private_and_the_ca() {
         let bytes =
             enrollment_initrd("0123456789abcdef0123456789abcdef", "CA PEM\n").expect("cpio");
-        let members = netboot_image::newc::list(&bytes).expect("newc");
+        assert_eq!(
+            &bytes[..4],
+            b"\x28\xb5\x2f\xfd",
+            "zstd, so the kernel finds it at any offset"
+        );
+        let cpio = zstd::decode_all(bytes.as_slice()).expect("zstd");
+        let members = netboot_image::newc::list(&cpio).expect("newc");
         let got: Vec<(&str, u32)> = members.iter().map(|m| (m.name.as_str(), m.mode)).collect();
         assert_eq!(
             got,

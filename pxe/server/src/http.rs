@@ -6,7 +6,7 @@
 //! | `GET /boot/{mac}.ipxe` | the script for the node with that MAC (`52-54-00-…`); a new enrollment token is minted for each | the node, by [`crate::boot_access`]'s rule (else 403) |
 //! | `GET /files/{path}` | any file of the current bundle (kernel, base initrd, overlays: all public) | anyone on the boot network |
 //! | `GET /b/{version}/{path}` | the same from bundle `version` (the current one, or one replaced less than 10 min ago): the URLs a script names, so a boot stays on the bundle its script came from | anyone on the boot network |
-//! | `GET /s/{token}/enroll.cpio` | that boot's enrollment initrd (token + CA), made on the fly | only through the URL in that node's script, only from the address it went to, by the same rule |
+//! | `GET /s/{token}/enroll.cpio.zst` | that boot's enrollment initrd (token + CA), made on the fly | only through the URL in that node's script, only from the address it went to, by the same rule |
 //! | `GET /ipxe/{path}` | iPXE binaries (UEFI HTTP boot) | anyone |
 //!
 //! Artifacts are streamed from disk (never read whole into memory) with `HEAD`, single
@@ -286,7 +286,7 @@ async fn versioned_file(
     serve_bundle_file(&state, &bundle, peer, &path, &req).await
 }
 
-/// `GET /s/{token}/enroll.cpio`: the enrollment initrd of one boot.
+/// `GET /s/{token}/enroll.cpio.zst`: the enrollment initrd of one boot.
 async fn enroll_file(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -272,7 +272,7 @@ fn tftp_and_http_with_real_clients() {
     assert!(ok, "{script_text}");
     assert!(
         script_text.contains(
-            "initrd=initrd.img initrd=overlay-node01.cpio.zst initrd=enroll.cpio console=ttyS0 plasmacloud.node=node01"
+            "initrd=initrd.img initrd=overlay-node01.cpio.zst initrd=enroll.cpio.zst console=ttyS0 plasmacloud.node=node01"
         ),
         "{script_text}"
     );
@@ -286,12 +286,13 @@ fn tftp_and_http_with_real_clients() {
     };
     let overlay_url = url_of("overlay-node01.cpio.zst");
     assert!(overlay_url.contains("/b/"), "{overlay_url}");
-    let enroll_url = url_of("enroll.cpio");
+    let enroll_url = url_of("enroll.cpio.zst");
     assert!(enroll_url.contains("/s/"), "{enroll_url}");
-    let out = d.join("enroll.cpio");
+    let out = d.join("enroll.cpio.zst");
     let (ok, log) = curl(&n1, &["-o", out.to_str().unwrap(), &enroll_url]);
     assert!(ok, "{log}");
-    let members = netboot_image::newc::list(&std::fs::read(&out).unwrap()).unwrap();
+    let cpio = zstd::decode_all(std::fs::File::open(&out).unwrap()).unwrap();
+    let members = netboot_image::newc::list(&cpio).unwrap();
     let token = members
         .iter()
         .find(|m| m.name == "etc/plasmacloud/enroll/token")

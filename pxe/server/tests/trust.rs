@@ -154,7 +154,7 @@ fn fetch_script(ns: &str) -> (String, Option<String>) {
     let (code, body) = curl_code(ns, &[SCRIPT_URL]);
     let url = body
         .lines()
-        .find(|l| l.contains("--name enroll.cpio "))
+        .find(|l| l.contains("--name enroll.cpio.zst "))
         .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
         .map(String::from);
     (code, url)
@@ -164,7 +164,8 @@ fn fetch_script(ns: &str) -> (String, Option<String>) {
 fn fetch_token(ns: &str, url: &str, out: &Path) -> String {
     let (code, _) = curl_code(ns, &["-o", out.to_str().unwrap(), url]);
     assert_eq!(code, "200", "{url}");
-    let members = netboot_image::newc::list(&std::fs::read(out).unwrap()).unwrap();
+    let cpio = zstd::decode_all(std::fs::File::open(out).unwrap()).unwrap();
+    let members = netboot_image::newc::list(&cpio).unwrap();
     let t = members
         .iter()
         .find(|m| m.name == "etc/plasmacloud/enroll/token")

@@ -219,7 +219,7 @@ impl Rack {
         // The seed's script and any guessed per-boot URL are refused; overlays are public
         // (they hold the contract and a node name, nothing secret).
         let refused = [
-            format!("{base}/s/{}/enroll.cpio", "0".repeat(32)),
+            format!("{base}/s/{}/enroll.cpio.zst", "0".repeat(32)),
             format!("{base}/boot/{seed_dashed}.ipxe"),
         ];
         for url in &refused {
