@@ -53,8 +53,20 @@ pub fn chainfire_client(cfg: &FileConfig) -> Result<Option<StoreClient>, Error> 
         Some(list) if !list.is_empty() => list,
         _ => return Ok(None),
     };
-    let mut b = StoreClient::builder(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
-        .timeout(Duration::from_secs(2));
+    let endpoints: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let tls = cfg.tls_cert.is_some() || cfg.tls_key.is_some() || cfg.tls_ca.is_some();
+    if let Some(plain) = endpoints.iter().find(|e| e.starts_with("http://")) {
+        if tls {
+            return Err(Error::Config(format!(
+                "--chainfire {plain}: Chainfire speaks TLS; write https:// (or a bare ip:port)"
+            )));
+        }
+    }
+    let mut b = StoreClient::builder(endpoints.iter().copied()).timeout(Duration::from_secs(2));
     if let (Some(cert), Some(key), Some(ca)) = (&cfg.tls_cert, &cfg.tls_key, &cfg.tls_ca) {
         let files = TlsFiles {
             cert: cert.clone(),

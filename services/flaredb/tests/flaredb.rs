@@ -213,3 +213,32 @@ async fn namespaces_time_series_and_chainfire_registration() {
         "chainfire-down"
     );
 }
+
+#[test]
+fn a_plain_http_chainfire_link_is_refused_when_the_node_speaks_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let n = Node::new("flaredb-server", 1, tmp.path());
+    let check = |chainfire: &str| {
+        let mut args = n.args(true);
+        args.extend(["--chainfire".into(), chainfire.into(), "--check".into()]);
+        let out =
+            std::process::Command::new(plasmacloud_testkit::workspace_binary("flaredb-server"))
+                .args(&args)
+                .output()
+                .expect("run flaredb-server");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    let (code, out) = check("http://127.0.0.1:2379");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("Chainfire speaks TLS; write https://"),
+        "{out}"
+    );
+    let (code, out) = check("https://127.0.0.1:2379,127.0.0.2:2379");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!n.dir.exists(), "--check creates nothing");
+}
