@@ -6,11 +6,18 @@
 //! with a reset (what a freshly booted kernel does with a connection it never knew), and new
 //! connections reach the restarted server. The client keeps its pooled keep-alive connection
 //! across that, exactly as the VM rack's harness did when `leader-loss` failed.
+//!
+//! Both speak mutual TLS, as every shipped Chainfire does: one test CA issues the server its
+//! node certificate (for its address, where the relay listens too) and the client an operator
+//! certificate. The relay carries the TLS bytes untouched.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use plasmacloud_pki::ca::{CertSpec, ClusterCa};
+use plasmacloud_pki::tls::TlsMaterial;
+use plasmacloud_pki::{Credentials, Identity, TlsFiles};
 use plasmacloud_store_client::{Error, Member, Precondition, StoreClient};
 use plasmacloud_testkit::{free_port, loopback_ip, wait_until_async, workspace_binary, Process};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,8 +34,10 @@ struct Link {
 }
 
 impl Link {
+    /// A relay on the backend's own address (another port), so the server's certificate
+    /// names the address the client dials.
     async fn start(backend: SocketAddr) -> Link {
-        let listener = TcpListener::bind((loopback_ip(), 0))
+        let listener = TcpListener::bind((backend.ip(), 0))
             .await
             .expect("bind relay");
         let addr = listener.local_addr().expect("relay addr");
@@ -108,12 +117,44 @@ async fn carry(
     }
 }
 
-fn start_chainfire(data: &Path, api: SocketAddr, raft: SocketAddr, log: &Path) -> Process {
+/// The test CA's node certificate for `node1` at `ip`, written into `dir` as
+/// `pxe-server pki issue` writes it, and an operator certificate for the client.
+fn certificates(ca: &ClusterCa, dir: &Path, ip: std::net::IpAddr) -> (TlsFiles, TlsMaterial) {
+    let (node, key) = ca
+        .issue_with_new_key(&CertSpec::node(Identity::node("node1").expect("name"), ip))
+        .expect("issue the node certificate");
+    let creds = Credentials::node(dir);
+    creds
+        .write_all(&key, &node.cert_pem, ca.cert_pem())
+        .expect("write the node's files");
+    let (op, op_key) = ca
+        .issue_with_new_key(&CertSpec::operator(
+            Identity::operator("tester").expect("name"),
+        ))
+        .expect("issue the operator certificate");
+    let operator = TlsMaterial::from_pem("operator tester", &op.cert_pem, &op_key, ca.cert_pem())
+        .expect("operator TLS material");
+    (TlsFiles::from(&creds), operator)
+}
+
+fn start_chainfire(
+    data: &Path,
+    api: SocketAddr,
+    raft: SocketAddr,
+    tls: &TlsFiles,
+    log: &Path,
+) -> Process {
     let mut p = Process::start(
         "chainfire",
         &workspace_binary("chainfire-server"),
         [
-            "--id".to_string(),
+            "--tls-cert".to_string(),
+            tls.cert.display().to_string(),
+            "--tls-key".into(),
+            tls.key.display().to_string(),
+            "--tls-ca".into(),
+            tls.ca.display().to_string(),
+            "--id".into(),
             "1".into(),
             "--data-dir".into(),
             data.display().to_string(),
@@ -137,11 +178,14 @@ async fn an_idempotent_request_after_a_reboot_succeeds_and_a_cas_reports_unknown
     let api = SocketAddr::from((ip, free_port(ip)));
     let raft = SocketAddr::from((ip, free_port(ip)));
     let data = dir.path().join("data");
+    let ca = ClusterCa::generate("reboot-test").expect("test CA");
+    let (tls, operator) = certificates(&ca, &dir.path().join("pki"), ip.into());
 
     // Phase 1: one node, a client through the link with a pooled connection.
-    let mut server = start_chainfire(&data, api, raft, &dir.path().join("cf-1.log"));
+    let mut server = start_chainfire(&data, api, raft, &tls, &dir.path().join("cf-1.log"));
     let link = Link::start(api).await;
     let client = StoreClient::builder([link.addr.to_string()])
+        .tls(operator.clone())
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
@@ -165,12 +209,21 @@ async fn an_idempotent_request_after_a_reboot_succeeds_and_a_cas_reports_unknown
     let reboot = |server: &mut Process, n: u32| {
         link.power_off();
         server.kill();
-        let s = start_chainfire(&data, api, raft, &dir.path().join(format!("cf-{n}.log")));
+        let s = start_chainfire(
+            &data,
+            api,
+            raft,
+            &tls,
+            &dir.path().join(format!("cf-{n}.log")),
+        );
         link.power_on();
         s
     };
     server = reboot(&mut server, 2);
-    let direct = StoreClient::new([api.to_string()]).expect("direct client");
+    let direct = StoreClient::builder([api.to_string()])
+        .tls(operator.clone())
+        .build()
+        .expect("direct client");
     wait_until_async(
         "the restarted node's leader",
         Duration::from_secs(20),
