@@ -41,6 +41,7 @@ pub mod dhcp;
 pub mod enroll;
 pub mod enroll_initrd;
 pub mod enroll_tokens;
+pub mod events;
 pub mod http;
 pub mod http_conn;
 pub mod http_serve;
@@ -51,6 +52,7 @@ pub mod neighbours;
 pub mod paths;
 pub mod pki_commands;
 pub mod ra;
+pub mod rack_view;
 pub mod reload;
 pub mod state;
 pub mod tftp;
@@ -58,6 +60,7 @@ pub mod tftp;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use plasmacloud_pki::tls::ClientAuth;
 use plasmacloud_pki::TlsListener;
@@ -200,6 +203,21 @@ pub async fn serve(cfg: Config, bundle: Bundle) -> Result<(), ServerError> {
             })??
     };
     cluster_ca::private_dir(&state_dir.join("enroll"))?;
+    let (event_log, reloaded) = {
+        let dir = state_dir.clone();
+        tokio::task::spawn_blocking(move || events::EventLog::open(&dir))
+            .await
+            .map_err(|e| ServerError::State {
+                path: state_dir.join(events::EVENTS_DIR),
+                message: e.to_string(),
+            })??
+    };
+    info!(
+        events = reloaded.events.len(),
+        skipped = reloaded.skipped,
+        dir = %event_log.dir().display(),
+        "boot events read back"
+    );
     let tls = cluster_ca::in_memory_material(
         &ca,
         cluster_ca::SERVER_IDENTITY,
@@ -208,7 +226,15 @@ pub async fn serve(cfg: Config, bundle: Bundle) -> Result<(), ServerError> {
             &[cfg.http_addr, cfg.management_addr, cfg.enrollment_addr],
         ),
     )?;
-    let state = Arc::new(State::new(cfg, bundle, leases, ca, tokens));
+    let state = Arc::new(State::new(
+        cfg,
+        bundle,
+        leases,
+        ca,
+        tokens,
+        event_log,
+        reloaded.events,
+    ));
     refresh_revocations(&state);
     let cfg = &state.config;
     let bind_tcp = |what: &'static str, addr: std::net::SocketAddr| async move {
@@ -310,6 +336,8 @@ pub async fn serve(cfg: Config, bundle: Bundle) -> Result<(), ServerError> {
         r = enroll_task => info!(result = ?r, "enrollment listener stopped"),
         _ = shutdown_signal() => info!("shutting down"),
     }
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || st.event_log.flush(Duration::from_secs(5))).await;
     Ok(())
 }
 

@@ -263,6 +263,13 @@ async fn report(
         detail: r.detail,
         bundle: None,
     });
+    // A phase report is worth its fsync: the 202 says it is on disk.
+    let synced = tokio::time::timeout(std::time::Duration::from_secs(5), state.sync_events())
+        .await
+        .unwrap_or(false);
+    if !synced {
+        tracing::warn!(seq = ev.seq, node = %name, "a phase report is recorded but not yet fsynced");
+    }
     (StatusCode::ACCEPTED, Json(ev)).into_response()
 }
 

@@ -9,53 +9,60 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use plasmacloud_pki::ca::ClusterCa;
 use plasmacloud_pki::Revocations;
-use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, Bundles};
 use crate::config::Config;
 use crate::enroll_tokens::TokenStore;
+use crate::events::EventLog;
 use crate::leases::LeaseStore;
 use crate::limits::Slots;
+use crate::rack_view::{NodeHealth, RackView};
 
 /// How many events the server keeps in memory.
 pub const EVENT_CAPACITY: usize = 10_000;
 
-/// A boot event: something the server saw, or a phase a node reported.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BootEvent {
-    /// Increasing sequence number (for `GET /v1/events?since=SEQ`).
-    pub seq: u64,
-    /// Unix milliseconds.
-    pub at_ms: u64,
-    /// RFC 3339 UTC timestamp of `at_ms`.
-    pub at: String,
-    /// The contract node, when known.
-    pub node: Option<String>,
-    /// The MAC, when known.
-    pub mac: Option<String>,
-    /// The client address, when known.
-    pub ip: Option<String>,
-    /// `server` (seen by pxe-server) or `node` (reported by the node).
-    pub source: String,
-    /// `dhcp`, `tftp`, `ipxe-script`, `kernel`, `initrd`, `overlay`, `enroll-initrd`,
-    /// `enroll`, `unknown-mac`, or a first-boot phase name reported by the node.
-    pub phase: String,
-    /// `started`, `ok`, `failed`, `ignored` (unknown MACs under `ignore`) or `security` (an
-    /// enrollment token presented again by another key).
-    pub status: String,
-    /// Free text.
-    pub detail: String,
-    /// The bundle version (its manifest's sha256) a script, kernel or initrd came from.
-    pub bundle: Option<String>,
+pub use crate::events::BootEvent;
+pub use crate::rack_view::NodeBoot;
+
+/// One message of the live event stream (`GET /v1/events/stream`), rendered once for every
+/// subscriber: `boot` (an event, `id` its sequence number), `node` (a node's row), `unknown`
+/// (an unknown MAC's row). `version` orders it against a snapshot of the view: a subscriber
+/// skips what its snapshot already holds.
+#[derive(Debug)]
+pub struct StreamItem {
+    /// The view's version after the change this item tells.
+    pub version: u64,
+    /// The SSE event name.
+    pub kind: &'static str,
+    /// The SSE id (boot events: their sequence number).
+    pub id: Option<u64>,
+    /// JSON.
+    pub data: String,
 }
 
-/// The bundle a node last booted: the version of the last kernel it fetched.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeBoot {
-    /// The bundle version (its manifest's sha256).
-    pub version: String,
-    /// When the kernel fetch started (RFC 3339 UTC).
-    pub at: String,
+/// How many messages a slow subscriber may fall behind before it is sent a new snapshot.
+pub const STREAM_BACKLOG: usize = 1024;
+
+/// The live stream's gauges and counters.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Subscribers now.
+    pub subscribers: AtomicU64,
+    /// Subscriptions since start.
+    pub opened: AtomicU64,
+    /// Subscriptions refused (over the cap).
+    pub refused: AtomicU64,
+    /// Times a subscriber fell behind and was sent a new snapshot.
+    pub lagged: AtomicU64,
+}
+
+/// Events in memory, the view built from them, and the sequence.
+#[derive(Debug)]
+struct Recorded {
+    ring: VecDeque<BootEvent>,
+    view: RackView,
+    next_seq: u64,
+    version: u64,
 }
 
 /// A per-boot URL token: the enrollment initrd URL of one boot of one node, valid only from
@@ -373,9 +380,14 @@ pub struct State {
     pub enroll_tokens: Mutex<TokenStore>,
     /// Revoked serials (from `pki/revoked.log`), refused on the TLS listeners.
     pub revocations: Revocations,
-    /// Recent events.
-    events: Mutex<VecDeque<BootEvent>>,
-    next_seq: AtomicU64,
+    /// Recent events and the rack view.
+    events: Mutex<Recorded>,
+    /// The event log on disk.
+    pub event_log: EventLog,
+    /// The live stream's sender.
+    stream: tokio::sync::broadcast::Sender<Arc<StreamItem>>,
+    /// The live stream's gauges.
+    pub stream_stats: StreamStats,
     /// Counters.
     pub metrics: Metrics,
     /// What each listener holds, and its caps.
@@ -450,27 +462,45 @@ pub struct NewEvent {
 }
 
 impl State {
-    /// Builds the state from its opened parts.
+    /// Builds the state from its opened parts; `reloaded` are the events read back from the
+    /// log, oldest first.
     pub fn new(
         config: Config,
         bundle: Bundle,
         leases: LeaseStore,
         ca: ClusterCa,
         enroll_tokens: TokenStore,
+        event_log: EventLog,
+        reloaded: Vec<BootEvent>,
     ) -> Self {
         let listeners = ListenerSlots::new(&config);
+        let mut view = RackView::default();
+        for e in &reloaded {
+            view.apply(e);
+        }
+        let next_seq = reloaded.iter().map(|e| e.seq).max().unwrap_or(0) + 1;
+        let skip = reloaded.len().saturating_sub(EVENT_CAPACITY);
+        let ring: VecDeque<BootEvent> = reloaded.into_iter().skip(skip).collect();
+        let booted = view.booted();
         Self {
             config,
             bundles: Bundles::new(bundle),
-            booted: Mutex::new(HashMap::new()),
+            booted: Mutex::new(booted),
             leases: Mutex::new(leases),
             seen: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             ca,
             enroll_tokens: Mutex::new(enroll_tokens),
             revocations: Revocations::default(),
-            events: Mutex::new(VecDeque::new()),
-            next_seq: AtomicU64::new(1),
+            events: Mutex::new(Recorded {
+                ring,
+                view,
+                next_seq,
+                version: 0,
+            }),
+            event_log,
+            stream: tokio::sync::broadcast::channel(STREAM_BACKLOG).0,
+            stream_stats: StreamStats::default(),
             metrics: Metrics::default(),
             listeners,
         }
@@ -491,11 +521,13 @@ impl State {
             })
     }
 
-    /// Records an event (and logs it).
+    /// Records an event: a sequence number, the log on disk, the ring, the view, the live
+    /// stream (and a log line).
     pub fn event(&self, e: NewEvent) -> BootEvent {
+        let mut rec = lock(&self.events);
         let at_ms = now_ms();
         let ev = BootEvent {
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            seq: rec.next_seq,
             at_ms,
             at: rfc3339(at_ms),
             node: e.node,
@@ -511,6 +543,19 @@ impl State {
             detail: e.detail,
             bundle: e.bundle,
         };
+        rec.next_seq += 1;
+        self.event_log.append(&ev);
+        if rec.ring.len() >= EVENT_CAPACITY {
+            rec.ring.pop_front();
+        }
+        rec.ring.push_back(ev.clone());
+        rec.view.apply(&ev);
+        rec.view.count(&ev);
+        rec.version += 1;
+        if self.stream.receiver_count() > 0 {
+            self.tell_event(&rec, &ev);
+        }
+        drop(rec);
         tracing::info!(
             seq = ev.seq,
             node = ev.node.as_deref().unwrap_or("-"),
@@ -520,17 +565,81 @@ impl State {
             detail = %ev.detail,
             "boot event"
         );
-        let mut q = lock(&self.events);
-        if q.len() >= EVENT_CAPACITY {
-            q.pop_front();
-        }
-        q.push_back(ev.clone());
         ev
+    }
+
+    /// Sends the stream what `ev` changed (under the events lock, so in version order).
+    fn tell_event(&self, rec: &Recorded, ev: &BootEvent) {
+        let send = |kind, id, data: Option<String>| {
+            if let Some(data) = data {
+                let _ = self.stream.send(Arc::new(StreamItem {
+                    version: rec.version,
+                    kind,
+                    id,
+                    data,
+                }));
+            }
+        };
+        send("boot", Some(ev.seq), serde_json::to_string(ev).ok());
+        match (&ev.node, &ev.mac) {
+            (Some(n), _) => send("node", None, self.node_row_json(&rec.view, n)),
+            (None, Some(m)) => send(
+                "unknown",
+                None,
+                rec.view
+                    .unknown_mac(m)
+                    .and_then(|u| serde_json::to_string(&u).ok()),
+            ),
+            _ => {}
+        }
+    }
+
+    fn node_row_json(&self, view: &RackView, name: &str) -> Option<String> {
+        let bundle = self.bundles.current();
+        let spec = bundle.contract.node(name).ok()?;
+        let seen = self.seen_ip(&spec.mac.to_string()).map(|i| i.to_string());
+        serde_json::to_string(&view.node_row(spec, seen)).ok()
+    }
+
+    /// Notes a health poll of `node`; the stream is told when an answer changed.
+    pub fn note_health(&self, node: &str, h: NodeHealth) {
+        let mut rec = lock(&self.events);
+        if rec.view.set_health(node, h) {
+            rec.version += 1;
+            if self.stream.receiver_count() > 0 {
+                let _ = self.node_row_json(&rec.view, node).map(|data| {
+                    self.stream.send(Arc::new(StreamItem {
+                        version: rec.version,
+                        kind: "node",
+                        id: None,
+                        data,
+                    }))
+                });
+            }
+        }
+    }
+
+    /// A receiver of the live stream; take it before [`State::with_view`]'s snapshot, and skip
+    /// items whose version the snapshot holds.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<StreamItem>> {
+        self.stream.subscribe()
+    }
+
+    /// Runs `f` on the view, its version and the last sequence number given out.
+    pub fn with_view<R>(&self, f: impl FnOnce(&RackView, u64, u64) -> R) -> R {
+        let rec = lock(&self.events);
+        f(&rec.view, rec.version, rec.next_seq - 1)
+    }
+
+    /// Waits until every event recorded so far is fsynced (a phase report's `202` waits).
+    pub async fn sync_events(&self) -> bool {
+        self.event_log.sync().await
     }
 
     /// Events with `seq > since`.
     pub fn events_since(&self, since: u64) -> Vec<BootEvent> {
         lock(&self.events)
+            .ring
             .iter()
             .filter(|e| e.seq > since)
             .cloned()
@@ -539,14 +648,16 @@ impl State {
 
     /// The last event per node name (and per unknown MAC under key `mac:…`).
     pub fn last_events(&self) -> HashMap<String, BootEvent> {
+        let rec = lock(&self.events);
         let mut out = HashMap::new();
-        for e in lock(&self.events).iter() {
-            let key = match (&e.node, &e.mac) {
-                (Some(n), _) => n.clone(),
-                (None, Some(m)) => format!("mac:{m}"),
-                _ => continue,
-            };
-            out.insert(key, e.clone());
+        let bundle = self.bundles.current();
+        for n in &bundle.contract.nodes {
+            if let Some(e) = rec.view.node(&n.name).and_then(|t| t.last.clone()) {
+                out.insert(n.name.clone(), e);
+            }
+        }
+        for u in rec.view.unknown() {
+            out.insert(format!("mac:{}", u.mac), u.last);
         }
         out
     }
