@@ -10,7 +10,7 @@
 //! | BIOS PXE ROM | option 93 = 0 | TFTP `undionly.kpxe` |
 //! | x86-64 UEFI PXE | option 93 = 7 or 9 | TFTP `snponly.efi` |
 //! | ARM64 UEFI PXE | option 93 = 11 | TFTP `arm64/snponly.efi` |
-//! | UEFI HTTP boot | option 93 = 16 (x64) or 19 (arm64), vendor class `HTTPClient` | HTTP URL of `ipxe.efi` |
+//! | UEFI HTTP boot | option 93 = 16 (x64) or 19 (arm64), vendor class `HTTPClient` | HTTP URL of `snponly.efi` (`arm64/snponly.efi`), reply with vendor class `HTTPClient` |
 //! | anything else | | nothing, and a log line saying which arch code it was |
 //!
 //! iPXE gets the script URL, never iPXE again, so there is no chain-load loop.
@@ -105,6 +105,11 @@ pub struct DhcpRequest {
     pub ciaddr: Ipv4Addr,
     /// Option 97 (client machine UUID), echoed in PXE replies.
     pub uuid: Option<Vec<u8>>,
+    /// `giaddr`: the relay agent's address on the client's segment (RFC 2131 §4.1); 0.0.0.0
+    /// when the client is on our own segment.
+    pub giaddr: Ipv4Addr,
+    /// Option 82 (RFC 3046), which a relay agent added; echoed in every reply.
+    pub relay_agent: Option<RelayAgent>,
     /// The decoded message, for building the reply.
     pub message: Message,
 }
@@ -118,6 +123,118 @@ impl DhcpRequest {
     /// Is this a network-boot client at all (PXE firmware, HTTP boot firmware, or iPXE)?
     pub fn is_boot_client(&self) -> bool {
         self.pxe_client || self.http_client || self.ipxe
+    }
+
+    /// Did a relay agent forward it (`giaddr` set)?
+    pub fn relayed(&self) -> bool {
+        !self.giaddr.is_unspecified()
+    }
+
+    /// The address that names the client's subnet: option 82's link-selection sub-option
+    /// (RFC 3527) when the relay sent one, else `giaddr` (0.0.0.0: our own segment).
+    pub fn link_address(&self) -> Ipv4Addr {
+        self.relay_agent
+            .as_ref()
+            .and_then(|r| r.link_selection)
+            .filter(|_| self.relayed())
+            .unwrap_or(self.giaddr)
+    }
+}
+
+/// Option 82, the relay agent information (RFC 3046 §2.0): the sub-options pxe-server reads,
+/// and the option's bytes as the relay sent them (echoed unchanged, §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAgent {
+    /// The option's data (its sub-options), exactly as received.
+    pub raw: Vec<u8>,
+    /// Sub-option 1, Agent Circuit ID (the relay's name for the client's port or VLAN).
+    pub circuit_id: Option<Vec<u8>>,
+    /// Sub-option 2, Agent Remote ID.
+    pub remote_id: Option<Vec<u8>>,
+    /// Sub-option 5, Link Selection (RFC 3527): the client's subnet when it is not `giaddr`'s.
+    pub link_selection: Option<Ipv4Addr>,
+}
+
+impl RelayAgent {
+    /// Parses option 82's data; `None` when a sub-option runs past the end.
+    pub fn parse(raw: &[u8]) -> Option<Self> {
+        let mut out = RelayAgent {
+            raw: raw.to_vec(),
+            circuit_id: None,
+            remote_id: None,
+            link_selection: None,
+        };
+        let mut rest = raw;
+        while let [code, len, tail @ ..] = rest {
+            let len = usize::from(*len);
+            if tail.len() < len {
+                return None;
+            }
+            let (data, next) = tail.split_at(len);
+            match code {
+                1 => out.circuit_id = Some(data.to_vec()),
+                2 => out.remote_id = Some(data.to_vec()),
+                5 if len == 4 => {
+                    out.link_selection = Some(Ipv4Addr::new(data[0], data[1], data[2], data[3]))
+                }
+                _ => {}
+            }
+            rest = next;
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+        Some(out)
+    }
+
+    /// `circuit-id=…, remote-id=…` for logs (printable bytes as text, others as hex).
+    pub fn describe(&self) -> String {
+        let show = |v: &[u8]| {
+            if v.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                String::from_utf8_lossy(v).into_owned()
+            } else {
+                v.iter().map(|b| format!("{b:02x}")).collect()
+            }
+        };
+        let mut parts = Vec::new();
+        if let Some(c) = &self.circuit_id {
+            parts.push(format!("circuit-id={}", show(c)));
+        }
+        if let Some(r) = &self.remote_id {
+            parts.push(format!("remote-id={}", show(r)));
+        }
+        if let Some(l) = self.link_selection {
+            parts.push(format!("link-selection={l}"));
+        }
+        if parts.is_empty() {
+            "no sub-options read".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// The raw data of option `code` in a DHCP packet's options field (after the magic cookie),
+/// the first occurrence; `None` when absent or the options are malformed. Used for option
+/// 82, which must be echoed byte for byte.
+pub fn raw_option(bytes: &[u8], code: u8) -> Option<&[u8]> {
+    let mut rest = bytes.get(240..)?;
+    loop {
+        match rest {
+            [] | [255, ..] => return None,
+            [0, tail @ ..] => rest = tail,
+            [c, len, tail @ ..] => {
+                let len = usize::from(*len);
+                if tail.len() < len {
+                    return None;
+                }
+                if *c == code {
+                    return Some(&tail[..len]);
+                }
+                rest = &tail[len..];
+            }
+            [_] => return None,
+        }
     }
 }
 
@@ -195,7 +312,10 @@ pub fn parse_request(bytes: &[u8]) -> Result<DhcpRequest, ProtocolError> {
         Some(DhcpOption::ClientMachineIdentifier(v)) => Some(v.clone()),
         _ => None,
     };
+    let relay_agent = raw_option(bytes, 82).and_then(RelayAgent::parse);
     Ok(DhcpRequest {
+        giaddr: message.giaddr(),
+        relay_agent,
         xid: message.xid(),
         mac,
         kind,
@@ -258,8 +378,11 @@ pub fn choose_first_stage(req: &DhcpRequest) -> FirstStage {
         ClientArch::Bios => FirstStage::TftpIpxe("undionly.kpxe"),
         ClientArch::EfiX64 => FirstStage::TftpIpxe("snponly.efi"),
         ClientArch::EfiArm64 => FirstStage::TftpIpxe("arm64/snponly.efi"),
-        ClientArch::HttpX64 => FirstStage::HttpIpxe("ipxe.efi"),
-        ClientArch::HttpArm64 => FirstStage::HttpIpxe("arm64/ipxe.efi"),
+        // snponly.efi, as for UEFI PXE: it drives the NIC through the firmware's own SNP (the
+        // driver that just did the HTTP boot), and Debian's `ipxe` ships it as a regular file
+        // (its ipxe.efi is a symlink out of /usr/lib/ipxe, which the boot plane refuses).
+        ClientArch::HttpX64 => FirstStage::HttpIpxe("snponly.efi"),
+        ClientArch::HttpArm64 => FirstStage::HttpIpxe("arm64/snponly.efi"),
         ClientArch::Other(c) => FirstStage::UnsupportedArch(c),
     }
 }
@@ -334,6 +457,13 @@ pub fn build_reply(req: &DhcpRequest, p: &ReplyParams) -> Result<Vec<u8>, Protoc
         }
     }
     let opts = msg.opts_mut();
+    // RFC 3046 §2.2: a reply to a relayed request carries the relay's option 82 unchanged.
+    if let Some(r) = &req.relay_agent {
+        opts.insert(DhcpOption::Unknown(v4::UnknownOption::new(
+            OptionCode::from(82u8),
+            r.raw.clone(),
+        )));
+    }
     opts.insert(DhcpOption::MessageType(match p.kind {
         ReplyKind::Offer => MessageType::Offer,
         ReplyKind::Ack => MessageType::Ack,
@@ -427,6 +557,36 @@ mod tests {
         assert!(user_class_is_ipxe(b"\x03abc\x04iPXE"));
         assert!(!user_class_is_ipxe(b"\x09iPXE"));
         assert!(!user_class_is_ipxe(b"gPXE"));
+    }
+
+    #[test]
+    fn relay_agent_sub_options() {
+        // circuit-id "eth1", remote-id 00:11:22, link-selection 10.98.2.0, an unknown one.
+        let raw = [
+            1, 4, b'e', b't', b'h', b'1', 2, 3, 0, 0x11, 0x22, 5, 4, 10, 98, 2, 0, 9, 1, 7,
+        ];
+        let r = RelayAgent::parse(&raw).expect("parses");
+        assert_eq!(r.circuit_id.as_deref(), Some(&b"eth1"[..]));
+        assert_eq!(r.remote_id.as_deref(), Some(&[0, 0x11, 0x22][..]));
+        assert_eq!(r.link_selection, Some(Ipv4Addr::new(10, 98, 2, 0)));
+        assert_eq!(r.raw, raw);
+        assert_eq!(
+            r.describe(),
+            "circuit-id=eth1, remote-id=001122, link-selection=10.98.2.0"
+        );
+        assert_eq!(RelayAgent::parse(&[1, 9, 1]), None);
+        assert_eq!(RelayAgent::parse(&[1]), None);
+    }
+
+    #[test]
+    fn raw_options_are_found_past_padding() {
+        let mut p = vec![0u8; 240];
+        p.extend_from_slice(&[0, 53, 1, 1, 82, 2, 1, 0, 255]);
+        assert_eq!(raw_option(&p, 82), Some(&[1, 0][..]));
+        assert_eq!(raw_option(&p, 53), Some(&[1][..]));
+        assert_eq!(raw_option(&p, 60), None);
+        p.truncate(246);
+        assert_eq!(raw_option(&p, 82), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::bundle::Bundle;
 use crate::cluster_ca::{check_pin, CaStatus};
+use crate::subnets::{parse_subnet, Cidr, Subnet, SubnetFile, Subnets};
 use crate::ServerError;
 
 /// Default directory of iPXE binaries (Debian's `ipxe` package).
@@ -143,6 +144,16 @@ pub struct Flags {
     /// Router (option 3) handed out in full mode [default: none].
     #[arg(long, env = "PLASMACLOUD_PXE_ROUTER", value_name = "IP")]
     pub router: Option<Ipv4Addr>,
+    /// A rack subnet behind a DHCP relay (repeatable; the env var takes them space-separated):
+    /// requests relayed from it (giaddr inside CIDR) get an address from its range (full mode)
+    /// and its router [default router: the relay's giaddr].
+    #[arg(
+        long = "subnet",
+        env = "PLASMACLOUD_PXE_SUBNETS",
+        value_name = "CIDR[,range=FIRST-LAST][,router=IP]",
+        value_delimiter = ' '
+    )]
+    pub subnet: Vec<String>,
     /// DHCP server port [default: 67].
     #[arg(long, env = "PLASMACLOUD_PXE_DHCP_PORT", value_name = "PORT")]
     pub dhcp_port: Option<u16>,
@@ -182,6 +193,7 @@ struct FileConfig {
     ipv6_ra: Option<Switch>,
     lease_secs: Option<u32>,
     router: Option<Ipv4Addr>,
+    subnet: Option<Vec<SubnetFile>>,
     dhcp_port: Option<u16>,
     tftp_port: Option<u16>,
     tftp_max_transfers: Option<usize>,
@@ -243,6 +255,9 @@ pub struct Config {
     pub lease_secs: u32,
     /// Option 3.
     pub router: Option<Ipv4Addr>,
+    /// The subnets served: the boot interface's own (`dhcp_range`, `router`) and those behind
+    /// relays (`--subnet`).
+    pub subnets: Subnets,
     /// DHCP port.
     pub dhcp_port: u16,
     /// TFTP port.
@@ -345,7 +360,37 @@ pub fn resolve(flags: &Flags) -> Result<(Config, Bundle), ServerError> {
             "proxy mode assigns no addresses; drop --dhcp-range or use --mode full",
         ));
     }
-    check_nodes_on_subnet(mode, &interface, contract)?;
+    let router = pick!(router);
+    let subnet_flags: Vec<String> = if flags.subnet.is_empty() {
+        file.subnet
+            .iter()
+            .flatten()
+            .map(SubnetFile::to_flag)
+            .collect()
+    } else {
+        flags.subnet.clone()
+    };
+    let mut relayed = Vec::new();
+    for f in subnet_flags.iter().filter(|f| !f.trim().is_empty()) {
+        let s = parse_subnet(f.trim()).map_err(|e| cfg_err("subnet", format!("{f:?}: {e}")))?;
+        if mode == Mode::Proxy && s.range.is_some() {
+            return Err(cfg_err(
+                "subnet",
+                format!(
+                    "{f:?}: proxy mode assigns no addresses; drop its range= or use --mode full"
+                ),
+            ));
+        }
+        relayed.push(s);
+    }
+    let local = Subnet {
+        cidr: Cidr::of(interface.ip, interface.netmask),
+        range: dhcp_range,
+        router,
+        relayed: false,
+    };
+    let subnets = Subnets::new(local, relayed).map_err(|e| cfg_err("subnet", e))?;
+    check_nodes_on_subnet(mode, &subnets, contract)?;
     let bs = &contract.config.boot_server;
     let http_port = u16::try_from(bs.http_port).unwrap_or(8081);
     let mgmt_port = u16::try_from(bs.management_port).unwrap_or(8082);
@@ -390,7 +435,8 @@ pub fn resolve(flags: &Flags) -> Result<(Config, Bundle), ServerError> {
         unknown_mac: pick!(unknown_mac).unwrap_or(UnknownMac::Default),
         ipv6_ra: pick!(ipv6_ra).unwrap_or(Switch::On) == Switch::On,
         lease_secs: pick!(lease_secs).unwrap_or(DEFAULT_LEASE_SECS).max(60),
-        router: pick!(router),
+        router,
+        subnets,
         dhcp_port: pick!(dhcp_port).unwrap_or(DEFAULT_DHCP_PORT),
         tftp_port: pick!(tftp_port).unwrap_or(DEFAULT_TFTP_PORT),
         tftp_max_transfers: pick!(tftp_max_transfers)
@@ -407,20 +453,30 @@ pub fn resolve(flags: &Flags) -> Result<(Config, Bundle), ServerError> {
     Ok((cfg, bundle))
 }
 
-/// In full mode every contract address must be on the boot interface's subnet.
+/// In full mode every contract address must be on a served subnet: the boot interface's, or
+/// one behind a relay (`--subnet`).
 fn check_nodes_on_subnet(
     mode: Mode,
-    interface: &InterfaceInfo,
+    subnets: &Subnets,
     contract: &Contract,
 ) -> Result<(), ServerError> {
     if mode == Mode::Full {
         for n in &contract.nodes {
-            if !same_subnet(n.ipv4, interface.ip, interface.netmask) {
+            if subnets.holding(n.ipv4).is_none() {
+                let relayed: Vec<String> =
+                    subnets.relayed.iter().map(|s| s.cidr.to_string()).collect();
                 return Err(cfg_err(
                     "cluster",
                     format!(
-                        "node {} has ipv4 {} outside {}'s subnet {}/{}; full mode hands out only addresses on the boot interface's subnet",
-                        n.name, n.ipv4, interface.name, interface.ip, interface.netmask
+                        "node {} has ipv4 {} outside the boot interface's subnet {}{}; full mode hands out only addresses on the subnets it serves (declare a relayed rack subnet with --subnet CIDR)",
+                        n.name,
+                        n.ipv4,
+                        subnets.local.cidr,
+                        if relayed.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" and the relayed {}", relayed.join(", "))
+                        }
                     ),
                 ));
             }
@@ -458,7 +514,7 @@ pub fn check_replacement(
             ),
         ));
     }
-    check_nodes_on_subnet(cfg.mode, &cfg.interface, &new.contract)?;
+    check_nodes_on_subnet(cfg.mode, &cfg.subnets, &new.contract)?;
     if let Some(pin) = new.contract.ca_sha256() {
         if !pin.eq_ignore_ascii_case(ca_sha256) {
             return Err(ServerError::CaPin {
@@ -525,21 +581,7 @@ pub fn interface_info(name: &str) -> Result<InterfaceInfo, ServerError> {
 }
 
 fn parse_range(r: &str, iface: &InterfaceInfo) -> Result<(Ipv4Addr, Ipv4Addr), ServerError> {
-    let bad = || {
-        cfg_err(
-            "dhcp-range",
-            format!("{r:?} is not FIRST-LAST (e.g. 10.99.0.100-10.99.0.200)"),
-        )
-    };
-    let (a, b) = r.split_once('-').ok_or_else(bad)?;
-    let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
-    let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
-    if u32::from(a) > u32::from(b) {
-        return Err(cfg_err(
-            "dhcp-range",
-            format!("{a} comes after {b}; write FIRST-LAST"),
-        ));
-    }
+    let (a, b) = crate::subnets::parse_range(r).map_err(|e| cfg_err("dhcp-range", e))?;
     for ip in [a, b] {
         if !same_subnet(ip, iface.ip, iface.netmask) {
             return Err(cfg_err(

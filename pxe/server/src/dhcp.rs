@@ -13,6 +13,14 @@
 //! node's requester against. Proxy mode: only PXE/iPXE clients are answered, with boot
 //! information (a URL anyone may know) and no address (yiaddr 0.0.0.0); nothing in a proxy
 //! request is believed about where a node is.
+//!
+//! Relayed requests (`giaddr` set, RFC 2131 §4.1; option 82, RFC 3046): the subnet is the one
+//! holding `giaddr` (or option 82's link selection), see [`crate::subnets`]; a relayed request
+//! from a subnet nobody declared gets no answer, a contract node whose address is not on the
+//! subnet its request came from gets none either (it is plugged into another rack than the
+//! contract says). Replies go to the relay (`giaddr`, port 67) with its option 82 echoed
+//! unchanged; a node behind a relay is off our L2, so the boot plane ties it to its address by
+//! its bound lease alone (full mode) and refuses it in proxy mode ([`crate::boot_access`]).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
@@ -117,9 +125,9 @@ fn reply_dest(req: &DhcpRequest, port: u16, from: Option<SocketAddr>) -> SocketA
             return f;
         }
     }
-    let giaddr = req.message.giaddr();
-    if !giaddr.is_unspecified() {
-        return SocketAddr::V4(SocketAddrV4::new(giaddr, 67));
+    if req.relayed() {
+        // RFC 2131 §4.1: to the relay's server port; it forwards to the client.
+        return SocketAddr::V4(SocketAddrV4::new(req.giaddr, 67));
     }
     if !req.ciaddr.is_unspecified() {
         return SocketAddr::V4(SocketAddrV4::new(req.ciaddr, 68));
@@ -182,6 +190,17 @@ fn ignore_unknown_mac(state: &State, req: &DhcpRequest, mac: &str, what: &str) {
     Metrics::inc(&state.metrics.dhcp_ignored);
 }
 
+/// Where a relayed request came from, for logs and events: `via RELAY (option 82 …)`.
+fn relay_label(req: &DhcpRequest) -> String {
+    if !req.relayed() {
+        return String::new();
+    }
+    match &req.relay_agent {
+        Some(r) => format!(" via relay {} ({})", req.giaddr, r.describe()),
+        None => format!(" via relay {}", req.giaddr),
+    }
+}
+
 fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)> {
     let cfg = &state.config;
     let mac = req.mac_string();
@@ -191,6 +210,36 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
         ignore_unknown_mac(state, req, &mac, "DHCPDISCOVER");
         return None;
     }
+    let link = req.link_address();
+    let Some(subnet) = cfg.subnets.for_giaddr(link) else {
+        warn!(relay = %req.giaddr, link = %link, "relayed request from a subnet no --subnet declares; not answered (add --subnet CIDR for the relay's rack)");
+        Metrics::inc(&state.metrics.dhcp_ignored);
+        return None;
+    };
+    if let Some((name, ip)) = &node {
+        if !subnet.cidr.contains(*ip) {
+            warn!(node = %name, %ip, subnet = %subnet.cidr, relay = %req.giaddr, "node's contract address is not on the subnet its request came from; not answered");
+            if req.kind == RequestKind::Discover {
+                state.event(NewEvent {
+                    node: Some(name.clone()),
+                    mac: Some(mac.clone()),
+                    phase: "dhcp".into(),
+                    status: "failed".into(),
+                    detail: format!(
+                        "request from subnet {}{} but the contract puts {name} at {ip}; not answered",
+                        subnet.cidr,
+                        relay_label(req)
+                    ),
+                    ..Default::default()
+                });
+            }
+            Metrics::inc(&state.metrics.dhcp_ignored);
+            return None;
+        }
+    }
+    let router = subnet
+        .router
+        .or_else(|| subnet.relayed.then_some(req.giaddr));
     if let Some(sid) = req.server_id {
         if sid != cfg.interface.ip {
             debug!(server = %sid, "client chose another DHCP server");
@@ -203,10 +252,14 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
         if let Some((_, ip)) = &node {
             return Some(*ip);
         }
-        let range = cfg.dhcp_range?;
+        let range = subnet.range?;
         let contract = &state.bundles.current().contract;
-        let reserved =
-            |ip: Ipv4Addr| ip == cfg.interface.ip || contract.nodes.iter().any(|n| n.ipv4 == ip);
+        let reserved = |ip: Ipv4Addr| {
+            ip == cfg.interface.ip
+                || Some(ip) == router
+                || (subnet.relayed && ip == req.giaddr)
+                || contract.nodes.iter().any(|n| n.ipv4 == ip)
+        };
         lock(&state.leases).pick_pool_address(&mac, range, &reserved, now)
     };
     let node_name = node.as_ref().map(|(n, _)| n.clone());
@@ -215,8 +268,8 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
         kind,
         server_ip: cfg.interface.ip,
         yiaddr,
-        subnet_mask: Some(cfg.interface.netmask),
-        router: cfg.router,
+        subnet_mask: Some(subnet.cidr.netmask()),
+        router,
         lease_secs: yiaddr.map(|_| cfg.lease_secs),
         boot: boot.clone(),
         pxe_options: req.is_boot_client(),
@@ -226,9 +279,14 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
         RequestKind::Discover => {
             let Some(ip) = address() else {
                 warn!(
+                    subnet = %subnet.cidr,
                     "no address to offer: {}",
-                    if cfg.dhcp_range.is_none() {
-                        "MAC not in the contract and no --dhcp-range"
+                    if subnet.range.is_none() {
+                        if subnet.relayed {
+                            "MAC not in the contract and no range= for this relayed --subnet"
+                        } else {
+                            "MAC not in the contract and no --dhcp-range"
+                        }
                     } else {
                         "the pool is exhausted"
                     }
@@ -256,14 +314,18 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
             }
             let bytes = encode(state, req, &params(ReplyKind::Offer, Some(ip)))?;
             Metrics::inc(&state.metrics.dhcp_offers_full);
-            info!(%ip, boot = %boot_label, arch = %arch_label(req), "offer");
+            info!(%ip, boot = %boot_label, arch = %arch_label(req), relay = %req.giaddr, "offer");
             state.event(NewEvent {
                 node: node_name,
                 mac: Some(mac),
                 ip: Some(ip),
                 phase: "dhcp".into(),
                 status: "started".into(),
-                detail: format!("offer {ip} ({}, {boot_label})", arch_label(req)),
+                detail: format!(
+                    "offer {ip} ({}, {boot_label}){}",
+                    arch_label(req),
+                    relay_label(req)
+                ),
                 ..Default::default()
             });
             Some((bytes, reply_dest(req, 67, None)))
@@ -286,10 +348,13 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
                 info!(wanted = ?wanted, expected = ?ip, "nak");
                 let bytes = encode(state, req, &params(ReplyKind::Nak, None))?;
                 Metrics::inc(&state.metrics.dhcp_naks);
-                return Some((
-                    bytes,
-                    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)),
-                ));
+                // RFC 2131 §4.3.2: a NAK is broadcast, or sent to the relay that forwarded it.
+                let dest = if req.relayed() {
+                    SocketAddr::V4(SocketAddrV4::new(req.giaddr, 67))
+                } else {
+                    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
+                };
+                return Some((bytes, dest));
             }
             let ip = ip?;
             let lease = Lease {
@@ -307,7 +372,7 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
             state.saw(&mac, ip);
             let bytes = encode(state, req, &params(ReplyKind::Ack, Some(ip)))?;
             Metrics::inc(&state.metrics.dhcp_acks_full);
-            info!(%ip, boot = %boot_label, arch = %arch_label(req), "ack");
+            info!(%ip, boot = %boot_label, arch = %arch_label(req), relay = %req.giaddr, "ack");
             state.event(NewEvent {
                 node: node_name.clone(),
                 mac: Some(mac),
@@ -318,7 +383,11 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
                     "unknown-mac".into()
                 },
                 status: "ok".into(),
-                detail: format!("ack {ip} ({}, {boot_label})", arch_label(req)),
+                detail: format!(
+                    "ack {ip} ({}, {boot_label}){}",
+                    arch_label(req),
+                    relay_label(req)
+                ),
                 ..Default::default()
             });
             Some((bytes, reply_dest(req, 67, None)))
@@ -397,7 +466,7 @@ fn handle_proxy(
         &state.metrics.dhcp_acks_proxy
     };
     Metrics::inc(counter);
-    info!(boot = %boot_label, arch = %arch_label(req), reply = ?kind, "proxy reply");
+    info!(boot = %boot_label, arch = %arch_label(req), reply = ?kind, relay = %req.giaddr, "proxy reply");
     state.event(NewEvent {
         node,
         mac: Some(mac.clone()),
@@ -408,7 +477,12 @@ fn handle_proxy(
         } else {
             "ok".into()
         },
-        detail: format!("proxy {kind:?} ({}, {boot_label})", arch_label(req)).to_lowercase(),
+        detail: format!(
+            "proxy {} ({}, {boot_label}){}",
+            format!("{kind:?}").to_lowercase(),
+            arch_label(req),
+            relay_label(req)
+        ),
         ..Default::default()
     });
     Some((bytes, reply_dest(req, port, Some(from))))

@@ -380,8 +380,12 @@ async fn serve_bundle_file(
     serve_file(state, f.file.clone(), f.size, etag, req).await
 }
 
+/// `GET /ipxe/{path}`: an iPXE binary, the file a UEFI HTTP boot client's firmware loads
+/// (DHCP gave it this URL): a boot event of phase `http-boot`, so a rack can tell that the
+/// firmware's own HTTP boot ran (and not PXE + TFTP).
 async fn ipxe_file(
     AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     AxPath(path): AxPath<String>,
     req: FileRequest,
 ) -> Response {
@@ -389,6 +393,22 @@ async fn ipxe_file(
     let Ok(full) = resolve_path(&state.config.ipxe_dir, &path) else {
         return not_found(&state, &path);
     };
+    if req.method == http::Method::GET && !req.headers.contains_key(header::RANGE) {
+        let mac = state.mac_for_ip(peer);
+        let node = mac
+            .as_deref()
+            .and_then(|m| state.node_of_mac(m))
+            .map(|n| n.name.clone());
+        state.event(NewEvent {
+            node,
+            mac,
+            ip: peer_v4(peer),
+            phase: "http-boot".into(),
+            status: "started".into(),
+            detail: format!("ipxe/{path} over HTTP (UEFI HTTP boot) to {peer}"),
+            ..Default::default()
+        });
+    }
     let file = match tokio::fs::File::open(&full).await {
         Ok(f) => f.into_std().await,
         Err(e) => {

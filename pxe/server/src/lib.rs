@@ -55,6 +55,7 @@ pub mod ra;
 pub mod rack_view;
 pub mod reload;
 pub mod state;
+pub mod subnets;
 pub mod tftp;
 
 use std::net::Ipv4Addr;

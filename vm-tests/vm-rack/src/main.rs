@@ -23,7 +23,7 @@ const MIN_TIMEOUT_SECS: u64 = 300;
 #[derive(Debug, Parser)]
 #[command(name = "vm-rack", version)]
 struct Cli {
-    /// cold-3, reboot, leader-loss, unknown-mac, cold-5 or uefi-3.
+    /// cold-3, reboot, leader-loss, unknown-mac, cold-5, uefi-3 or uefi-http-3.
     scenario: String,
     /// Where firstboot, chainfire-server, flaredb-server, iam-server, pxe-server and
     /// netboot-image are [default: this executable's directory].

@@ -9,6 +9,11 @@ pub enum Firmware {
     Bios,
     /// OVMF (machine `q35`, pflash code + a copy of the vars).
     Uefi,
+    /// OVMF's own UEFI HTTP boot: the NIC has no option ROM (`romfile=`, so no iPXE in the
+    /// firmware) and OVMF's PXE is switched off (`opt/org.tianocore/IPv4PXESupport=no`, IPv6
+    /// too), so its boot manager's network entry is "UEFI HTTPv4": DHCP with vendor class
+    /// `HTTPClient` (arch 16), then the URL it is given, over HTTP.
+    UefiHttp,
 }
 
 /// One scenario.
@@ -29,6 +34,9 @@ pub enum Scenario {
     /// `unknown-mac`: a VM whose MAC is not in the contract boots the default entry and gets
     /// none of the cluster's secrets.
     UnknownMac,
+    /// `uefi-http-3`: `cold-3` booted by OVMF's own UEFI HTTP boot (no TFTP, no iPXE ROM):
+    /// DHCP `HTTPClient` → `snponly.efi` over HTTP → the node's script.
+    UefiHttp3,
 }
 
 /// Every scenario, in priority order.
@@ -39,6 +47,7 @@ pub const ALL: &[Scenario] = &[
     Scenario::UnknownMac,
     Scenario::Cold5,
     Scenario::Uefi3,
+    Scenario::UefiHttp3,
 ];
 
 impl Scenario {
@@ -51,6 +60,7 @@ impl Scenario {
             Scenario::Reboot => "reboot",
             Scenario::LeaderLoss => "leader-loss",
             Scenario::UnknownMac => "unknown-mac",
+            Scenario::UefiHttp3 => "uefi-http-3",
         }
     }
 
@@ -71,6 +81,7 @@ impl Scenario {
     pub fn firmware(self) -> Firmware {
         match self {
             Scenario::Uefi3 => Firmware::Uefi,
+            Scenario::UefiHttp3 => Firmware::UefiHttp,
             _ => Firmware::Bios,
         }
     }

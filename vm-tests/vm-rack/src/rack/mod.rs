@@ -11,8 +11,10 @@
 //! - `view`: the live one-line-per-node view;
 //! - `http`: the one path of every HTTP request to the nodes and the boot server;
 //! - `checks`: the host-side checks through the services' APIs;
-//! - `scenarios`: the scenarios' own steps after the cold boot.
+//! - `scenarios`: the scenarios' own steps after the cold boot;
+//! - `boot_paths`: checks that the rack booted the way its scenario says (UEFI HTTP boot).
 
+mod boot_paths;
 mod boot_server;
 mod checks;
 mod console;

@@ -91,7 +91,11 @@ impl Vm {
                 self.tap
             ))
             .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={}", self.mac));
+            .arg(match self.firmware {
+                // No option ROM: OVMF's own network stack (VirtioNetDxe) boots it.
+                Firmware::UefiHttp => format!("virtio-net-pci,netdev=n0,mac={},romfile=", self.mac),
+                _ => format!("virtio-net-pci,netdev=n0,mac={}", self.mac),
+            });
         if let Some(disk) = &self.disk {
             c.arg("-drive").arg(format!(
                 "file={},if=virtio,format=raw,cache=writeback",
@@ -102,7 +106,14 @@ impl Vm {
             Firmware::Bios => {
                 c.args(["-machine", "pc"]);
             }
-            Firmware::Uefi => {
+            Firmware::Uefi | Firmware::UefiHttp => {
+                if self.firmware == Firmware::UefiHttp {
+                    // PXE off: the boot manager's only network entries are HTTP boot's.
+                    for v in ["IPv4PXESupport", "IPv6PXESupport"] {
+                        c.arg("-fw_cfg")
+                            .arg(format!("name=opt/org.tianocore/{v},string=no"));
+                    }
+                }
                 let vars = self.work.join(format!("{}-vars.fd", self.name));
                 if !vars.exists() {
                     std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)

@@ -1,0 +1,67 @@
+//! Checks that a rack booted the way its scenario says, not merely that it became ready:
+//! `uefi-http-3` must have used the firmware's own UEFI HTTP boot (DHCP `HTTPClient` answered
+//! with a URL, `snponly.efi` fetched over HTTP, no TFTP), seen both in pxe-server's events and on
+//! each node's console.
+
+use anyhow::bail;
+
+use super::console::strip_ansi;
+use super::run::Rack;
+
+/// What OVMF's boot manager prints when it starts its HTTPv4 boot option.
+pub const OVMF_HTTP_BOOT_LINE: &str = ">>Start HTTP Boot over IPv4";
+/// What it prints when it starts PXE (must not show in an HTTP boot).
+pub const OVMF_PXE_BOOT_LINE: &str = ">>Start PXE over IPv4";
+
+impl Rack {
+    /// Every node in `names` was booted by UEFI HTTP boot: a DHCP event answering its
+    /// `http-x64` (arch 16) request with the HTTP URL of `snponly.efi`, an `http-boot` event for
+    /// that file, no `tftp` event, and OVMF's HTTP boot line (and no PXE line) on its console.
+    pub fn check_http_boot(&mut self, names: &[String]) -> anyhow::Result<()> {
+        let mut seen = Vec::new();
+        for name in names {
+            let mine: Vec<_> = self
+                .events
+                .iter()
+                .filter(|e| e.node.as_deref() == Some(name.as_str()))
+                .collect();
+            let dhcp = mine
+                .iter()
+                .find(|e| e.phase == "dhcp" && e.detail.contains("http-x64"))
+                .map(|e| e.detail.clone());
+            let Some(dhcp) = dhcp else {
+                bail!(
+                    "{name}: no DHCP answer to an HTTPClient (arch 16) request in pxe-server's events: {:?}",
+                    mine.iter().map(|e| format!("{} {}", e.phase, e.detail)).collect::<Vec<_>>()
+                );
+            };
+            if !dhcp.contains("http snponly.efi") {
+                bail!(
+                    "{name}: its HTTP boot DHCP answer did not name snponly.efi over HTTP: {dhcp}"
+                );
+            }
+            if !mine.iter().any(|e| e.phase == "http-boot") {
+                bail!(
+                    "{name}: the firmware never fetched snponly.efi over HTTP (no http-boot event)"
+                );
+            }
+            if let Some(t) = mine.iter().find(|e| e.phase == "tftp") {
+                bail!("{name}: fetched {} over TFTP: not an HTTP boot", t.detail);
+            }
+            let raw = std::fs::read_to_string(&self.vm(name)?.console.path).unwrap_or_default();
+            let console: String = raw.lines().map(|l| strip_ansi(l) + "\n").collect();
+            if !console.contains(OVMF_HTTP_BOOT_LINE) {
+                bail!("{name}: OVMF's console does not show {OVMF_HTTP_BOOT_LINE:?}");
+            }
+            if console.contains(OVMF_PXE_BOOT_LINE) {
+                bail!("{name}: OVMF tried PXE ({OVMF_PXE_BOOT_LINE:?} on its console)");
+            }
+            seen.push(format!("{name}: {dhcp}"));
+        }
+        self.say(&format!(
+            "check: UEFI HTTP boot on every node (OVMF's HTTPv4 entry, no TFTP, snponly.efi over HTTP): {}",
+            seen.join("; ")
+        ));
+        Ok(())
+    }
+}
