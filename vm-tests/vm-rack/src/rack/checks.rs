@@ -119,13 +119,23 @@ impl Rack {
         self.say("check: IAM admin logs in on the seed");
         for (name, ip) in names.iter().zip(&ips) {
             for (svc, port) in [("chainfire", 2379), ("flaredb", 2479), ("iam", 8080)] {
-                let h = self
-                    .http
-                    .get_json(&format!("https://{ip}:{port}/health"))
-                    .await
-                    .with_context(|| format!("{name} {svc} health"))?;
-                if h["status"] != "healthy" {
-                    bail!("{name} {svc} /health: {h}");
+                // Healthy within 15 s: a store answers 503 while an election runs, which a
+                // busy host can set off at any moment; a node that stays unhealthy fails.
+                let url = format!("https://{ip}:{port}/health");
+                let until = Instant::now() + Duration::from_secs(15);
+                loop {
+                    let r = self
+                        .http
+                        .get(&url)
+                        .await
+                        .with_context(|| format!("{name} {svc} health"))?;
+                    if r.status.is_success() && r.json()["status"] == "healthy" {
+                        break;
+                    }
+                    if Instant::now() >= until {
+                        bail!("{name} {svc} /health: {} {}", r.status, r.body);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
             // cluster-ready is reported (or reached on the console) only after the node's
