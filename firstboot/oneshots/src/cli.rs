@@ -60,6 +60,9 @@ pub enum Command {
     IamSetup(NodeArgs),
     /// Check the node and the cluster, write the report, mark cluster-ready.
     HealthCheck(NodeArgs),
+    /// Run the reboot agent: reboot this node when Chainfire holds a reboot request for it
+    /// and a reboot slot is free (long-running; a unit after cluster-ready.target).
+    RebootAgent(crate::reboot_agent::AgentArgs),
     /// Render the systemd unit graph (one source of truth) into a directory.
     Units {
         /// Output directory.
@@ -124,6 +127,10 @@ pub fn run(cli: Cli) -> ExitCode {
             crate::health::run(&ctx, ctx.args.deadline)
                 .await
                 .map(|_| ())
+        }),
+        Command::RebootAgent(a) => step("reboot-agent", &a.node, |ctx| {
+            let a = a.clone();
+            async move { crate::reboot_agent::run(&ctx, &a).await }
         }),
         Command::Validate { file } => validate(&file),
         Command::Units { out, bindir } => match crate::units::write_all(&out, &bindir) {

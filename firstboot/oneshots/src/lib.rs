@@ -11,10 +11,11 @@
 //! - [`step`]: the loaded context every step shares (contract, *self*, service URLs and
 //!   clients, waits, progress, done-markers);
 //! - what several steps read: [`ids`] (the Raft ids and the cluster id, and where they live)
-//!   and [`pristine`] (a pristine voter answering the seed while it waits);
+//!   and [`pristine`] (a pristine voter answering the seed while it waits); [`reboots`] (the
+//!   reboot requests and slots in Chainfire, shared with the operator's tool `rackctl`);
 //! - the steps, one per unit, which never import each other: [`disk`], [`enroll`],
-//!   [`configure`], [`join`], [`iam_setup`], [`health`]; and [`units`], which renders the unit
-//!   graph;
+//!   [`configure`], [`join`], [`iam_setup`], [`health`], and the long-running
+//!   [`reboot_agent`]; and [`units`], which renders the unit graph;
 //! - [`cli`]: the subcommands and the dispatch to the steps.
 
 pub mod cli;
@@ -28,5 +29,7 @@ pub mod ids;
 pub mod join;
 pub mod node_args;
 pub mod pristine;
+pub mod reboot_agent;
+pub mod reboots;
 pub mod step;
 pub mod units;

@@ -9,12 +9,12 @@
 //! It answers only nodes of the cluster (mutual TLS, node certificates only), and it stops —
 //! releasing the port for Chainfire — the moment its id is allocated.
 
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use plasmacloud_pki::listener::{guard, Need};
 use plasmacloud_pki::tls::ClientAuth;
 use plasmacloud_pki::{Peer, Revocations, TlsListener};
-use axum::http::StatusCode;
 use plasmacloud_store_client::{ErrorBody, MembersResponse};
 
 use crate::step::Ctx;

@@ -199,10 +199,25 @@ pub fn graph() -> Vec<Unit> {
             exec: &[],
             after: &["cluster-health-check.service"],
             requires: &["cluster-health-check.service"],
-            wants: &[],
+            wants: &["reboot-agent.service"],
             before: &[],
             state_directory: None,
             writes: &[],
+        },
+        Unit {
+            name: "reboot-agent.service",
+            description:
+                "PlasmaCloud reboot agent: reboots this node when a rollout asks and a slot is free",
+            kind: Kind::Simple,
+            exec: &["firstboot", "reboot-agent"],
+            // It runs once this boot's health check passed: seeing it back is seeing it
+            // healthy (`firstboot::reboots`).
+            after: &["cluster-ready.target"],
+            requires: &["cluster-ready.target"],
+            wants: &[],
+            before: &[],
+            state_directory: None,
+            writes: &[STATE_DIR, "/run/plasmacloud"],
         },
     ]
 }
@@ -326,6 +341,7 @@ mod tests {
                 "iam-initial-setup.service",
                 "cluster-health-check.service",
                 "cluster-ready.target",
+                "reboot-agent.service",
             ]
         );
     }

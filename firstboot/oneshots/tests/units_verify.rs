@@ -45,8 +45,8 @@ fn rendered_units_pass_systemd_analyze_verify() {
         .collect();
     assert_eq!(
         units.len(),
-        11,
-        "the ten units of the service graph and firstboot-enroll"
+        12,
+        "the ten units of the service graph, firstboot-enroll and reboot-agent"
     );
     let res = Command::new("systemd-analyze")
         .arg("verify")
