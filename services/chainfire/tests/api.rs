@@ -218,3 +218,94 @@ async fn tls_refuses_a_client_without_the_ca() {
         .expect("client");
     assert!(plain.get("secret").await.is_err());
 }
+
+/// Listings come in pages: a listing without `limit` gets the default page (never everything),
+/// a `limit` past the maximum is refused, pages are bounded in bytes too, and the client's
+/// pages and its whole-listing call see every key once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_come_in_pages() {
+    use plasmacloud_store_client::{LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut n = Node::new(BIN, 1, tmp.path());
+    n.start(true);
+    let c = n.client();
+    c.init(&[n.member()]).await.expect("init");
+    wait_healthy(&n, Duration::from_secs(20)).await;
+
+    phase("2345 keys");
+    let total = 2345usize;
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..total).step_by(32) {
+                c.put(&format!("p/{i:05}"), &format!("{i}"))
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    c.put("q/outside", "x").await.expect("put");
+
+    phase("an unpaged listing gets the default page and a cursor");
+    let http = n.https();
+    let r = http
+        .get(n.api_url("/v1/kv?prefix=p/"))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(
+        body["items"].as_array().map(Vec::len),
+        Some(LIST_DEFAULT_LIMIT)
+    );
+    assert_eq!(body["more"], true);
+    assert_eq!(body["next"], format!("p/{:05}", LIST_DEFAULT_LIMIT - 1));
+    let r = http
+        .get(n.api_url(&format!("/v1/kv?prefix=p/&limit={}", LIST_MAX_LIMIT + 1)))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("limit"),
+        "{body}"
+    );
+
+    phase("pages of 500 and the whole listing see every key once, in order");
+    let mut pages = c.kv().list_pages("p/").limit(500);
+    let (mut seen, mut count) = (Vec::new(), 0);
+    while let Some(page) = pages.next().await.expect("page") {
+        assert!(page.items.len() <= 500);
+        count += 1;
+        seen.extend(page.items.into_iter().map(|i| i.key));
+    }
+    assert_eq!(count, total.div_ceil(500));
+    let want: Vec<String> = (0..total).map(|i| format!("p/{i:05}")).collect();
+    assert_eq!(seen, want);
+    let all = c.list("p/").await.expect("list all");
+    assert_eq!(all.items.len(), total);
+    assert!(!all.more && all.next.is_none());
+
+    phase("a page stops at its byte bound");
+    let big = "b".repeat(1 << 20);
+    for i in 0..6 {
+        c.put(&format!("big/{i}"), &big).await.expect("put 1 MiB");
+    }
+    let page = c
+        .kv()
+        .list_page("big/", None, Some(100))
+        .await
+        .expect("page");
+    assert!(
+        page.more && page.items.len() < 6,
+        "{} items",
+        page.items.len()
+    );
+    assert_eq!(c.list("big/").await.expect("all").items.len(), 6);
+}

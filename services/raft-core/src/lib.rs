@@ -15,7 +15,9 @@
 //!   flight (one fsync and one replicated entry for many concurrent writes).
 //! - [`durability`]: the leader syncs its own log beside replication; applying an entry and
 //!   telling followers it is committed wait for that sync.
-//! - [`node`]: starting a node (data directory, listeners, Raft, TLS, sd-notify, role logging).
+//! - [`node`]: starting a node (data directory, listeners, Raft, TLS, sd-notify, role logging);
+//!   a node whose Raft stops on a storage error exits non-zero, for its service manager to
+//!   start it again from its data, and [`space`] holds a start until the data disk has room.
 //! - [`cluster_view`]: the role and the members as this node sees them (for `node` and `api`).
 //! - [`serve`]: the body of both servers' `main`: shared flags and their environment
 //!   variables, logs, `--config` merge, `--check`, exit codes.
@@ -63,6 +65,7 @@ pub mod node;
 pub mod proposer;
 pub mod revocation;
 pub mod serve;
+pub mod space;
 pub mod state_machine;
 pub mod types;
 

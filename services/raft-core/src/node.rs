@@ -234,13 +234,30 @@ impl StoreNode {
         access.server_config(Port::Api)?;
         access.server_config(Port::Raft)?;
         let http = access.peer_client()?;
+        // A full disk would stop Raft at once: wait for room with the ports closed.
+        let dir = cfg.data_dir.clone();
+        tokio::task::spawn_blocking(move || crate::space::wait_for_space(&dir))
+            .await
+            .map_err(|e| Error::Raft(format!("checking the data disk's free space: {e}")))?;
         let api_listener = bind("api", cfg.api_addr)?;
         let raft_listener = bind("raft", cfg.raft_addr)?;
 
         let (path, service, id) = (cfg.data_dir.clone(), cfg.service, cfg.id);
         let (dir, db, log) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
             let dir: DataDir = open_data_dir(&path, service, id)?;
-            let db = open_db(&dir.db_path(), dir.fresh)?;
+            let db = loop {
+                match open_db(&dir.db_path(), dir.fresh) {
+                    // Filled up since the check above: wait again (a full disk is not damage).
+                    Err(Error::DataDir { problem, .. })
+                        if crate::space::is_out_of_space(&problem) =>
+                    {
+                        tracing::warn!("opening the database: {problem}");
+                        std::thread::sleep(crate::space::RETRY_EVERY);
+                        crate::space::wait_for_space(&dir.path);
+                    }
+                    other => break other?,
+                }
+            };
             if dir.fresh {
                 write_marker(&dir, service)?;
             }
@@ -335,14 +352,14 @@ impl StoreNode {
         });
         let raft_app = st.access.guard(Port::Raft, raft_routes);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let api_task = spawn_server(
+        let mut api_task = spawn_server(
             "api",
             self.api_listener,
             st.access.server_config(Port::Api)?,
             api,
             stop_rx.clone(),
         )?;
-        let raft_task = spawn_server(
+        let mut raft_task = spawn_server(
             "raft",
             self.raft_listener,
             st.access.server_config(Port::Raft)?,
@@ -363,15 +380,50 @@ impl StoreNode {
         tokio::spawn(watch_role(st.clone()));
         tokio::spawn(nudge_replication(st.raft.clone()));
 
-        shutdown_signal().await;
-        tracing::info!("shutting down");
+        let outcome = tokio::select! {
+            _ = shutdown_signal() => Ok(()),
+            e = raft_stopped(st.raft.clone()) => Err(e),
+        };
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         let _ = stop_tx.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), st.raft.shutdown()).await;
+        match &outcome {
+            Ok(()) => {
+                tracing::info!("shutting down");
+                let _ = tokio::time::timeout(Duration::from_secs(5), st.raft.shutdown()).await;
+            }
+            Err(e) => {
+                // Requests under way got their answers (an unknown outcome for writes Raft
+                // had taken); give the servers a moment to send them.
+                tracing::error!("{e}");
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let _ = (&mut api_task).await;
+                    let _ = (&mut raft_task).await;
+                })
+                .await;
+            }
+        }
         api_task.abort();
         raft_task.abort();
-        Ok(())
+        outcome
     }
+}
+
+/// Resolves once Raft has stopped by itself (a storage error: openraft's core quit, and it
+/// cannot be restarted in this process), with the error the process exits with. The service
+/// manager starts the node again (`Restart=on-failure`), from what is on disk; see
+/// [`crate::space`] for a disk that is still full.
+async fn raft_stopped(raft: Raft) -> Error {
+    // openraft's core holds the metrics' senders: they close when it quits. (The server
+    // metrics change with the role only, not with every write.)
+    let mut rx = raft.server_metrics();
+    while rx.changed().await.is_ok() {}
+    let why = match &raft.metrics().borrow().running_state {
+        Err(e) => e.to_string(),
+        Ok(()) => "its core task ended".to_string(),
+    };
+    Error::Raft(format!(
+        "raft stopped: {why}; exiting so that the service manager starts this node again from its data"
+    ))
 }
 
 async fn shutdown_signal() {

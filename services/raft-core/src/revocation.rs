@@ -65,9 +65,13 @@ pub async fn follow_local(st: Arc<NodeState>) {
     let mut outage = Outage(false);
     loop {
         let reader = st.reader.clone();
-        let read = tokio::task::spawn_blocking(move || reader.list("", REVOKED_PREFIX)).await;
+        // Every revoked serial, however many (a local read: no page bound needed).
+        let read = tokio::task::spawn_blocking(move || {
+            reader.list("", REVOKED_PREFIX, None, usize::MAX, usize::MAX)
+        })
+        .await;
         match read {
-            Ok(Ok((_, items))) => {
+            Ok(Ok((_, items, _))) => {
                 st.access.revoked().replace(serials_of(&items));
                 outage.ok("the local state");
             }

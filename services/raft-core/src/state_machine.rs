@@ -94,8 +94,17 @@ impl StateReader {
             .and_then(|v| split_kv_value(&v)))
     }
 
-    /// Lists keys of `ks` starting with `prefix`, with the store revision. Blocking.
-    pub fn list(&self, ks: &str, prefix: &str) -> Result<(u64, Vec<KvItem>), StorageError> {
+    /// Lists keys of `ks` starting with `prefix` and greater than `after`, in key order, with
+    /// the store revision: at most `limit` items and, past `max_bytes` of keys and values, no
+    /// more (but always one). The flag says whether more keys match. Blocking.
+    pub fn list(
+        &self,
+        ks: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(u64, Vec<KvItem>, bool), StorageError> {
         let snap = self.db.snapshot();
         let cf = cf(&self.db, CF_KV)?;
         let meta = cf_meta(&self.db)?;
@@ -104,9 +113,16 @@ impl StateReader {
                 Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
                 None => None,
             };
-        let start = kv_key(ks, prefix);
+        let prefix_key = kv_key(ks, prefix);
+        let after_key = after.map(|a| kv_key(ks, a));
+        let start = match &after_key {
+            Some(a) if *a > prefix_key => a.clone(),
+            _ => prefix_key.clone(),
+        };
         let ks_len = ks.len() + 1;
         let mut items = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
         let it = self
@@ -114,10 +130,18 @@ impl StateReader {
             .iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(|e| read_err(&e))?;
-            if !k.starts_with(&start) {
+            if !k.starts_with(&prefix_key) {
+                break;
+            }
+            if after_key.as_deref() == Some(&*k) {
+                continue;
+            }
+            if items.len() >= limit || (bytes >= max_bytes && !items.is_empty()) {
+                more = true;
                 break;
             }
             if let Some((revision, value)) = split_kv_value(&v) {
+                bytes += k.len() + value.len();
                 items.push(KvItem {
                     key: String::from_utf8_lossy(&k[ks_len..]).into_owned(),
                     value,
@@ -125,7 +149,7 @@ impl StateReader {
                 });
             }
         }
-        Ok((applied.map(|l| l.index).unwrap_or(0), items))
+        Ok((applied.map(|l| l.index).unwrap_or(0), items, more))
     }
 
     /// Points of `series` with `from <= t < to`. Blocking.

@@ -22,7 +22,15 @@
 //!   it never repeats a write (put, delete, compare-and-swap, append: repeated after it took
 //!   effect, with another writer's write in between, it would apply twice), nor anything after
 //!   a timeout: it returns [`Error::Broken`] or [`Error::Timeout`], the outcome is unknown, and
-//!   the caller reads back before it decides.
+//!   the caller reads back before it decides;
+//! - reports a server's answer that the outcome is unknown (504, or `"outcome":"unknown"` in
+//!   the body: Raft stopped under the write, the deadline passed after it was proposed) as
+//!   [`Error::OutcomeUnknown`], never as a plain failure: such a write may have been committed.
+//!   [`Error::is_outcome_unknown`] covers all three; [`Error::is_retryable`] means certainly not
+//!   applied.
+//!
+//! Listings come in pages ([`Keyspace::list_page`], [`Keyspace::list_pages`]); the server
+//! never answers a listing with everything at once. [`Keyspace::list`] reads every page.
 //!
 //! Chainfire's KV is [`StoreClient::kv`] (the shortcuts [`StoreClient::get`], [`StoreClient::put`]
 //! … use it); FlareDB's namespaces are [`StoreClient::namespace`]; FlareDB's time series are
@@ -60,7 +68,8 @@ pub mod types;
 pub use types::{
     AppendResponse, Bucket, BucketsBody, DeleteResponse, ErrorBody, Health, InitRequest, KvItem,
     ListResponse, Member, MemberInfo, MemberRole, MembersResponse, Point, PointsBody,
-    PromoteRequest, PutResponse, RaftRole, Versioned,
+    PromoteRequest, PutResponse, RaftRole, Versioned, LIST_DEFAULT_LIMIT, LIST_MAX_BYTES,
+    LIST_MAX_LIMIT,
 };
 
 /// The header carrying a key's revision on KV answers.
@@ -101,6 +110,19 @@ pub enum Error {
         endpoint: String,
         /// The deadline.
         after: Duration,
+    },
+    /// The server answered, but cannot tell whether the request took effect (HTTP 504, or
+    /// any error answer with `"outcome":"unknown"`: the server's deadline passed, Raft
+    /// stopped after the write was replicated, the leader's answer was lost on the way). A
+    /// write may have been committed: read back before retrying it; never count it as failed.
+    #[error("{endpoint} answered {status} (the outcome is unknown): {message}")]
+    OutcomeUnknown {
+        /// HTTP status.
+        status: u16,
+        /// The server's explanation.
+        message: String,
+        /// Who answered.
+        endpoint: String,
     },
     /// The connection broke after the request was sent; the outcome is unknown.
     #[error(
@@ -158,9 +180,19 @@ impl Error {
     pub fn status(&self) -> Option<u16> {
         match self {
             Error::Conflict { .. } => Some(409),
-            Error::Api { status, .. } => Some(*status),
+            Error::Api { status, .. } | Error::OutcomeUnknown { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// Whether the request may or may not have taken effect ([`Error::Timeout`],
+    /// [`Error::Broken`], [`Error::OutcomeUnknown`]): read back before deciding. Never both
+    /// this and [`Error::is_retryable`].
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Error::Timeout { .. } | Error::Broken { .. } | Error::OutcomeUnknown { .. }
+        )
     }
 
     /// Whether the request certainly had no effect, so repeating it later is safe.
@@ -360,9 +392,19 @@ impl Answer {
         })
     }
 
-    /// Turns a non-success answer into an error (409 with a revision becomes `Conflict`).
+    /// Turns a non-success answer into an error (409 with a revision becomes `Conflict`; 504,
+    /// or a body saying `"outcome":"unknown"`, becomes `OutcomeUnknown`).
     fn into_error(self) -> Error {
         let body = self.error_body();
+        if body.is_outcome_unknown()
+            || (self.status == StatusCode::GATEWAY_TIMEOUT && !body.retryable)
+        {
+            return Error::OutcomeUnknown {
+                status: self.status.as_u16(),
+                message: body.error,
+                endpoint: self.endpoint,
+            };
+        }
         if self.status == StatusCode::CONFLICT {
             if let Some(revision) = body.revision {
                 return Error::Conflict {
@@ -769,7 +811,7 @@ impl StoreClient {
         self.kv().delete(key).await
     }
 
-    /// Chainfire `GET /v1/kv?prefix=P` (see [`Keyspace::list`]).
+    /// Chainfire `GET /v1/kv?prefix=P`, every page (see [`Keyspace::list`]).
     pub async fn list(&self, prefix: &str) -> Result<ListResponse> {
         self.kv().list(prefix).await
     }
@@ -952,19 +994,107 @@ impl Keyspace {
             .ok_json()
     }
 
-    /// `GET {base}?prefix=P`: every key starting with `prefix`, in key order.
+    /// `GET {base}?prefix=P`: every key starting with `prefix`, in key order, read page by
+    /// page (see [`Keyspace::list_pages`]); the answer's revision is the first page's. Keys
+    /// written while the pages are read may or may not appear. Use the pages themselves for
+    /// a key space that may be large.
     pub async fn list(&self, prefix: &str) -> Result<ListResponse> {
+        let mut pages = self.list_pages(prefix);
+        let mut all: Option<ListResponse> = None;
+        while let Some(page) = pages.next().await? {
+            match &mut all {
+                None => all = Some(page),
+                Some(a) => a.items.extend(page.items),
+            }
+        }
+        Ok(all
+            .map(|mut a| {
+                a.more = false;
+                a.next = None;
+                a
+            })
+            .unwrap_or(ListResponse {
+                revision: 0,
+                items: Vec::new(),
+                more: false,
+                next: None,
+            }))
+    }
+
+    /// One page of `GET {base}?prefix=P`: keys after `after` (all when `None`), at most
+    /// `limit` of them (the server's default, [`LIST_DEFAULT_LIMIT`], when `None`; at most
+    /// [`LIST_MAX_LIMIT`]). `more` and `next` say where the next page starts.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ListResponse> {
+        let mut q = format!("{}?prefix={}", self.base, encode_query(prefix));
+        if let Some(a) = after {
+            q.push_str(&format!("&after={}", encode_query(a)));
+        }
+        if let Some(l) = limit {
+            q.push_str(&format!("&limit={l}"));
+        }
         self.client
             .call(
                 "list",
                 Method::GET,
-                &format!("{}?prefix={}", self.base, encode_query(prefix)),
+                &q,
                 None,
                 self.client.inner.timeout,
                 true,
             )
             .await?
             .ok_json()
+    }
+
+    /// The pages of `GET {base}?prefix=P`, in key order, each of the server's default size:
+    /// call [`ListPages::next`] until it returns `None`.
+    pub fn list_pages(&self, prefix: &str) -> ListPages {
+        ListPages {
+            keyspace: self.clone(),
+            prefix: prefix.to_string(),
+            limit: None,
+            after: None,
+            done: false,
+        }
+    }
+}
+
+/// The pages of a listing ([`Keyspace::list_pages`]), fetched one at a time.
+#[derive(Debug, Clone)]
+pub struct ListPages {
+    keyspace: Keyspace,
+    prefix: String,
+    limit: Option<usize>,
+    after: Option<String>,
+    done: bool,
+}
+
+impl ListPages {
+    /// Pages of at most `limit` items (else the server's default).
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The next page, or `None` after the last one.
+    pub async fn next(&mut self) -> Result<Option<ListResponse>> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .keyspace
+            .list_page(&self.prefix, self.after.as_deref(), self.limit)
+            .await?;
+        match (&page.next, page.more) {
+            // A server that named no new key would have us ask for the same page forever.
+            (Some(n), true) if self.after.as_ref() != Some(n) => self.after = Some(n.clone()),
+            _ => self.done = true,
+        }
+        Ok(Some(page))
     }
 }
 
@@ -996,6 +1126,41 @@ mod tests {
         let c = StoreClient::new(["127.0.0.1:1"]).unwrap();
         assert!(matches!(c.namespace("Bad"), Err(Error::Config(_))));
         assert!(c.namespace("iam").is_ok());
+    }
+
+    fn answer(status: u16, body: &str) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            revision: None,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            endpoint: "https://n1".into(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_never_a_failure() {
+        // Raft stopped under a write that may be committed: unknown, not "failed".
+        let e = answer(
+            503,
+            r#"{"error":"write not confirmed: raft stopped","outcome":"unknown"}"#,
+        )
+        .into_error();
+        assert!(
+            matches!(e, Error::OutcomeUnknown { status: 503, .. }),
+            "{e}"
+        );
+        assert!(e.is_outcome_unknown() && !e.is_retryable());
+        assert_eq!(e.status(), Some(503));
+        // A deadline that passed, with or without a body saying so.
+        for body in [r#"{"error":"not committed in time"}"#, "gateway timeout"] {
+            let e = answer(504, body).into_error();
+            assert!(e.is_outcome_unknown(), "{e}");
+        }
+        // Certainly not applied stays retryable; other errors stay API errors.
+        let e = answer(503, r#"{"error":"no leader","retryable":true}"#).into_error();
+        assert!(e.is_retryable() && !e.is_outcome_unknown(), "{e}");
+        let e = answer(400, r#"{"error":"bad key"}"#).into_error();
+        assert!(matches!(e, Error::Api { status: 400, .. }), "{e}");
     }
 
     #[tokio::test]

@@ -168,14 +168,31 @@ pub struct KvItem {
     pub revision: u64,
 }
 
-/// `GET /v1/kv?prefix=P` answer.
+/// `GET /v1/kv?prefix=P[&limit=N][&after=K]` answer: one page of the listing.
+///
+/// A page holds at most `limit` items (default [`LIST_DEFAULT_LIMIT`], at most
+/// [`LIST_MAX_LIMIT`]) and about [`LIST_MAX_BYTES`] of keys and values (always at least one
+/// item); `more` says whether keys follow, and `next` is the `after` of the next page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListResponse {
-    /// The store's revision at the time of the read.
+    /// The store's revision at the time of the read (of this page).
     pub revision: u64,
-    /// Matching items in key order.
+    /// Matching items in key order (keys greater than `after`).
     pub items: Vec<KvItem>,
+    /// Whether more keys match after this page.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// When `more`: the last key of this page, to send as `after` for the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
+
+/// Items in a listing page when the request names no `limit`.
+pub const LIST_DEFAULT_LIMIT: usize = 1000;
+/// The largest `limit` a listing accepts (a larger one is a 400).
+pub const LIST_MAX_LIMIT: usize = 10_000;
+/// Bytes of keys and values after which a listing page ends (with `more`), whatever its limit.
+pub const LIST_MAX_BYTES: usize = 4 << 20;
 
 /// A value read with `GET /v1/kv/{key}` (raw body + `X-Revision`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +217,16 @@ pub struct ErrorBody {
     /// `true` when the request was certainly not applied, so a client may retry it elsewhere.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retryable: bool,
+    /// [`OUTCOME_UNKNOWN`] when the server cannot tell whether the request took effect (a
+    /// write that may have been committed although its answer is an error: the deadline
+    /// passed, Raft stopped after replicating it, the leader's answer was lost). The client
+    /// reads back before it decides; it never counts such a write as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
+
+/// The `outcome` of an answer whose request may or may not have taken effect.
+pub const OUTCOME_UNKNOWN: &str = "unknown";
 
 impl ErrorBody {
     /// A plain error.
@@ -210,7 +236,21 @@ impl ErrorBody {
             revision: None,
             leader: None,
             retryable: false,
+            outcome: None,
         }
+    }
+
+    /// An error whose request may or may not have taken effect (`"outcome":"unknown"`).
+    pub fn outcome_unknown(error: impl Into<String>) -> Self {
+        Self {
+            outcome: Some(OUTCOME_UNKNOWN.into()),
+            ..Self::new(error)
+        }
+    }
+
+    /// Whether the body says the outcome is unknown.
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.outcome.as_deref() == Some(OUTCOME_UNKNOWN)
     }
 }
 
@@ -322,5 +362,9 @@ mod tests {
     fn error_body_omits_empty_fields() {
         let s = serde_json::to_string(&ErrorBody::new("x")).unwrap();
         assert_eq!(s, r#"{"error":"x"}"#);
+        let s = serde_json::to_string(&ErrorBody::outcome_unknown("x")).unwrap();
+        assert_eq!(s, r#"{"error":"x","outcome":"unknown"}"#);
+        let b: ErrorBody = serde_json::from_str(&s).unwrap();
+        assert!(b.is_outcome_unknown() && !b.retryable);
     }
 }

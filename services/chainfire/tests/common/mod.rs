@@ -206,19 +206,25 @@ impl Node {
 
     /// Starts the process and waits for its `listening` line.
     pub fn start(&mut self, with_id: bool) {
+        self.spawn(with_id);
+        let p = self.proc.as_mut().expect("spawned");
+        p.wait_for_output("listening", Duration::from_secs(30))
+            .expect("server listening");
+    }
+
+    /// Starts the process without waiting for anything.
+    pub fn spawn(&mut self, with_id: bool) {
         self.starts += 1;
         let log = self
             .logs
             .join(format!("node{}-{}.log", self.id, self.starts));
-        let mut p = Process::start(
+        let p = Process::start(
             &format!("{}-{}", self.bin, self.id),
             &workspace_binary(self.bin),
             self.args(with_id),
             &log,
         )
         .expect("spawn server");
-        p.wait_for_output("listening", Duration::from_secs(30))
-            .expect("server listening");
         self.proc = Some(p);
     }
 
@@ -393,4 +399,192 @@ impl Call {
             self.what
         );
     }
+}
+
+/// What one write was told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Told {
+    /// Acknowledged: it must be there, whatever happens next.
+    Acked,
+    /// Certainly not applied (503 `"retryable"`, nobody reachable): it must not be there.
+    NotApplied,
+    /// The outcome is unknown (a timeout, a broken connection, `"outcome":"unknown"`): it may
+    /// be there or not.
+    Unknown,
+    /// Anything else: "failed". It must not be there (a client would believe it failed).
+    Failed(String),
+}
+
+/// One write of a [`Writers`] run: a unique key and value, what it was told and when.
+#[derive(Debug, Clone)]
+pub struct WriteRecord {
+    pub key: String,
+    pub value: String,
+    pub told: Told,
+    /// When it was sent and answered (since the run began).
+    pub sent: Duration,
+    pub answered: Duration,
+}
+
+/// Clients writing unique keys in a loop (`PREFIX/<writer>/<n>`), every answer recorded.
+pub struct Writers {
+    pub began: std::time::Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    records: std::sync::Arc<std::sync::Mutex<Vec<WriteRecord>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Starts `n` writers through `client`.
+    pub fn start(client: &StoreClient, n: usize, prefix: &str) -> Writers {
+        use std::sync::atomic::Ordering;
+        let began = std::time::Instant::now();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let records: std::sync::Arc<std::sync::Mutex<Vec<WriteRecord>>> = Default::default();
+        let tasks = (0..n)
+            .map(|w| {
+                let (c, stop, records) = (client.clone(), stop.clone(), records.clone());
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("{prefix}/{w}/{i:06}");
+                        let value = format!("v{w}-{i}");
+                        let sent = began.elapsed();
+                        let told = match c.put(&key, &value).await {
+                            Ok(_) => Told::Acked,
+                            Err(e) if e.is_retryable() => Told::NotApplied,
+                            Err(e) if e.is_outcome_unknown() => Told::Unknown,
+                            Err(e) => Told::Failed(e.to_string()),
+                        };
+                        let answered = began.elapsed();
+                        records.lock().expect("lock").push(WriteRecord {
+                            key,
+                            value,
+                            told,
+                            sent,
+                            answered,
+                        });
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Writers {
+            began,
+            stop,
+            records,
+            tasks,
+        }
+    }
+
+    /// Acknowledged writes so far.
+    pub fn acked(&self) -> usize {
+        self.records
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.told == Told::Acked)
+            .count()
+    }
+
+    /// Waits until `more` writes beyond those acknowledged now are acknowledged.
+    pub async fn wait_acked_more(&self, more: usize, deadline: Duration, what: &str) {
+        let want = self.acked() + more;
+        plasmacloud_testkit::wait_until_async(what, deadline, || async {
+            (self.acked() >= want).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The first acknowledgement sent at or after `t` (since the run began): how long writes
+    /// were unavailable after something happened at `t`.
+    pub fn first_ack_after(&self, t: Duration) -> Option<Duration> {
+        self.records
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.told == Told::Acked && r.sent >= t)
+            .map(|r| r.answered)
+            .min()
+            .map(|a| a - t)
+    }
+
+    /// Stops every writer and returns what they were told.
+    pub async fn stop(self) -> Vec<WriteRecord> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("writer");
+        }
+        let mut v = self.records.lock().expect("lock").clone();
+        v.sort_by_key(|r| r.sent);
+        v
+    }
+}
+
+/// What [`check_writes`] found.
+#[derive(Debug, Default)]
+pub struct WriteCheck {
+    pub acked: usize,
+    pub not_applied: usize,
+    pub unknown: usize,
+    /// Unknown outcomes that turned out applied.
+    pub unknown_applied: usize,
+    pub failed: usize,
+}
+
+/// Reads every key under `prefix` through `client` and checks the rules of [`Told`]: every
+/// acknowledged write is there with its value; nothing told "not applied" or "failed" is.
+pub async fn check_writes(
+    client: &StoreClient,
+    prefix: &str,
+    records: &[WriteRecord],
+) -> WriteCheck {
+    let mut have = std::collections::BTreeMap::new();
+    let mut pages = client.kv().list_pages(&format!("{prefix}/"));
+    while let Some(page) = pages.next().await.expect("list a page") {
+        for it in page.items {
+            have.insert(it.key, it.value);
+        }
+    }
+    let mut c = WriteCheck::default();
+    let mut wrong = Vec::new();
+    for r in records {
+        let present = have.get(&r.key) == Some(&r.value);
+        match &r.told {
+            Told::Acked => {
+                c.acked += 1;
+                if !present {
+                    wrong.push(format!("acknowledged write {} is missing", r.key));
+                }
+            }
+            Told::NotApplied => {
+                c.not_applied += 1;
+                if present {
+                    wrong.push(format!("{} was told 'not applied' but is there", r.key));
+                }
+            }
+            Told::Unknown => {
+                c.unknown += 1;
+                c.unknown_applied += usize::from(present);
+            }
+            Told::Failed(why) => {
+                c.failed += 1;
+                if present {
+                    wrong.push(format!(
+                        "{} was told it failed ({why}) but it was committed",
+                        r.key
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong answers, e.g. {:?} ({c:?})",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    c
 }

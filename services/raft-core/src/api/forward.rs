@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use openraft::ServerState;
 
-use super::handler::{err, retry, Req};
+use super::handler::{err, retry, unknown, Req};
 use crate::node::NodeState;
 use crate::proposer::WriteFail;
 use crate::types::{Command, CommandResult, StorageError};
@@ -23,6 +23,13 @@ enum Route {
 
 fn route(st: &NodeState, headers: &HeaderMap) -> Result<Route, Response> {
     let m = st.raft.metrics().borrow().clone();
+    if let Err(e) = &m.running_state {
+        // The process exits on this (see `node`); until it does, nothing runs here.
+        return Err(retry(
+            format!("raft stopped on node {} ({e}); ask another node", st.id),
+            None,
+        ));
+    }
     if m.membership_config.membership().nodes().count() == 0 {
         return Err(retry(
             format!(
@@ -75,18 +82,18 @@ async fn forward(st: &NodeState, api_addr: &str, r: &Req, timeout: Duration) -> 
             }
             match resp.bytes().await {
                 Ok(b) => (status, headers, b).into_response(),
-                Err(e) => err(
+                Err(e) => unknown(
                     StatusCode::BAD_GATEWAY,
                     format!("forwarding to leader {api_addr}: answer broke off (the outcome is unknown): {e}"),
                 ),
             }
         }
         Err(e) if e.is_connect() => retry(format!("leader {api_addr} unreachable: {e}"), None),
-        Err(e) if e.is_timeout() => err(
+        Err(e) if e.is_timeout() => unknown(
             StatusCode::GATEWAY_TIMEOUT,
             format!("forwarding to leader {api_addr}: no answer in time (the outcome is unknown)"),
         ),
-        Err(e) => err(
+        Err(e) => unknown(
             StatusCode::BAD_GATEWAY,
             format!("forwarding to leader {api_addr} failed (the outcome is unknown): {e}"),
         ),
@@ -123,11 +130,13 @@ pub(super) async fn write_at_leader(
             "leadership changed before the write was committed; it was not applied",
             leader,
         )),
-        Ok(Err(WriteFail::Failed(e))) => Err(err(
+        // Raft stopped (a storage error) or refused after the proposal: the entry may be on a
+        // majority already and committed by the next leader.
+        Ok(Err(WriteFail::Failed(e))) => Err(unknown(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("write failed: {e}"),
+            format!("write not confirmed: {e}; the outcome is unknown (read back before retrying)"),
         )),
-        Err(_) => Err(err(
+        Err(_) => Err(unknown(
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "write not committed within {:?} (no quorum?); the outcome is unknown",
@@ -153,9 +162,9 @@ pub(super) async fn ready_to_read(st: &NodeState, r: &Req) -> Result<(), Respons
             format!("cannot confirm leadership for a linearizable read: {e}"),
             None,
         )),
-        Err(_) => Err(err(
-            StatusCode::GATEWAY_TIMEOUT,
+        Err(_) => Err(retry(
             "linearizable read: leadership not confirmed in time (no quorum?)",
+            None,
         )),
     }
 }

@@ -1,5 +1,5 @@
 //! What every handler is made of: its state ([`St`]), its inputs ([`Req`]) and its answers
-//! (JSON errors, retryable 503s, 409 conflicts, the `X-Revision` header).
+//! (JSON errors, retryable 503s, unknown outcomes, 409 conflicts, the `X-Revision` header).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +63,13 @@ impl<S: Send + Sync> FromRequest<S> for Req {
 /// A JSON error.
 pub(super) fn err(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(ErrorBody::new(msg))).into_response()
+}
+
+/// An error whose request may or may not have taken effect (`"outcome":"unknown"`): a write
+/// that may have been committed must never be reported as failed. 504 when a deadline passed,
+/// 502 when the leader's answer was lost, 503 when Raft stopped under the request.
+pub(super) fn unknown(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(ErrorBody::outcome_unknown(msg))).into_response()
 }
 
 /// 503 with `"retryable": true`: the request was certainly not applied; try again (elsewhere).

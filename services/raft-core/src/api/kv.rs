@@ -1,6 +1,7 @@
 //! The revisioned key-value handlers: Chainfire's key space (`/v1/kv`, key space `""`) and
 //! FlareDB's namespaces (`/v1/ns/{ns}/kv`) share them, with compare-and-swap through
-//! `?prev_revision=N` / `?prev_exist=…` (409 on mismatch).
+//! `?prev_revision=N` / `?prev_exist=…` (409 on mismatch), and listings in pages
+//! (`?prefix=&limit=&after=`).
 
 use std::collections::HashMap;
 
@@ -11,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use plasmacloud_pki::listener::Caller;
 use plasmacloud_store_client::types::valid_namespace;
-use plasmacloud_store_client::{DeleteResponse, ListResponse, PutResponse};
+use plasmacloud_store_client::{
+    DeleteResponse, ListResponse, PutResponse, LIST_DEFAULT_LIMIT, LIST_MAX_BYTES, LIST_MAX_LIMIT,
+};
 use serde::Serialize;
 
 use super::forward::{read_blocking, ready_to_read, write_at_leader};
@@ -153,17 +156,48 @@ pub(super) async fn delete(State(st): State<St>, KvPath { ks, key }: KvPath, r: 
     })
 }
 
+/// `GET …?prefix=P[&limit=N][&after=K]`: one page of keys (see [`ListResponse`]); a listing
+/// without `limit` gets the default page, never everything.
 pub(super) async fn list(State(st): State<St>, KvPath { ks, .. }: KvPath, r: Req) -> Response {
     let prefix = r.query.get("prefix").cloned().unwrap_or_default();
+    let after = r.query.get("after").cloned();
+    let limit = match r.query.get("limit").map(|l| l.parse::<usize>()) {
+        None => LIST_DEFAULT_LIMIT,
+        Some(Ok(l)) if (1..=LIST_MAX_LIMIT).contains(&l) => l,
+        Some(_) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "limit must be 1..={LIST_MAX_LIMIT}; read further pages with after=<the answer's next>"
+                ),
+            )
+        }
+    };
     if let Err(resp) = ready_to_read(&st, &r).await {
         return resp;
     }
     let reader = st.reader.clone();
-    match read_blocking(move || reader.list(&ks, &prefix)).await {
-        Ok((revision, items)) => with_revision(
-            Json(ListResponse { revision, items }).into_response(),
-            revision,
-        ),
+    let res =
+        read_blocking(move || reader.list(&ks, &prefix, after.as_deref(), limit, LIST_MAX_BYTES))
+            .await;
+    match res {
+        Ok((revision, items, more)) => {
+            let next = if more {
+                items.last().map(|i| i.key.clone())
+            } else {
+                None
+            };
+            with_revision(
+                Json(ListResponse {
+                    revision,
+                    items,
+                    more,
+                    next,
+                })
+                .into_response(),
+                revision,
+            )
+        }
         Err(e) => e,
     }
 }

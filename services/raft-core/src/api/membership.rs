@@ -52,10 +52,10 @@ fn members_response(st: &NodeState) -> MembersResponse {
         })
         .collect();
     members.sort_by_key(|m| (m.role == MemberRole::Learner, m.id));
-    MembersResponse {
-        leader: m.current_leader,
-        members,
-    }
+    // A node whose Raft stopped knows no leader any more: openraft keeps the last one in its
+    // metrics, and a stopped leader would go on naming itself.
+    let leader = m.current_leader.filter(|_| m.running_state.is_ok());
+    MembersResponse { leader, members }
 }
 
 fn answer_members(st: &NodeState) -> Response {
