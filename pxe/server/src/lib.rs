@@ -8,8 +8,9 @@
 //! and the CA) through a per-boot URL. The node then makes its key and trades the token and a
 //! CSR for its certificate at the enrollment listener ([`enroll`], HTTPS). In full mode an
 //! IPv6 RA responder ([`ra`]) ends iPXE's wait for IPv6. Nodes report first-boot phases to the
-//! management listener ([`mgmt`], HTTPS), which also serves status and Prometheus metrics to
-//! operators.
+//! management listener ([`mgmt`], HTTPS), which also serves status, Prometheus metrics and a
+//! live rack page ([`rack_page`] over [`event_stream`]) to operators; every event is kept on
+//! disk ([`events`]) and read back on start.
 //!
 //! Wire formats live in the `pxe-protocol` crate (no sockets); this crate is the listeners,
 //! the lease store ([`leases`]), the boot-network rule ([`boot_access`] over [`neighbours`]),
@@ -21,9 +22,12 @@
 //! [`limits`] (connection and transfer caps, timeouts, rate limits: it imports nothing of the
 //! crate); [`config`] over [`bundle`] (a loaded, checked bundle and the bundles served),
 //! [`cluster_ca`] and [`leases`]; [`neighbours`], [`enroll_tokens`], [`cert_log`],
-//! [`enroll_initrd`]; [`state`] and [`paths`]; [`boot_access`]; [`reload`] (a new bundle on
+//! [`enroll_initrd`], [`events`] (the event log on disk) and [`rack_view`] (the rack built
+//! from events, no I/O); [`state`] and [`paths`]; [`boot_access`]; [`node_health`] (the
+//! nodes' `/health`, polled); [`reload`] (a new bundle on
 //! SIGHUP or a manifest change); [`http_serve`] (hyper with the bounds, and the TLS
-//! listeners' accept loop); the listeners [`dhcp`], [`ra`], [`mgmt`], [`enroll`],
+//! listeners' accept loop); [`event_stream`] (the rack as JSON and server-sent events) and
+//! [`rack_page`] (the page's embedded files); the listeners [`dhcp`], [`ra`], [`mgmt`], [`enroll`],
 //! [`http_conn`] (the boot plane's connection loop), then [`http`] (its router) and [`tftp`]
 //! (which binds its socket the way [`dhcp`] does); [`pki_commands`] beside them.
 //!
@@ -41,6 +45,7 @@ pub mod dhcp;
 pub mod enroll;
 pub mod enroll_initrd;
 pub mod enroll_tokens;
+pub mod event_stream;
 pub mod events;
 pub mod http;
 pub mod http_conn;
@@ -49,9 +54,11 @@ pub mod leases;
 pub mod limits;
 pub mod mgmt;
 pub mod neighbours;
+pub mod node_health;
 pub mod paths;
 pub mod pki_commands;
 pub mod ra;
+pub mod rack_page;
 pub mod rack_view;
 pub mod reload;
 pub mod state;
@@ -291,6 +298,7 @@ pub async fn serve(cfg: Config, bundle: Bundle) -> Result<(), ServerError> {
     }
     tokio::spawn(tftp::run(state.clone(), tftp_s));
     tokio::spawn(reload::watch(state.clone()));
+    tokio::spawn(node_health::watch(state.clone(), tls.clone()));
     let st = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(REVOCATION_REFRESH);

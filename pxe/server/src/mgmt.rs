@@ -1,5 +1,6 @@
 //! The management listener (HTTPS with pxe-server's certificate, its own address, never the
-//! boot plane): status, boot events, first-boot phase reports, and Prometheus metrics.
+//! boot plane): status, boot events, first-boot phase reports, Prometheus metrics, and the
+//! live rack page ([`crate::rack_page`], [`crate::event_stream`]).
 //!
 //! | route | body / answer | who |
 //! |---|---|---|
@@ -7,7 +8,10 @@
 //! | `GET /v1/status` | `{"cluster","cluster_id","mode","bundle":{"version","dir","loaded_at","files","retained"},"nodes":[{"name","mac","ipv4","dhcp_ip","last_event","bundle":{"version","at"}}],"unknown":[event…],"leases":[…]}` | loopback, or an operator certificate |
 //! | `GET /v1/events?since=SEQ` | `{"events":[event…],"next":SEQ}`: events with `seq > since` (default 0); poll again with `since=next` | loopback, or an operator certificate |
 //! | `GET /metrics` | Prometheus text format | loopback, or an operator certificate |
-//! | `POST /v1/nodes/{name}/events` | `{"phase":"chainfire-cluster-join","status":"started\|ok\|failed","detail":"…"}` (detail optional) → 202 with the stored event; 404 for a node not in the contract; 400 for a bad body | that node's certificate, or `Authorization: Bearer <enrollment token>` of a live token of that node |
+//! | `GET /`, `GET /rack`, `GET /assets/rack.{css,js}` | the rack page | loopback, or an operator certificate |
+//! | `GET /v1/rack` | the rack view: every contract node's row, the unknown MACs | loopback, or an operator certificate |
+//! | `GET /v1/events/stream?since=SEQ` | `text/event-stream`: `rack`, `boot`, `node`, `unknown` | loopback, or an operator certificate |
+//! | `POST /v1/nodes/{name}/events` | `{"phase":"chainfire-cluster-join","status":"started\|ok\|failed","detail":"…"}` (detail optional) → 202 with the stored event, once fsynced; 404 for a node not in the contract; 400 for a bad body | that node's certificate, or `Authorization: Bearer <enrollment token>` of a live token of that node |
 //!
 //! An event is `{"seq","at_ms","at","node","mac","ip","source":"server|node","phase","status","detail","bundle"}`
 //! (`bundle`: the bundle version a script, kernel or initrd came from, else null). A node's
@@ -41,6 +45,12 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .route("/v1/rack", get(crate::event_stream::rack))
+        .route("/v1/events/stream", get(crate::event_stream::stream))
+        .route("/", get(crate::rack_page::page))
+        .route("/rack", get(crate::rack_page::page))
+        .route("/assets/rack.css", get(crate::rack_page::css))
+        .route("/assets/rack.js", get(crate::rack_page::js))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             operator_or_loopback,
@@ -280,9 +290,10 @@ async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
             "text/plain; version=0.0.4",
         )],
         format!(
-            "{}{}# HELP pxe_lease_log_compactions_total Lease log compactions while serving.\n# TYPE pxe_lease_log_compactions_total counter\npxe_lease_log_compactions_total {}\n# HELP pxe_bundle_info The bundle being served (version: its manifest's sha256).\n# TYPE pxe_bundle_info gauge\npxe_bundle_info{{version=\"{}\"}} 1\n# HELP pxe_bundles_retained Replaced bundles still served to boots that began on them.\n# TYPE pxe_bundles_retained gauge\npxe_bundles_retained {}\n",
+            "{}{}{}# HELP pxe_lease_log_compactions_total Lease log compactions while serving.\n# TYPE pxe_lease_log_compactions_total counter\npxe_lease_log_compactions_total {}\n# HELP pxe_bundle_info The bundle being served (version: its manifest's sha256).\n# TYPE pxe_bundle_info gauge\npxe_bundle_info{{version=\"{}\"}} 1\n# HELP pxe_bundles_retained Replaced bundles still served to boots that began on them.\n# TYPE pxe_bundles_retained gauge\npxe_bundles_retained {}\n",
             state.metrics.render(),
             state.listeners.render(),
+            state.render_event_metrics(),
             lock(&state.leases).compactions(),
             state.bundles.current().version,
             state.bundles.retained().len()

@@ -6,7 +6,7 @@
 //!
 //! The rule, where a boot begins: at a boot-plane event of a PXE client — DHCP from PXE
 //! firmware or iPXE (a plain client's DHCP, the installed system's own, never begins one),
-//! TFTP, or the node's iPXE script served — once the node's current boot had reached its
+//! the first stage fetched (TFTP, or HTTP for UEFI HTTP boot), or the node's iPXE script served — once the node's current boot had reached its
 //! kernel; or at a phase report of a node that was cluster-ready and reports an earlier phase
 //! again (a machine that does not PXE-boot, rebooted). Refusals (`failed`) begin nothing: a
 //! third host asking for a node's script must not wipe the node's row.
@@ -35,7 +35,7 @@ pub const STAGES: &[Stage] = &[
     },
     Stage {
         name: "ipxe",
-        phases: &["tftp", "ipxe-script"],
+        phases: &["tftp", "http-boot", "ipxe-script"],
     },
     Stage {
         name: "kernel",
@@ -90,6 +90,7 @@ const KNOWN_PHASES: &[&str] = &[
     "dhcp",
     "unknown-mac",
     "tftp",
+    "http-boot",
     "ipxe-script",
     "kernel",
     "initrd",
@@ -111,15 +112,15 @@ pub fn stage_of(phase: &str) -> Option<usize> {
     STAGES.iter().position(|s| s.phases.contains(&phase))
 }
 
-/// Does `e` begin a boot (see the module's rule)? DHCP details name the client's
-/// architecture first, `plain` for a client that is neither PXE firmware nor iPXE
-/// (`dhcp.rs`: `offer IP (plain, …)`).
+/// Does `e` begin a boot (see the module's rule)? A DHCP event names the boot file it
+/// offered; a client that is neither PXE firmware nor iPXE gets `no boot file (not a PXE
+/// client)` (`dhcp.rs`).
 pub fn starts_boot(e: &BootEvent) -> bool {
     e.source == "server"
         && e.status != "failed"
         && match e.phase.as_str() {
-            "tftp" | "ipxe-script" => true,
-            "dhcp" => !e.detail.contains("(plain,") && !e.detail.contains("(plain)"),
+            "tftp" | "http-boot" | "ipxe-script" => true,
+            "dhcp" => !e.detail.contains("not a PXE client"),
             _ => false,
         }
 }
@@ -314,7 +315,8 @@ pub struct TimelineEntry {
     pub status: String,
     /// The detail.
     pub detail: String,
-    /// `server: dhcp ok`, `chainfire-join started`.
+    /// As the harnesses print it: `server: dhcp` (seen by pxe-server), `chainfire-join
+    /// started` (reported by the node).
     pub text: String,
 }
 
@@ -557,7 +559,7 @@ impl RackView {
                     text: if e.source == "node" {
                         format!("{} {}", e.phase, e.status)
                     } else {
-                        format!("server: {} {}", e.phase, e.status)
+                        format!("server: {}", e.phase)
                     },
                 };
                 prev = e.at_ms;
@@ -671,7 +673,7 @@ mod tests {
         assert_eq!(row.ready_seconds, Some(17.0));
         assert_eq!(row.bundle.as_ref().unwrap().version, "v1");
         assert_eq!(row.timeline.len(), evs.len());
-        assert_eq!(row.timeline[0].text, "server: dhcp started");
+        assert_eq!(row.timeline[0].text, "server: dhcp");
         assert_eq!(row.timeline[17].text, "cluster-ready ok");
         assert_eq!(row.timeline[17].t, 17.0);
         let states: Vec<&str> = row.stages.iter().map(|s| s.state).collect();

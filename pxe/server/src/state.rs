@@ -636,6 +636,200 @@ impl State {
         self.event_log.sync().await
     }
 
+    /// The Prometheus rows of the events, their log, the live stream and the rack view.
+    pub fn render_event_metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let bundle = self.bundles.current();
+        let rec = lock(&self.events);
+        let view = &rec.view;
+        head(&mut out, "pxe_events_total", "counter", "Boot events recorded since start, by phase (a node's own phase names outside the known ones: other) and status.");
+        for ((phase, status), n) in &view.counts {
+            let _ = writeln!(
+                out,
+                "pxe_events_total{{phase=\"{phase}\",status=\"{status}\"}} {n}"
+            );
+        }
+        head(
+            &mut out,
+            "pxe_nodes_at_stage",
+            "gauge",
+            "Contract nodes by the stage their current boot has reached (none: no event yet).",
+        );
+        let mut at_stage: Vec<(&str, u64)> = crate::rack_view::STAGES
+            .iter()
+            .map(|s| (s.name, 0))
+            .chain([("none", 0)])
+            .collect();
+        let mut ready = Vec::new();
+        for n in &bundle.contract.nodes {
+            let t = view.node(&n.name);
+            let stage = t.and_then(|t| t.stage()).unwrap_or("none");
+            if let Some(c) = at_stage.iter_mut().find(|(s, _)| *s == stage) {
+                c.1 += 1;
+            }
+            if let Some(t) = t {
+                if let Some(r) = t.ready_at_ms {
+                    ready.push((n.name.clone(), r.saturating_sub(t.boot_started_ms)));
+                }
+            }
+        }
+        for (stage, n) in at_stage {
+            let _ = writeln!(out, "pxe_nodes_at_stage{{stage=\"{stage}\"}} {n}");
+        }
+        head(&mut out, "pxe_node_boot_seconds", "gauge", "Seconds from the first event of a node's current boot to its cluster-ready report (nodes that got there).");
+        for (node, ms) in ready {
+            let _ = writeln!(
+                out,
+                "pxe_node_boot_seconds{{node=\"{node}\"}} {:.3}",
+                ms as f64 / 1000.0
+            );
+        }
+        head(
+            &mut out,
+            "pxe_node_service_up",
+            "gauge",
+            "1 when pxe-server's last health poll found the node's service healthy, else 0.",
+        );
+        let mut leaders = Vec::new();
+        for n in &bundle.contract.nodes {
+            if let Some(h) = view.node(&n.name).and_then(|t| t.health.as_ref()) {
+                for s in &h.services {
+                    let _ = writeln!(
+                        out,
+                        "pxe_node_service_up{{node=\"{}\",service=\"{}\"}} {}",
+                        n.name,
+                        s.service,
+                        u8::from(s.result == "ok")
+                    );
+                    if s.role.is_some() {
+                        leaders.push((
+                            n.name.clone(),
+                            s.service.clone(),
+                            s.role.as_deref() == Some("leader"),
+                        ));
+                    }
+                }
+            }
+        }
+        head(
+            &mut out,
+            "pxe_node_raft_leader",
+            "gauge",
+            "1 when the node's last health poll reported it the Raft leader of the store, else 0.",
+        );
+        for (node, store, leader) in leaders {
+            let _ = writeln!(
+                out,
+                "pxe_node_raft_leader{{node=\"{node}\",store=\"{store}\"}} {}",
+                u8::from(leader)
+            );
+        }
+        head(
+            &mut out,
+            "pxe_node_health_polls_total",
+            "counter",
+            "Health polls of the nodes' services by result (ok, unhealthy, unreachable).",
+        );
+        for ((service, result), n) in &view.polls {
+            let _ = writeln!(
+                out,
+                "pxe_node_health_polls_total{{service=\"{service}\",result=\"{result}\"}} {n}"
+            );
+        }
+        head(
+            &mut out,
+            "pxe_unknown_macs",
+            "gauge",
+            "MACs not in the contract seen (the most recent 256).",
+        );
+        let _ = writeln!(out, "pxe_unknown_macs {}", view.unknown().len());
+        drop(rec);
+        let l = &self.event_log.stats;
+        for (name, kind, help, v) in [
+            (
+                "pxe_event_log_bytes",
+                "gauge",
+                "Bytes in the event log's files.",
+                g(&l.bytes),
+            ),
+            (
+                "pxe_event_log_files",
+                "gauge",
+                "Files of the event log.",
+                g(&l.files),
+            ),
+            (
+                "pxe_event_log_written_total",
+                "counter",
+                "Events written to the log since start.",
+                g(&l.written),
+            ),
+            (
+                "pxe_event_log_fsyncs_total",
+                "counter",
+                "fsyncs of the event log since start.",
+                g(&l.fsyncs),
+            ),
+            (
+                "pxe_event_log_rotations_total",
+                "counter",
+                "Rotations of the event log since start.",
+                g(&l.rotations),
+            ),
+            (
+                "pxe_event_log_errors_total",
+                "counter",
+                "Failed writes, fsyncs and rotations of the event log.",
+                g(&l.errors),
+            ),
+            (
+                "pxe_event_log_reloaded",
+                "gauge",
+                "Events read back from the log at start.",
+                g(&l.reloaded),
+            ),
+            (
+                "pxe_event_log_skipped_lines",
+                "gauge",
+                "Lines of the log skipped at start (a torn last line, unreadable lines).",
+                g(&l.skipped),
+            ),
+            (
+                "pxe_event_stream_subscribers",
+                "gauge",
+                "Live event streams open now (rack pages and other subscribers).",
+                g(&self.stream_stats.subscribers),
+            ),
+            (
+                "pxe_event_stream_lagged_total",
+                "counter",
+                "Times a subscriber fell behind and was sent a new snapshot.",
+                g(&self.stream_stats.lagged),
+            ),
+        ] {
+            head(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        head(
+            &mut out,
+            "pxe_event_stream_subscriptions_total",
+            "counter",
+            "Live event stream subscriptions by result (refused: over the cap).",
+        );
+        let _ = writeln!(
+            out,
+            "pxe_event_stream_subscriptions_total{{result=\"ok\"}} {}\npxe_event_stream_subscriptions_total{{result=\"refused\"}} {}",
+            g(&self.stream_stats.opened),
+            g(&self.stream_stats.refused)
+        );
+        out
+    }
+
     /// Events with `seq > since`.
     pub fn events_since(&self, since: u64) -> Vec<BootEvent> {
         lock(&self.events)
