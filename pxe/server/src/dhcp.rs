@@ -3,6 +3,11 @@
 //! tokio runtime; OFFERs are written but not synced, see [`crate::leases`]): UDP 67 in both
 //! modes, plus UDP 4011 in proxy mode.
 //!
+//! Packets are taken in batches: the first one waited for, then whatever else the socket
+//! already holds, up to [`BATCH`]; every ACK of a batch is recorded, the lease log is synced
+//! once, and only then are the batch's replies sent (a group commit: the rule "synced before
+//! the ACK" holds for each, and a rack powering on at once pays one sync per batch).
+//!
 //! Each MAC may send [`MAC_BURST`] packets at once and [`MAC_PER_SEC`] a second after that;
 //! the rest are dropped unanswered before any work is done for them (counted in
 //! `pxe_dhcp_rate_limited_total`, one log line per 5 s), so one MAC flooding DISCOVERs cannot
@@ -48,7 +53,9 @@ pub const MAC_BURST: u32 = 10;
 /// Packets one MAC may send per second after its burst.
 pub const MAC_PER_SEC: f64 = 2.0;
 /// MACs the rate limiter remembers (idle ones are forgotten first).
-pub const MAC_TABLE: usize = 8192;
+pub const MAC_TABLE: usize = 16384;
+/// Most packets handled between two lease-log syncs (and before their replies go out).
+pub const BATCH: usize = 64;
 
 /// Binds a UDP socket on `port` of the boot interface (SO_BINDTODEVICE, broadcast allowed).
 pub fn bind_udp(state: &State, port: u16, what: &str) -> Result<UdpSocket, ServerError> {
@@ -70,25 +77,74 @@ pub fn bind_udp(state: &State, port: u16, what: &str) -> Result<UdpSocket, Serve
     Ok(s.into())
 }
 
-/// Runs one DHCP socket forever (on the calling thread).
+/// Runs one DHCP socket forever (on the calling thread), a batch at a time (module docs).
 pub fn run(state: Arc<State>, sock: UdpSocket, port: u16) {
     let mut buf = vec![0u8; 4096];
     let mut per_mac = RateLimiter::new(MAC_BURST, MAC_PER_SEC, MAC_TABLE);
     let flood_log = RefusalLog::default();
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     loop {
-        let (n, from) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
+        // The first packet of a batch: wait for it.
+        if let Err(e) = sock.set_nonblocking(false) {
+            warn!(error = %e, port, "cannot make the DHCP socket blocking");
+        }
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let reply = answer(&state, &buf[..n], from, port, &mut per_mac, &flood_log);
+                replies.extend(reply);
+            }
             Err(e) => {
                 warn!(error = %e, port, "DHCP receive failed");
                 continue;
             }
-        };
-        let req = match parse_request(&buf[..n]) {
+        }
+        // Whatever else is queued already, up to a batch.
+        let _ = sock.set_nonblocking(true);
+        for _ in 1..BATCH {
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let reply = answer(&state, &buf[..n], from, port, &mut per_mac, &flood_log);
+                    replies.extend(reply);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    warn!(error = %e, port, "DHCP receive failed");
+                    break;
+                }
+            }
+        }
+        // One fdatasync for every ACK of the batch, before any of them goes out.
+        if let Err(e) = lock(&state.leases).sync_batch() {
+            warn!(error = %e, dropped = replies.len(), "cannot sync the lease log; this batch's replies are not sent");
+            Metrics::inc(&state.metrics.dhcp_errors);
+            replies.clear();
+        }
+        for (bytes, dest) in replies.drain(..) {
+            if let Err(e) = sock.send_to(&bytes, dest) {
+                warn!(%dest, error = %e, "DHCP send failed");
+                Metrics::inc(&state.metrics.dhcp_errors);
+            }
+        }
+    }
+}
+
+/// Parses one packet, applies the per-MAC rate limit, and answers it (the reply and where to
+/// send it); a bound lease it records waits for the batch's sync.
+fn answer(
+    state: &State,
+    packet: &[u8],
+    from: SocketAddr,
+    port: u16,
+    per_mac: &mut RateLimiter<[u8; 6]>,
+    flood_log: &RefusalLog,
+) -> Option<(Vec<u8>, SocketAddr)> {
+    {
+        let req = match parse_request(packet) {
             Ok(r) => r,
             Err(e) => {
                 Metrics::inc(&state.metrics.dhcp_errors);
                 debug!(%from, error = %e, "dropped DHCP packet");
-                continue;
+                return None;
             }
         };
         if !per_mac.allow(&req.mac, std::time::Instant::now()) {
@@ -102,19 +158,13 @@ pub fn run(state: Arc<State>, sock: UdpSocket, port: u16) {
                     req.mac_string()
                 )
             });
-            continue;
+            return None;
         }
         let span = info_span!("dhcp", xid = format_args!("{:#010x}", req.xid), mac = %req.mac_string(), port);
         let _g = span.enter();
-        let reply = match state.config.mode {
-            Mode::Full => handle_full(&state, &req),
-            Mode::Proxy => handle_proxy(&state, &req, port, from),
-        };
-        if let Some((bytes, dest)) = reply {
-            if let Err(e) = sock.send_to(&bytes, dest) {
-                warn!(%dest, error = %e, "DHCP send failed");
-                Metrics::inc(&state.metrics.dhcp_errors);
-            }
+        match state.config.mode {
+            Mode::Full => handle_full(state, &req),
+            Mode::Proxy => handle_proxy(state, &req, port, from),
         }
     }
 }
@@ -364,7 +414,8 @@ fn handle_full(state: &State, req: &DhcpRequest) -> Option<(Vec<u8>, SocketAddr)
                 state: LeaseState::Bound,
                 node: node_name.clone(),
             };
-            if let Err(e) = lock(&state.leases).record(lease) {
+            // Synced with the rest of the batch before this ACK is sent (`run`).
+            if let Err(e) = lock(&state.leases).record_batched(lease) {
                 warn!(error = %e, "cannot bind the lease");
                 Metrics::inc(&state.metrics.dhcp_errors);
                 return None;

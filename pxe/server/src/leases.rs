@@ -8,6 +8,11 @@
 //! the client's REQUEST for it is checked against the store again (and NAKed if the address
 //! went to someone else meanwhile), and no ACK ever rests on an unsynced line.
 //!
+//! A batch of ACKs may share one `fdatasync` ([`LeaseStore::record_batched`], then
+//! [`LeaseStore::sync_batch`] before any of them is sent): the DHCP listener records every
+//! REQUEST that arrived together, syncs once, then sends their ACKs, so the rule holds and a
+//! burst of clients costs one sync per batch instead of one per client.
+//!
 //! The log is compacted (the current view written to `leases.log.tmp`, synced, renamed over
 //! the log, the directory synced) on open and, while serving, whenever it holds more than
 //! [`COMPACT_MIN_LINES`] lines and four times as many lines as leases; a crash at any point of
@@ -75,6 +80,11 @@ pub struct LeaseStore {
     written: u64,
     synced: u64,
     compactions: u64,
+    /// A bound or released line written by [`Self::record_batched`] waits for its sync.
+    batch_pending: bool,
+    /// Per pool range, where the search for a never-used address starts (see
+    /// [`Self::pick_pool_address`]); forgotten whenever an address leaves `by_ip`.
+    pool_hints: std::cell::RefCell<HashMap<(u32, u32), u32>>,
 }
 
 /// Seconds since the epoch.
@@ -144,6 +154,8 @@ impl LeaseStore {
             written: 0,
             synced: 0,
             compactions: 0,
+            batch_pending: false,
+            pool_hints: std::cell::RefCell::new(HashMap::new()),
         };
         store.compact()?;
         store.compactions = 0;
@@ -167,6 +179,7 @@ impl LeaseStore {
             l.node.is_some() || !(superseded || forgotten)
         });
         self.by_ip = index_by_ip(&self.by_mac);
+        self.pool_hints.borrow_mut().clear();
         let tmp = self.dir.join(format!("{LEASE_LOG}.tmp"));
         let mut bytes = 0u64;
         {
@@ -195,6 +208,7 @@ impl LeaseStore {
         self.lines = self.by_mac.len();
         self.written = bytes;
         self.synced = bytes;
+        self.batch_pending = false;
         self.compactions += 1;
         if before > 0 {
             tracing::info!(
@@ -240,6 +254,9 @@ impl LeaseStore {
         now: u64,
     ) -> Option<Ipv4Addr> {
         let (first, last) = (u32::from(range.0), u32::from(range.1));
+        if first > last {
+            return None;
+        }
         if let Some(l) = self.by_mac.get(mac) {
             let ip = u32::from(l.ip);
             if (first..=last).contains(&ip)
@@ -249,7 +266,31 @@ impl LeaseStore {
                 return Some(l.ip);
             }
         }
-        // Never-used addresses first, then lapsed ones (oldest first).
+        // Never-used addresses first, from where the last search left off: every address
+        // before the hint has a holder in `by_ip` (or was reserved), and a removal from
+        // `by_ip` forgets the hints, so a burst of new clients does not rescan the pool.
+        let hint = self
+            .pool_hints
+            .borrow()
+            .get(&(first, last))
+            .copied()
+            .unwrap_or(first)
+            .clamp(first, last);
+        for n in hint..=last {
+            let ip = Ipv4Addr::from(n);
+            if reserved(ip) {
+                continue;
+            }
+            match self.by_ip.get(&ip).and_then(|m| self.by_mac.get(m)) {
+                None => {
+                    self.pool_hints.borrow_mut().insert((first, last), n);
+                    return Some(ip);
+                }
+                Some(l) if l.ip != ip || l.state == LeaseState::Released => return Some(ip),
+                Some(_) => {}
+            }
+        }
+        // Then lapsed ones, oldest first.
         let mut lapsed: Option<(u64, Ipv4Addr)> = None;
         for n in first..=last {
             let ip = Ipv4Addr::from(n);
@@ -273,6 +314,35 @@ impl LeaseStore {
     /// Records a lease: a bound or released one synced before this returns, an offered one
     /// only written (see the module's rule). Refuses to give an address another MAC holds.
     pub fn record(&mut self, lease: Lease) -> Result<(), ServerError> {
+        self.record_with(lease, true)
+    }
+
+    /// [`Self::record`], but a bound or released lease is only written: it is durable once
+    /// [`Self::sync_batch`] returns, and the caller sends no ACK resting on it before that.
+    pub fn record_batched(&mut self, lease: Lease) -> Result<(), ServerError> {
+        self.record_with(lease, false)
+    }
+
+    /// Syncs what [`Self::record_batched`] wrote (one `fdatasync` for the batch), then
+    /// compacts the log if it grew past its bound. A no-op when nothing is waiting.
+    pub fn sync_batch(&mut self) -> Result<(), ServerError> {
+        if !self.batch_pending {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| ServerError::State {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        self.log.sync_data().map_err(io)?;
+        self.synced = self.written;
+        self.batch_pending = false;
+        if self.lines > self.compact_min_lines && self.lines > 4 * self.by_mac.len() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn record_with(&mut self, lease: Lease, sync_now: bool) -> Result<(), ServerError> {
         let now = now_unix();
         if lease.state != LeaseState::Released {
             if let Some(h) = self.holder(lease.ip, now) {
@@ -295,22 +365,28 @@ impl LeaseStore {
         self.written += line.len() as u64;
         self.lines += 1;
         if lease.state != LeaseState::Offered {
-            self.log.sync_data().map_err(io)?;
-            self.synced = self.written;
+            if sync_now {
+                self.log.sync_data().map_err(io)?;
+                self.synced = self.written;
+            } else {
+                self.batch_pending = true;
+            }
         }
         if let Some(old) = self.by_mac.get(&lease.mac) {
             if old.ip != lease.ip && self.by_ip.get(&old.ip) == Some(&lease.mac) {
                 self.by_ip.remove(&old.ip);
+                self.pool_hints.borrow_mut().clear();
             }
         }
         if lease.state == LeaseState::Released {
             if self.by_ip.get(&lease.ip) == Some(&lease.mac) {
                 self.by_ip.remove(&lease.ip);
+                self.pool_hints.borrow_mut().clear();
             }
         } else {
             self.by_ip.insert(lease.ip, lease.mac.clone());
         }
-        let durable = lease.state != LeaseState::Offered;
+        let durable = lease.state != LeaseState::Offered && sync_now;
         self.by_mac.insert(lease.mac.clone(), lease);
         if durable && self.lines > self.compact_min_lines && self.lines > 4 * self.by_mac.len() {
             // Only after a synced line: an offer never triggers the fsyncs of a compaction.
@@ -373,6 +449,33 @@ mod tests {
             .open(dir.join(LEASE_LOG))
             .expect("log");
         f.set_len(synced).expect("truncate");
+    }
+
+    #[test]
+    fn a_batch_is_durable_once_synced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = LeaseStore::open(dir.path()).expect("open");
+        s.record_batched(lease("a", [10, 0, 0, 10], LeaseState::Bound))
+            .expect("a");
+        s.record_batched(lease("b", [10, 0, 0, 11], LeaseState::Bound))
+            .expect("b");
+        assert!(
+            s.record_batched(lease("c", [10, 0, 0, 11], LeaseState::Bound))
+                .is_err(),
+            "a batch still refuses an address another MAC holds"
+        );
+        s.sync_batch().expect("sync");
+        power_cut(dir.path(), s);
+        let s = LeaseStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.get("a").map(|l| l.ip), Some(Ipv4Addr::new(10, 0, 0, 10)));
+        assert_eq!(s.get("b").map(|l| l.ip), Some(Ipv4Addr::new(10, 0, 0, 11)));
+        // Unsynced, a batch's lines may be lost: nothing was sent on them.
+        let mut s = s;
+        s.record_batched(lease("d", [10, 0, 0, 12], LeaseState::Bound))
+            .expect("d");
+        power_cut(dir.path(), s);
+        let s = LeaseStore::open(dir.path()).expect("reopen");
+        assert!(s.get("d").is_none());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! The rule (RFC 2131 §4.3.1, RFC 3046): a request whose `giaddr` is 0.0.0.0 came from the
 //! boot interface's own segment; a request with a `giaddr` was relayed, and is for the subnet
-//! that holds `giaddr` (the relay's address on the client's segment). A relayed request for a
+//! that holds `giaddr` (the relay's address on the client's segment; a `giaddr` on the boot
+//! interface's own subnet names that subnet). A relayed request for a
 //! subnet that no `--subnet` declares is not answered: we cannot know its mask or router, and
 //! an address from another subnet would not route.
 //!
@@ -219,7 +220,8 @@ impl Subnets {
     /// The subnet a request with this `giaddr` is for (`None`: relayed from a subnet nobody
     /// declared).
     pub fn for_giaddr(&self, giaddr: Ipv4Addr) -> Option<&Subnet> {
-        if giaddr.is_unspecified() {
+        // A relay on our own segment (or a load generator acting as one) names our subnet.
+        if giaddr.is_unspecified() || self.local.cidr.contains(giaddr) {
             return Some(&self.local);
         }
         self.relayed.iter().find(|s| s.cidr.contains(giaddr))
@@ -295,6 +297,11 @@ mod tests {
         );
         assert_eq!(set.for_giaddr(ip("10.98.2.1")), Some(&b));
         assert_eq!(set.for_giaddr(ip("10.97.0.1")), None);
+        assert!(
+            !set.for_giaddr(ip("10.99.0.7"))
+                .expect("on our segment")
+                .relayed
+        );
         assert_eq!(set.holding(ip("10.98.1.12")), Some(&a));
         let overlapping = parse_subnet("10.98.0.0/16").expect("wide");
         assert!(Subnets::new(set.local.clone(), vec![a, overlapping])

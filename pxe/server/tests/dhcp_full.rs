@@ -276,3 +276,63 @@ fn unknown_macs_are_ignored_under_the_ignore_policy() {
     );
     drop(rack);
 }
+
+/// A burst of 500 distinct clients at once (`pxe/bench/dhcp_burst.py`): every one is ACKed
+/// with an address of its own, and after a SIGKILL of the server the lease log holds every
+/// ACKed lease (the batched DHCP loop syncs a batch's leases before any of its ACKs goes out).
+#[test]
+fn a_burst_of_clients_all_get_leases_that_survive_a_sigkill() {
+    if !require(
+        "a_burst_of_clients_all_get_leases_that_survive_a_sigkill",
+        &[Need::Root, Need::Tool("python3")],
+    ) {
+        return;
+    }
+    let n = 500;
+    let fx = fixture();
+    let d = fx.d.as_path();
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/16");
+    let burst_ns = attach_client(&mut rack, "burst", "52:54:00:ff:00:0a", None);
+    let state = d.join("state");
+    let args = fx.server_args(
+        "full",
+        &state,
+        &["--dhcp-range", "10.77.1.0-10.77.2.255", "--ipv6-ra", "off"],
+    );
+    let mut server = start_server(&srv, &args, &d.join("server.log"));
+    let py = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/dhcp_burst.py");
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &burst_ns,
+        "python3",
+        py.to_str().unwrap(),
+        "cli0",
+        &n.to_string(),
+    ]);
+    let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(got["acked"], n, "{got}");
+    assert_eq!(got["unique_addresses"], n, "{got}");
+    server.proc.kill(); // SIGKILL: no shutdown path runs
+
+    // The last line of each burst MAC (dhcp_burst.py's MACs are 52:54:01:…).
+    let log = std::fs::read_to_string(state.join("leases.log")).unwrap();
+    let mut last = std::collections::HashMap::new();
+    for line in log.lines() {
+        let Ok(l) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let mac = l["mac"].as_str().unwrap_or_default().to_ascii_lowercase();
+        if mac.starts_with("52:54:01") {
+            last.insert(mac, l);
+        }
+    }
+    let bound: Vec<&serde_json::Value> = last.values().filter(|l| l["state"] == "bound").collect();
+    assert_eq!(bound.len(), n, "every ACKed lease is in the log");
+    let ips: std::collections::HashSet<&str> =
+        bound.iter().filter_map(|l| l["ip"].as_str()).collect();
+    assert_eq!(ips.len(), n, "no address is held twice");
+    drop(rack);
+}
