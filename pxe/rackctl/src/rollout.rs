@@ -227,14 +227,23 @@ pub async fn reboot_wave(
                         format!("its reboot failed: {}", state.detail),
                     )))
                 }
-                RequestState::Requested | RequestState::Rebooting => {
+                RequestState::Requested => {
+                    last.insert(
+                        n.name.clone(),
+                        if state.detail.is_empty() {
+                            "its agent has not taken the request (is reboot-agent.service running there?)".into()
+                        } else {
+                            format!("requested, {}", state.detail)
+                        },
+                    );
+                    continue;
+                }
+                RequestState::Rebooting => {
                     last.insert(
                         n.name.clone(),
                         format!(
-                            "{}{}{}",
-                            state.state.as_str(),
-                            if state.detail.is_empty() { "" } else { ": " },
-                            state.detail
+                            "it went down to reboot {:.0} s ago and has not come back healthy",
+                            reboots::now_ms().saturating_sub(state.updated_at_ms) as f64 / 1000.0
                         ),
                     );
                     continue;

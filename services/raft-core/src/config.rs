@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub heartbeat_ms: Option<u64>,
     /// Server-side deadline of one request, ms.
     pub request_timeout_ms: Option<u64>,
+    /// How long a stopping leader may spend handing its leadership over, ms (0: never).
+    pub shutdown_handover_ms: Option<u64>,
     /// FlareDB only: Chainfire endpoints, comma-separated.
     pub chainfire: Option<String>,
     /// `--dev-plaintext`: no TLS, loopback addresses only (a flag, never a file key).
@@ -77,6 +79,7 @@ impl FileConfig {
             snapshot_logs,
             heartbeat_ms,
             request_timeout_ms,
+            shutdown_handover_ms,
             chainfire,
             dev_plaintext
         )
@@ -124,6 +127,9 @@ impl FileConfig {
                 ));
             }
             cfg.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.shutdown_handover_ms {
+            cfg.shutdown_handover = Duration::from_millis(ms);
         }
         cfg.validate()?;
         Ok(cfg)

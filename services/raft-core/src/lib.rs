@@ -13,6 +13,8 @@
 //!   re-read every two seconds.
 //! - [`proposer`]: client writes, batched into single entries while earlier ones are in
 //!   flight (one fsync and one replicated entry for many concurrent writes).
+//! - [`handover`]: a leader hands its leadership to the most caught-up voter before it stops
+//!   (SIGTERM) or when asked (`POST /v1/cluster/leader`).
 //! - [`durability`]: the leader syncs its own log beside replication; applying an entry and
 //!   telling followers it is committed wait for that sync.
 //! - [`node`]: starting a node (data directory, listeners, Raft, TLS, sd-notify, role logging);
@@ -59,6 +61,7 @@ pub mod datadir;
 pub mod db;
 pub mod durability;
 pub mod error;
+pub mod handover;
 pub mod log_store;
 pub mod network;
 pub mod node;

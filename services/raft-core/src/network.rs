@@ -6,7 +6,12 @@
 //! sender believes it has (`x-target-id`, `x-target-incarnation`); a node refuses (409) traffic
 //! meant for another id or another incarnation, so a node whose data directory was wiped never
 //! receives log entries meant for its predecessor. `GET /raft/identity` tells a prospective
-//! leader who is listening (service, id, incarnation, whether initialised).
+//! leader who is listening (service, id, incarnation, whether initialised). `POST /raft/elect`
+//! asks a voter to campaign at once (a leader handing its leadership over: see
+//! [`crate::handover`]).
+//!
+//! A node notes when it last heard from a leader ([`LeaderContact`], every append that does
+//! not carry a stale vote), so it can refuse to forward to a leader that has gone silent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,6 +233,42 @@ impl RaftNetwork<TypeConfig> for HttpConn {
     }
 }
 
+/// When this node last heard from a leader (an append or heartbeat it did not refuse).
+#[derive(Debug)]
+pub struct LeaderContact {
+    /// Milliseconds since `epoch` + 1 (0: never).
+    at: std::sync::atomic::AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        Self {
+            at: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+}
+
+impl LeaderContact {
+    /// A leader was heard from now.
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.at.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago a leader was last heard from (`None`: never, since this process began).
+    pub fn silent_for(&self) -> Option<Duration> {
+        match self.at.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            at => {
+                let now = self.epoch.elapsed().as_millis() as u64 + 1;
+                Some(Duration::from_millis(now.saturating_sub(at)))
+            }
+        }
+    }
+}
+
 /// What the Raft routes need.
 #[derive(Clone)]
 pub struct RaftRpcState {
@@ -235,6 +276,8 @@ pub struct RaftRpcState {
     pub raft: Raft,
     /// This node's identity.
     pub identity: Arc<Identity>,
+    /// When a leader was last heard from (shared with the API's forwarding).
+    pub contact: Arc<LeaderContact>,
 }
 
 fn check_target(st: &RaftRpcState, headers: &HeaderMap) -> Result<(), Response> {
@@ -264,7 +307,11 @@ async fn append(
     if let Err(r) = check_target(&st, &headers) {
         return r;
     }
-    Json(st.raft.append_entries(req).await).into_response()
+    let res = st.raft.append_entries(req).await;
+    if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+        st.contact.touch();
+    }
+    Json(res).into_response()
 }
 
 async fn vote(
@@ -289,6 +336,29 @@ async fn snapshot(
     Json(st.raft.install_snapshot(req).await).into_response()
 }
 
+/// `POST /raft/elect`: campaign now (the leader asks, to hand its leadership over). Answers
+/// once the election is started, not won.
+async fn elect(State(st): State<RaftRpcState>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_target(&st, &headers) {
+        return r;
+    }
+    if st.raft.metrics().borrow().state == openraft::ServerState::Leader {
+        // A repeated request that crossed this node's election: nothing to do.
+        return Json(serde_json::json!({"electing": false, "leader": true})).into_response();
+    }
+    match st.raft.trigger().elect().await {
+        Ok(()) => {
+            tracing::info!("asked to campaign by the leader handing over; election started");
+            Json(serde_json::json!({"electing": true})).into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("raft stopped: {e}"),
+        )
+            .into_response(),
+    }
+}
+
 async fn identity(State(st): State<RaftRpcState>) -> Json<Identity> {
     let mut id = (*st.identity).clone();
     id.initialized = st.raft.is_initialized().await.unwrap_or(false);
@@ -302,8 +372,37 @@ pub fn raft_router(st: RaftRpcState) -> Router {
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/identity", get(identity))
+        .route("/raft/elect", post(elect))
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .with_state(st)
+}
+
+/// Asks voter `target` (at `node`) to campaign now (`POST /raft/elect`).
+pub async fn request_election(
+    http: &reqwest::Client,
+    scheme: &str,
+    target: NodeId,
+    node: &NodeInfo,
+    timeout: Duration,
+) -> Result<(), String> {
+    let url = format!("{scheme}://{}/raft/elect", node.raft_addr);
+    let resp = http
+        .post(&url)
+        .header(HDR_TARGET_ID, target.to_string())
+        .header(HDR_TARGET_INCARNATION, &node.incarnation)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        let status = resp.status();
+        Err(format!(
+            "{url} answered {status}: {}",
+            resp.text().await.unwrap_or_default()
+        ))
+    }
 }
 
 /// Asks the node at `raft_addr` who it is.

@@ -41,13 +41,31 @@ pub struct NodeConfig {
     pub dev_plaintext: bool,
     /// Build a snapshot (and purge the log behind it) every this many entries.
     pub snapshot_logs: u64,
-    /// Raft heartbeat interval, ms; elections time out after 10–20 heartbeats (etcd's advice:
-    /// about ten round trips), so a node that stalls for a few heartbeats (a busy or
-    /// emulated CPU) does not start an election.
+    /// Raft heartbeat interval, ms; see [`ELECTION_MIN_HEARTBEATS`] for the election timing
+    /// that follows from it.
     pub heartbeat_ms: u64,
     /// Deadline of one client request inside the server (writes, reads, forwarding).
     pub request_timeout: Duration,
+    /// How long a leader stopping on SIGTERM may spend handing its leadership over
+    /// ([`crate::handover`]); zero: it stops without.
+    pub shutdown_handover: Duration,
 }
+
+/// Default deadline of the handover at shutdown.
+pub const DEFAULT_SHUTDOWN_HANDOVER: Duration = Duration::from_secs(5);
+
+/// An election timeout is at least this many heartbeats.
+///
+/// How long a cluster goes without a leader after its leader fails (a crash, a cut) follows
+/// from it: openraft 0.9 lets a follower campaign only once the leader's lease
+/// (`election_timeout_max`) *and* its own election timeout (random in min..max) have passed
+/// since the last append, so with a 100 ms heartbeat (5–10 heartbeats) a follower campaigns
+/// 1.5–2.0 s after the last append (it was 3–4 s with 10–20), and the writes that failed over
+/// are acknowledged again within about 2.5 s (see docs/benchmarks.md). A node has to stall for
+/// 1.5 s (15 heartbeats) before its peers elect another leader.
+pub const ELECTION_MIN_HEARTBEATS: u64 = 5;
+/// An election timeout is at most this many heartbeats (also the leader's lease).
+pub const ELECTION_MAX_HEARTBEATS: u64 = 10;
 
 /// Default snapshot interval (entries).
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 10_000;
@@ -74,7 +92,16 @@ impl NodeConfig {
             snapshot_logs: DEFAULT_SNAPSHOT_LOGS,
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             request_timeout: Duration::from_secs(10),
+            shutdown_handover: DEFAULT_SHUTDOWN_HANDOVER,
         }
+    }
+
+    /// How long a leader may go without hearing from a quorum, or a follower without hearing
+    /// from its leader, before it stops taking requests for that leader: the leader's lease
+    /// (an election timeout at its longest; see `api::forward`), after which followers may
+    /// campaign any moment.
+    pub fn silence_limit(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms * ELECTION_MAX_HEARTBEATS)
     }
 
     /// Checks values that do not need I/O.
@@ -166,6 +193,8 @@ pub struct NodeState {
     pub chainfire_link: AtomicU8,
     /// Client writes go through it (batched into single entries under load).
     pub proposer: crate::proposer::Proposer,
+    /// When this node last heard from a leader (its Raft port notes every append).
+    pub leader_contact: Arc<crate::network::LeaderContact>,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -279,8 +308,8 @@ impl StoreNode {
         let raft_cfg = Config {
             cluster_name: cfg.service.to_string(),
             heartbeat_interval: hb,
-            election_timeout_min: hb * 10,
-            election_timeout_max: hb * 20,
+            election_timeout_min: hb * ELECTION_MIN_HEARTBEATS,
+            election_timeout_max: hb * ELECTION_MAX_HEARTBEATS,
             install_snapshot_timeout: 10_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
             max_in_snapshot_log_to_keep: cfg.snapshot_logs / 2,
@@ -316,6 +345,7 @@ impl StoreNode {
             access,
             membership_lock: tokio::sync::Mutex::new(()),
             chainfire_link: AtomicU8::new(0),
+            leader_contact: Arc::default(),
         });
         Ok(StoreNode {
             state,
@@ -349,6 +379,7 @@ impl StoreNode {
                 incarnation: st.incarnation.clone(),
                 initialized: false,
             }),
+            contact: st.leader_contact.clone(),
         });
         let raft_app = st.access.guard(Port::Raft, raft_routes);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -385,6 +416,10 @@ impl StoreNode {
             e = raft_stopped(st.raft.clone()) => Err(e),
         };
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        if outcome.is_ok() {
+            // Both ports still serve: writes queue meanwhile and then go to the new leader.
+            hand_over_before_stopping(&st).await;
+        }
         let _ = stop_tx.send(true);
         match &outcome {
             Ok(()) => {
@@ -405,6 +440,31 @@ impl StoreNode {
         api_task.abort();
         raft_task.abort();
         outcome
+    }
+}
+
+/// A leader that stops hands its leadership over first (bounded by `shutdown_handover`; see
+/// [`crate::handover`]), so writes stall for an election round trip, not an election timeout.
+/// Anything else — not the leader, the only voter, no voter caught up in time — stops as it is.
+async fn hand_over_before_stopping(st: &NodeState) {
+    let budget = st.cfg.shutdown_handover;
+    if budget.is_zero() || st.raft.metrics().borrow().state != ServerState::Leader {
+        return;
+    }
+    let deadline = std::time::Instant::now() + budget;
+    let _ = sd_notify::notify(
+        false,
+        &[sd_notify::NotifyState::Status(
+            "handing leadership over before stopping",
+        )],
+    );
+    let Ok(_guard) = tokio::time::timeout(budget, st.membership_lock.lock()).await else {
+        tracing::warn!("a membership change holds the lock; stopping without handing over");
+        return;
+    };
+    match crate::handover::hand_over(st, deadline).await {
+        Ok(to) => tracing::info!(to, "stopping: leadership handed to node {to}"),
+        Err(e) => tracing::warn!("stopping without handing leadership over: {e}"),
     }
 }
 

@@ -11,6 +11,11 @@
 //! and it sat in the queue) is dropped unproposed, so an outage does not pile up writes that
 //! would all land at once when the quorum returns.
 //!
+//! A leader handing its leadership over ([`crate::handover`]) pauses the proposer
+//! ([`Proposer::pause`]): writes queue and are proposed once the pause ends — by then to a
+//! follower, which refuses them unapplied (`ForwardToLeader`), so their clients go to the new
+//! leader.
+//!
 //! A batch never holds two writes to the same key: all commands in a batch share the entry's
 //! log index as their revision, and a key's revision must name exactly one write (compare-and-
 //! swap on a revision depends on it). A write to a key already in the batch starts the next one.
@@ -19,7 +24,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::types::{Command, CommandResult, NodeId, Raft};
 
@@ -51,14 +56,36 @@ struct Proposal {
 #[derive(Debug, Clone)]
 pub struct Proposer {
     tx: mpsc::UnboundedSender<Proposal>,
+    paused: Arc<watch::Sender<u32>>,
+}
+
+/// While it lives, the proposer proposes nothing new (see [`Proposer::pause`]).
+#[derive(Debug)]
+pub struct Paused(Arc<watch::Sender<u32>>);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Proposer {
     /// Starts the batching task for `raft`.
     pub fn start(raft: Raft) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
-        Self { tx }
+        let (paused, paused_rx) = watch::channel(0u32);
+        tokio::spawn(run(raft, rx, paused_rx));
+        Self {
+            tx,
+            paused: Arc::new(paused),
+        }
+    }
+
+    /// Stops proposing new writes until the guard drops (proposals already in Raft go on;
+    /// new writes queue meanwhile).
+    pub fn pause(&self) -> Paused {
+        self.paused.send_modify(|n| *n += 1);
+        Paused(self.paused.clone())
     }
 
     /// Proposes `cmd` and waits until it is committed and applied (or fails).
@@ -89,10 +116,17 @@ fn size_of(cmd: &Command) -> usize {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    mut paused: watch::Receiver<u32>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut carry: Option<Proposal> = None;
     loop {
+        if paused.wait_for(|n| *n == 0).await.is_err() {
+            return;
+        }
         // Wait for a free slot first: while none is free, writes queue up and batch.
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -105,6 +139,11 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
             },
         };
         if first.reply.is_closed() {
+            continue;
+        }
+        if *paused.borrow() > 0 {
+            // Paused while this write waited: it goes first once the pause ends.
+            carry = Some(first);
             continue;
         }
         let batch = gather(first, &mut rx, &mut carry);

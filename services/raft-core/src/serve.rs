@@ -98,12 +98,17 @@ pub struct ServeArgs {
     /// Build a snapshot and purge the log every this many entries (default 10000).
     #[arg(long)]
     pub snapshot_logs: Option<u64>,
-    /// Raft heartbeat in ms (default 100; elections after 10-20 heartbeats).
+    /// Raft heartbeat in ms (default 100; a follower campaigns 15-20 heartbeats after its
+    /// leader falls silent).
     #[arg(long)]
     pub heartbeat_ms: Option<u64>,
     /// Server-side deadline of one request in ms (default 10000).
     #[arg(long)]
     pub request_timeout_ms: Option<u64>,
+    /// How long a stopping leader may spend handing leadership to another voter, in ms
+    /// (default 5000; 0: stop without handing over).
+    #[arg(long)]
+    pub shutdown_handover_ms: Option<u64>,
     /// Log format: `pretty` or `json` (filter with RUST_LOG).
     #[arg(long, default_value = "pretty")]
     pub log_format: String,
@@ -126,6 +131,7 @@ impl ServeArgs {
             snapshot_logs: self.snapshot_logs,
             heartbeat_ms: self.heartbeat_ms,
             request_timeout_ms: self.request_timeout_ms,
+            shutdown_handover_ms: self.shutdown_handover_ms,
             chainfire: None,
             dev_plaintext: self.dev_plaintext.then_some(true),
         }

@@ -141,3 +141,5 @@ pub type Entry = openraft::Entry<TypeConfig>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
 /// Snapshot.
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
+/// Metrics.
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, NodeInfo>;

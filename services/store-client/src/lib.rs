@@ -67,9 +67,9 @@ pub mod types;
 
 pub use types::{
     AppendResponse, Bucket, BucketsBody, DeleteResponse, ErrorBody, Health, InitRequest, KvItem,
-    ListResponse, Member, MemberInfo, MemberRole, MembersResponse, Point, PointsBody,
-    PromoteRequest, PutResponse, RaftRole, Versioned, LIST_DEFAULT_LIMIT, LIST_MAX_BYTES,
-    LIST_MAX_LIMIT,
+    ListResponse, Member, MemberInfo, MemberRole, MembersResponse, MoveLeaderRequest, Point,
+    PointsBody, PromoteRequest, PutResponse, RaftRole, Versioned, LIST_DEFAULT_LIMIT,
+    LIST_MAX_BYTES, LIST_MAX_LIMIT,
 };
 
 /// The header carrying a key's revision on KV answers.
@@ -763,6 +763,27 @@ impl StoreClient {
             Method::DELETE,
             &format!("/v1/cluster/members/{id}"),
             None,
+            self.inner.membership_timeout,
+            true,
+        )
+        .await?
+        .ok_json()
+    }
+
+    /// `POST /v1/cluster/leader {"away_from": id}`: when node `id` leads, another voter (the
+    /// most caught up) takes over, and the answer names it once it leads; when `id` does not
+    /// lead, a no-op. A rollout calls it before it stops a node. Errors: 409
+    /// ([`Error::is_conflict`]) when no voter can take over (`id` is the only voter, or no
+    /// other answers), and a 504 ([`Error::OutcomeUnknown`] with `status() == Some(504)`)
+    /// when it did not happen within the server's deadline (10 s): leadership may still move.
+    /// Repeatable, so sent once more on a fresh connection if the first one broke.
+    pub async fn move_leader_away(&self, id: u64) -> Result<MembersResponse> {
+        let body = Self::json_body(&MoveLeaderRequest { away_from: id })?;
+        self.call(
+            "move leader",
+            Method::POST,
+            "/v1/cluster/leader",
+            Some(body),
             self.inner.membership_timeout,
             true,
         )

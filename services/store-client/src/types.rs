@@ -93,6 +93,15 @@ pub struct PromoteRequest {
     pub ids: Vec<u64>,
 }
 
+/// `POST /v1/cluster/leader` body: move leadership away from a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveLeaderRequest {
+    /// When this node leads, another voter (the most caught up) takes over; otherwise the
+    /// call is a no-op.
+    pub away_from: u64,
+}
+
 /// Role of a member in the membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

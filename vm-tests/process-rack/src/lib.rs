@@ -8,6 +8,14 @@
 //! `Restart=on-failure` would; exit 2 (configuration wrong) ends that node. Servers are real
 //! processes with real RocksDB directories under the rack's work directory; every process is
 //! killed when the rack is dropped.
+//!
+//! For day-2 operations ([`day2`]) a rack also serves a bundle the way pxe-server would (a
+//! symlink `work/bundle`, swapped by `rackctl`), runs each node's reboot agent after its
+//! chain, and reboots a node when its agent asks: every process of the node stopped, its
+//! `/run` emptied, a new boot id, the served bundle recorded as the one it booted, and the
+//! chain run again.
+
+pub mod day2;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -59,6 +67,11 @@ pub struct RackSpec {
     pub timeout: Duration,
     /// Print progress lines to stderr.
     pub verbose: bool,
+    /// Run each node's reboot agent after its chain (and reboot nodes when it asks).
+    pub agents: bool,
+    /// How many of the nodes are voters (the first ones) [default: as the contract advises
+    /// for a rack of this size: 1 below 3 nodes, 3 below 5, then 5].
+    pub voters: Option<usize>,
 }
 
 /// What happened on a node, with times since the rack started.
@@ -85,6 +98,10 @@ pub struct Rack {
     children: Arc<Mutex<BTreeMap<(String, String), Child>>>,
     /// Timelines by node.
     pub timelines: Arc<Mutex<BTreeMap<String, Timeline>>>,
+    /// Each booted node's reboot watcher.
+    watchers: Arc<Mutex<BTreeMap<String, tokio::task::JoinHandle<()>>>>,
+    /// Nodes that do not come back when they reboot into this bundle version.
+    broken: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 /// The node name of index `i` (0-based).
@@ -145,7 +162,10 @@ pub fn write_contract(spec: &RackSpec) -> std::io::Result<PathBuf> {
         &["hash-password"],
         Some(ADMIN.1),
     )?;
-    let voters = voter_count_for_rack(spec.nodes);
+    let voters = spec
+        .voters
+        .unwrap_or_else(|| voter_count_for_rack(spec.nodes))
+        .min(spec.nodes);
     let nodes: Vec<serde_json::Value> = (0..spec.nodes)
         .map(|i| {
             serde_json::json!({
@@ -258,6 +278,8 @@ impl Rack {
             started: Instant::now(),
             children: Arc::default(),
             timelines: Arc::default(),
+            watchers: Arc::default(),
+            broken: Arc::default(),
         })
     }
 
@@ -405,19 +427,18 @@ impl Rack {
         }
     }
 
-    /// The API address of a service of node `name`.
+    /// The API address of a service of node `name`, as the contract says now (nodes may be
+    /// added to it, and replaced, while the rack runs).
     pub fn service_addr(&self, name: &str, service: &str) -> Result<SocketAddr, String> {
-        let i = self
-            .names
-            .iter()
-            .position(|n| n == name)
-            .ok_or_else(|| format!("no node {name}"))?;
+        let contract =
+            plasmacloud_contract::Contract::load(&self.contract).map_err(|e| e.to_string())?;
+        let node = contract.node(name).map_err(|e| e.to_string())?;
         let port = match service {
-            "chainfire" => 2379,
-            "flaredb" => 2479,
-            _ => 8080,
+            "chainfire" => node.ports.chainfire_api,
+            "flaredb" => node.ports.flaredb_api,
+            _ => node.ports.iam_api,
         };
-        Ok(SocketAddr::from((node_ip(self.spec.subnet, i), port)))
+        Ok(SocketAddr::from((node.ipv4, port as u16)))
     }
 
     /// Kills one service of a node (SIGKILL), as a crash would.
@@ -458,7 +479,7 @@ impl Rack {
             let delay = self.spec.delays.get(i).copied().unwrap_or_default();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let res = rack.run_chain(&name).await;
+                let res = rack.boot(&name).await;
                 if let Ok(mut tl) = rack.timelines.lock() {
                     let t = tl.entry(name.clone()).or_default();
                     t.ready = res.is_ok();
@@ -515,6 +536,11 @@ impl Rack {
 
     /// Kills every process of the rack.
     pub async fn shutdown(&self) {
+        if let Ok(mut w) = self.watchers.lock() {
+            for (_, t) in std::mem::take(&mut *w) {
+                t.abort();
+            }
+        }
         let children: Vec<Child> = self
             .children
             .lock()

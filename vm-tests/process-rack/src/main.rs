@@ -118,6 +118,8 @@ async fn run(cli: Cli) -> ExitCode {
         delays,
         timeout: Duration::from_secs(cli.timeout),
         verbose: true,
+        agents: false,
+        voters: None,
     };
     let rack = match Rack::new(spec) {
         Ok(r) => Arc::new(r),

@@ -29,6 +29,8 @@ fn spec(nodes: usize, subnet: u8, delays: Vec<Duration>, work: &std::path::Path)
         delays,
         timeout: Duration::from_secs(240),
         verbose: true,
+        agents: false,
+        voters: None,
     }
 }
 

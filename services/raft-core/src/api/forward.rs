@@ -1,6 +1,22 @@
 //! Where a request runs: on this node when it leads, else at the leader, which gets the request
 //! as it came (marked [`HDR_FORWARDED`]) and whose answer is relayed; plus the steps a request
 //! takes on the leader (a committed write, a linearizable read, a storage read off the runtime).
+//!
+//! **Silent leaders.** A leader cut off from its quorum does not know it for a while (openraft
+//! 0.9 keeps leading until it hears of a higher term), and its followers keep forwarding to it
+//! until they elect another. Either would hold a client's request until its deadline, then
+//! answer that the outcome is unknown. So, past [`NodeConfig::silence_limit`] (the leader's
+//! lease, 1 s by default; followers campaign 1.5–2 s after the last append):
+//! - a leader that has not heard from a quorum refuses new writes and linearizable reads with
+//!   a retryable 503 (nothing was proposed), and answers the writes it had proposed with an
+//!   unknown outcome (the entry may still be committed by the next leader);
+//! - a follower that has not heard from its leader refuses to forward (a retryable 503), and
+//!   answers a request it had forwarded with an unknown outcome (it may have reached the
+//!   leader).
+//!
+//! The client then tries another node, and finds the new leader as soon as it is elected.
+//!
+//! [`NodeConfig::silence_limit`]: crate::node::NodeConfig::silence_limit
 
 use std::time::Duration;
 
@@ -40,7 +56,15 @@ fn route(st: &NodeState, headers: &HeaderMap) -> Result<Route, Response> {
         ));
     }
     match m.current_leader {
-        Some(l) if l == st.id && m.state == ServerState::Leader => Ok(Route::Local),
+        Some(l) if l == st.id && m.state == ServerState::Leader => {
+            if let Some(ms) = quorum_silent(st, &m) {
+                return Err(retry(
+                    format!("leader {} has not heard from a quorum for {ms} ms (cut off?); not applied, ask another node", st.id),
+                    None,
+                ));
+            }
+            Ok(Route::Local)
+        }
         Some(l) => {
             if headers.contains_key(HDR_FORWARDED) {
                 return Err(retry(
@@ -48,12 +72,44 @@ fn route(st: &NodeState, headers: &HeaderMap) -> Result<Route, Response> {
                     Some(l),
                 ));
             }
+            if let Some(quiet) = st.leader_contact.silent_for() {
+                if quiet > st.cfg.silence_limit() {
+                    return Err(retry(
+                        format!(
+                            "leader {l} has been silent for {} ms (down or cut off?); not forwarded, ask another node",
+                            quiet.as_millis()
+                        ),
+                        None,
+                    ));
+                }
+            }
             match m.membership_config.membership().get_node(&l) {
                 Some(n) => Ok(Route::Forward(n.api_addr.clone())),
                 None => Err(retry(format!("leader {l} has no known address"), Some(l))),
             }
         }
         None => Err(retry("no leader (election in progress)", None)),
+    }
+}
+
+/// `Some(ms)` when this node leads more voters than itself and has not heard from a quorum
+/// for longer than the silence limit.
+fn quorum_silent(st: &NodeState, m: &crate::types::RaftMetrics) -> Option<u64> {
+    if m.state != ServerState::Leader || m.membership_config.membership().voter_ids().count() < 2 {
+        return None;
+    }
+    let ms = m.millis_since_quorum_ack?;
+    (ms > st.cfg.silence_limit().as_millis() as u64).then_some(ms)
+}
+
+/// Resolves once this node leads without having heard from a quorum past the silence limit.
+async fn quorum_lost(st: &NodeState) -> u64 {
+    loop {
+        let silent = quorum_silent(st, &st.raft.metrics().borrow());
+        if let Some(ms) = silent {
+            return ms;
+        }
+        tokio::time::sleep(Duration::from_millis(st.cfg.heartbeat_ms)).await;
     }
 }
 
@@ -100,8 +156,20 @@ async fn forward(st: &NodeState, api_addr: &str, r: &Req, timeout: Duration) -> 
     }
 }
 
-/// Forwards `r` to the leader, waiting at most `timeout` for its answer, when this node is not
-/// the leader; `None` means: handle it here.
+/// Resolves once this node has not heard from a leader past the silence limit.
+async fn leader_silent(st: &NodeState) -> Duration {
+    loop {
+        if let Some(quiet) = st.leader_contact.silent_for() {
+            if quiet > st.cfg.silence_limit() {
+                return quiet;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(st.cfg.heartbeat_ms)).await;
+    }
+}
+
+/// Forwards `r` to the leader, waiting at most `timeout` for its answer (and no longer than
+/// the leader stays in touch), when this node is not the leader; `None` means: handle it here.
 pub(super) async fn maybe_forward_within(
     st: &NodeState,
     r: &Req,
@@ -109,7 +177,23 @@ pub(super) async fn maybe_forward_within(
 ) -> Option<Response> {
     match route(st, &r.headers) {
         Ok(Route::Local) => None,
-        Ok(Route::Forward(addr)) => Some(forward(st, &addr, r, timeout).await),
+        // Moving the leader: the leader it went to stops leading on purpose, and answers once
+        // another leads (or on its own deadline).
+        Ok(Route::Forward(addr)) if r.uri.path() == "/v1/cluster/leader" => {
+            Some(forward(st, &addr, r, timeout).await)
+        }
+        Ok(Route::Forward(addr)) => Some(tokio::select! {
+            resp = forward(st, &addr, r, timeout) => resp,
+            quiet = leader_silent(st) => {
+                let what = format!("the leader at {addr} fell silent ({} ms) while it had this request", quiet.as_millis());
+                if r.method == axum::http::Method::GET {
+                    // A read changes nothing: ask elsewhere.
+                    retry(what, None)
+                } else {
+                    unknown(StatusCode::GATEWAY_TIMEOUT, format!("{what}; the outcome is unknown"))
+                }
+            }
+        }),
         Err(resp) => Some(resp),
     }
 }
@@ -124,7 +208,16 @@ pub(super) async fn write_at_leader(
     if let Some(resp) = maybe_forward_within(st, r, st.cfg.request_timeout).await {
         return Err(resp);
     }
-    match tokio::time::timeout(st.cfg.request_timeout, st.proposer.write(cmd)).await {
+    let written = tokio::select! {
+        w = tokio::time::timeout(st.cfg.request_timeout, st.proposer.write(cmd)) => w,
+        ms = quorum_lost(st) => {
+            return Err(unknown(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("leader {} lost its quorum ({ms} ms without an answer) before the write was confirmed; the outcome is unknown (read back before retrying)", st.id),
+            ))
+        }
+    };
+    match written {
         Ok(Ok(res)) => Ok(res),
         Ok(Err(WriteFail::ForwardToLeader(leader))) => Err(retry(
             "leadership changed before the write was committed; it was not applied",
@@ -156,7 +249,16 @@ pub(super) async fn ready_to_read(st: &NodeState, r: &Req) -> Result<(), Respons
     if let Some(resp) = maybe_forward_within(st, r, st.cfg.request_timeout).await {
         return Err(resp);
     }
-    match tokio::time::timeout(st.cfg.request_timeout, st.raft.ensure_linearizable()).await {
+    let confirmed = tokio::select! {
+        c = tokio::time::timeout(st.cfg.request_timeout, st.raft.ensure_linearizable()) => c,
+        ms = quorum_lost(st) => {
+            return Err(retry(
+                format!("linearizable read: leader {} has not heard from a quorum for {ms} ms; ask another node", st.id),
+                None,
+            ))
+        }
+    };
+    match confirmed {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(retry(
             format!("cannot confirm leadership for a linearizable read: {e}"),

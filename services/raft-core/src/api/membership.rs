@@ -1,5 +1,6 @@
 //! `/v1/cluster/…`: forming the cluster (`init` on the seed), reading the members, and the
-//! changes — a learner added and caught up, learners promoted to voters, a member removed.
+//! changes — a learner added and caught up, learners promoted to voters, a member removed —
+//! and leadership moved away from a node (`POST /v1/cluster/leader`, see [`crate::handover`]).
 //!
 //! Every change has the same shape ([`change_members`]): the request is read and checked here,
 //! a non-leader forwards it to the leader, the leader makes the change under the membership lock
@@ -16,15 +17,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::ChangeMembers;
 use plasmacloud_store_client::{
-    InitRequest, Member, MemberInfo, MemberRole, MembersResponse, PromoteRequest,
+    InitRequest, Member, MemberInfo, MemberRole, MembersResponse, MoveLeaderRequest, PromoteRequest,
 };
 
 use super::forward::{maybe_forward_within, read_blocking};
 use super::handler::{err, parse_body, retry, Req, St};
 use crate::cluster_view::members_map;
+use crate::handover::{hand_over, HandoverError};
 use crate::network::fetch_identity;
 use crate::node::NodeState;
 use crate::types::{NodeId, NodeInfo};
+
+/// Default deadline of `POST /v1/cluster/leader` (`?timeout_ms=` sets another).
+pub const MOVE_LEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default deadline for a learner to catch up.
 pub const LEARNER_CATCHUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -408,6 +413,37 @@ async fn add_learner_locked(
     }
     tracing::info!(id = m.id, raft = %m.raft_addr, "learner added; waiting for it to catch up");
     Ok(Then::WaitCaughtUp(m.id, deadline))
+}
+
+/// `POST /v1/cluster/leader` `{"away_from": ID}` (`?timeout_ms=` bounds it, default
+/// [`MOVE_LEADER_TIMEOUT`]): when ID leads, it hands its leadership to the most caught-up
+/// other voter ([`crate::handover`]) and answers with the members once another leads; when
+/// ID does not lead, the members at once. 409 when no voter can take over, 504 when it did
+/// not happen in time.
+pub(super) async fn move_leader(State(st): State<St>, r: Req) -> Response {
+    let parse = |r: &Req| -> Result<(MoveLeaderRequest, Instant), Response> {
+        let req: MoveLeaderRequest = parse_body(&r.body, r#"{"away_from":ID}"#)?;
+        let timeout = r
+            .query
+            .get("timeout_ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(MOVE_LEADER_TIMEOUT);
+        Ok((req, Instant::now() + timeout))
+    };
+    change_members(st, r, parse, |st, (req, deadline)| async move {
+        if req.away_from != st.id {
+            return Ok(Then::Answer);
+        }
+        match hand_over(&st, deadline).await {
+            Ok(_) => Ok(Then::Answer),
+            Err(HandoverError::NotLeader(l)) if l != Some(req.away_from) => Ok(Then::Answer),
+            Err(e @ HandoverError::NotLeader(_)) => Err(retry(e.to_string(), None)),
+            Err(HandoverError::NoCandidate(why)) => Err(err(StatusCode::CONFLICT, why)),
+            Err(HandoverError::TimedOut(why)) => Err(err(StatusCode::GATEWAY_TIMEOUT, why)),
+        }
+    })
+    .await
 }
 
 /// `POST /v1/cluster/voters` `{"ids":[…]}`: promotes caught-up learners (voters are a no-op).

@@ -1,7 +1,8 @@
 //! The HTTP API both services share, one module per resource:
 //!
 //! - `health`: `/health` and `/readyz`;
-//! - `membership`: `/v1/cluster/…` (init, members, learners, voters, removal);
+//! - `membership`: `/v1/cluster/…` (init, members, learners, voters, removal, moving the
+//!   leader);
 //! - `kv`: the revisioned key-value handlers, mounted by Chainfire at `/v1/kv` and by FlareDB
 //!   per namespace at `/v1/ns/{ns}/kv`;
 //! - `timeseries`: FlareDB's `/v1/ts/{series}`;
@@ -35,7 +36,7 @@ pub use forward::HDR_FORWARDED;
 pub use handler::St;
 pub use health::health_of;
 pub use kv::{MAX_KEY, MAX_VALUE};
-pub use membership::LEARNER_CATCHUP_TIMEOUT;
+pub use membership::{LEARNER_CATCHUP_TIMEOUT, MOVE_LEADER_TIMEOUT};
 pub use timeseries::downsample;
 
 async fn not_found(uri: OriginalUri) -> Response {
@@ -69,6 +70,7 @@ pub fn cluster_routes(st: St) -> Router {
         .route("/v1/cluster/members", get(membership::members))
         .route("/v1/cluster/learners", post(membership::add_learner))
         .route("/v1/cluster/voters", post(membership::promote))
+        .route("/v1/cluster/leader", post(membership::move_leader))
         .route(
             "/v1/cluster/members/{id}",
             delete(membership::remove_member),
