@@ -134,7 +134,7 @@ impl Http {
                     .await
                 {
                     Ok(r) if r.status.is_success() => return Ok(ip.clone()),
-                    Ok(r) => last = format!("{url}: {}", r.status),
+                    Ok(r) => last = format!("{url}: {}: {}", r.status, r.body.trim()),
                     Err(e) => last = format!("{e:#}"),
                 }
             }
