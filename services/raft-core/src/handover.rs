@@ -25,9 +25,11 @@
 //!
 //! In a three-voter cluster the candidate needs the old leader's vote alone, so leadership
 //! moves in about one round trip. With five voters it needs one more follower, and the others
-//! hold their lease until `election_timeout_max` after the old leader's last append: there
-//! the handover takes about that long (still less than a whole election timeout after a
-//! crash, and without a write lost or refused as failed).
+//! hold their lease until `election_timeout_max` after the old leader's last append; so from
+//! step 3 on the leader sends no heartbeats (openraft's runtime switch, turned back on when the
+//! handover ends either way), the leases run out, and the handover takes about one lease
+//! (less than an election timeout after a crash, and without a write lost or refused as
+//! failed).
 //!
 //! When no voter can take over (this is the only one, or none answers) or the deadline passes,
 //! nothing else changed: the pause ends and this node leads on (a stopping node then stops
@@ -99,6 +101,22 @@ fn followed_leader(st: &NodeState) -> Option<NodeId> {
     }
 }
 
+/// Heartbeats off while it lives, back on when it drops.
+struct Quiet<'a>(&'a NodeState);
+
+impl<'a> Quiet<'a> {
+    fn new(st: &'a NodeState) -> Self {
+        st.raft.runtime_config().heartbeat(false);
+        Quiet(st)
+    }
+}
+
+impl Drop for Quiet<'_> {
+    fn drop(&mut self) {
+        self.0.raft.runtime_config().heartbeat(true);
+    }
+}
+
 /// Makes another voter the leader before `deadline` (the steps of the module docs); the new
 /// leader. Call it on the leader, holding the membership lock (no membership change may run
 /// meanwhile).
@@ -141,6 +159,19 @@ pub async fn hand_over(st: &NodeState, deadline: Instant) -> Result<NodeId, Hand
         let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
     };
     let caught_up = started.elapsed();
+    // With more than three voters the candidate needs a follower's vote too, and followers
+    // refuse while their lease holds, which every heartbeat of this leader renews: so this
+    // leader goes quiet until the handover ends (the guard turns heartbeats back on, whether
+    // leadership moved or not).
+    let voters = st
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    let _quiet = (voters > 3).then(|| Quiet::new(st));
 
     // Steps 3 and 4.
     let node = st

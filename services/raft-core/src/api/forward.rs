@@ -6,7 +6,7 @@
 //! 0.9 keeps leading until it hears of a higher term), and its followers keep forwarding to it
 //! until they elect another. Either would hold a client's request until its deadline, then
 //! answer that the outcome is unknown. So, past [`NodeConfig::silence_limit`] (the leader's
-//! lease, 1 s by default; followers campaign 1.5–2 s after the last append):
+//! lease, 2 s by default; followers campaign 3–4 s after the last append):
 //! - a leader that has not heard from a quorum refuses new writes and linearizable reads with
 //!   a retryable 503 (nothing was proposed), and answers the writes it had proposed with an
 //!   unknown outcome (the entry may still be committed by the next leader);
