@@ -97,6 +97,15 @@ fn power_on(rack: &Arc<Rack>, names: &[&str]) -> Vec<tokio::task::JoinHandle<Res
         .collect()
 }
 
+/// A copy of `name`'s key, certificate and CA in `to` (to show them refused later).
+fn keep_pki(rack: &Rack, name: &str, to: &std::path::Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["node.key", "node.crt", "ca.crt"] {
+        std::fs::copy(rack.node_dir(name).join("state/pki").join(f), to.join(f)).unwrap();
+    }
+    to.to_path_buf()
+}
+
 async fn check_writes(load: WriteLoad, rack: &Rack) -> local_rack::day2::WriteReport {
     let report = load.stop().await;
     eprintln!("writes: {}", report.summary());
@@ -230,15 +239,7 @@ async fn replace_gives_a_dead_voters_name_to_a_new_machine() {
     let load = WriteLoad::start(chainfire(&rack), "replace");
 
     // Phase: node02's machine dies for good: processes gone, disk gone.
-    let old_pki = dir.path().join("node02-old-pki");
-    std::fs::create_dir_all(&old_pki).unwrap();
-    for f in ["node.key", "node.crt", "ca.crt"] {
-        std::fs::copy(
-            rack.node_dir("node02").join("state/pki").join(f),
-            old_pki.join(f),
-        )
-        .unwrap();
-    }
+    let old_pki = keep_pki(&rack, "node02", &dir.path().join("node02-old-pki"));
     let before = members(&rack, Store::Chainfire).await;
     let cluster = ctl.cluster().unwrap();
     let node02 = cluster.contract.node("node02").unwrap().clone();
@@ -630,15 +631,7 @@ async fn retire_removes_a_worker_and_a_voter_with_a_worker_promoted_in_its_place
     ready(&rack).await;
     let ctl = rack.ctl();
     let load = WriteLoad::start(chainfire(&rack), "retire");
-    let node05_pki = dir.path().join("node05-pki");
-    std::fs::create_dir_all(&node05_pki).unwrap();
-    for f in ["node.key", "node.crt", "ca.crt"] {
-        std::fs::copy(
-            rack.node_dir("node05").join("state/pki").join(f),
-            node05_pki.join(f),
-        )
-        .unwrap();
-    }
+    let node05_pki = keep_pki(&rack, "node05", &dir.path().join("node05-pki"));
 
     // Phase: a worker leaves: both stores, its certificate, the contract, the bundle.
     let plan = rackctl::retire::RetirePlan {
