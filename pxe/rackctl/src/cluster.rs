@@ -99,31 +99,43 @@ impl StoreView {
     }
 }
 
+/// `Err(answering)` when fewer than a majority of `set` are in `alive`.
+fn majority(set: &BTreeSet<u64>, alive: &BTreeSet<u64>) -> Result<(), usize> {
+    let answering = set.intersection(alive).count();
+    if answering < set.len() / 2 + 1 {
+        Err(answering)
+    } else {
+        Ok(())
+    }
+}
+
+/// A majority of the voters alive now, or why no change can commit.
+fn quorum_now(voters: &BTreeSet<u64>, alive: &BTreeSet<u64>) -> Result<(), String> {
+    majority(voters, alive).map_err(|now| {
+        format!(
+            "only {now} of {} voters answer; no change can commit",
+            voters.len()
+        )
+    })
+}
+
 /// Checks a removal: a majority of the voters alive now and after. `Err` says why not.
 pub fn removal_keeps_quorum(
     voters: &BTreeSet<u64>,
     alive: &BTreeSet<u64>,
     remove: u64,
 ) -> Result<(), String> {
-    let now = voters.intersection(alive).count();
-    if now < voters.len() / 2 + 1 {
-        return Err(format!(
-            "only {now} of {} voters answer; no change can commit",
-            voters.len()
-        ));
-    }
+    quorum_now(voters, alive)?;
     let after: BTreeSet<u64> = voters.iter().copied().filter(|v| *v != remove).collect();
     if after.is_empty() {
         return Err(format!("{remove} is the last voter"));
     }
-    let alive_after = after.intersection(alive).count();
-    if alive_after < after.len() / 2 + 1 {
-        return Err(format!(
-            "after removing {remove}, only {alive_after} of {} voters would answer",
+    majority(&after, alive).map_err(|n| {
+        format!(
+            "after removing {remove}, only {n} of {} voters would answer",
             after.len()
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Checks a promotion of `learner`: a majority alive now and in the larger set.
@@ -132,23 +144,15 @@ pub fn promotion_keeps_quorum(
     alive: &BTreeSet<u64>,
     learner: u64,
 ) -> Result<(), String> {
-    let now = voters.intersection(alive).count();
-    if now < voters.len() / 2 + 1 {
-        return Err(format!(
-            "only {now} of {} voters answer; no change can commit",
-            voters.len()
-        ));
-    }
+    quorum_now(voters, alive)?;
     let mut after = voters.clone();
     after.insert(learner);
-    let alive_after = after.intersection(alive).count();
-    if alive_after < after.len() / 2 + 1 {
-        return Err(format!(
-            "with {learner} a voter, only {alive_after} of {} voters would answer",
+    majority(&after, alive).map_err(|n| {
+        format!(
+            "with {learner} a voter, only {n} of {} voters would answer",
             after.len()
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Checks a voter's reboot: every other voter answers.
