@@ -145,9 +145,24 @@ impl Http {
         }
     }
 
-    /// A key's value on the node at `ip`.
+    /// A key's value on the node at `ip`. A node that has just come back may answer a
+    /// retryable 503 for a while (it has not heard from the leader yet, so it forwards
+    /// nothing); that is waited out for up to 15 s, anything else is an answer.
     pub async fn get_value(&self, ip: &str, port: u16, key: &str) -> anyhow::Result<String> {
-        self.get_text(&kv_url(ip, port, key)).await
+        let url = kv_url(ip, port, key);
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.get(&url).await?;
+            if r.status.is_success() {
+                return Ok(r.body);
+            }
+            let retryable = r.status == StatusCode::SERVICE_UNAVAILABLE
+                && r.body.contains("\"retryable\":true");
+            if !retryable || Instant::now() >= until {
+                bail!("GET {url}: {}: {}", r.status, r.body);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
