@@ -297,6 +297,31 @@ async fn wave_iam(ctx: &Ctx, http: &reqwest::Client) -> StepResult<Vec<Check>> {
     Ok(out)
 }
 
+/// How often a wave that keeps failing says what it waits for.
+const SAY_WAITING_EVERY: Duration = Duration::from_secs(10);
+
+/// `wave cluster, attempt 3, waiting for: chainfire.leader (…); …`, at most 1000 bytes.
+fn waiting_for(wave: &str, attempts: u32, result: &[Check]) -> String {
+    let failing: Vec<String> = result
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{} ({})", c.name, c.detail))
+        .collect();
+    let mut line = format!(
+        "wave {wave}, attempt {attempts}, waiting for: {}",
+        failing.join("; ")
+    );
+    if line.len() > 1000 {
+        let mut cut = 997;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
 /// Runs the step: waves until ready or the deadline; writes the report and the ready file.
 pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<Report> {
     ctx.progress("health-check", "started", "").await;
@@ -309,6 +334,7 @@ pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<Report> {
         let wave_start = Instant::now();
         let mut backoff = Backoff::default();
         let mut attempts = 0;
+        let mut said: Option<Instant> = None;
         let result = loop {
             attempts += 1;
             let result = match name {
@@ -318,6 +344,17 @@ pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<Report> {
             };
             if result.iter().all(|c| c.ok) || start.elapsed() >= deadline {
                 break result;
+            }
+            // What it waits for, on the console (the unit's status) and to the boot server,
+            // at the first failed attempt of a wave and every 10 s after.
+            if said.is_none_or(|t| t.elapsed() >= SAY_WAITING_EVERY) {
+                said = Some(Instant::now());
+                ctx.progress(
+                    "health-check",
+                    "started",
+                    &waiting_for(name, attempts, &result),
+                )
+                .await;
             }
             tokio::time::sleep(
                 backoff
@@ -394,4 +431,43 @@ pub fn render_table(r: &Report) -> String {
         "  => NOT ready\n"
     };
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, ok: bool, detail: &str) -> Check {
+        Check {
+            wave: "cluster".into(),
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn waiting_for_names_only_the_failing_checks() {
+        let line = waiting_for(
+            "cluster",
+            3,
+            &[
+                check("chainfire.voters", true, "[1, 2, 3]"),
+                check("chainfire.leader", false, "no leader seen"),
+                check("flaredb.one-cluster", false, "2 cluster uuids"),
+            ],
+        );
+        assert_eq!(
+            line,
+            "wave cluster, attempt 3, waiting for: chainfire.leader (no leader seen); flaredb.one-cluster (2 cluster uuids)"
+        );
+    }
+
+    #[test]
+    fn waiting_for_stays_short_and_cuts_on_a_char_boundary() {
+        let long = "é".repeat(2000);
+        let line = waiting_for("iam", 1, &[check("iam.whoami", false, &long)]);
+        assert!(line.len() <= 1000, "{}", line.len());
+        assert!(line.ends_with("..."));
+    }
 }
