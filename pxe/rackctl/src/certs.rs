@@ -117,6 +117,22 @@ pub struct ToRevoke {
     pub identity: String,
 }
 
+/// Adds to `certs` every certificate pxe-server's issued log (in `state_dir`, when given)
+/// holds for node `name` and `certs` lacks.
+pub fn add_issued(certs: &mut Vec<ToRevoke>, state_dir: Option<&Path>, name: &str) -> Result<()> {
+    if let Some(dir) = state_dir {
+        for e in issued_to(&read_issued(dir)?, name) {
+            if !certs.iter().any(|c| c.serial == e.serial) {
+                certs.push(ToRevoke {
+                    serial: e.serial,
+                    identity: e.identity,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Revoker {
     /// Revokes `certs` with `reason`; returns the serials revoked.
     pub async fn revoke(&self, certs: &[ToRevoke], reason: &str) -> Result<Vec<String>> {

@@ -223,6 +223,13 @@ impl Operation<'_> {
         self.lock.stop(why).await
     }
 
+    /// Ends an operation whose preparation failed with `e`: a configuration or contract error
+    /// changed nothing (the lock is released), anything later may have (left stopped).
+    pub async fn end_unprepared<T>(self, e: Error) -> Result<T> {
+        let changed = !matches!(e, Error::Config(_) | Error::Contract(_));
+        self.end(Err(e), changed).await
+    }
+
     /// Ends with `result`: the lock released on success, left stopped with the error on
     /// failure (when `changed`), released otherwise.
     pub async fn end<T>(self, result: Result<T>, changed: bool) -> Result<T> {

@@ -112,10 +112,7 @@ pub async fn grow(ctl: &Ctl, plan: &GrowPlan, timeout: Duration) -> Result<GrowR
     let op = ctl.begin(&plan.describe()).await?;
     let prepared = match prepare(&op, plan).await {
         Ok(p) => p,
-        Err(e) => {
-            let changed = !matches!(e, Error::Config(_) | Error::Contract(_));
-            return op.end(Err(e), changed).await;
-        }
+        Err(e) => return op.end_unprepared(e).await,
     };
     let r = complete(&op, &prepared, timeout).await;
     op.end(r, true).await

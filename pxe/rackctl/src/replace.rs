@@ -17,7 +17,7 @@
 
 use std::time::Duration;
 
-use crate::certs::{issued_to, read_issued, ToRevoke};
+use crate::certs::{add_issued, ToRevoke};
 use crate::contract_edit::ContractEdit;
 use crate::ctl::Operation;
 use crate::operator::Store;
@@ -119,16 +119,7 @@ pub async fn prepare(
             identity: format!("urn:plasmacloud:node:{}", plan.name),
         })
         .collect();
-    if let Some(dir) = &ctl.config.pxe_state_dir {
-        for e in issued_to(&read_issued(dir)?, &plan.name) {
-            if !certs.iter().any(|c| c.serial == e.serial) {
-                certs.push(ToRevoke {
-                    serial: e.serial,
-                    identity: e.identity,
-                });
-            }
-        }
-    }
+    add_issued(&mut certs, ctl.config.pxe_state_dir.as_deref(), &plan.name)?;
     if certs.is_empty() {
         tracing::warn!(
             node = %plan.name,
@@ -186,10 +177,7 @@ pub async fn replace(ctl: &Ctl, plan: &ReplacePlan, timeout: Duration) -> Result
     let op = ctl.begin(&format!("replace {}", plan.name)).await?;
     let prepared = match prepare(&op, plan, timeout).await {
         Ok(p) => p,
-        Err(e) => {
-            let changed = !matches!(e, Error::Config(_) | Error::Contract(_));
-            return op.end(Err(e), changed).await;
-        }
+        Err(e) => return op.end_unprepared(e).await,
     };
     let r = complete(&op, &prepared, timeout).await;
     op.end(r, true).await

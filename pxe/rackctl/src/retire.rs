@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::certs::{issued_to, peer_certificate, read_issued, ToRevoke};
+use crate::certs::{add_issued, peer_certificate, ToRevoke};
 use crate::contract_edit::ContractEdit;
 use crate::ctl::Operation;
 use crate::operator::Store;
@@ -123,16 +123,7 @@ pub async fn run(op: &Operation<'_>, plan: &RetirePlan, timeout: Duration) -> Re
             });
         }
     }
-    if let Some(dir) = &ctl.config.pxe_state_dir {
-        for e in issued_to(&read_issued(dir)?, &plan.name) {
-            if !certs.iter().any(|c| c.serial == e.serial) {
-                certs.push(ToRevoke {
-                    serial: e.serial,
-                    identity: e.identity,
-                });
-            }
-        }
-    }
+    add_issued(&mut certs, ctl.config.pxe_state_dir.as_deref(), &plan.name)?;
     if certs.is_empty() {
         tracing::warn!(node = %plan.name, "no certificate of it is known: pass --state-dir or --serial");
     }
