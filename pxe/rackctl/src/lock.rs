@@ -290,17 +290,17 @@ pub struct Aborted {
 /// reboot slot. A node that was rebooting comes back to find nothing asked of it.
 pub async fn abort(kv: &Keyspace) -> Result<Aborted> {
     use firstboot::reboots::{self, SlotGroup};
-    let mut out = Aborted::default();
-    if let Some((rec, rev)) = read(kv).await? {
-        match kv.delete_if(LOCK_KEY, rev).await {
-            Ok(_) => out.lock = Some(rec),
-            Err(e) => return Err(Error::store("releasing the rollout lock", e)),
-        }
-    }
-    for (node, (req, rev)) in reboots::list_requests(kv).await? {
-        match kv.delete_if(&reboots::request_key(&node), rev).await {
-            Ok(_) => out.requests.push((node, req.state.as_str().into())),
-            Err(e) => return Err(Error::store("withdrawing a reboot request", e)),
+    let lock = delete_latest(kv, LOCK_KEY, "releasing the rollout lock", read(kv).await?).await?;
+    let mut out = Aborted {
+        lock,
+        ..Aborted::default()
+    };
+    for (node, first) in reboots::list_requests(kv).await? {
+        let key = reboots::request_key(&node);
+        let withdrawn: Option<reboots::RebootRequest> =
+            delete_latest(kv, &key, "withdrawing a reboot request", Some(first)).await?;
+        if let Some(req) = withdrawn {
+            out.requests.push((node, req.state.as_str().into()));
         }
     }
     for group in [SlotGroup::Voters, SlotGroup::Workers] {
@@ -311,6 +311,40 @@ pub async fn abort(kv: &Keyspace) -> Result<Aborted> {
         }
     }
     Ok(out)
+}
+
+/// Deletes `key`, whatever version it is at, returning the value it held (`None`: already
+/// gone). Someone may be changing it at the same moment (a running rollout renewing its lock,
+/// a node coming back marking its request done), so a lost compare-and-delete reads it again
+/// and retries.
+async fn delete_latest<T: serde::de::DeserializeOwned>(
+    kv: &Keyspace,
+    key: &str,
+    what: &str,
+    mut current: Option<(T, u64)>,
+) -> Result<Option<T>> {
+    const ATTEMPTS: usize = 10;
+    for _ in 0..ATTEMPTS {
+        let Some((value, rev)) = current else {
+            return Ok(None);
+        };
+        match kv.delete_if(key, rev).await {
+            Ok(_) => return Ok(Some(value)),
+            Err(e) if e.is_conflict() => {
+                current = firstboot::reboots::read_json(kv, key).await?;
+            }
+            Err(e) => return Err(Error::store(what, e)),
+        }
+    }
+    Err(Error::store(
+        what,
+        plasmacloud_store_client::Error::Conflict {
+            revision: current.map_or(0, |(_, rev)| rev),
+            message: format!(
+                "{key} changed under each of {ATTEMPTS} attempts; run `rackctl rollout --abort` again"
+            ),
+        },
+    ))
 }
 
 #[cfg(test)]
