@@ -45,6 +45,26 @@ pub trait BootView: Send + Sync + Debug {
     fn knows_versions(&self) -> bool {
         true
     }
+
+    /// Tells the boot server the machine with `mac` is gone (retired, or its name given to
+    /// another MAC), so its DHCP lease is released and its address may go to another MAC.
+    /// The address released, or `None` when it held none (or there is no server to tell).
+    fn release_lease<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+        let _ = mac;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// Releases `mac`'s lease after a contract change that let the machine go; a boot server
+/// that cannot be told is a warning, not a failure (the lease lapses on its own).
+pub async fn release_departed(boot: &dyn BootView, node: &str, mac: &str) -> Option<String> {
+    match boot.release_lease(mac).await {
+        Ok(ip) => ip,
+        Err(e) => {
+            tracing::warn!(%node, %mac, error = %e, "the boot server kept the departed machine's lease; it lapses on its own");
+            None
+        }
+    }
 }
 
 /// pxe-server's management API.
@@ -113,6 +133,30 @@ impl BootView for PxeStatus {
                 .await
                 .map_err(|e| Error::Config(format!("pxe-server at {url}: {e}")))?;
             Ok(parse_status(&v))
+        })
+    }
+
+    fn release_lease<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(async move {
+            let url = format!("{}/v1/leases/{mac}", self.url);
+            let r = self
+                .http
+                .delete(&url)
+                .send()
+                .await
+                .map_err(|e| Error::Config(format!("pxe-server at {url}: {e} (pass --pxe)")))?;
+            if !r.status().is_success() {
+                return Err(Error::Config(format!(
+                    "pxe-server at {url} answered {}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )));
+            }
+            let v: serde_json::Value = r
+                .json()
+                .await
+                .map_err(|e| Error::Config(format!("pxe-server at {url}: {e}")))?;
+            Ok(v["released"]["ip"].as_str().map(str::to_string))
         })
     }
 }

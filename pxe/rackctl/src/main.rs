@@ -265,6 +265,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
             for s in &r.prepared.revoked {
                 println!("revoked {s}");
             }
+            if let Some(ip) = &r.prepared.lease_released {
+                println!("released the dead machine's lease on {ip}");
+            }
             println!("replaced {name}: new raft id {}", r.new_id);
         }
         Cmd::Rollout {
@@ -333,6 +336,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
             for s in &r.revoked {
                 println!("revoked {s}");
+            }
+            if let Some(ip) = &r.lease_released {
+                println!("released its lease on {ip}");
             }
             println!("retired {name}: power the machine off");
         }

@@ -6,7 +6,8 @@
 //! 2. its members are found in both stores by its address (and its Raft id is read from
 //!    Chainfire's `plasmacloud/raft-ids/by-node/NAME`, for the record);
 //! 3. the contract gets the new MAC, the bundle is rebuilt and swapped in, so the new machine
-//!    PXE-boots into its own overlay and enrollment;
+//!    PXE-boots into its own overlay and enrollment, and the old MAC's DHCP lease is released
+//!    (`DELETE /v1/leases/MAC`) so the new machine gets the node's address at once;
 //! 4. the dead members are removed, one store at a time, only if a majority of the voters
 //!    stays alive;
 //! 5. its certificates are revoked (every one pxe-server's issued log lists for it, and any
@@ -17,6 +18,7 @@
 
 use std::time::Duration;
 
+use crate::boot_view::release_departed;
 use crate::certs::{add_issued, ToRevoke};
 use crate::contract_edit::ContractEdit;
 use crate::ctl::Operation;
@@ -49,6 +51,8 @@ pub struct Prepared {
     pub revoked: Vec<String>,
     /// The bundle now served.
     pub bundle: Option<String>,
+    /// The address the boot server released from the dead machine's MAC, if it held one.
+    pub lease_released: Option<String>,
 }
 
 /// What `replace` did.
@@ -131,6 +135,9 @@ pub async fn prepare(
     edit.set_mac(&plan.name, &plan.mac)?;
     op.check()?;
     let (_, bundle) = ctl.apply_contract(&edit).await?;
+    // The served contract no longer names the old MAC: free the address for the new one.
+    let lease_released =
+        release_departed(ctl.boot.as_ref(), &plan.name, &node.mac.to_string()).await;
 
     for (store, id) in &old {
         op.check()?;
@@ -149,6 +156,7 @@ pub async fn prepare(
         recorded_id,
         revoked,
         bundle,
+        lease_released,
     })
 }
 

@@ -9,13 +9,15 @@
 //! 4. its certificates are revoked (the one its TLS handshake shows, every one pxe-server's
 //!    issued log lists for it, any `--serial`);
 //! 5. it leaves the contract and the bundle (pxe-server reloads both: its inventory entry goes
-//!    with the contract), and its reboot keys leave Chainfire.
+//!    with the contract), its DHCP lease is released (`DELETE /v1/leases/MAC`, so the
+//!    address may go to another machine), and its reboot keys leave Chainfire.
 //!
 //! The machine itself is left running: power it off (its certificate no longer opens any
 //! port of the cluster).
 
 use std::time::Duration;
 
+use crate::boot_view::release_departed;
 use crate::certs::{add_issued, peer_certificate, ToRevoke};
 use crate::contract_edit::ContractEdit;
 use crate::ctl::Operation;
@@ -44,6 +46,8 @@ pub struct RetireReport {
     pub revoked: Vec<String>,
     /// The bundle now served.
     pub bundle: Option<String>,
+    /// The address the boot server released from its MAC, if it held one.
+    pub lease_released: Option<String>,
 }
 
 /// Retires a node, holding the lock of `op`.
@@ -134,6 +138,8 @@ pub async fn run(op: &Operation<'_>, plan: &RetirePlan, timeout: Duration) -> Re
 
     op.check()?;
     let (_, bundle) = ctl.apply_contract(&edit).await?;
+    let lease_released =
+        release_departed(ctl.boot.as_ref(), &plan.name, &node.mac.to_string()).await;
     let kv = cluster.chainfire_kv()?;
     for key in [
         firstboot::reboots::request_key(&plan.name),
@@ -147,6 +153,7 @@ pub async fn run(op: &Operation<'_>, plan: &RetirePlan, timeout: Duration) -> Re
         promoted,
         revoked,
         bundle,
+        lease_released,
     })
 }
 

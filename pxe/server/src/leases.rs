@@ -237,6 +237,26 @@ impl LeaseStore {
         self.by_mac.get(mac)
     }
 
+    /// Releases `mac`'s lease at once, on the operator's word that the machine is gone
+    /// (retired, or its name given to another MAC): a released line, synced before this
+    /// returns, so its address may go to another MAC from now on, across restarts. The lease
+    /// as it was, or `None` when the MAC holds none (or only a released one): nothing written.
+    pub fn release(&mut self, mac: &str) -> Result<Option<Lease>, ServerError> {
+        let Some(old) = self.by_mac.get(mac).cloned() else {
+            return Ok(None);
+        };
+        if old.state == LeaseState::Released {
+            return Ok(None);
+        }
+        self.record(Lease {
+            expires: now_unix().min(old.expires),
+            state: LeaseState::Released,
+            node: None,
+            ..old.clone()
+        })?;
+        Ok(Some(old))
+    }
+
     /// Which MAC holds `ip` (an unexpired, unreleased lease), if any.
     pub fn holder(&self, ip: Ipv4Addr, now: u64) -> Option<&str> {
         let mac = self.by_ip.get(&ip)?;
@@ -614,5 +634,40 @@ mod tests {
             assert_eq!(l.state, LeaseState::Bound);
             assert!(l.expires >= now_unix() + 600 + 49 - 5, "the last renewal");
         }
+    }
+
+    #[test]
+    fn a_released_machines_address_goes_to_its_replacement_and_stays_there_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ip = Ipv4Addr::new(10, 0, 0, 12);
+        let node = |mac: &str| Lease {
+            node: Some("node02".into()),
+            ..lease(mac, [10, 0, 0, 12], LeaseState::Bound)
+        };
+        let mut s = LeaseStore::open(dir.path()).expect("open");
+        s.record(node("52:54:00:00:00:01"))
+            .expect("the first machine");
+        // Its replacement (same name and address, another MAC) is refused while it holds it.
+        let e = s.record(node("52:54:00:00:00:02")).expect_err("taken");
+        assert!(matches!(e, ServerError::AddressTaken { .. }), "{e}");
+
+        let was = s.release("52:54:00:00:00:01").expect("release");
+        assert_eq!(was.map(|l| l.ip), Some(ip));
+        assert_eq!(s.holder(ip, now_unix()), None);
+        assert_eq!(
+            s.release("52:54:00:00:00:01").expect("again"),
+            None,
+            "idempotent"
+        );
+        assert_eq!(s.release("52:54:00:00:00:99").expect("unknown"), None);
+        s.record(node("52:54:00:00:00:02"))
+            .expect("the replacement");
+        drop(s);
+
+        let s = LeaseStore::open(dir.path()).expect("reopen");
+        assert_eq!(s.holder(ip, now_unix()), Some("52:54:00:00:00:02"));
+        assert!(s
+            .get("52:54:00:00:00:01")
+            .is_none_or(|l| l.state == LeaseState::Released && l.node.is_none()));
     }
 }

@@ -8,6 +8,7 @@
 //! | `GET /v1/status` | `{"cluster","cluster_id","mode","bundle":{"version","dir","loaded_at","files","retained"},"nodes":[{"name","mac","ipv4","dhcp_ip","last_event","bundle":{"version","at"}}],"unknown":[event…],"leases":[…]}` | loopback, or an operator certificate |
 //! | `GET /v1/events?since=SEQ` | `{"events":[event…],"next":SEQ}`: events with `seq > since` (default 0); poll again with `since=next` | loopback, or an operator certificate |
 //! | `GET /metrics` | Prometheus text format | loopback, or an operator certificate |
+//! | `DELETE /v1/leases/{mac}` | the machine with that MAC is gone (retired, or its name given to another MAC): its lease is released at once, synced, so its address may go to another MAC → 200 `{"mac","released":lease\|null}` (`null`: it held none); 409 while the MAC is a node of the served contract; 400 for a malformed MAC | loopback, or an operator certificate |
 //! | `GET /`, `GET /rack`, `GET /assets/rack.{css,js}` | the rack page | loopback, or an operator certificate |
 //! | `GET /v1/rack` | the rack view: every contract node's row, the unknown MACs | loopback, or an operator certificate |
 //! | `GET /v1/events/stream?since=SEQ` | `text/event-stream`: `rack`, `boot`, `node`, `unknown` | loopback, or an operator certificate |
@@ -45,6 +46,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
+        .route("/v1/leases/{mac}", axum::routing::delete(release_lease))
         .route("/v1/rack", get(crate::event_stream::rack))
         .route("/v1/events/stream", get(crate::event_stream::stream))
         .route("/", get(crate::rack_page::page))
@@ -281,6 +283,75 @@ async fn report(
         tracing::warn!(seq = ev.seq, node = %name, "a phase report is recorded but not yet fsynced");
     }
     (StatusCode::ACCEPTED, Json(ev)).into_response()
+}
+
+/// `DELETE /v1/leases/{mac}`: see the module's table. The release is also a boot event
+/// (`lease-released`), naming who asked.
+async fn release_lease(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(mac): Path<String>,
+) -> Response {
+    let parsed: plasmacloud_contract::MacAddr = match mac.parse() {
+        Ok(m) => m,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("{mac:?} is not a MAC address ({e}); write it as 52:54:00:12:34:56"),
+            )
+        }
+    };
+    let mac = parsed.to_string();
+    if let Some(node) = state.node_of_mac(&mac) {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "{mac} is {} in the contract being served: retire or replace that node first (`rackctl retire {0}`, `rackctl replace {0} --mac NEW`), then release its old MAC",
+                node.name
+            ),
+        );
+    }
+    let who = match &peer.cert {
+        Some(c) => c.identity.to_string(),
+        None => format!("a local client ({})", peer.addr),
+    };
+    let st = state.clone();
+    let m = mac.clone();
+    let released = tokio::task::spawn_blocking(move || lock(&st.leases).release(&m)).await;
+    let released = match released {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("releasing {mac}'s lease: {e}"),
+            )
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("releasing {mac}'s lease: the task failed: {e}"),
+            )
+        }
+    };
+    lock(&state.seen).remove(&mac);
+    if let Some(l) = &released {
+        state.event(NewEvent {
+            mac: Some(mac.clone()),
+            ip: Some(l.ip),
+            phase: "lease-released".into(),
+            status: "ok".into(),
+            detail: format!(
+                "{} released by {who}{}",
+                l.ip,
+                l.node
+                    .as_deref()
+                    .map(|n| format!(" (it was {n})"))
+                    .unwrap_or_default()
+            ),
+            ..NewEvent::default()
+        });
+    }
+    Json(serde_json::json!({ "mac": mac, "released": released })).into_response()
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {

@@ -277,6 +277,102 @@ fn unknown_macs_are_ignored_under_the_ignore_policy() {
     drop(rack);
 }
 
+/// `DELETE /v1/leases/{mac}`: the operator says a machine is gone; its address goes to the
+/// next MAC that asks, and stays there across a restart. A contract node's MAC, a malformed
+/// MAC and a node certificate are refused, and nothing changes.
+#[test]
+fn an_operator_releases_a_departed_machines_lease() {
+    if !require(
+        "an_operator_releases_a_departed_machines_lease",
+        &[Need::Root, Need::Tool("udhcpc")],
+    ) {
+        return;
+    }
+    let fx = fixture();
+    let d = fx.d.as_path();
+    let mut rack = rack();
+    let srv = attach_server(&mut rack, "10.77.0.1/24");
+    let gone = attach_client(&mut rack, "x1", "52:54:00:bb:00:01", None);
+    let next = attach_client(&mut rack, "x2", "52:54:00:bb:00:02", None);
+    let args = full_mode_args(&fx, &[]);
+    let state = d.join("state");
+    init_ca(&state);
+    let op = issue_operator(&state, "tests", &d.join("op"));
+    let node01 = issue_node(&state, &fx.cluster, "node01", &d.join("node01"));
+    let mut server = start_server(&srv, &args, &d.join("server1.log"));
+
+    eprintln!("phase: a machine takes the first pool address");
+    let got = udhcpc(&gone, d, "x1", None);
+    assert!(got.contains("ip=10.77.0.100 "), "{got}");
+    let release = |who: &Holder, mac: &str| {
+        let url = mgmt_url(&format!("/v1/leases/{mac}"));
+        let (_, out) = curl_as(
+            &srv,
+            who,
+            &["-X", "DELETE", "-w", "\n%{http_code}", url.as_str()],
+        );
+        let (body, code) = out.rsplit_once('\n').unwrap_or((&out, ""));
+        (code.to_string(), body.to_string())
+    };
+
+    eprintln!("phase: refusals change nothing");
+    let (code, body) = release(&op, NODES[0].1);
+    assert_eq!(code, "409", "{body}");
+    assert!(
+        body.contains("node01") && body.contains("rackctl retire"),
+        "{body}"
+    );
+    let (code, body) = release(&op, "52:54:00:bb:00");
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("not a MAC address"), "{body}");
+    let (code, body) = release(&node01, "52:54:00:bb:00:01");
+    assert_eq!(code, "403", "{body}");
+    let got = udhcpc(&next, d, "x2", None);
+    assert!(got.contains("ip=10.77.0.101 "), "still held: {got}");
+
+    eprintln!("phase: the operator releases it; an event says who; a second call is a no-op");
+    let (code, body) = release(&op, "52:54:00:BB:00:01");
+    assert_eq!(code, "200", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["mac"], "52:54:00:bb:00:01");
+    assert_eq!(v["released"]["ip"], "10.77.0.100", "{body}");
+    let (code, body) = release(&op, "52:54:00:bb:00:01");
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("\"released\":null"), "{body}");
+    let (_, ev) = curl_as(&srv, &op, &[&mgmt_url("/v1/events?since=0")]);
+    let ev: serde_json::Value = serde_json::from_str(&ev).unwrap();
+    let rel: Vec<_> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["phase"] == "lease-released")
+        .collect();
+    assert_eq!(rel.len(), 1, "{ev}");
+    assert!(
+        rel[0]["detail"].as_str().unwrap().contains("operator"),
+        "{}",
+        rel[0]
+    );
+
+    eprintln!("phase: its address goes to the next new machine, and stays there after a restart");
+    let third = attach_client(&mut rack, "x3", "52:54:00:bb:00:03", None);
+    let got = udhcpc(&third, d, "x3", None);
+    assert!(
+        got.contains("ip=10.77.0.100 "),
+        "the released address: {got}"
+    );
+    server.proc.terminate(Duration::from_secs(5));
+    let _server = start_server(&srv, &args, &d.join("server2.log"));
+    let got = udhcpc(&third, d, "x3b", None);
+    assert!(got.contains("ip=10.77.0.100 "), "{got}");
+    let got = udhcpc(&gone, d, "x1b", None);
+    assert!(
+        !got.contains("ip=10.77.0.100 "),
+        "the departed MAC must not get its old address back: {got}"
+    );
+    drop(rack);
+}
+
 /// A burst of 500 distinct clients at once (`pxe/bench/dhcp_burst.py`): every one is ACKed
 /// with an address of its own, and after a SIGKILL of the server the lease log holds every
 /// ACKed lease (the batched DHCP loop syncs a batch's leases before any of its ACKs goes out).

@@ -78,7 +78,26 @@ impl BootView for RackBootView {
             Ok(BootSnapshot { served, nodes })
         })
     }
+
+    /// The rack has no DHCP server: the MAC is noted in [`RELEASED_LEASES`] for tests to read.
+    fn release_lease<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, rackctl::Result<Option<String>>> {
+        Box::pin(async move {
+            use std::io::Write;
+            let path = self.work.join(RELEASED_LEASES);
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|e| rackctl::Error::Config(format!("{}: {e}", path.display())))?;
+            writeln!(f, "{mac}")
+                .map_err(|e| rackctl::Error::Config(format!("{}: {e}", path.display())))?;
+            Ok(None)
+        })
+    }
 }
+
+/// The file (in the rack's work directory) listing the MACs whose leases rackctl released.
+pub const RELEASED_LEASES: &str = "released-leases";
 
 impl Rack {
     /// The path the rack serves bundles from (pxe-server's `--bundle`).

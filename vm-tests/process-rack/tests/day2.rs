@@ -288,6 +288,13 @@ async fn replace_gives_a_dead_voters_name_to_a_new_machine() {
         c.node("node02").unwrap().mac.to_string(),
         "52:54:00:48:ee:02"
     );
+    let released =
+        std::fs::read_to_string(rack.spec.work.join(local_rack::day2::RELEASED_LEASES)).unwrap();
+    assert_eq!(
+        released,
+        format!("{}\n", node02.mac),
+        "the old MAC's lease released"
+    );
     for store in Store::BOTH {
         let m = members(&rack, store).await;
         assert!(m.get(old_id).is_none(), "{store:?}: {m:?}");
@@ -632,6 +639,12 @@ async fn retire_removes_a_worker_and_a_voter_with_a_worker_promoted_in_its_place
     let ctl = rack.ctl();
     let load = WriteLoad::start(chainfire(&rack), "retire");
     let node05_pki = keep_pki(&rack, "node05", &dir.path().join("node05-pki"));
+    let macs = plasmacloud_contract::Contract::load(&rack.contract).unwrap();
+    let mac_of = |n: &str| macs.node(n).unwrap().mac.to_string();
+    let released = || {
+        std::fs::read_to_string(rack.spec.work.join(local_rack::day2::RELEASED_LEASES))
+            .unwrap_or_default()
+    };
 
     // Phase: a worker leaves: both stores, its certificate, the contract, the bundle.
     let plan = rackctl::retire::RetirePlan {
@@ -650,6 +663,11 @@ async fn retire_removes_a_worker_and_a_voter_with_a_worker_promoted_in_its_place
     let manifest =
         plasmacloud_contract::manifest::BundleManifest::load(&rack.bundle_link()).unwrap();
     assert!(!manifest.entries.contains_key("node05"));
+    assert_eq!(
+        released(),
+        format!("{}\n", mac_of("node05")),
+        "its lease released"
+    );
     let secs = refused(&rack, &node05_pki).await;
     eprintln!("the retired worker's certificate refused within {secs:.1} s");
 
@@ -681,6 +699,7 @@ async fn retire_removes_a_worker_and_a_voter_with_a_worker_promoted_in_its_place
     assert_eq!(r.promoted.len(), 2, "{r:?}");
     let c = plasmacloud_contract::Contract::load(&rack.contract).unwrap();
     assert_eq!(c.config.initial_voters, ["node01", "node04", "node03"]);
+    assert!(released().ends_with(&format!("{}\n", mac_of("node02"))));
     for store in Store::BOTH {
         let m = members(&rack, store).await;
         assert_eq!(m.voter_ids().len(), 3, "{store:?}: {m:?}");
