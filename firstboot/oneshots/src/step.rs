@@ -156,12 +156,13 @@ impl Ctx {
             .map_err(|e| StepError::Config(format!("{} client: {e}", store.name())))
     }
 
-    /// An HTTP client (for IAM and `/health`) speaking mTLS as this node.
+    /// An HTTP client (for IAM and `/health`) speaking mTLS as this node. Its deadline is
+    /// longer than IAM's own FlareDB deadline (10 s), so a slow answer is seen, not cut off.
     pub fn http_client(&self) -> StepResult<reqwest::Client> {
         self.tls()?
             .reqwest_builder()
             .map_err(|e| StepError::Config(format!("http client: {e}")))?
-            .timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
             .build()
             .map_err(|e| StepError::Config(format!("http client: {e}")))
     }

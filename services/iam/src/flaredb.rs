@@ -14,8 +14,11 @@ use plasmacloud_store_client::{Error as ClientError, Keyspace, Precondition, Sto
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Deadline of one FlareDB call (all endpoints tried within it).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of one FlareDB call (all endpoints tried within it). A commit on a starved
+/// machine takes seconds (3 TCG VMs beside a cargo build: 3 s was too short for most writes,
+/// and first boot's IAM check waited minutes); an outage is still answered fast (a refused
+/// connection at once, then [`FAIL_FAST_FOR`]).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long calls fail fast after FlareDB was found unreachable.
 pub const FAIL_FAST_FOR: Duration = Duration::from_secs(2);
 

@@ -76,7 +76,8 @@ async fn background_chores<S: Store>(iam: Arc<Iam<S>>) {
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?pause, "cannot publish the signing key yet");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(30));
+                // Kept short: node tokens wait for this key.
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }
