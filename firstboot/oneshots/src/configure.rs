@@ -22,7 +22,7 @@ use plasmacloud_store_client::{Precondition, StoreClient};
 
 use crate::ids::{check_cluster_id, node_id_path, ID_BY_NODE_PREFIX, ID_COUNTER_KEY, SEED_ID};
 use crate::pristine::answer_no_cluster;
-use crate::step::{retry_until, write_atomic, Attempt, Ctx, StepError, StepResult, Store};
+use crate::step::{write_atomic, Attempt, Ctx, StepError, StepResult, Store};
 
 /// Runs the step.
 pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<()> {
@@ -100,7 +100,7 @@ pub async fn seed_may_bootstrap(ctx: &Ctx, deadline: Duration) -> StepResult<boo
                 .map(|c| (n.name.clone(), c))
         })
         .collect::<StepResult<Vec<_>>>()?;
-    retry_until(
+    ctx.retry_until("configure", 
         "every other initial voter to say whether it holds a cluster",
         deadline,
         || async {
@@ -132,46 +132,53 @@ pub async fn seed_may_bootstrap(ctx: &Ctx, deadline: Duration) -> StepResult<boo
 /// Takes the next id from the counter by compare-and-swap.
 async fn allocate_id(ctx: &Ctx, peers: &StoreClient, deadline: Duration) -> StepResult<u64> {
     let kv = peers.kv();
-    retry_until("a Raft id from the Chainfire counter", deadline, || async {
-        if check_cluster_id(ctx, peers).await?.is_none() {
-            return Ok(Attempt::NotYet(
-                "the seed has not bootstrapped Chainfire yet".into(),
-            ));
-        }
-        let current = match kv.get(ID_COUNTER_KEY).await {
-            Ok(Some(v)) => v,
-            Ok(None) => return Ok(Attempt::NotYet("the id counter does not exist yet".into())),
-            Err(e) => return Ok(Attempt::NotYet(e.to_string())),
-        };
-        let n: u64 = current.value.trim().parse().map_err(|_| {
-            StepError::Config(format!(
-                "Chainfire key {ID_COUNTER_KEY} holds {:?}, not a number; repair it by hand",
-                current.value
-            ))
-        })?;
-        match kv
-            .put_if(
-                ID_COUNTER_KEY,
-                &(n + 1).to_string(),
-                Precondition::Revision(current.revision),
-            )
-            .await
-        {
-            Ok(_) => {
-                let _ = kv
-                    .put(
-                        &format!("{ID_BY_NODE_PREFIX}{}", ctx.me.name),
-                        &n.to_string(),
-                    )
-                    .await;
-                tracing::info!(id = n, "allocated a Raft id");
-                Ok(Attempt::Done(n))
+    ctx.retry_until(
+        "configure",
+        "a Raft id from the Chainfire counter",
+        deadline,
+        || async {
+            if check_cluster_id(ctx, peers).await?.is_none() {
+                return Ok(Attempt::NotYet(
+                    "the seed has not bootstrapped Chainfire yet".into(),
+                ));
             }
-            Err(e) if e.is_conflict() => Ok(Attempt::NotYet("another node took that id".into())),
-            // Outcome unknown: that id may be spent; the next round takes a fresh one.
-            Err(e) => Ok(Attempt::NotYet(e.to_string())),
-        }
-    })
+            let current = match kv.get(ID_COUNTER_KEY).await {
+                Ok(Some(v)) => v,
+                Ok(None) => return Ok(Attempt::NotYet("the id counter does not exist yet".into())),
+                Err(e) => return Ok(Attempt::NotYet(e.to_string())),
+            };
+            let n: u64 = current.value.trim().parse().map_err(|_| {
+                StepError::Config(format!(
+                    "Chainfire key {ID_COUNTER_KEY} holds {:?}, not a number; repair it by hand",
+                    current.value
+                ))
+            })?;
+            match kv
+                .put_if(
+                    ID_COUNTER_KEY,
+                    &(n + 1).to_string(),
+                    Precondition::Revision(current.revision),
+                )
+                .await
+            {
+                Ok(_) => {
+                    let _ = kv
+                        .put(
+                            &format!("{ID_BY_NODE_PREFIX}{}", ctx.me.name),
+                            &n.to_string(),
+                        )
+                        .await;
+                    tracing::info!(id = n, "allocated a Raft id");
+                    Ok(Attempt::Done(n))
+                }
+                Err(e) if e.is_conflict() => {
+                    Ok(Attempt::NotYet("another node took that id".into()))
+                }
+                // Outcome unknown: that id may be spent; the next round takes a fresh one.
+                Err(e) => Ok(Attempt::NotYet(e.to_string())),
+            }
+        },
+    )
     .await
 }
 

@@ -19,7 +19,7 @@ use plasmacloud_pki::Identity;
 use serde::Deserialize;
 use sha2::Digest;
 
-use crate::step::{retry_until, Attempt, Ctx, StepError, StepResult};
+use crate::step::{Attempt, Ctx, StepError, StepResult};
 
 /// What the enrollment endpoint answers.
 #[derive(Debug, Deserialize)]
@@ -108,7 +108,7 @@ pub async fn run(ctx: &Ctx, deadline: Duration) -> StepResult<()> {
         .map_err(|e| StepError::Config(format!("https client: {e}")))?;
     let url = format!("{}/v1/enroll", ctx.contract.enrollment_url());
     let body = serde_json::json!({"node": ctx.me.name, "token": token, "csr": csr});
-    let got: Enrolled = retry_until("pxe-server to sign this node's certificate", deadline, || async {
+    let got: Enrolled = ctx.retry_until("enroll", "pxe-server to sign this node's certificate", deadline, || async {
         let r = match http.post(&url).json(&body).send().await {
             Ok(r) => r,
             Err(e) => return Ok(Attempt::NotYet(format!("{url}: {e}"))),

@@ -16,7 +16,9 @@ use plasmacloud_store_client::MemberRole;
 use serde::Serialize;
 
 use crate::ids::{guard_keyspace, joined_uuid, my_id, CLUSTER_UUID_KEY};
-use crate::step::{write_atomic, Backoff, Ctx, StepError, StepResult, Store};
+use crate::step::{
+    cap_detail, write_atomic, Backoff, Ctx, StepError, StepResult, Store, SAY_WAITING_EVERY,
+};
 
 /// One check's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -297,9 +299,6 @@ async fn wave_iam(ctx: &Ctx, http: &reqwest::Client) -> StepResult<Vec<Check>> {
     Ok(out)
 }
 
-/// How often a wave that keeps failing says what it waits for.
-const SAY_WAITING_EVERY: Duration = Duration::from_secs(10);
-
 /// `wave cluster, attempt 3, waiting for: chainfire.leader (…); …`, at most 1000 bytes.
 fn waiting_for(wave: &str, attempts: u32, result: &[Check]) -> String {
     let failing: Vec<String> = result
@@ -307,19 +306,10 @@ fn waiting_for(wave: &str, attempts: u32, result: &[Check]) -> String {
         .filter(|c| !c.ok)
         .map(|c| format!("{} ({})", c.name, c.detail))
         .collect();
-    let mut line = format!(
+    cap_detail(format!(
         "wave {wave}, attempt {attempts}, waiting for: {}",
         failing.join("; ")
-    );
-    if line.len() > 1000 {
-        let mut cut = 997;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        line.truncate(cut);
-        line.push_str("...");
-    }
-    line
+    ))
 }
 
 /// Runs the step: waves until ready or the deadline; writes the report and the ready file.

@@ -11,22 +11,27 @@ use std::time::Duration;
 
 use plasmacloud_contract::IamAdmin;
 
-use crate::step::{retry_until, Attempt, Ctx, StepError, StepResult};
+use crate::step::{Attempt, Ctx, StepError, StepResult};
 
 /// Waits until the local IAM reports healthy.
 pub async fn wait_healthy(ctx: &Ctx, http: &reqwest::Client, deadline: Duration) -> StepResult<()> {
     let url = format!("{}/health", ctx.iam_url());
-    retry_until("the local IAM to report healthy", deadline, || async {
-        match http.get(&url).send().await {
-            Ok(r) if r.status().is_success() => Ok(Attempt::Done(())),
-            Ok(r) => Ok(Attempt::NotYet(format!(
-                "{url} answered {}: {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            ))),
-            Err(e) => Ok(Attempt::NotYet(format!("{url}: {e}"))),
-        }
-    })
+    ctx.retry_until(
+        "iam-setup",
+        "the local IAM to report healthy",
+        deadline,
+        || async {
+            match http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => Ok(Attempt::Done(())),
+                Ok(r) => Ok(Attempt::NotYet(format!(
+                    "{url} answered {}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ))),
+                Err(e) => Ok(Attempt::NotYet(format!("{url}: {e}"))),
+            }
+        },
+    )
     .await
 }
 
@@ -57,7 +62,7 @@ async fn bootstrap(
     let url = format!("{}/v1/bootstrap", ctx.iam_url());
     let body =
         serde_json::json!({"username": admin.username, "password_hash": admin.password_hash});
-    retry_until("IAM to bootstrap the admin", deadline, || async {
+    ctx.retry_until("iam-setup", "IAM to bootstrap the admin", deadline, || async {
         let r = match http.post(&url).json(&body).send().await {
             Ok(r) => r,
             Err(e) => return Ok(Attempt::NotYet(format!("{url}: {e}"))),

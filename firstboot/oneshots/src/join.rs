@@ -23,7 +23,7 @@ use crate::ids::{
     check_cluster_id, guard_keyspace, my_id, CLUSTER_ID_KEY, CLUSTER_UUID_KEY, ID_COUNTER_KEY,
     SEED_ID,
 };
-use crate::step::{retry_until, Attempt, Ctx, StepError, StepResult, Store};
+use crate::step::{Attempt, Ctx, StepError, StepResult, Store};
 
 fn me_as_member(ctx: &Ctx, store: Store, id: u64) -> Member {
     Member {
@@ -36,9 +36,14 @@ fn me_as_member(ctx: &Ctx, store: Store, id: u64) -> Member {
     }
 }
 
+/// The step's name in progress reports: `chainfire-join`, `flaredb-join`.
+fn step_name(store: Store) -> String {
+    format!("{}-join", store.name())
+}
+
 /// Runs the join step for `store`.
 pub async fn run(ctx: &Ctx, store: Store, deadline: Duration) -> StepResult<()> {
-    let step = format!("{}-join", store.name());
+    let step = step_name(store);
     ctx.progress(&step, "started", "").await;
     let id = my_id(ctx, store)?;
     let me = me_as_member(ctx, store, id);
@@ -46,17 +51,19 @@ pub async fn run(ctx: &Ctx, store: Store, deadline: Duration) -> StepResult<()> 
     let local = ctx.local_client(store)?;
 
     // The local server must answer (even 503: a pristine node is unhealthy but serves).
-    let members = retry_until(
-        &format!("the local {} API", store.name()),
-        deadline,
-        || async {
-            match local.members().await {
-                Ok(m) => Ok(Attempt::Done(m)),
-                Err(e) => Ok(Attempt::NotYet(e.to_string())),
-            }
-        },
-    )
-    .await?;
+    let members = ctx
+        .retry_until(
+            &step_name(store),
+            &format!("the local {} API", store.name()),
+            deadline,
+            || async {
+                match local.members().await {
+                    Ok(m) => Ok(Attempt::Done(m)),
+                    Err(e) => Ok(Attempt::NotYet(e.to_string())),
+                }
+            },
+        )
+        .await?;
 
     let how = if let Some(m) = members.get(id) {
         if voter && m.role == MemberRole::Learner {
@@ -79,21 +86,23 @@ pub async fn run(ctx: &Ctx, store: Store, deadline: Duration) -> StepResult<()> 
     };
     // Which cluster this node now belongs to, as its own replica says.
     let guards = guard_keyspace(&local, store)?;
-    let uuid = retry_until(
-        &format!(
-            "this node's {} replica to hold the cluster identity",
-            store.name()
-        ),
-        deadline,
-        || async {
-            match guards.get_local(CLUSTER_UUID_KEY).await {
-                Ok(Some(v)) => Ok(Attempt::Done(v.value)),
-                Ok(None) => Ok(Attempt::NotYet("not applied here yet".into())),
-                Err(e) => Ok(Attempt::NotYet(e.to_string())),
-            }
-        },
-    )
-    .await?;
+    let uuid = ctx
+        .retry_until(
+            &step_name(store),
+            &format!(
+                "this node's {} replica to hold the cluster identity",
+                store.name()
+            ),
+            deadline,
+            || async {
+                match guards.get_local(CLUSTER_UUID_KEY).await {
+                    Ok(Some(v)) => Ok(Attempt::Done(v.value)),
+                    Ok(None) => Ok(Attempt::NotYet("not applied here yet".into())),
+                    Err(e) => Ok(Attempt::NotYet(e.to_string())),
+                }
+            },
+        )
+        .await?;
     ctx.mark_done(
         &step,
         serde_json::json!({"id": id, "how": how, "cluster_uuid": uuid}),
@@ -110,7 +119,7 @@ async fn bootstrap(
     me: &Member,
     deadline: Duration,
 ) -> StepResult<()> {
-    retry_until(&format!("{} to initialise", store.name()), deadline, || async {
+    ctx.retry_until(&step_name(store), &format!("{} to initialise", store.name()), deadline, || async {
         match local.init(std::slice::from_ref(me)).await {
             Ok(_) => Ok(Attempt::Done(())),
             Err(e) if e.status() == Some(409) => Err(StepError::Config(format!(
@@ -123,7 +132,8 @@ async fn bootstrap(
     .await?;
     // Wait for leadership, then record the cluster id and start the id counter.
     let guards = guard_keyspace(local, store)?;
-    retry_until(
+    ctx.retry_until(
+        &step_name(store),
         &format!("{} to elect itself leader", store.name()),
         deadline,
         || async {
@@ -135,26 +145,31 @@ async fn bootstrap(
         },
     )
     .await?;
-    retry_until("the cluster id to be recorded", deadline, || async {
-        match guards
-            .put_if(CLUSTER_ID_KEY, ctx.contract.id(), Precondition::Absent)
-            .await
-        {
-            Ok(_) => Ok(Attempt::Done(())),
-            Err(e) if e.is_conflict() => match guards.get(CLUSTER_ID_KEY).await {
-                Ok(Some(v)) if v.value == ctx.contract.id() => Ok(Attempt::Done(())),
-                Ok(Some(v)) => Err(StepError::Config(format!(
-                    "this {} holds cluster {:?}, the contract says {:?}",
-                    store.name(),
-                    v.value,
-                    ctx.contract.id()
-                ))),
-                Ok(None) => Ok(Attempt::NotYet("cluster id vanished".into())),
+    ctx.retry_until(
+        &step_name(store),
+        "the cluster id to be recorded",
+        deadline,
+        || async {
+            match guards
+                .put_if(CLUSTER_ID_KEY, ctx.contract.id(), Precondition::Absent)
+                .await
+            {
+                Ok(_) => Ok(Attempt::Done(())),
+                Err(e) if e.is_conflict() => match guards.get(CLUSTER_ID_KEY).await {
+                    Ok(Some(v)) if v.value == ctx.contract.id() => Ok(Attempt::Done(())),
+                    Ok(Some(v)) => Err(StepError::Config(format!(
+                        "this {} holds cluster {:?}, the contract says {:?}",
+                        store.name(),
+                        v.value,
+                        ctx.contract.id()
+                    ))),
+                    Ok(None) => Ok(Attempt::NotYet("cluster id vanished".into())),
+                    Err(e) => Ok(Attempt::NotYet(e.to_string())),
+                },
                 Err(e) => Ok(Attempt::NotYet(e.to_string())),
-            },
-            Err(e) => Ok(Attempt::NotYet(e.to_string())),
-        }
-    })
+            }
+        },
+    )
     .await?;
     // The cluster's own identity: made once, at this bootstrap. Two clusters formed from one
     // contract share its id but can never share this.
@@ -167,43 +182,58 @@ async fn bootstrap(
         // FlareDB belongs to the cluster Chainfire formed: it carries the same identity.
         Store::Flaredb => {
             let cf = guard_keyspace(&ctx.local_client(Store::Chainfire)?, Store::Chainfire)?;
-            retry_until("Chainfire's cluster identity", deadline, || async {
-                match cf.get_local(CLUSTER_UUID_KEY).await {
-                    Ok(Some(v)) => Ok(Attempt::Done(v.value)),
-                    Ok(None) => Ok(Attempt::NotYet("not recorded yet".into())),
-                    Err(e) => Ok(Attempt::NotYet(e.to_string())),
-                }
-            })
+            ctx.retry_until(
+                &step_name(store),
+                "Chainfire's cluster identity",
+                deadline,
+                || async {
+                    match cf.get_local(CLUSTER_UUID_KEY).await {
+                        Ok(Some(v)) => Ok(Attempt::Done(v.value)),
+                        Ok(None) => Ok(Attempt::NotYet("not recorded yet".into())),
+                        Err(e) => Ok(Attempt::NotYet(e.to_string())),
+                    }
+                },
+            )
             .await?
         }
     };
-    retry_until("the cluster identity to be recorded", deadline, || async {
-        match guards
-            .put_if(CLUSTER_UUID_KEY, &uuid, Precondition::Absent)
-            .await
-        {
-            Ok(_) => Ok(Attempt::Done(())),
-            // Recorded by an earlier run of this very bootstrap: keep that one.
-            Err(e) if e.is_conflict() => Ok(Attempt::Done(())),
-            Err(e) => Ok(Attempt::NotYet(e.to_string())),
-        }
-    })
-    .await?;
-    if store == Store::Chainfire {
-        retry_until("the Raft id counter to be created", deadline, || async {
+    ctx.retry_until(
+        &step_name(store),
+        "the cluster identity to be recorded",
+        deadline,
+        || async {
             match guards
-                .put_if(
-                    ID_COUNTER_KEY,
-                    &(SEED_ID + 1).to_string(),
-                    Precondition::Absent,
-                )
+                .put_if(CLUSTER_UUID_KEY, &uuid, Precondition::Absent)
                 .await
             {
                 Ok(_) => Ok(Attempt::Done(())),
+                // Recorded by an earlier run of this very bootstrap: keep that one.
                 Err(e) if e.is_conflict() => Ok(Attempt::Done(())),
                 Err(e) => Ok(Attempt::NotYet(e.to_string())),
             }
-        })
+        },
+    )
+    .await?;
+    if store == Store::Chainfire {
+        ctx.retry_until(
+            &step_name(store),
+            "the Raft id counter to be created",
+            deadline,
+            || async {
+                match guards
+                    .put_if(
+                        ID_COUNTER_KEY,
+                        &(SEED_ID + 1).to_string(),
+                        Precondition::Absent,
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(Attempt::Done(())),
+                    Err(e) if e.is_conflict() => Ok(Attempt::Done(())),
+                    Err(e) => Ok(Attempt::NotYet(e.to_string())),
+                }
+            },
+        )
         .await?;
     }
     Ok(())
@@ -212,15 +242,21 @@ async fn bootstrap(
 async fn join(ctx: &Ctx, store: Store, me: &Member, deadline: Duration) -> StepResult<()> {
     let peers = ctx.peers_client(store)?;
     if store == Store::Chainfire {
-        retry_until("the Chainfire cluster id", deadline, || async {
-            Ok(match check_cluster_id(ctx, &peers).await? {
-                Some(()) => Attempt::Done(()),
-                None => Attempt::NotYet("the seed has not recorded the cluster id yet".into()),
-            })
-        })
+        ctx.retry_until(
+            &step_name(store),
+            "the Chainfire cluster id",
+            deadline,
+            || async {
+                Ok(match check_cluster_id(ctx, &peers).await? {
+                    Some(()) => Attempt::Done(()),
+                    None => Attempt::NotYet("the seed has not recorded the cluster id yet".into()),
+                })
+            },
+        )
         .await?;
     }
-    retry_until(
+    ctx.retry_until(
+        &step_name(store),
         &format!("{} to add {} as a learner", store.name(), ctx.me.name),
         deadline,
         || async {
@@ -282,7 +318,8 @@ async fn remove_old_incarnations(
 
 async fn promote(ctx: &Ctx, store: Store, id: u64, deadline: Duration) -> StepResult<()> {
     let peers = ctx.client(store, ctx.contract.voters(), Duration::from_secs(5))?;
-    retry_until(
+    ctx.retry_until(
+        &step_name(store),
         &format!("{} to promote id {id} to voter", store.name()),
         deadline,
         || async {

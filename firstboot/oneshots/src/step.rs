@@ -343,14 +343,65 @@ pub enum Attempt<T> {
 
 /// Runs `attempt` until it is done, fails with a configuration error, or `deadline` passes
 /// (then [`StepError::Retry`] naming what was awaited). Backs off between attempts.
-pub async fn retry_until<T, F, Fut>(what: &str, deadline: Duration, mut attempt: F) -> StepResult<T>
+pub async fn retry_until<T, F, Fut>(what: &str, deadline: Duration, attempt: F) -> StepResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = StepResult<Attempt<T>>>,
+{
+    retry(None, what, deadline, attempt).await
+}
+
+/// How often a step that keeps waiting says what it waits for.
+pub const SAY_WAITING_EVERY: Duration = Duration::from_secs(10);
+
+/// A progress detail cut to at most 1000 bytes (on a character boundary).
+pub fn cap_detail(mut line: String) -> String {
+    if line.len() > 1000 {
+        let mut cut = 997;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
+impl Ctx {
+    /// [`retry_until`], saying what it waits for (`attempt N, waiting for WHAT: WHY`) as
+    /// `step`'s progress — the unit's status line and a boot event — at the first failed
+    /// attempt and every [`SAY_WAITING_EVERY`] after, so a slow step is never silent.
+    pub async fn retry_until<T, F, Fut>(
+        &self,
+        step: &str,
+        what: &str,
+        deadline: Duration,
+        attempt: F,
+    ) -> StepResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StepResult<Attempt<T>>>,
+    {
+        retry(Some((self, step)), what, deadline, attempt).await
+    }
+}
+
+async fn retry<T, F, Fut>(
+    say: Option<(&Ctx, &str)>,
+    what: &str,
+    deadline: Duration,
+    mut attempt: F,
+) -> StepResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = StepResult<Attempt<T>>>,
 {
     let start = Instant::now();
     let mut backoff = Backoff::default();
+    let mut attempts = 0u32;
+    let mut said: Option<Instant> = None;
     loop {
+        attempts += 1;
         let last = match attempt().await {
             Ok(Attempt::Done(v)) => return Ok(v),
             Ok(Attempt::NotYet(why)) | Err(StepError::Retry(why)) => why,
@@ -364,6 +415,13 @@ where
             )));
         }
         tracing::debug!(what, last = %last, "not yet");
+        if let Some((ctx, step)) = say {
+            if said.is_none_or(|t| t.elapsed() >= SAY_WAITING_EVERY) {
+                said = Some(Instant::now());
+                let line = format!("attempt {attempts}, waiting for {what}: {last}");
+                ctx.progress(step, "started", &cap_detail(line)).await;
+            }
+        }
         tokio::time::sleep(backoff.pause().min(deadline.saturating_sub(elapsed))).await;
     }
 }

@@ -465,6 +465,8 @@ async fn the_seed_waits_for_a_silent_voter_and_names_it() {
     assert_eq!(out.status.code(), Some(75), "{text}");
     assert!(text.contains("no answer from node03"), "{text}");
     assert!(!text.contains("node02 ("), "node02 answered: {text}");
+    // It said so while it waited (the unit's status and a boot event), not only at the end.
+    assert!(text.contains("attempt 1, waiting for"), "{text}");
     assert!(
         !rack
             .node_dir("node01")
