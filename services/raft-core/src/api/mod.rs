@@ -37,7 +37,7 @@ pub use handler::St;
 pub use health::health_of;
 pub use kv::{MAX_KEY, MAX_VALUE};
 pub use membership::{LEARNER_CATCHUP_TIMEOUT, MOVE_LEADER_TIMEOUT};
-pub use timeseries::downsample;
+pub use timeseries::{downsample, MAX_POINTS};
 
 async fn not_found(uri: OriginalUri) -> Response {
     handler::err(
