@@ -141,7 +141,7 @@ impl Access {
         };
         b.redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(crate::bounds::CLIENT_POOL_IDLE)
             .pool_max_idle_per_host(128)
             .tcp_nodelay(true)
             .build()

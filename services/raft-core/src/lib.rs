@@ -7,6 +7,8 @@
 //!   snapshot.
 //! - [`network`]: Raft RPC as JSON over HTTP on the Raft port (axum server, reqwest client),
 //!   with the target's id and data-directory incarnation on every request.
+//! - [`bounds`]: the bounds on both ports (handshake, header and idle timeouts, body caps and
+//!   deadlines, connections, Raft requests per peer) and the ports' one accept loop.
 //! - [`access`]: who may call what — mutual TLS on both ports with the node's certificate,
 //!   node-only Raft, public `/health` and `/readyz`, FlareDB's node-only namespaces.
 //! - [`revocation`]: the revoked serials (Chainfire `pki/revoked/`) every node refuses,
@@ -55,6 +57,7 @@
 
 pub mod access;
 pub mod api;
+pub mod bounds;
 pub mod cluster_view;
 pub mod config;
 pub mod datadir;

@@ -33,6 +33,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{self, MAX_RAFT_BODY};
 use crate::durability::Durable;
 use crate::types::{NodeId, NodeInfo, Raft, TypeConfig};
 
@@ -365,7 +366,8 @@ async fn identity(State(st): State<RaftRpcState>) -> Json<Identity> {
     Json(id)
 }
 
-/// The Raft port's routes.
+/// The Raft port's routes, with the bounds of [`crate::bounds`]: bodies of at most
+/// [`MAX_RAFT_BODY`], at most [`bounds::MAX_RAFT_REQUESTS_PER_PEER`] requests at once per peer.
 pub fn raft_router(st: RaftRpcState) -> Router {
     Router::new()
         .route("/raft/append", post(append))
@@ -373,7 +375,16 @@ pub fn raft_router(st: RaftRpcState) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/raft/identity", get(identity))
         .route("/raft/elect", post(elect))
-        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        // Inside the guard (crate::access): a peer's slot first, then its body.
+        .route_layer(axum::middleware::from_fn_with_state(
+            MAX_RAFT_BODY,
+            bounds::read_body,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(bounds::PeerLimits::default()),
+            bounds::limit_per_peer,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_RAFT_BODY))
         .with_state(st)
 }
 

@@ -582,7 +582,7 @@ fn spawn_server(
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let addr = listener
         .local_addr()
@@ -592,37 +592,26 @@ fn spawn_server(
         addr,
         source,
     })?;
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
     let task = match tls {
-        None => {
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        None => tokio::spawn(crate::bounds::serve_port(
+            which,
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
-            });
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(which, error = %e, "server stopped");
-                }
-            })
-        }
+            }),
+            |addr| Peer {
+                addr: *addr,
+                cert: None,
+            },
+            app,
+            stop,
+        )),
         Some(cfg) => {
             let l = TlsListener::spawn(which, listener, cfg).map_err(|source| Error::Bind {
                 which,
                 addr,
                 source,
             })?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
-                    tracing::error!(which, error = %e, "server stopped");
-                }
-            })
+            tokio::spawn(crate::bounds::serve_port(which, l, Peer::clone, app, stop))
         }
     };
     Ok(task)

@@ -152,17 +152,18 @@ impl StateReader {
         Ok((applied.map(|l| l.index).unwrap_or(0), items, more))
     }
 
-    /// Points of `series` with `from <= t < to`. Blocking.
-    pub fn ts_range(
+    /// Visits the points of `series` with `from <= t < to` in time order until `visit` returns
+    /// false (so a caller holds only what it keeps). Blocking.
+    pub fn ts_scan(
         &self,
         series: &str,
         from: i64,
         to: i64,
-    ) -> Result<Vec<(i64, f64)>, StorageError> {
+        mut visit: impl FnMut(i64, f64) -> bool,
+    ) -> Result<(), StorageError> {
         let cf = cf(&self.db, CF_TS)?;
         let start = ts_key(series, from);
         let end = ts_key(series, to);
-        let mut out = Vec::new();
         let it = self
             .db
             .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward));
@@ -181,9 +182,11 @@ impl StateReader {
                     .try_into()
                     .map_err(|_| read_err(&std::io::Error::other("bad ts value")))?,
             ));
-            out.push((t as i64, v));
+            if !visit(t as i64, v) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The node record for `id` if that id was ever a member. Blocking.

@@ -313,7 +313,9 @@ impl ClientBuilder {
             b = b
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(Duration::from_secs(2))
-                .pool_idle_timeout(Duration::from_secs(30))
+                // The servers close a connection idle for 10 s: let it go first, so a request
+                // never goes out on a connection the server is closing.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true);
             if let (Some(certs), None) = (&certs, &mtls) {
                 b = b.tls_built_in_root_certs(false);

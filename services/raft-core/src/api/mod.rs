@@ -37,7 +37,7 @@ pub use handler::St;
 pub use health::health_of;
 pub use kv::{MAX_KEY, MAX_VALUE};
 pub use membership::{LEARNER_CATCHUP_TIMEOUT, MOVE_LEADER_TIMEOUT};
-pub use timeseries::downsample;
+pub use timeseries::{downsample, MAX_POINTS};
 
 async fn not_found(uri: OriginalUri) -> Response {
     handler::err(
@@ -49,9 +49,15 @@ async fn not_found(uri: OriginalUri) -> Response {
 /// The API port: the public [`health_routes`], and [`cluster_routes`] plus the server's `own`
 /// routes behind the guard; JSON 404s for anything else.
 pub fn app(st: St, own: Router) -> Router {
-    let guarded = st
-        .access
-        .guard(Port::Api, cluster_routes(st.clone()).merge(own));
+    // Bodies are read inside the guard (crate::bounds): none for a refused caller.
+    let routes =
+        cluster_routes(st.clone())
+            .merge(own)
+            .route_layer(axum::middleware::from_fn_with_state(
+                crate::bounds::MAX_API_BODY,
+                crate::bounds::read_body,
+            ));
+    let guarded = st.access.guard(Port::Api, routes);
     health_routes(st).merge(guarded).fallback(not_found)
 }
 

@@ -1,5 +1,10 @@
 //! FlareDB's time series: `POST /v1/ts/{series}/points` appends (a point at an existing `t`
 //! replaces it), `GET /v1/ts/{series}?from=&to=[&step=]` reads raw points or per-step buckets.
+//!
+//! The bound: one answer carries at most [`MAX_POINTS`] points (raw) or buckets (with `step`).
+//! A query that would carry more is answered 400 naming the maximum and what to ask instead (a
+//! narrower `from`/`to`, or a `step`, or a larger one); the server stops reading the series as
+//! soon as it knows, so a query never holds more than that in memory.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -29,8 +34,11 @@ pub(super) async fn ts_append(
             Ok(p) => p,
             Err(e) => return e,
         };
-    if parsed.points.is_empty() || parsed.points.len() > 10_000 {
-        return err(StatusCode::BAD_REQUEST, "send 1..=10000 points per request");
+    if parsed.points.is_empty() || parsed.points.len() > MAX_POINTS {
+        return err(
+            StatusCode::BAD_REQUEST,
+            format!("send 1..={MAX_POINTS} points per request"),
+        );
     }
     if parsed.points.iter().any(|p| !p.v.is_finite()) {
         return err(
@@ -52,31 +60,79 @@ pub(super) async fn ts_append(
     }
 }
 
-/// Downsamples sorted points into `step`-ms buckets.
-pub fn downsample(points: &[(i64, f64)], step: i64) -> Vec<Bucket> {
-    let mut out: Vec<Bucket> = Vec::new();
-    for &(t, v) in points {
-        let start = t.div_euclid(step) * step;
-        match out.last_mut() {
-            Some(b) if b.t == start => {
-                b.v += v;
-                b.min = b.min.min(v);
-                b.max = b.max.max(v);
-                b.count += 1;
-            }
-            _ => out.push(Bucket {
-                t: start,
-                v,
-                min: v,
-                max: v,
-                count: 1,
-            }),
+/// The most points (raw) or buckets (with `step`) one query answers; also the most points one
+/// append takes.
+pub const MAX_POINTS: usize = 10_000;
+
+/// Adds the point `(t, v)` (in time order) to `step`-ms buckets whose `v` is still a sum.
+fn add_to_buckets(out: &mut Vec<Bucket>, step: i64, t: i64, v: f64) {
+    let start = t.div_euclid(step) * step;
+    match out.last_mut() {
+        Some(b) if b.t == start => {
+            b.v += v;
+            b.min = b.min.min(v);
+            b.max = b.max.max(v);
+            b.count += 1;
         }
+        _ => out.push(Bucket {
+            t: start,
+            v,
+            min: v,
+            max: v,
+            count: 1,
+        }),
     }
+}
+
+/// Turns the buckets' sums into averages.
+fn average(mut out: Vec<Bucket>) -> Vec<Bucket> {
     for b in &mut out {
         b.v /= b.count as f64;
     }
     out
+}
+
+/// Downsamples sorted points into `step`-ms buckets.
+pub fn downsample(points: &[(i64, f64)], step: i64) -> Vec<Bucket> {
+    let mut out: Vec<Bucket> = Vec::new();
+    for &(t, v) in points {
+        add_to_buckets(&mut out, step, t, v);
+    }
+    average(out)
+}
+
+/// What a query answers: raw points, or buckets.
+enum Read {
+    Points(Vec<Point>),
+    Buckets(Vec<Bucket>),
+}
+
+/// Reads what `from..to` at `step` (0: raw) answers, stopping at [`MAX_POINTS`] + 1.
+fn read_bounded(
+    reader: &crate::state_machine::StateReader,
+    series: &str,
+    from: i64,
+    to: i64,
+    step: i64,
+) -> Result<Option<Read>, crate::types::StorageError> {
+    let mut over = false;
+    if step > 0 {
+        let mut out = Vec::new();
+        reader.ts_scan(series, from, to, |t, v| {
+            add_to_buckets(&mut out, step, t, v);
+            over = out.len() > MAX_POINTS;
+            !over
+        })?;
+        Ok((!over).then(|| Read::Buckets(average(out))))
+    } else {
+        let mut out = Vec::new();
+        reader.ts_scan(series, from, to, |t, v| {
+            out.push(Point { t, v });
+            over = out.len() > MAX_POINTS;
+            !over
+        })?;
+        Ok((!over).then_some(Read::Points(out)))
+    }
 }
 
 pub(super) async fn ts_query(State(st): State<St>, Path(series): Path<String>, r: Req) -> Response {
@@ -105,20 +161,23 @@ pub(super) async fn ts_query(State(st): State<St>, Path(series): Path<String>, r
         return resp;
     }
     let reader = st.reader.clone();
-    let points = match read_blocking(move || reader.ts_range(&series, from, to)).await {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
-    if step > 0 {
-        Json(BucketsBody {
-            points: downsample(&points, step),
-        })
-        .into_response()
-    } else {
-        Json(PointsBody {
-            points: points.into_iter().map(|(t, v)| Point { t, v }).collect(),
-        })
-        .into_response()
+    let read = read_blocking(move || read_bounded(&reader, &series, from, to, step)).await;
+    match read {
+        Ok(Some(Read::Points(points))) => Json(PointsBody { points }).into_response(),
+        Ok(Some(Read::Buckets(points))) => Json(BucketsBody { points }).into_response(),
+        Ok(None) if step > 0 => err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "from={from}&to={to}&step={step} makes more than {MAX_POINTS} buckets, the most one answer carries: ask for a larger step or a narrower from/to"
+            ),
+        ),
+        Ok(None) => err(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "from={from}&to={to} holds more than {MAX_POINTS} points, the most one answer carries: ask for a narrower from/to, or for buckets with step=<ms>"
+            ),
+        ),
+        Err(e) => e,
     }
 }
 
