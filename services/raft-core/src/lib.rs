@@ -8,7 +8,8 @@
 //! - [`network`]: Raft RPC as JSON over HTTP on the Raft port (axum server, reqwest client),
 //!   with the target's id and data-directory incarnation on every request.
 //! - [`access`]: who may call what — mutual TLS on both ports with the node's certificate,
-//!   node-only Raft, public `/health` and `/readyz`, FlareDB's node-only namespaces.
+//!   node-only Raft, public `/health`, `/readyz` and `/metrics`, FlareDB's node-only namespaces.
+//! - [`metrics`]: the series served at `/metrics` (Raft, the log's syncs, API requests).
 //! - [`revocation`]: the revoked serials (Chainfire `pki/revoked/`) every node refuses,
 //!   re-read every two seconds.
 //! - [`proposer`]: client writes, batched into single entries while earlier ones are in
@@ -63,6 +64,7 @@ pub mod durability;
 pub mod error;
 pub mod handover;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;
