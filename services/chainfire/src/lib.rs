@@ -9,7 +9,8 @@
 //! the API: `POST /v1/cluster/init` on the seed node, `POST /v1/cluster/learners` for each
 //! joiner, `POST /v1/cluster/voters` to promote.
 //!
-//! Who may call what (`plasmacloud_raft::access`): `/health` and `/readyz` anyone over TLS;
+//! Who may call what (`plasmacloud_raft::access`): `/health`, `/readyz` and `/metrics` anyone
+//! over TLS;
 //! every other API route a certificate of the cluster CA (node or operator); the Raft port a
 //! node certificate only. Serials listed under `pki/revoked/` are refused within a few seconds
 //! (`plasmacloud_raft::revocation`: Chainfire reads its own applied state).
@@ -24,6 +25,8 @@
 //!   (`?consistency=serializable` for a local read); `DELETE /v1/kv/{key}[?prev_revision=N]`
 //!   → `{"revision","deleted"}`; `GET /v1/kv?prefix=P` → `{"revision","items":[…]}`.
 //! - Membership under `/v1/cluster/…` (see `plasmacloud_raft::api`).
+//! - `GET /metrics`: the Prometheus text format, series prefixed `chainfire_` (see
+//!   `plasmacloud_raft::metrics`).
 //!
 //! **Followers forward** writes, linearizable reads and membership changes to the leader and
 //! relay its answer (no 307); 503 with `"retryable":true` when no leader is known.

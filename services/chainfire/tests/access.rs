@@ -147,10 +147,10 @@ async fn every_operation_needs_a_cluster_certificate_and_revocation_bites_within
     let incarnation = identity["incarnation"].as_str().expect("incarnation");
     let ops = operations(at, target, &outsider, incarnation);
 
-    phase("/health and /readyz answer anyone over TLS");
+    phase("/health, /readyz and /metrics answer anyone over TLS");
     let anon = https_anonymous();
     for n in &nodes {
-        for path in ["/health", "/readyz"] {
+        for path in ["/health", "/readyz", "/metrics"] {
             let got = Call::new("health", Method::GET, n.api_url(path), "")
                 .send(&anon)
                 .await;

@@ -13,7 +13,8 @@
 //!
 //! The namespaces `iam` and `system` are node-only: an operator's certificate is refused there.
 //!
-//! API: the membership calls, `/health` and `/readyz` are Chainfire's; data:
+//! API: the membership calls, `/health`, `/readyz` and `/metrics` (series prefixed `flaredb_`)
+//! are Chainfire's; data:
 //! - `PUT|GET|DELETE /v1/ns/{ns}/kv/{key}`, `GET /v1/ns/{ns}/kv?prefix=P` — Chainfire's KV
 //!   semantics per namespace (`[a-z0-9_-]{1,32}`), including `?prev_revision=N` /
 //!   `?prev_exist=false` compare-and-swap (409 on mismatch);

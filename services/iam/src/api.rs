@@ -3,8 +3,8 @@
 //! objects with no unknown fields.
 //!
 //! Who may call what — the rule: IAM is the door for people and outside services, so login,
-//! token verification and `/health` are open to anyone over TLS and authenticate by password
-//! or token. Everything that changes or lists IAM's records (users, roles, bindings, acting on
+//! token verification, `/health` and `/metrics` (counts only, as on Chainfire and FlareDB) are
+//! open to anyone over TLS; login and verification authenticate by password or token. Everything that changes or lists IAM's records (users, roles, bindings, acting on
 //! someone else's token or password) also needs a client certificate of the cluster CA, node
 //! or operator ([`Need::cluster_certificate`]), besides its admin token. Bootstrap and node
 //! tokens need a node certificate ([`Need::node`]). The certificate's identity decides, never a
@@ -14,6 +14,7 @@
 //! | method, path | certificate | permission | body → answer |
 //! |---|---|---|---|
 //! | `GET /health` | — | — | `{"status":"healthy","database":"connected","version"}`, 503 `"disconnected"` |
+//! | `GET /metrics` | — | — | the Prometheus text format (OpenMetrics 1.0): see [`crate::metrics`] |
 //! | `POST /v1/bootstrap` | node | — | `{"username","password_hash"}` → 200 `{"username","created":bool}`; 409 another admin |
 //! | `POST /v1/auth/node-token` | node | — | no body → `{"token","token_type","expires_at","expires_in"}` for subject `node:<name>` |
 //! | `POST /v1/auth/login` | — | — | `{"username","password"}` → `{"token","token_type","expires_at","expires_in"}` |
@@ -191,6 +192,7 @@ pub fn router<S: Store>(iam: Arc<Iam<S>>) -> Router {
     // may act on someone else check for a certificate themselves).
     let open = Router::new()
         .route("/health", get(health::<S>))
+        .route("/metrics", get(metrics::<S>))
         .route("/v1/auth/login", post(login::<S>))
         .route("/v1/auth/whoami", get(whoami::<S>))
         .route("/v1/auth/revoke", post(revoke::<S>))
@@ -230,6 +232,10 @@ pub fn router<S: Store>(iam: Arc<Iam<S>>) -> Router {
         })
         .layer(from_fn_with_state(revoked, refuse_revoked))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(from_fn_with_state(
+            iam.metrics().clone(),
+            crate::metrics::track_requests,
+        ))
         .with_state(iam)
 }
 
@@ -280,6 +286,10 @@ async fn health<S: Store>(State(iam): State<Arc<Iam<S>>>) -> Response {
         )
             .into_response(),
     }
+}
+
+async fn metrics<S: Store>(State(iam): State<Arc<Iam<S>>>) -> Response {
+    iam.metrics().response()
 }
 
 async fn bootstrap<S: Store>(

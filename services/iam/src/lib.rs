@@ -5,8 +5,8 @@
 //! answers HTTPS on port 8080 with the node's certificate. Every write that could race another
 //! IAM instance is a compare-and-swap, so instances never overwrite each other.
 //!
-//! **Who may call** (shared/DESIGN.md, "Trust"): login, token verification and `/health` are
-//! open to anyone over TLS; administration also needs a client certificate of the cluster CA
+//! **Who may call** (shared/DESIGN.md, "Trust"): login, token verification, `/health` and
+//! `/metrics` are open to anyone over TLS; administration also needs a client certificate of the cluster CA
 //! (node or operator); bootstrap and node tokens need a node certificate. IAM reaches FlareDB
 //! with the node's certificate, and FlareDB gives the `iam` namespace to nodes only — so no
 //! outside client reads password hashes, reopens bootstrap or plants a signing key. Revoked
@@ -22,6 +22,7 @@
 //!   [`flaredb`] implements it over FlareDB's HTTP API;
 //! - [`service`]: bootstrap, login, verification with the session cache, revocation, CRUD;
 //! - [`api`]: the axum routes and who may call each (table of endpoints there);
+//!   [`metrics`]: logins, token verifications and requests counted for `GET /metrics`;
 //!   [`server`]: bind, TLS, serve; [`cert_revocations`]: revoked certificates from Chainfire;
 //! - [`config`]: flags, environment and TOML.
 //!
@@ -46,6 +47,7 @@ pub mod cert_revocations;
 pub mod config;
 pub mod error;
 pub mod flaredb;
+pub mod metrics;
 pub mod model;
 pub mod password;
 pub mod server;

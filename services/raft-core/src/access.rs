@@ -7,8 +7,9 @@
 //! 2. **The Raft port** requires a client certificate at the handshake, and every route on it
 //!    (`/raft/append`, `/raft/vote`, `/raft/snapshot`, `/raft/identity`) needs a *node*
 //!    certificate: only cluster nodes replicate, vote or learn who listens.
-//! 3. **The API port** asks for a client certificate without requiring one: `GET /health` and
-//!    `GET /readyz` answer anyone over TLS (the seed's `curl -k https://host:2379/health`);
+//! 3. **The API port** asks for a client certificate without requiring one: `GET /health`,
+//!    `GET /readyz` and `GET /metrics` answer anyone over TLS (the seed's
+//!    `curl -k https://host:2379/health`, a Prometheus scraper);
 //!    every other route needs a certificate of the cluster CA, a node's or an operator's
 //!    (401 without, 403 when it names no PlasmaCloud identity).
 //! 4. **FlareDB's `iam` and `system` namespaces are node-only**: they hold what IAM and the

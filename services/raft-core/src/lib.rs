@@ -10,7 +10,8 @@
 //! - [`bounds`]: the bounds on both ports (handshake, header and idle timeouts, body caps and
 //!   deadlines, connections, Raft requests per peer) and the ports' one accept loop.
 //! - [`access`]: who may call what — mutual TLS on both ports with the node's certificate,
-//!   node-only Raft, public `/health` and `/readyz`, FlareDB's node-only namespaces.
+//!   node-only Raft, public `/health`, `/readyz` and `/metrics`, FlareDB's node-only namespaces.
+//! - [`metrics`]: the series served at `/metrics` (Raft, the log's syncs, API requests).
 //! - [`revocation`]: the revoked serials (Chainfire `pki/revoked/`) every node refuses,
 //!   re-read every two seconds.
 //! - [`proposer`]: client writes, batched into single entries while earlier ones are in
@@ -66,6 +67,7 @@ pub mod durability;
 pub mod error;
 pub mod handover;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;

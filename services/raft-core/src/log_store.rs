@@ -22,6 +22,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -29,6 +30,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use crate::db::{blocking, index_key, read_err, write_err, CF_LOG, CF_RAFT_META};
 use crate::durability::{durable_from, Durable, DurableWriter};
+use crate::metrics::StorageMetrics;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -155,6 +157,8 @@ pub struct LogStore {
     /// The last vote saved (or read at start).
     vote: Arc<std::sync::Mutex<Option<Vote>>>,
     durable: Durable,
+    /// The syncs' latency and the commit index, for `/metrics`.
+    metrics: StorageMetrics,
     /// Declared after `tx`, so when the last clone drops, every sender is gone before the
     /// writer thread is joined.
     _writer: Arc<WriterThread>,
@@ -189,6 +193,7 @@ fn writer_loop(
     recent: Shared,
     durable: Arc<DurableWriter>,
     pending: Arc<AtomicUsize>,
+    metrics: StorageMetrics,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -199,7 +204,7 @@ fn writer_loop(
             }
         }
         let n = jobs.len();
-        let res = write_jobs(&db, &jobs, &recent, &durable);
+        let res = write_jobs(&db, &jobs, &recent, &durable, &metrics);
         for j in jobs {
             finish(j.done, &res);
         }
@@ -215,6 +220,7 @@ fn write_jobs(
     jobs: &[Job],
     recent: &Shared,
     durable: &DurableWriter,
+    metrics: &StorageMetrics,
 ) -> Result<(), String> {
     let mut batch = WriteBatch::default();
     for j in jobs {
@@ -235,7 +241,9 @@ fn write_jobs(
     db.write_opt(batch, &WriteOptions::default())
         .map_err(|e| e.to_string())?;
     if sync {
+        let started = Instant::now();
         db.flush_wal(true).map_err(|e| e.to_string())?;
+        metrics.observe_fsync(started);
     }
     if let Ok(mut r) = recent.lock() {
         for j in jobs {
@@ -318,6 +326,15 @@ impl LogStore {
     /// The log store of node `me` over `db`, starting its writer thread. Reads how far the log
     /// is on disk (a quick seek; call it where blocking is fine).
     pub fn new(db: Arc<DB>, me: NodeId) -> Result<Self, StorageError> {
+        Self::counting_into(db, me, StorageMetrics::default())
+    }
+
+    /// [`LogStore::new`], recording its syncs and the commit index in `metrics`.
+    pub fn counting_into(
+        db: Arc<DB>,
+        me: NodeId,
+        metrics: StorageMetrics,
+    ) -> Result<Self, StorageError> {
         let on_disk = Self::last_on_disk(&db)?.map_or(0, |l| l.index);
         let (writer, durable) = durable_from(on_disk);
         let writer = Arc::new(writer);
@@ -325,9 +342,10 @@ impl LogStore {
         let (tx, rx) = std::sync::mpsc::channel();
         let recent: Shared = Arc::default();
         let (wdb, wp, ww, wq) = (db.clone(), recent.clone(), writer.clone(), pending.clone());
+        let wm = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || writer_loop(wdb, rx, wp, ww, wq))
+            .spawn(move || writer_loop(wdb, rx, wp, ww, wq, wm))
             .map_err(|e| tracing::error!("cannot start the log writer thread: {e}"))
             .ok();
         Ok(Self {
@@ -339,6 +357,7 @@ impl LogStore {
             me,
             vote: Arc::default(),
             durable,
+            metrics,
             _writer: Arc::new(WriterThread(handle)),
         })
     }
@@ -526,6 +545,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Losing it (a crash before the next synced batch) only means re-applying from the
         // state machine's last applied id on restart.
         let bytes = serde_json::to_vec(&committed).map_err(|e| write_err(&e))?;
+        if let Some(c) = committed {
+            self.metrics.commit_index.set(c.index);
+        }
         if self.idle() {
             // Every log write before it is done: into the WAL buffer now, in memory (a write
             // that would wait in RocksDB goes to the writer after all).
@@ -622,6 +644,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     std::slice::from_ref(&job),
                     &self.recent,
                     &self.durable_writer,
+                    &self.metrics,
                 )
             });
             finish(job.done, &res);

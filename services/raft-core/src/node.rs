@@ -197,6 +197,8 @@ pub struct NodeState {
     pub proposer: crate::proposer::Proposer,
     /// When this node last heard from a leader (its Raft port notes every append).
     pub leader_contact: Arc<crate::network::LeaderContact>,
+    /// What `/metrics` serves ([`crate::metrics`]).
+    pub metrics: crate::metrics::SharedMetrics,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -273,6 +275,8 @@ impl StoreNode {
         let api_listener = bind("api", cfg.api_addr)?;
         let raft_listener = bind("raft", cfg.raft_addr)?;
 
+        let storage_metrics = crate::metrics::StorageMetrics::default();
+        let log_metrics = storage_metrics.clone();
         let (path, service, id) = (cfg.data_dir.clone(), cfg.service, cfg.id);
         let (dir, db, log) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
             let dir: DataDir = open_data_dir(&path, service, id)?;
@@ -292,7 +296,7 @@ impl StoreNode {
             if dir.fresh {
                 write_marker(&dir, service)?;
             }
-            let log = LogStore::new(db.clone(), dir.node_id)
+            let log = LogStore::counting_into(db.clone(), dir.node_id, log_metrics)
                 .map_err(|e| Error::Raft(format!("reading the log: {e}")))?;
             Ok((dir, db, log))
         })
@@ -329,7 +333,13 @@ impl StoreNode {
         // The leader syncs its log beside replication (crate::durability): what follows from a
         // commit waits for that sync.
         let network = HttpNetwork::new(http.clone(), scheme).announcing_only_durable(log.durable());
-        let sm = StateMachine::new(db).applying_only_durable(log.durable());
+        let sm = StateMachine::new(db)
+            .applying_only_durable(log.durable())
+            .counting_into(storage_metrics.clone());
+        let metrics = Arc::new(crate::metrics::StoreMetrics::new(
+            cfg.service,
+            storage_metrics,
+        ));
         let reader = sm.reader();
         let raft = Raft::new(dir.node_id, raft_cfg, network, log, sm)
             .await
@@ -348,6 +358,7 @@ impl StoreNode {
             membership_lock: tokio::sync::Mutex::new(()),
             chainfire_link: AtomicU8::new(0),
             leader_contact: Arc::default(),
+            metrics,
         });
         Ok(StoreNode {
             state,
@@ -509,6 +520,7 @@ async fn shutdown_signal() {
 async fn watch_role(st: Arc<NodeState>) {
     let mut rx = st.raft.server_metrics();
     let mut last: Option<(ServerState, Option<NodeId>, usize)> = None;
+    let mut last_leader = None;
     loop {
         let now = {
             let m = rx.borrow_and_update();
@@ -518,6 +530,7 @@ async fn watch_role(st: Arc<NodeState>) {
                 m.membership_config.membership().nodes().count(),
             )
         };
+        st.metrics.leader_seen(&mut last_leader, now.1);
         if last != Some(now) {
             let (state, leader, size) = now;
             let role = role_of(state).as_str();

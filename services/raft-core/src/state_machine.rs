@@ -19,6 +19,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB
 
 use crate::db::{blocking, read_err, write_err, CF_KV, CF_SM_META, CF_SNAPSHOT, CF_TS};
 use crate::durability::Durable;
+use crate::metrics::StorageMetrics;
 use crate::types::{
     Command, CommandResult, Cond, Entry, LogId, NodeId, NodeInfo, Snapshot, SnapshotMeta,
     StorageError, StoredMembership, TypeConfig,
@@ -348,13 +349,25 @@ pub struct StateMachine {
     /// When set, an entry is applied only once the log is on disk up to it (the rule of
     /// [`crate::durability`]; a node's state machine always has it).
     durable: Option<Durable>,
+    /// Snapshots built and installed, for `/metrics`.
+    metrics: StorageMetrics,
 }
 
 impl StateMachine {
     /// A state machine over `db` that applies what it is given at once (openraft's storage
     /// suite, which applies entries that were never in a log).
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db, durable: None }
+        Self {
+            db,
+            durable: None,
+            metrics: StorageMetrics::default(),
+        }
+    }
+
+    /// Counts the snapshots it builds and installs into `metrics`.
+    pub fn counting_into(mut self, metrics: StorageMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Applies an entry only once `durable` has reached it.
@@ -569,7 +582,9 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
-        blocking(move || Self::build_blocking(&db)).await
+        let snapshot = blocking(move || Self::build_blocking(&db)).await?;
+        self.metrics.snapshots_built.inc();
+        Ok(snapshot)
     }
 }
 
@@ -633,7 +648,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
-        blocking(move || Self::install_blocking(&db, &meta, &data)).await
+        blocking(move || Self::install_blocking(&db, &meta, &data)).await?;
+        self.metrics.snapshots_installed.inc();
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

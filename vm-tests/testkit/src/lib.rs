@@ -12,7 +12,9 @@
 //!   when run by hand without them, but under `CI=true` a missing requirement is a failure;
 //! - [`run_to_end`]: a short-lived program run to its end within a deadline, its output kept;
 //!   [`assert_harness_command_line`] checks a rack harness's answer to bad command lines;
-//! - [`netns`]: network namespaces, bridges, taps and veth pairs, deleted on drop (root).
+//! - [`netns`]: network namespaces, bridges, taps and veth pairs, deleted on drop (root);
+//! - [`scrape`]: a service's `/metrics` answer, parsed by a Prometheus text-format parser, and
+//!   its series looked up by name and labels.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod scrape;
 
 /// Whether we run under CI (`CI=true`), where nothing may be skipped.
 pub fn in_ci() -> bool {

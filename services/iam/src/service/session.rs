@@ -90,6 +90,12 @@ impl<S: Store> Iam<S> {
     /// Checks a username and password and issues a token. 401 on wrong credentials, 503 when
     /// FlareDB is unreachable.
     pub async fn login(&self, username: &str, password: &str) -> Result<IssuedToken> {
+        let r = self.login_uncounted(username, password).await;
+        self.metrics.login(&r);
+        r
+    }
+
+    async fn login_uncounted(&self, username: &str, password: &str) -> Result<IssuedToken> {
         model::validate_name("username", username)?;
         if password.is_empty() || password.len() > model::MAX_PASSWORD_BYTES {
             return Err(IamError::Invalid(format!(
@@ -217,6 +223,12 @@ impl<S: Store> Iam<S> {
     /// Verifies a bearer token: signature, expiry, revocation, and the user's current roles.
     /// During a FlareDB outage, a token this instance verified before answers from the cache.
     pub async fn authenticate(&self, token: &str) -> Result<Session> {
+        let r = self.authenticate_uncounted(token).await;
+        self.metrics.verification(&r);
+        r
+    }
+
+    async fn authenticate_uncounted(&self, token: &str) -> Result<Session> {
         let claims = self.verify_claims(token).await?;
         if lock(&self.revoked).contains_key(&claims.jti) {
             return Err(revoked_error());

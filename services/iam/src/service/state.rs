@@ -3,6 +3,7 @@
 //! "this record must exist").
 
 use super::caller::Session;
+use crate::metrics::IamMetrics;
 use crate::password::Hasher;
 use crate::store::{PutCondition, Store, StoreError, Versioned};
 use crate::token::TokenSigner;
@@ -12,7 +13,7 @@ use plasmacloud_pki::Revocations;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// The IAM service: one per process, shared by every request.
 pub struct Iam<S: Store> {
@@ -31,6 +32,8 @@ pub struct Iam<S: Store> {
     /// Revoked certificate serials (Chainfire `pki/revoked/`), shared with the TLS listener:
     /// node tokens bound to one of them are refused.
     pub(super) cert_revoked: Revocations,
+    /// What `/metrics` serves.
+    pub(super) metrics: Arc<IamMetrics>,
 }
 
 /// A record as stored JSON.
@@ -62,6 +65,7 @@ impl<S: Store> Iam<S> {
             sessions: Mutex::new(HashMap::new()),
             revoked: Mutex::new(HashMap::new()),
             cert_revoked: Revocations::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -72,7 +76,12 @@ impl<S: Store> Iam<S> {
         self
     }
 
-    /// The revoked certificate serials this instance honours.
+    /// The logins, verifications and requests counted for `/metrics`.
+    pub fn metrics(&self) -> &Arc<IamMetrics> {
+        &self.metrics
+    }
+
+    /// The revoked certificate serials this instance refuses.
     pub fn cert_revocations(&self) -> &Revocations {
         &self.cert_revoked
     }

@@ -208,15 +208,20 @@ pub(super) async fn write_at_leader(
     if let Some(resp) = maybe_forward_within(st, r, st.cfg.request_timeout).await {
         return Err(resp);
     }
+    st.metrics.proposals.inc();
     let written = tokio::select! {
         w = tokio::time::timeout(st.cfg.request_timeout, st.proposer.write(cmd)) => w,
         ms = quorum_lost(st) => {
+            st.metrics.proposals_failed.inc();
             return Err(unknown(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("leader {} lost its quorum ({ms} ms without an answer) before the write was confirmed; the outcome is unknown (read back before retrying)", st.id),
             ))
         }
     };
+    if !matches!(written, Ok(Ok(_))) {
+        st.metrics.proposals_failed.inc();
+    }
     match written {
         Ok(Ok(res)) => Ok(res),
         Ok(Err(WriteFail::ForwardToLeader(leader))) => Err(retry(

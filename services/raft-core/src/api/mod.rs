@@ -10,8 +10,9 @@
 //!   answer is relayed — and the local write and read steps;
 //! - `handler`: what every handler is made of (its state, its inputs, its answers).
 //!
-//! [`app`] puts them together: `/health` and `/readyz` for anyone, everything else behind the
-//! API port's guard (a certificate of the cluster CA; see [`crate::access`]).
+//! [`app`] puts them together: `/health`, `/readyz` and `/metrics` for anyone, everything else
+//! behind the API port's guard (a certificate of the cluster CA; see [`crate::access`]), every
+//! request counted by route template ([`crate::metrics`]).
 //!
 //! Errors are always JSON (`ErrorBody`). Writes, linearizable reads and membership changes
 //! arriving at a non-leader are forwarded to the leader (see the crate docs). This module holds
@@ -47,9 +48,10 @@ async fn not_found(uri: OriginalUri) -> Response {
 }
 
 /// The API port: the public [`health_routes`], and [`cluster_routes`] plus the server's `own`
-/// routes behind the guard; JSON 404s for anything else.
+/// routes behind the guard; JSON 404s for anything else; every request counted.
 pub fn app(st: St, own: Router) -> Router {
     // Bodies are read inside the guard (crate::bounds): none for a refused caller.
+    let http = st.metrics.http.clone();
     let routes =
         cluster_routes(st.clone())
             .merge(own)
@@ -58,15 +60,24 @@ pub fn app(st: St, own: Router) -> Router {
                 crate::bounds::read_body,
             ));
     let guarded = st.access.guard(Port::Api, routes);
-    health_routes(st).merge(guarded).fallback(not_found)
+    health_routes(st).merge(guarded).fallback(not_found).layer(
+        axum::middleware::from_fn_with_state(http, crate::metrics::track_requests),
+    )
 }
 
-/// `/health` and `/readyz`: anyone may read them (over TLS, without a certificate).
+/// `/health`, `/readyz` and `/metrics`: anyone may read them (over TLS, without a certificate;
+/// shared/DESIGN.md, "Trust").
 pub fn health_routes(st: St) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics))
         .with_state(st)
+}
+
+/// `GET /metrics`: the node's series in the Prometheus text format.
+async fn metrics(axum::extract::State(st): axum::extract::State<St>) -> Response {
+    st.metrics.response(&st.raft)
 }
 
 /// `/v1/cluster/…`: forming the cluster, reading and changing its members.
