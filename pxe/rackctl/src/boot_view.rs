@@ -112,26 +112,32 @@ pub fn parse_status(v: &serde_json::Value) -> BootSnapshot {
     }
 }
 
+impl PxeStatus {
+    /// Sends `req` (to `url`) and reads its JSON answer; any failure names pxe-server's URL.
+    async fn call(&self, req: reqwest::RequestBuilder, url: &str) -> Result<serde_json::Value> {
+        let r = req.send().await.map_err(|e| {
+            Error::Config(format!(
+                "pxe-server at {url}: {e} (pass its management URL with --pxe)"
+            ))
+        })?;
+        if !r.status().is_success() {
+            return Err(Error::Config(format!(
+                "pxe-server at {url} answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            )));
+        }
+        r.json()
+            .await
+            .map_err(|e| Error::Config(format!("pxe-server at {url}: {e}")))
+    }
+}
+
 impl BootView for PxeStatus {
     fn snapshot(&self) -> BoxFuture<'_, Result<BootSnapshot>> {
         Box::pin(async move {
             let url = format!("{}/v1/status", self.url);
-            let r = self.http.get(&url).send().await.map_err(|e| {
-                Error::Config(format!(
-                    "pxe-server at {url}: {e} (pass its management URL with --pxe)"
-                ))
-            })?;
-            if !r.status().is_success() {
-                return Err(Error::Config(format!(
-                    "pxe-server at {url} answered {}: {}",
-                    r.status(),
-                    r.text().await.unwrap_or_default()
-                )));
-            }
-            let v: serde_json::Value = r
-                .json()
-                .await
-                .map_err(|e| Error::Config(format!("pxe-server at {url}: {e}")))?;
+            let v = self.call(self.http.get(&url), &url).await?;
             Ok(parse_status(&v))
         })
     }
@@ -139,23 +145,7 @@ impl BootView for PxeStatus {
     fn release_lease<'a>(&'a self, mac: &'a str) -> BoxFuture<'a, Result<Option<String>>> {
         Box::pin(async move {
             let url = format!("{}/v1/leases/{mac}", self.url);
-            let r = self
-                .http
-                .delete(&url)
-                .send()
-                .await
-                .map_err(|e| Error::Config(format!("pxe-server at {url}: {e} (pass --pxe)")))?;
-            if !r.status().is_success() {
-                return Err(Error::Config(format!(
-                    "pxe-server at {url} answered {}: {}",
-                    r.status(),
-                    r.text().await.unwrap_or_default()
-                )));
-            }
-            let v: serde_json::Value = r
-                .json()
-                .await
-                .map_err(|e| Error::Config(format!("pxe-server at {url}: {e}")))?;
+            let v = self.call(self.http.delete(&url), &url).await?;
             Ok(v["released"]["ip"].as_str().map(str::to_string))
         })
     }
