@@ -47,6 +47,7 @@ pub mod enroll_initrd;
 pub mod enroll_tokens;
 pub mod event_stream;
 pub mod events;
+pub mod exposition;
 pub mod http;
 pub mod http_conn;
 pub mod http_serve;

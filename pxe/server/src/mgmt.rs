@@ -7,7 +7,7 @@
 //! | `GET /health` | `{"status":"ok"}` | anyone |
 //! | `GET /v1/status` | `{"cluster","cluster_id","mode","bundle":{"version","dir","loaded_at","files","retained"},"nodes":[{"name","mac","ipv4","dhcp_ip","last_event","bundle":{"version","at"}}],"unknown":[event…],"leases":[…]}` | loopback, or an operator certificate |
 //! | `GET /v1/events?since=SEQ` | `{"events":[event…],"next":SEQ}`: events with `seq > since` (default 0); poll again with `since=next` | loopback, or an operator certificate |
-//! | `GET /metrics` | Prometheus text format | loopback, or an operator certificate |
+//! | `GET /metrics` | OpenMetrics text format ([`crate::exposition`]) | loopback, or an operator certificate |
 //! | `DELETE /v1/leases/{mac}` | the machine with that MAC is gone (retired, or its name given to another MAC): its lease is released at once, synced, so its address may go to another MAC → 200 `{"mac","released":lease\|null}` (`null`: it held none); 409 while the MAC is a node of the served contract; 400 for a malformed MAC | loopback, or an operator certificate |
 //! | `GET /`, `GET /rack`, `GET /assets/rack.{css,js}` | the rack page | loopback, or an operator certificate |
 //! | `GET /v1/rack` | the rack view: every contract node's row, the unknown MACs | loopback, or an operator certificate |
@@ -355,20 +355,33 @@ async fn release_lease(
 }
 
 async fn metrics(AxState(state): AxState<Arc<State>>) -> Response {
+    let mut x = crate::exposition::Exposition::default();
+    state.metrics.describe(&mut x);
+    state.listeners.describe(&mut x);
+    state.describe_events(&mut x);
+    let compactions = lock(&state.leases).compactions();
+    x.counter(
+        "pxe_lease_log_compactions_total",
+        "Lease log compactions while serving.",
+    )
+    .value(compactions);
+    let bundle = state.bundles.current();
+    x.gauge(
+        "pxe_bundle_info",
+        "The bundle being served (version: its manifest's sha256).",
+    )
+    .row(&[("version", &bundle.version)], 1u64);
+    x.gauge(
+        "pxe_bundles_retained",
+        "Replaced bundles still served to boots that began on them.",
+    )
+    .value(state.bundles.retained().len());
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            crate::exposition::CONTENT_TYPE,
         )],
-        format!(
-            "{}{}{}# HELP pxe_lease_log_compactions_total Lease log compactions while serving.\n# TYPE pxe_lease_log_compactions_total counter\npxe_lease_log_compactions_total {}\n# HELP pxe_bundle_info The bundle being served (version: its manifest's sha256).\n# TYPE pxe_bundle_info gauge\npxe_bundle_info{{version=\"{}\"}} 1\n# HELP pxe_bundles_retained Replaced bundles still served to boots that began on them.\n# TYPE pxe_bundles_retained gauge\npxe_bundles_retained {}\n",
-            state.metrics.render(),
-            state.listeners.render(),
-            state.render_event_metrics(),
-            lock(&state.leases).compactions(),
-            state.bundles.current().version,
-            state.bundles.retained().len()
-        ),
+        x.render(),
     )
         .into_response()
 }

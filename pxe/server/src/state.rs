@@ -2,6 +2,7 @@
 //! address), per-boot URL tokens, the cluster CA and the enrollment token store, boot events,
 //! which bundle each node last booted, connection caps, and metrics counters.
 
+use crate::exposition::Exposition;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,130 +159,68 @@ impl Metrics {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Renders the Prometheus text format.
-    pub fn render(&self) -> String {
+    /// Describes the counters for `/metrics`.
+    pub fn describe(&self, x: &mut Exposition) {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, rows: &[(&str, u64)]| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-            for (labels, v) in rows {
-                if labels.is_empty() {
-                    out.push_str(&format!("{name} {v}\n"));
-                } else {
-                    out.push_str(&format!("{name}{{{labels}}} {v}\n"));
-                }
-            }
-        };
-        counter(
-            "pxe_dhcp_offers_total",
-            "DHCP OFFERs sent.",
-            &[
-                ("mode=\"full\"", g(&self.dhcp_offers_full)),
-                ("mode=\"proxy\"", g(&self.dhcp_offers_proxy)),
-            ],
-        );
-        counter(
-            "pxe_dhcp_acks_total",
-            "DHCP ACKs sent.",
-            &[
-                ("mode=\"full\"", g(&self.dhcp_acks_full)),
-                ("mode=\"proxy\"", g(&self.dhcp_acks_proxy)),
-            ],
-        );
-        counter(
-            "pxe_dhcp_naks_total",
-            "DHCP NAKs sent.",
-            &[("", g(&self.dhcp_naks))],
-        );
-        counter(
+        x.counter("pxe_dhcp_offers_total", "DHCP OFFERs sent.")
+            .row(&[("mode", "full")], g(&self.dhcp_offers_full))
+            .row(&[("mode", "proxy")], g(&self.dhcp_offers_proxy));
+        x.counter("pxe_dhcp_acks_total", "DHCP ACKs sent.")
+            .row(&[("mode", "full")], g(&self.dhcp_acks_full))
+            .row(&[("mode", "proxy")], g(&self.dhcp_acks_proxy));
+        x.counter("pxe_dhcp_naks_total", "DHCP NAKs sent.")
+            .value(g(&self.dhcp_naks));
+        x.counter(
             "pxe_dhcp_ignored_total",
             "DHCP requests not answered by policy.",
-            &[("", g(&self.dhcp_ignored))],
-        );
-        counter(
+        )
+        .value(g(&self.dhcp_ignored));
+        x.counter(
             "pxe_dhcp_errors_total",
             "Malformed or unanswerable DHCP packets.",
-            &[("", g(&self.dhcp_errors))],
-        );
-        counter(
+        )
+        .value(g(&self.dhcp_errors));
+        x.counter(
             "pxe_dhcp_rate_limited_total",
             "DHCP packets dropped unanswered by the per-MAC rate limit.",
-            &[("", g(&self.dhcp_rate_limited))],
-        );
-        counter(
-            "pxe_tftp_transfers_total",
-            "TFTP transfers by result.",
-            &[
-                ("result=\"ok\"", g(&self.tftp_transfers_ok)),
-                ("result=\"failed\"", g(&self.tftp_transfers_failed)),
-                ("result=\"refused\"", g(&self.tftp_refused)),
-            ],
-        );
-        counter(
-            "pxe_tftp_bytes_total",
-            "TFTP payload bytes sent.",
-            &[("", g(&self.tftp_bytes))],
-        );
-        counter(
-            "pxe_tftp_retransmits_total",
-            "TFTP DATA retransmissions.",
-            &[("", g(&self.tftp_retransmits))],
-        );
-        counter(
-            "pxe_tftp_errors_total",
-            "Malformed TFTP packets.",
-            &[("", g(&self.tftp_errors))],
-        );
-        counter(
-            "pxe_http_requests_total",
-            "Boot-plane HTTP requests.",
-            &[("", g(&self.http_requests))],
-        );
-        counter(
+        )
+        .value(g(&self.dhcp_rate_limited));
+        x.counter("pxe_tftp_transfers_total", "TFTP transfers by result.")
+            .row(&[("result", "ok")], g(&self.tftp_transfers_ok))
+            .row(&[("result", "failed")], g(&self.tftp_transfers_failed))
+            .row(&[("result", "refused")], g(&self.tftp_refused));
+        x.counter("pxe_tftp_bytes_total", "TFTP payload bytes sent.")
+            .value(g(&self.tftp_bytes));
+        x.counter("pxe_tftp_retransmits_total", "TFTP DATA retransmissions.")
+            .value(g(&self.tftp_retransmits));
+        x.counter("pxe_tftp_errors_total", "Malformed TFTP packets.")
+            .value(g(&self.tftp_errors));
+        x.counter("pxe_http_requests_total", "Boot-plane HTTP requests.")
+            .value(g(&self.http_requests));
+        x.counter(
             "pxe_http_transfers_total",
             "Boot-plane artifact transfers started.",
-            &[("", g(&self.http_transfers))],
-        );
-        counter(
-            "pxe_http_bytes_total",
-            "Boot-plane HTTP body bytes sent.",
-            &[("", g(&self.http_bytes))],
-        );
-        counter(
-            "pxe_http_errors_total",
-            "Boot-plane HTTP errors by kind.",
-            &[
-                ("kind=\"forbidden\"", g(&self.http_forbidden)),
-                ("kind=\"other\"", g(&self.http_errors)),
-            ],
-        );
-        counter(
-            "pxe_enrollments_total",
-            "Enrollment requests by result.",
-            &[
-                ("result=\"ok\"", g(&self.enroll_ok)),
-                ("result=\"refused\"", g(&self.enroll_refused)),
-                ("result=\"reused\"", g(&self.enroll_reused)),
-            ],
-        );
-        counter(
+        )
+        .value(g(&self.http_transfers));
+        x.counter("pxe_http_bytes_total", "Boot-plane HTTP body bytes sent.")
+            .value(g(&self.http_bytes));
+        x.counter("pxe_http_errors_total", "Boot-plane HTTP errors by kind.")
+            .row(&[("kind", "forbidden")], g(&self.http_forbidden))
+            .row(&[("kind", "other")], g(&self.http_errors));
+        x.counter("pxe_enrollments_total", "Enrollment requests by result.")
+            .row(&[("result", "ok")], g(&self.enroll_ok))
+            .row(&[("result", "refused")], g(&self.enroll_refused))
+            .row(&[("result", "reused")], g(&self.enroll_reused));
+        x.counter(
             "pxe_bundle_reloads_total",
             "Bundle reloads by result (refused: the old bundle kept serving).",
-            &[
-                ("result=\"ok\"", g(&self.bundle_reloads_ok)),
-                ("result=\"refused\"", g(&self.bundle_reloads_refused)),
-            ],
-        );
-        counter(
-            "pxe_ipv6_ra_sent_total",
-            "IPv6 router advertisements sent.",
-            &[("", g(&self.ra_sent))],
-        );
-        out.push_str(&format!(
-            "# HELP pxe_tftp_active_transfers TFTP transfers running now.\n# TYPE pxe_tftp_active_transfers gauge\npxe_tftp_active_transfers {}\n",
-            g(&self.tftp_active)
-        ));
-        out
+        )
+        .row(&[("result", "ok")], g(&self.bundle_reloads_ok))
+        .row(&[("result", "refused")], g(&self.bundle_reloads_refused));
+        x.counter("pxe_ipv6_ra_sent_total", "IPv6 router advertisements sent.")
+            .value(g(&self.ra_sent));
+        x.gauge("pxe_tftp_active_transfers", "TFTP transfers running now.")
+            .value(g(&self.tftp_active));
     }
 }
 
@@ -316,44 +255,45 @@ impl ListenerSlots {
         }
     }
 
-    /// The Prometheus rows of the connection caps.
-    pub fn render(&self) -> String {
+    /// Describes the connection caps for `/metrics`.
+    pub fn describe(&self, x: &mut Exposition) {
         let http = [&self.boot, &self.management, &self.enrollment];
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::new();
-        out.push_str("# HELP pxe_connections_open HTTP connections open now, by listener.\n# TYPE pxe_connections_open gauge\n");
+        let f = x.gauge(
+            "pxe_connections_open",
+            "HTTP connections open now, by listener.",
+        );
         for s in http {
-            out.push_str(&format!(
-                "pxe_connections_open{{listener=\"{}\"}} {}\n",
-                s.name,
-                s.open()
-            ));
+            f.row(&[("listener", s.name)], s.open());
         }
-        out.push_str("# HELP pxe_connections_refused_total HTTP connections refused by a cap (listener total or per client address).\n# TYPE pxe_connections_refused_total counter\n");
+        let f = x.counter(
+            "pxe_connections_refused_total",
+            "HTTP connections refused by a cap (listener total or per client address).",
+        );
         for s in http {
-            out.push_str(&format!(
-                "pxe_connections_refused_total{{listener=\"{}\",cap=\"listener\"}} {}\npxe_connections_refused_total{{listener=\"{}\",cap=\"address\"}} {}\n",
-                s.name,
+            f.row(
+                &[("listener", s.name), ("cap", "listener")],
                 g(&s.refused_full),
-                s.name,
-                g(&s.refused_address)
-            ));
+            )
+            .row(
+                &[("listener", s.name), ("cap", "address")],
+                g(&s.refused_address),
+            );
         }
-        out.push_str("# HELP pxe_connections_timed_out_total HTTP connections closed by a header, stall or request timeout.\n# TYPE pxe_connections_timed_out_total counter\n");
+        let f = x.counter(
+            "pxe_connections_timed_out_total",
+            "HTTP connections closed by a header, stall or request timeout.",
+        );
         for s in http {
-            out.push_str(&format!(
-                "pxe_connections_timed_out_total{{listener=\"{}\"}} {}\n",
-                s.name,
-                g(&s.timed_out)
-            ));
+            f.row(&[("listener", s.name)], g(&s.timed_out));
         }
         let t = &self.tftp;
-        out.push_str(&format!(
-            "# HELP pxe_tftp_busy_total TFTP read requests refused by a cap (server total or per client address).\n# TYPE pxe_tftp_busy_total counter\npxe_tftp_busy_total{{cap=\"server\"}} {}\npxe_tftp_busy_total{{cap=\"address\"}} {}\n",
-            g(&t.refused_full),
-            g(&t.refused_address)
-        ));
-        out
+        x.counter(
+            "pxe_tftp_busy_total",
+            "TFTP read requests refused by a cap (server total or per client address).",
+        )
+        .row(&[("cap", "server")], g(&t.refused_full))
+        .row(&[("cap", "address")], g(&t.refused_address));
     }
 }
 
@@ -636,30 +576,16 @@ impl State {
         self.event_log.sync().await
     }
 
-    /// The Prometheus rows of the events, their log, the live stream and the rack view.
-    pub fn render_event_metrics(&self) -> String {
-        use std::fmt::Write as _;
+    /// Describes the events, their log, the live stream and the rack view for `/metrics`.
+    pub fn describe_events(&self, x: &mut Exposition) {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         let bundle = self.bundles.current();
         let rec = lock(&self.events);
         let view = &rec.view;
-        head(&mut out, "pxe_events_total", "counter", "Boot events recorded since start, by phase (a node's own phase names outside the known ones: other) and status.");
+        let f = x.counter("pxe_events_total", "Boot events recorded since start, by phase (a node's own phase names outside the known ones: other) and status.");
         for ((phase, status), n) in &view.counts {
-            let _ = writeln!(
-                out,
-                "pxe_events_total{{phase=\"{phase}\",status=\"{status}\"}} {n}"
-            );
+            f.row(&[("phase", phase), ("status", status)], *n);
         }
-        head(
-            &mut out,
-            "pxe_nodes_at_stage",
-            "gauge",
-            "Contract nodes by the stage their current boot has reached (none: no event yet).",
-        );
         let mut at_stage: Vec<(&str, u64)> = crate::rack_view::STAGES
             .iter()
             .map(|s| (s.name, 0))
@@ -678,156 +604,139 @@ impl State {
                 }
             }
         }
-        for (stage, n) in at_stage {
-            let _ = writeln!(out, "pxe_nodes_at_stage{{stage=\"{stage}\"}} {n}");
-        }
-        head(&mut out, "pxe_node_boot_seconds", "gauge", "Seconds from the first event of a node's current boot to its cluster-ready report (nodes that got there).");
-        for (node, ms) in ready {
-            let _ = writeln!(
-                out,
-                "pxe_node_boot_seconds{{node=\"{node}\"}} {:.3}",
-                ms as f64 / 1000.0
-            );
-        }
-        head(
-            &mut out,
-            "pxe_node_service_up",
-            "gauge",
-            "1 when pxe-server's last health poll found the node's service healthy, else 0.",
+        let f = x.gauge(
+            "pxe_nodes_at_stage",
+            "Contract nodes by the stage their current boot has reached (none: no event yet).",
         );
+        for (stage, n) in at_stage {
+            f.row(&[("stage", stage)], n);
+        }
+        let f = x.gauge("pxe_node_boot_seconds", "Seconds from the first event of a node's current boot to its cluster-ready report (nodes that got there).");
+        for (node, ms) in ready {
+            f.row(&[("node", &node)], ms as f64 / 1000.0);
+        }
+        let mut up = Vec::new();
         let mut leaders = Vec::new();
         for n in &bundle.contract.nodes {
             if let Some(h) = view.node(&n.name).and_then(|t| t.health.as_ref()) {
                 for s in &h.services {
-                    let _ = writeln!(
-                        out,
-                        "pxe_node_service_up{{node=\"{}\",service=\"{}\"}} {}",
-                        n.name,
-                        s.service,
-                        u8::from(s.result == "ok")
-                    );
+                    up.push((
+                        n.name.clone(),
+                        s.service.clone(),
+                        u64::from(s.result == "ok"),
+                    ));
                     if s.role.is_some() {
                         leaders.push((
                             n.name.clone(),
                             s.service.clone(),
-                            s.role.as_deref() == Some("leader"),
+                            u64::from(s.role.as_deref() == Some("leader")),
                         ));
                     }
                 }
             }
         }
-        head(
-            &mut out,
+        let f = x.gauge(
+            "pxe_node_service_up",
+            "1 when pxe-server's last health poll found the node's service healthy, else 0.",
+        );
+        for (node, service, v) in &up {
+            f.row(&[("node", node), ("service", service)], *v);
+        }
+        let f = x.gauge(
             "pxe_node_raft_leader",
-            "gauge",
             "1 when the node's last health poll reported it the Raft leader of the store, else 0.",
         );
-        for (node, store, leader) in leaders {
-            let _ = writeln!(
-                out,
-                "pxe_node_raft_leader{{node=\"{node}\",store=\"{store}\"}} {}",
-                u8::from(leader)
-            );
+        for (node, store, v) in &leaders {
+            f.row(&[("node", node), ("store", store)], *v);
         }
-        head(
-            &mut out,
+        let f = x.counter(
             "pxe_node_health_polls_total",
-            "counter",
             "Health polls of the nodes' services by result (ok, unhealthy, unreachable).",
         );
         for ((service, result), n) in &view.polls {
-            let _ = writeln!(
-                out,
-                "pxe_node_health_polls_total{{service=\"{service}\",result=\"{result}\"}} {n}"
-            );
+            f.row(&[("service", service), ("result", result)], *n);
         }
-        head(
-            &mut out,
+        x.gauge(
             "pxe_unknown_macs",
-            "gauge",
             "MACs not in the contract seen (the most recent 256).",
-        );
-        let _ = writeln!(out, "pxe_unknown_macs {}", view.unknown().len());
+        )
+        .value(view.unknown().len());
         drop(rec);
         let l = &self.event_log.stats;
-        for (name, kind, help, v) in [
+        for (name, counter, help, v) in [
             (
                 "pxe_event_log_bytes",
-                "gauge",
+                false,
                 "Bytes in the event log's files.",
                 g(&l.bytes),
             ),
             (
                 "pxe_event_log_files",
-                "gauge",
+                false,
                 "Files of the event log.",
                 g(&l.files),
             ),
             (
                 "pxe_event_log_written_total",
-                "counter",
+                true,
                 "Events written to the log since start.",
                 g(&l.written),
             ),
             (
                 "pxe_event_log_fsyncs_total",
-                "counter",
+                true,
                 "fsyncs of the event log since start.",
                 g(&l.fsyncs),
             ),
             (
                 "pxe_event_log_rotations_total",
-                "counter",
+                true,
                 "Rotations of the event log since start.",
                 g(&l.rotations),
             ),
             (
                 "pxe_event_log_errors_total",
-                "counter",
+                true,
                 "Failed writes, fsyncs and rotations of the event log.",
                 g(&l.errors),
             ),
             (
                 "pxe_event_log_reloaded",
-                "gauge",
+                false,
                 "Events read back from the log at start.",
                 g(&l.reloaded),
             ),
             (
                 "pxe_event_log_skipped_lines",
-                "gauge",
+                false,
                 "Lines of the log skipped at start (a torn last line, unreadable lines).",
                 g(&l.skipped),
             ),
             (
                 "pxe_event_stream_subscribers",
-                "gauge",
+                false,
                 "Live event streams open now (rack pages and other subscribers).",
                 g(&self.stream_stats.subscribers),
             ),
             (
                 "pxe_event_stream_lagged_total",
-                "counter",
+                true,
                 "Times a subscriber fell behind and was sent a new snapshot.",
                 g(&self.stream_stats.lagged),
             ),
         ] {
-            head(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {v}");
+            if counter {
+                x.counter(name, help).value(v);
+            } else {
+                x.gauge(name, help).value(v);
+            }
         }
-        head(
-            &mut out,
+        x.counter(
             "pxe_event_stream_subscriptions_total",
-            "counter",
             "Live event stream subscriptions by result (refused: over the cap).",
-        );
-        let _ = writeln!(
-            out,
-            "pxe_event_stream_subscriptions_total{{result=\"ok\"}} {}\npxe_event_stream_subscriptions_total{{result=\"refused\"}} {}",
-            g(&self.stream_stats.opened),
-            g(&self.stream_stats.refused)
-        );
-        out
+        )
+        .row(&[("result", "ok")], g(&self.stream_stats.opened))
+        .row(&[("result", "refused")], g(&self.stream_stats.refused));
     }
 
     /// Events with `seq > since`.

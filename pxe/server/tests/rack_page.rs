@@ -7,7 +7,7 @@
 //! live DOM that every step shows up without a reload, that every row reaches cluster-ready
 //! with its Raft roles, that an unknown MAC appears, and saves a screenshot
 //! (`<target>/test-artifacts/rack-page.png`). Then `/metrics` must parse with the Prometheus
-//! text parser (Python's `prometheus_client`) and hold the new series.
+//! OpenMetrics parser (Python's `prometheus_client`) and hold the new series.
 
 #![allow(clippy::unwrap_used)]
 
@@ -56,16 +56,6 @@ for p in sys.argv[4:]:
     threading.Thread(target=s.serve_forever, daemon=True).start()
 print("health server listening", flush=True)
 threading.Event().wait()
-"#;
-
-/// Parses the Prometheus text format with the reference parser; `{family: [[labels, value]…]}`.
-const PARSE_METRICS: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-out = {}
-for f in text_string_to_metric_families(sys.stdin.read()):
-    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
-print(json.dumps(out))
 "#;
 
 struct Node {
@@ -406,34 +396,10 @@ fn the_rack_page_follows_a_boot_live() {
         ],
     );
     assert!(ok, "{text}");
-    let mut py = std::process::Command::new(python)
-        .args(["-c", PARSE_METRICS])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        py.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    }
-    let out = py.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the Prometheus parser refused /metrics: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let fams: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let sample = |family: &str, labels: &[(&str, &str)]| -> Option<f64> {
-        fams[family]["samples"].as_array()?.iter().find_map(|s| {
-            let l = &s[1];
-            labels
-                .iter()
-                .all(|(k, v)| l[*k] == *v)
-                .then(|| s[2].as_f64())
-                .flatten()
-        })
-    };
+    // OpenMetrics 1.0, parsed by the reference parser (Prometheus's Python client).
+    let scrape = plasmacloud_testkit::scrape::Scrape::parse(&text)
+        .unwrap_or_else(|e| panic!("the Prometheus parser refused /metrics: {e}\n{text}"));
+    let sample = |family: &str, labels: &[(&str, &str)]| scrape.value(family, labels);
     assert_eq!(
         sample("pxe_event_stream_subscribers", &[]),
         Some(1.0),
