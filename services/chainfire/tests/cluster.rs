@@ -377,3 +377,95 @@ async fn a_follower_behind_on_large_batched_entries_catches_up() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.expect("body").len(), value.len());
 }
+
+/// The local ports of `pid`'s established TCP connections to `remote` (from `/proc`).
+fn connections_to(pid: u32, remote: std::net::SocketAddr) -> Vec<u16> {
+    let inodes: std::collections::BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let std::net::SocketAddr::V4(remote) = remote else {
+        return Vec::new();
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(remote.ip().octets()),
+        remote.port()
+    );
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local, remote, state (01: established), …, inode (field 9)
+            let ok = f.len() > 9 && f[2] == want && f[3] == "01" && inodes.contains(f[9]);
+            let port = f.get(1)?.rsplit(':').next()?;
+            ok.then(|| u16::from_str_radix(port, 16).ok()).flatten()
+        })
+        .collect()
+}
+
+/// Followers never send each other Raft traffic, so without care the first vote after a leader
+/// fails would have to set up TCP and mutual TLS inside openraft's vote deadline (ten
+/// heartbeats): on a busy host's emulated CPUs that is how two survivors went a minute without
+/// a leader. Every node that does not lead keeps one live connection to each peer's Raft port;
+/// the same connection is still there after longer than the server's idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_keep_a_live_connection_to_every_peer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut nodes: Vec<Node> = (1..=3).map(|id| Node::new(BIN, id, tmp.path())).collect();
+    for n in &mut nodes {
+        n.start(true);
+    }
+    {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        form_cluster(&refs).await;
+    }
+    let leader = leader_of(&nodes[0].client()).await;
+    let followers: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let (a, b) = (followers[0], followers[1]);
+    let pid = |n: &Node| n.proc.as_ref().and_then(|p| p.pid()).expect("running");
+
+    phase("each follower opens a connection to the other follower and to the leader");
+    let mut kept = Vec::new();
+    for (from, to) in [(a, b), (b, a)] {
+        let what = format!(
+            "a connection from node {} to node {}'s Raft port",
+            from.id, to.id
+        );
+        let port = wait_until_async(&what, Duration::from_secs(10), || async {
+            connections_to(pid(from), to.raft).first().copied()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let li = nodes.iter().position(|n| n.id == leader).expect("leader");
+        assert!(
+            !connections_to(pid(from), nodes[li].raft).is_empty(),
+            "node {} has no connection to the leader's Raft port",
+            from.id
+        );
+        kept.push((from, to, port));
+    }
+
+    phase("the connections outlive the server's idle timeout (they are used, not redialled)");
+    let until = Instant::now() + Duration::from_secs(13);
+    while Instant::now() < until {
+        for (from, to, port) in &kept {
+            let now = connections_to(pid(from), to.raft);
+            assert!(
+                now.contains(port),
+                "node {} dropped its connection (local port {port}) to node {}: now {now:?}",
+                from.id,
+                to.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -423,6 +423,7 @@ impl StoreNode {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         tokio::spawn(watch_role(st.clone()));
         tokio::spawn(nudge_replication(st.raft.clone()));
+        tokio::spawn(keep_peer_connections_warm(st.clone()));
 
         let outcome = tokio::select! {
             _ = shutdown_signal() => Ok(()),
@@ -586,6 +587,62 @@ async fn nudge_replication(raft: Raft) {
         }
         if rx.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// How often a node that does not lead touches every other member's Raft port.
+pub const PEER_WARM_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps a live, authenticated connection from this node to every other member's Raft port
+/// while it does not lead (a leader's appends keep its own connections live).
+///
+/// Followers never talk to each other, so when the leader fails, the first vote request a
+/// candidate sends to another follower has to open a TCP connection and run a full mutual-TLS
+/// handshake first, and openraft gives the whole request only `election_timeout_min` (ten
+/// heartbeats, 1 s by default). A busy host's emulated CPUs (the VM rack under TCG beside a
+/// build) can take longer than that for the handshake; the request is then cancelled with its
+/// half-made connection, and the next election starts from scratch again: two surviving voters
+/// went a minute without a leader that way. With a `GET /raft/identity` every
+/// [`PEER_WARM_EVERY`] (well inside the client's [`crate::bounds::CLIENT_POOL_IDLE`] and the
+/// server's idle timeout) the pool holds a connection to each peer, and a vote costs one round
+/// trip.
+async fn keep_peer_connections_warm(st: Arc<NodeState>) {
+    let mut tick = tokio::time::interval(PEER_WARM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One touch in flight per peer. It is never cut short before the server's own handshake
+    // deadline: cancelling a slow handshake is what kept the connection from ever existing.
+    let mut in_flight: std::collections::BTreeMap<NodeId, tokio::task::JoinHandle<()>> =
+        Default::default();
+    loop {
+        tick.tick().await;
+        let m = st.raft.metrics().borrow().clone();
+        if m.state == ServerState::Shutdown {
+            return;
+        }
+        if m.state == ServerState::Leader {
+            continue;
+        }
+        let membership = m.membership_config.membership();
+        in_flight.retain(|id, h| !h.is_finished() && membership.get_node(id).is_some());
+        for (id, node) in membership.nodes() {
+            if *id == st.id || in_flight.contains_key(id) {
+                continue;
+            }
+            let (id, raft_addr, st) = (*id, node.raft_addr.clone(), st.clone());
+            let touch = tokio::spawn(async move {
+                if let Err(e) = crate::network::fetch_identity(
+                    &st.http,
+                    st.scheme,
+                    &raft_addr,
+                    plasmacloud_pki::listener::HANDSHAKE_TIMEOUT,
+                )
+                .await
+                {
+                    tracing::debug!(peer = id, "keeping the connection to {raft_addr} warm: {e}");
+                }
+            });
+            in_flight.insert(id, touch);
         }
     }
 }

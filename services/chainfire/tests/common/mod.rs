@@ -301,7 +301,26 @@ pub async fn form_cluster(nodes: &[&Node]) {
     }
     let ids: Vec<u64> = nodes[1..].iter().map(|n| n.id).collect();
     if !ids.is_empty() {
-        seed.promote_voters(&ids).await.expect("promote");
+        // A learner added a moment ago may not have caught up yet (409): that passes.
+        let last = std::sync::Mutex::new(String::new());
+        plasmacloud_testkit::wait_until_async(
+            "the learners promoted",
+            Duration::from_secs(20),
+            || {
+                let (seed, ids, last) = (seed.clone(), ids.clone(), &last);
+                async move {
+                    match seed.promote_voters(&ids).await {
+                        Ok(_) => Some(()),
+                        Err(e) => {
+                            *last.lock().expect("lock") = e.to_string();
+                            None
+                        }
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", last.lock().expect("lock")));
     }
     for n in nodes {
         wait_healthy(n, Duration::from_secs(20)).await;
