@@ -14,6 +14,11 @@
 //! a node must not share (its one-boot enrollment token) pxe-server makes per boot and never
 //! writes here.
 //!
+//! Every entry names the kernel's architecture, read from the kernel's header
+//! ([`plasmacloud_contract::manifest::kernel_arch`]); a file that is not a kernel the header
+//! rule knows (a stand-in in tests, a compressed arm64 `Image.gz`) is taken as `x86_64`, with a
+//! warning.
+//!
 //! The bundle is written to a temporary directory next to `DIR` and renamed into place at the
 //! end, so a failure leaves no half-written bundle (and an existing bundle stays as it was).
 
@@ -24,8 +29,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use plasmacloud_contract::manifest::{
-    overlay_path, BootEntry, BundleManifest, ManifestFile, DEFAULT_ENTRY, MANIFEST_FILE,
-    MANIFEST_VERSION,
+    kernel_arch, overlay_path, Arch, BootEntry, BundleManifest, ManifestFile, DEFAULT_ENTRY,
+    KERNEL_HEADER_LEN, MANIFEST_FILE, MANIFEST_VERSION,
 };
 use plasmacloud_contract::{Contract, DEFAULT_CONTRACT_PATH, IDENTITY_FILE, KERNEL_NODE_PARAM};
 use sha2::{Digest, Sha256};
@@ -328,6 +333,22 @@ fn temp_sibling(out: &Path, what: &str) -> Result<PathBuf, ImageError> {
     )))
 }
 
+/// The architecture of the kernel at `path`, from its header (`x86_64`, with a warning, when
+/// the header is not one [`kernel_arch`] knows).
+pub fn kernel_arch_of(path: &Path) -> Result<Arch, ImageError> {
+    let mut header = Vec::with_capacity(KERNEL_HEADER_LEN);
+    fs::File::open(path)
+        .and_then(|f| f.take(KERNEL_HEADER_LEN as u64).read_to_end(&mut header))
+        .map_err(ImageError::io(path, "reading the kernel's header"))?;
+    Ok(kernel_arch(&header).unwrap_or_else(|| {
+        tracing::warn!(
+            kernel = %path.display(),
+            "not an x86 bzImage nor an arm64 Image by its header; its entries say x86_64"
+        );
+        Arch::X86_64
+    }))
+}
+
 /// Builds the bundle; returns its manifest.
 pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
     let contract_bytes =
@@ -354,6 +375,7 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
         }
     }
 
+    let arch = kernel_arch_of(&spec.base.kernel)?;
     let started = std::time::Instant::now();
     let plans = plan_overlays(&contract, &contract_bytes);
 
@@ -394,6 +416,7 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
             kernel: KERNEL_NAME.to_string(),
             initrds: vec![BASE_INITRD_NAME.to_string()],
             cmdline: base_cmdline.clone(),
+            arch,
         },
     );
     for node in &contract.nodes {
@@ -409,6 +432,7 @@ pub fn build_bundle(spec: &BundleSpec) -> Result<BundleManifest, ImageError> {
                 kernel: KERNEL_NAME.to_string(),
                 initrds: vec![BASE_INITRD_NAME.to_string(), overlay_path(&node.name)],
                 cmdline,
+                arch,
             },
         );
     }

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use plasmacloud_contract::manifest::{overlay_path, BundleManifest, DEFAULT_ENTRY};
+use plasmacloud_contract::manifest::{overlay_path, Arch, BundleManifest, DEFAULT_ENTRY};
 use plasmacloud_testkit::{require, workspace_binary, Need};
 
 mod command;
@@ -197,6 +197,33 @@ fn same_inputs_give_the_same_bytes() {
     ok(&f.bundle("a"));
     assert_eq!(files_of(&f.path().join("a")), b);
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
+}
+
+/// Every entry names the kernel's architecture, read from its header: a stand-in that is no
+/// kernel says x86_64, an arm64 `Image` says aarch64 on every entry.
+#[test]
+fn entries_carry_the_kernels_architecture() {
+    if !require(
+        "entries_carry_the_kernels_architecture",
+        &[Need::Tool("cpio"), Need::Tool("zstd")],
+    ) {
+        return;
+    }
+    let f = Fixture::new();
+    ok(&f.bundle("x86"));
+    let m = BundleManifest::load(&f.path().join("x86")).unwrap();
+    assert!(m.entries.values().all(|e| e.arch == Arch::X86_64));
+    let mut arm = vec![0u8; 4096];
+    arm[0x38..0x3c].copy_from_slice(b"ARM\x64");
+    fs::write(f.path().join("bzImage"), arm).unwrap();
+    ok(&f.bundle("arm"));
+    let m = BundleManifest::load(&f.path().join("arm")).unwrap();
+    assert_eq!(m.entries.len(), 4);
+    assert!(
+        m.entries.values().all(|e| e.arch == Arch::Aarch64),
+        "{:?}",
+        m.entries
+    );
 }
 
 #[test]

@@ -52,6 +52,16 @@ impl ClientArch {
         }
     }
 
+    /// The CPU architecture of the kernel such a client runs, as a bundle manifest names it
+    /// (`x86_64`, `aarch64`); for a code we do not know, `arch-N` (which no entry matches).
+    pub fn cpu(&self) -> String {
+        match self {
+            Self::Bios | Self::EfiX64 | Self::HttpX64 => "x86_64".into(),
+            Self::EfiArm64 | Self::HttpArm64 => "aarch64".into(),
+            Self::Other(c) => format!("arch-{c}"),
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn label(&self) -> String {
         match self {
@@ -595,5 +605,9 @@ mod tests {
         assert_eq!(ClientArch::from_code(9), ClientArch::EfiX64);
         assert_eq!(ClientArch::from_code(6), ClientArch::Other(6));
         assert_eq!(ClientArch::Other(6).label(), "arch-6");
+        assert_eq!(ClientArch::from_code(0).cpu(), "x86_64");
+        assert_eq!(ClientArch::from_code(11).cpu(), "aarch64");
+        assert_eq!(ClientArch::from_code(19).cpu(), "aarch64");
+        assert_eq!(ClientArch::Other(25).cpu(), "arch-25");
     }
 }

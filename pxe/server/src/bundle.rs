@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use plasmacloud_contract::manifest::{BundleManifest, MANIFEST_FILE};
+use plasmacloud_contract::manifest::{
+    kernel_arch, BundleManifest, KERNEL_HEADER_LEN, MANIFEST_FILE,
+};
 use plasmacloud_contract::Contract;
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
@@ -118,6 +120,37 @@ fn bundle_err(message: String) -> ServerError {
         field: "bundle".into(),
         message,
     }
+}
+
+/// Refuses a bundle whose entry says one architecture while its kernel's header says another:
+/// an arm64 machine is never handed an x86-64 kernel (nor the reverse). A kernel whose header
+/// names no architecture (a stand-in) is taken at the entry's word.
+fn check_kernel_archs(
+    bundle_dir: &Path,
+    manifest: &BundleManifest,
+    files: &HashMap<String, BundleFile>,
+) -> Result<(), ServerError> {
+    use std::os::unix::fs::FileExt;
+    for (name, e) in &manifest.entries {
+        let Some(f) = files.get(&e.kernel) else {
+            continue;
+        };
+        let mut header = vec![0u8; KERNEL_HEADER_LEN.min(f.size as usize)];
+        f.file
+            .read_exact_at(&mut header, 0)
+            .map_err(|err| missing(bundle_dir.join(&e.kernel), err.to_string()))?;
+        if let Some(found) = kernel_arch(&header) {
+            if found != e.arch {
+                return Err(bundle_err(format!(
+                    "{}/manifest.json: entry {name} says {}, but its kernel {} is an {found} kernel by its header; rebuild the bundle with netboot-image (it reads the architecture from the kernel)",
+                    bundle_dir.display(),
+                    e.arch,
+                    e.kernel
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Bundle {
@@ -257,6 +290,7 @@ impl Bundle {
                 },
             );
         }
+        check_kernel_archs(bundle_dir, &manifest, &files)?;
         Ok(Self {
             version,
             dir: bundle_dir.to_path_buf(),

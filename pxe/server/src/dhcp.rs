@@ -191,7 +191,13 @@ fn boot_file(state: &State, req: &DhcpRequest) -> (BootFile, String) {
     let base = state.config.http_base();
     match choose_first_stage(req) {
         FirstStage::IpxeScript => {
-            let url = format!("{base}/boot/{}.ipxe", req.mac_string().replace(':', "-"));
+            let mut url = format!("{base}/boot/{}.ipxe", req.mac_string().replace(':', "-"));
+            // iPXE names its own architecture in option 93: the script then boots a kernel
+            // of that architecture or none (crate::http).
+            if let Some(a) = req.arch {
+                url.push_str("?arch=");
+                url.push_str(&a.cpu());
+            }
             (BootFile::Url(url), "ipxe-script".into())
         }
         FirstStage::TftpIpxe(f) => {

@@ -23,16 +23,17 @@
 //! booted (`/v1/status`).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Path as AxPath, State as AxState};
+use axum::extract::{ConnectInfo, FromRequestParts, Path as AxPath, Query, State as AxState};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
+use plasmacloud_contract::manifest::Arch;
 use pxe_protocol::ipxe::{
     initrd_name, render_boot_script, render_refusal_script, BootScript, ScriptInitrd,
 };
@@ -75,10 +76,47 @@ fn new_token() -> String {
     hex::encode(b)
 }
 
+/// `?arch=` of a script request: the architecture of the iPXE asking (from its DHCP option 93,
+/// see `crate::dhcp`).
+#[derive(Debug, serde::Deserialize)]
+struct ScriptQuery {
+    arch: Option<String>,
+}
+
+/// A refusal script, counted and recorded as a failed `ipxe-script` event.
+fn refuse_script(
+    state: &State,
+    node: Option<&str>,
+    mac: &str,
+    ip: Option<Ipv4Addr>,
+    why: String,
+) -> Response {
+    warn!(node = node.unwrap_or("-"), %mac, %why, "not booting");
+    Metrics::inc(&state.metrics.http_errors);
+    state.event(NewEvent {
+        node: node.map(str::to_string),
+        mac: Some(mac.to_string()),
+        ip,
+        phase: "ipxe-script".into(),
+        status: "failed".into(),
+        detail: why.clone(),
+        ..Default::default()
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        render_refusal_script(&why),
+    )
+        .into_response()
+}
+
 async fn boot_script(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     AxPath(file): AxPath<String>,
+    Query(query): Query<ScriptQuery>,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
     let Some(mac_dashed) = file.strip_suffix(".ipxe") else {
@@ -95,6 +133,19 @@ async fn boot_script(
     let node = spec.as_ref().map(|n| n.name.clone());
     let base = state.config.http_base();
     let manifest = &bundle.manifest;
+    let claimed = match query.arch.as_deref().map(|a| (a, Arch::parse(a))) {
+        None => None,
+        Some((_, Some(a))) => Some(a),
+        Some((a, None)) => {
+            return refuse_script(
+                &state,
+                node.as_deref(),
+                &mac,
+                peer_ip,
+                format!("this machine's iPXE runs on architecture {a:?}; bundles carry only x86_64 and aarch64 kernels"),
+            );
+        }
+    };
     let script = match (&node, &spec) {
         (Some(name), Some(spec)) => {
             let who = match may_boot(&state, spec, peer) {
@@ -119,6 +170,15 @@ async fn boot_script(
             let Some(entry) = manifest.entries.get(name) else {
                 return not_found(&state, "no manifest entry for this node");
             };
+            if let Some(a) = claimed.filter(|a| *a != entry.arch) {
+                return refuse_script(
+                    &state,
+                    Some(name),
+                    &mac,
+                    peer_ip,
+                    format!("{name} booted {a} iPXE, but its bundle entry has an {} kernel; rebuild the bundle with a {a} kernel for it (or check the machine)", entry.arch),
+                );
+            }
             let url_token = match mint_boot_tokens(&state, name, &who).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -139,13 +199,17 @@ async fn boot_script(
         }
         _ => match state.config.unknown_mac {
             UnknownMac::Default => {
-                let Some(entry) = manifest
-                    .entries
-                    .get(plasmacloud_contract::manifest::DEFAULT_ENTRY)
-                else {
-                    return not_found(&state, "no default entry");
+                let Some((title, entry)) = manifest.default_entry_for(claimed) else {
+                    let a = claimed.unwrap_or_default();
+                    return refuse_script(
+                        &state,
+                        None,
+                        &mac,
+                        peer_ip,
+                        format!("{mac} is not in the cluster contract and the bundle has no {a} kernel for it (no {} entry)", a.default_entry()),
+                    );
                 };
-                script_for(&base, &bundle.version, "default", entry, None)
+                script_for(&base, &bundle.version, &title, entry, None)
             }
             UnknownMac::Ignore => render_refusal_script(&format!(
                 "{mac} is not in the cluster contract; not booting it"

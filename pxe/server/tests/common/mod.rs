@@ -276,6 +276,7 @@ pub fn write_bundle_with(
                 cmdline: format!("{cmdline_extra} plasmacloud.node={}", n.name)
                     .trim()
                     .to_string(),
+                arch: Default::default(),
             },
         );
     }
@@ -285,6 +286,7 @@ pub fn write_bundle_with(
             kernel: "vmlinuz".into(),
             initrds: vec!["initrd.img".into()],
             cmdline: cmdline_extra.to_string(),
+            arch: Default::default(),
         },
     );
     files.sort_by(|a, b| a.path.cmp(&b.path));
