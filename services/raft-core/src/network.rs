@@ -99,11 +99,35 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             http: self.http.clone(),
             scheme: self.scheme,
             durable: self.durable.clone(),
+            in_flight: None,
         }
     }
 }
 
+/// How long an RPC may run on after openraft stopped waiting for it (see [`HttpConn`]).
+pub const DETACHED_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a detached RPC ends with: the status and body, or why there is none.
+type RpcOutcome = Result<(reqwest::StatusCode, bytes::Bytes), RpcFailure>;
+
+#[derive(Debug)]
+enum RpcFailure {
+    Connect(reqwest::Error),
+    Other(reqwest::Error),
+}
+
 /// A connection to one peer.
+///
+/// openraft 0.9 gives an append RPC one heartbeat interval (100 ms by default) and drops it
+/// when that passes. A dropped request takes its connection with it, and a new connection to a
+/// peer that has just rebooted needs TCP and a mutual-TLS handshake first. On a busy host's
+/// emulated CPUs that takes longer than 100 ms every time, so the leader never got through
+/// again and the rebooted node never heard from it. So each RPC runs in its own task, bounded
+/// by [`DETACHED_RPC_TIMEOUT`]: openraft still gets its answer or its timeout on time, but a
+/// request it gave up on finishes in the background (its late answer is dropped; Raft
+/// tolerates late and repeated messages) and leaves a live connection in the pool. At most one
+/// such request per peer: while one is still running, the next RPC fails at once, as a timeout
+/// would have.
 #[derive(Debug)]
 pub struct HttpConn {
     target: NodeId,
@@ -111,14 +135,14 @@ pub struct HttpConn {
     http: reqwest::Client,
     scheme: &'static str,
     durable: Option<Durable>,
+    in_flight: Option<tokio::task::JoinHandle<RpcOutcome>>,
 }
 
 impl HttpConn {
     async fn rpc<Req, Resp, E>(
-        &self,
+        &mut self,
         kind: &str,
         req: &Req,
-        ttl: Duration,
     ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>>
     where
         Req: Serialize,
@@ -126,42 +150,58 @@ impl HttpConn {
         E: std::error::Error + DeserializeOwned,
     {
         let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.rpc_body(kind, body, ttl).await
+        self.rpc_body(kind, body).await
     }
 
     async fn rpc_body<Resp, E>(
-        &self,
+        &mut self,
         kind: &str,
         body: Vec<u8>,
-        ttl: Duration,
     ) -> Result<Resp, RPCError<NodeId, NodeInfo, E>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         let url = format!("{}://{}/raft/{kind}", self.scheme, self.node.raft_addr);
-        let resp = self
+        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(format!(
+                    "{url}: the previous request to node {} is still running",
+                    self.target
+                )),
+            )));
+        }
+        let request = self
             .http
             .post(&url)
             .header(HDR_TARGET_ID, self.target.to_string())
             .header(HDR_TARGET_INCARNATION, &self.node.incarnation)
             .header(axum::http::header::CONTENT_TYPE, "application/json")
             .body(body)
-            .timeout(ttl)
-            .send()
-            .await
-            .map_err(|e| {
+            .timeout(DETACHED_RPC_TIMEOUT);
+        let task = self.in_flight.insert(tokio::spawn(async move {
+            let resp = request.send().await.map_err(|e| {
                 if e.is_connect() {
-                    RPCError::Unreachable(Unreachable::new(&e))
+                    RpcFailure::Connect(e)
                 } else {
-                    RPCError::Network(NetworkError::new(&e))
+                    RpcFailure::Other(e)
                 }
             })?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let status = resp.status();
+            let body = resp.bytes().await.map_err(RpcFailure::Other)?;
+            Ok((status, body))
+        }));
+        // Dropped here by openraft's timeout, the task runs on (see the type's docs).
+        let outcome = task.await;
+        self.in_flight = None;
+        let (status, body) = match outcome {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(RpcFailure::Connect(e))) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Ok(Err(RpcFailure::Other(e))) => return Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
+        };
         if !status.is_success() {
             let msg = String::from_utf8_lossy(&body).into_owned();
             // Refused (wrong incarnation, wrong service): back off like an unreachable peer.
@@ -211,26 +251,26 @@ impl RaftNetwork<TypeConfig> for HttpConn {
                 PayloadTooLarge::new_entries_hint(fits as u64),
             ));
         }
-        self.rpc_body("append", body, option.hard_ttl()).await
+        self.rpc_body("append", body).await
     }
 
     async fn install_snapshot(
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.rpc("snapshot", &rpc, option.hard_ttl()).await
+        self.rpc("snapshot", &rpc).await
     }
 
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.rpc("vote", &rpc, option.hard_ttl()).await
+        self.rpc("vote", &rpc).await
     }
 }
 
@@ -476,6 +516,7 @@ mod tests {
             http: reqwest::Client::new(),
             scheme: "http",
             durable: None,
+            in_flight: None,
         };
         let opt = RPCOption::new(Duration::from_millis(500));
         // 8 entries of 1 MiB: about 4x the cap, so about 2 entries fit.
