@@ -60,42 +60,19 @@ fn ipxe_boot_file(ns: &str, d: &std::path::Path, who: &str, arch_code: &str) -> 
     write_script(&script, BOOT_FILE_SCRIPT);
     let out = d.join(format!("{who}.out"));
     let opt93 = format!("0x5d:{arch_code}");
-    let mut cmd = exec(
+    let (ok, log) = udhcpc_with(
         ns,
-        &[
-            "udhcpc",
-            "-i",
-            "cli0",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "6",
-            "-T",
-            "1",
-            "-s",
-            script.to_str().unwrap(),
-            "-x",
-            "0x4d:69505845",
-            "-x",
-            &opt93,
-        ],
+        &script,
+        6,
+        &["-x", "0x4d:69505845", "-x", &opt93],
+        &[("OUT", &out)],
     );
-    cmd.env("OUT", &out);
-    let (ok, log) = try_run(cmd);
     assert!(ok, "udhcpc ({who}): {log}");
     let got = std::fs::read_to_string(&out).unwrap_or_default();
     got.trim()
         .strip_prefix("boot_file=")
         .unwrap_or_else(|| panic!("{who}: {got}"))
         .to_string()
-}
-
-fn events(srv: &str, op: &Holder) -> Vec<serde_json::Value> {
-    let (ok, body) = curl_as(srv, op, &[&mgmt_url("/v1/events?since=0")]);
-    assert!(ok, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["events"].as_array().unwrap().clone()
 }
 
 #[test]

@@ -33,13 +33,6 @@ fn plain(text: &str) -> String {
     out
 }
 
-fn events(srv: &str, op: &Holder) -> Vec<serde_json::Value> {
-    let (ok, body) = curl_as(srv, op, &[&mgmt_url("/v1/events?since=0")]);
-    assert!(ok, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["events"].as_array().unwrap().clone()
-}
-
 fn status(srv: &str, op: &Holder) -> serde_json::Value {
     let (ok, body) = curl_as(srv, op, &[&mgmt_url("/v1/status")]);
     assert!(ok, "{body}");

@@ -223,13 +223,6 @@ fn attacker_gets_nothing(net: &Net, ca: &str, enroll_url: &str, token: &str, wha
     assert!(answer.get("reused_by").is_none(), "{what}: {answer}");
 }
 
-fn events(srv: &str, op: &Holder) -> Vec<serde_json::Value> {
-    let (ok, text) = curl_as(srv, op, &[&mgmt_url("/v1/events?since=0")]);
-    assert!(ok, "{text}");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["events"].as_array().unwrap().clone()
-}
-
 fn run(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

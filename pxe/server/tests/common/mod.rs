@@ -115,6 +115,21 @@ pub fn udhcpc_once(
     vendor: Option<&str>,
     env: &[(&str, &Path)],
 ) -> (bool, String) {
+    let extra = match vendor {
+        Some(v) => vec!["-V", v],
+        None => Vec::new(),
+    };
+    udhcpc_with(ns, script, tries, &extra, env)
+}
+
+/// [`udhcpc_once`] with `extra` udhcpc flags (`-V VENDOR`, `-x OPT:HEX`…).
+pub fn udhcpc_with(
+    ns: &str,
+    script: &Path,
+    tries: u32,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> (bool, String) {
     let tries = tries.to_string();
     let mut args = vec![
         "udhcpc",
@@ -130,9 +145,7 @@ pub fn udhcpc_once(
         "-s",
         script.to_str().unwrap(),
     ];
-    if let Some(v) = vendor {
-        args.extend(["-V", v]);
-    }
+    args.extend_from_slice(extra);
     let mut cmd = exec(ns, &args);
     for (k, v) in env {
         cmd.env(k, v);
@@ -704,4 +717,12 @@ pub fn curl_as(ns: &str, who: &Holder, args: &[&str]) -> (bool, String) {
 /// The management API base URL of the test server.
 pub fn mgmt_url(path: &str) -> String {
     format!("https://{SERVER_IP}:8082{path}")
+}
+
+/// Every event the management API has, as `who` sees them from `srv`.
+pub fn events(srv: &str, who: &Holder) -> Vec<serde_json::Value> {
+    let (ok, body) = curl_as(srv, who, &[&mgmt_url("/v1/events?since=0")]);
+    assert!(ok, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["events"].as_array().unwrap().clone()
 }
