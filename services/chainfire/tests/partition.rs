@@ -20,7 +20,7 @@
 //! and the client's retry (its backoff reaches 500 ms). Issue 17's goal of 3 s from cut to first
 //! acknowledged write is therefore out of reach with the defaults. Measured on the 2-core CI
 //! machine (docs/benchmarks.md, "Issue 17: partitions"), with the defaults: 3.1–4.1 s for most
-//! cuts, but 7.2–7.6 s for some (6 of 30, always the second cut): the first follower to
+//! cuts, but 7.2–7.6 s for some (6 of 33, always the second cut): the first follower to
 //! campaign did not win (no vote from the other follower; the logs at info level do not say
 //! why, a shorter log is the likely reason), and the other follower campaigned only after an
 //! election timeout of its own, a second round of 3–4 s. With `--heartbeat-ms 50`: 1.5–2.0 s
