@@ -6,7 +6,9 @@
 //!   takes its bridge, taps and veth ends with it. Nothing outside the namespace is touched.
 //! - [`Segment`]: a test L2 segment, a hub namespace holding bridge `br0` with endpoint
 //!   namespaces attached by veth pairs (each interface with its own MAC and, optionally, an
-//!   address), and taps on the bridge for QEMU. Dropping it deletes every namespace it made.
+//!   address), taps on the bridge for QEMU, and a veth from the test process's own namespace
+//!   when the test itself must reach the endpoints ([`Segment::attach_host`]). Dropping it
+//!   deletes every namespace it made (and that veth with the hub).
 //!
 //! Names are unique per process and call ([`unique_name`]), so tests running in parallel (and
 //! several harness runs on one host) never meet.
@@ -268,6 +270,36 @@ impl Segment {
         let name = ns.name().to_string();
         self.endpoints.push(ns);
         res.map(|()| name)
+    }
+
+    /// Connects the namespace this process runs in (the host's, usually) to the bridge: a veth
+    /// pair whose end here, named [`unique_name`]`("vh")` shortened to fit, gets address `cidr`
+    /// and comes up, so the test process itself (a client library, say) reaches the endpoints.
+    /// The only thing made outside the segment's namespaces: it goes away with the hub (deleting
+    /// one end of a veth pair deletes the other). `cidr`'s subnet must be one the host does not
+    /// route already. Returns the interface's name.
+    pub fn attach_host(&self, cidr: &str) -> Result<String> {
+        // IFNAMSIZ: 15 characters at most.
+        let mut ifname = unique_name("vh").replace('-', "");
+        ifname.truncate(15);
+        let port = format!("x{}", &ifname[2..]);
+        let mut add = Command::new("ip");
+        add.args([
+            "link", "add", &ifname, "type", "veth", "peer", "name", &port,
+        ])
+        .args(["netns", self.hub.name()]);
+        run(add)?;
+        self.hub
+            .ip(&["link", "set", &port, "master", Self::BRIDGE, "up"])?;
+        for args in [
+            vec!["addr", "add", cidr, "dev", &ifname],
+            vec!["link", "set", &ifname, "up"],
+        ] {
+            let mut c = Command::new("ip");
+            c.args(&args);
+            run(c)?;
+        }
+        Ok(ifname)
     }
 
     /// Adds tap device `tap` on the bridge.

@@ -13,7 +13,7 @@ use plasmacloud_pki::ca::{CertSpec, ClusterCa};
 use plasmacloud_pki::tls::{reqwest_builder_trusting, TlsMaterial};
 use plasmacloud_pki::{Credentials, Identity, TlsFiles};
 use plasmacloud_store_client::{Health, Member, StoreClient};
-use plasmacloud_testkit::{free_port, loopback_ip, workspace_binary, Process};
+use plasmacloud_testkit::{free_port, loopback_ip, netns, workspace_binary, Process};
 
 /// The test process's cluster CA.
 pub fn ca() -> &'static ClusterCa {
@@ -129,6 +129,8 @@ pub struct Node {
     pub tls: TlsFiles,
     pub cert: TlsMaterial,
     pub extra: Vec<String>,
+    /// The network namespace it runs in (`ip netns exec`); `None`: the test's own.
+    pub netns: Option<String>,
     pub proc: Option<Process>,
     starts: u32,
 }
@@ -143,9 +145,30 @@ impl Node {
         while raft == api {
             raft = SocketAddr::from((ip, free_port(ip)));
         }
+        Self::at(bin, id, root, api, raft)
+    }
+
+    /// A node description that will run inside network namespace `ns` (its interface has
+    /// address `ip`), on the well-known ports 2379 (API) and 2380 (Raft): the namespace is its
+    /// own, so nothing else uses them. Its certificate carries `ip`.
+    pub fn in_netns(bin: &'static str, id: u64, root: &Path, ns: &str, ip: IpAddr) -> Self {
+        let mut n = Self::at(
+            bin,
+            id,
+            root,
+            SocketAddr::new(ip, 2379),
+            SocketAddr::new(ip, 2380),
+        );
+        n.netns = Some(ns.to_string());
+        n
+    }
+
+    /// A node description at these addresses, with a node certificate `node<id>` for the API
+    /// address's IP.
+    fn at(bin: &'static str, id: u64, root: &Path, api: SocketAddr, raft: SocketAddr) -> Self {
         let spec = CertSpec::node(
             Identity::node(&format!("node{id}")).expect("node name"),
-            IpAddr::V4(ip),
+            api.ip(),
         );
         let (cert, tls) = issue(&spec, Some(&root.join(format!("pki-node{id}"))));
         Node {
@@ -158,6 +181,7 @@ impl Node {
             tls: tls.expect("files"),
             cert,
             extra: Vec::new(),
+            netns: None,
             proc: None,
             starts: 0,
         }
@@ -218,13 +242,13 @@ impl Node {
         let log = self
             .logs
             .join(format!("node{}-{}.log", self.id, self.starts));
-        let p = Process::start(
-            &format!("{}-{}", self.bin, self.id),
-            &workspace_binary(self.bin),
-            self.args(with_id),
-            &log,
-        )
-        .expect("spawn server");
+        let mut cmd = match &self.netns {
+            Some(ns) => netns::command_in(ns, workspace_binary(self.bin)),
+            None => std::process::Command::new(workspace_binary(self.bin)),
+        };
+        cmd.args(self.args(with_id));
+        let p =
+            Process::spawn(&format!("{}-{}", self.bin, self.id), cmd, &log).expect("spawn server");
         self.proc = Some(p);
     }
 
