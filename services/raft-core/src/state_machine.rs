@@ -237,8 +237,13 @@ fn ts_horizon(db: &DB) -> Result<Option<i64>, StorageError> {
     }
 }
 
-/// The series that have a stored point, in key order (one seek per series). Blocking.
-fn stored_series(db: &DB, ts: &rocksdb::ColumnFamily) -> Result<Vec<Vec<u8>>, StorageError> {
+/// The series that have a stored point older than `before`, in key order (one seek per
+/// series). Blocking.
+fn series_older_than(
+    db: &DB,
+    ts: &rocksdb::ColumnFamily,
+    before: i64,
+) -> Result<Vec<Vec<u8>>, StorageError> {
     let mut out = Vec::new();
     let mut it = db.raw_iterator_cf(ts);
     it.seek_to_first();
@@ -246,9 +251,12 @@ fn stored_series(db: &DB, ts: &rocksdb::ColumnFamily) -> Result<Vec<Vec<u8>>, St
         // `series \0 t`: series names never hold a byte below `\x01`.
         let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
         let series = k[..end].to_vec();
-        let mut next = series.clone();
+        // Its oldest point is the first key: a series with none to drop gets no tombstone.
+        if k < ts_key(&String::from_utf8_lossy(&series), before).as_slice() {
+            out.push(series.clone());
+        }
+        let mut next = series;
         next.push(1);
-        out.push(series);
         it.seek(&next);
     }
     it.status().map_err(|e| read_err(&e))?;
@@ -383,8 +391,11 @@ impl Applier<'_> {
                     // It scans every series: rare, and for the blocking pool.
                     return Err(Stop::NeedsDisk);
                 }
-                let mut series: BTreeSet<Vec<u8>> =
-                    stored_series(self.db, self.ts)?.into_iter().collect();
+                // Range tombstones only where there is something to drop (what is visible
+                // afterwards is the same either way).
+                let mut series: BTreeSet<Vec<u8>> = series_older_than(self.db, self.ts, *before)?
+                    .into_iter()
+                    .collect();
                 series.extend(self.appended.iter().map(|s| s.as_bytes().to_vec()));
                 let mut trimmed = 0u64;
                 for s in &series {

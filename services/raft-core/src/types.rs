@@ -114,7 +114,7 @@ pub struct CommandResult {
     pub revision: u64,
     /// Delete: whether the key existed.
     pub deleted: bool,
-    /// Time series: points stored.
+    /// Time series: points stored (a trim: the series it dropped points of).
     pub count: u64,
     /// A batch: the result of each of its commands, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
