@@ -80,7 +80,7 @@ in
       };
       description = ''
         Keys of ${name}-server's TOML configuration (`id`, `data_dir`, `api_addr`,
-        `raft_addr`, `snapshot_logs`, `heartbeat_ms`, `request_timeout_ms`${lib.optionalString (name == "flaredb") ", `chainfire` (https URLs)"});
+        `raft_addr`, `snapshot_logs`, `heartbeat_ms`, `request_timeout_ms`${lib.optionalString (name == "flaredb") ", `chainfire` (https URLs), `ts_retention_secs` (drop time-series points older than this many seconds; 0 or unset: keep every point)"});
         the TLS files are `tls.*`.
 
         Precedence, highest first: these settings (passed as ${envPrefix}_<KEY> variables in

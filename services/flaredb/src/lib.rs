@@ -22,6 +22,14 @@
 //!   existing `t` replaces it); `GET /v1/ts/{series}?from=MS&to=MS` (`from <= t < to`) →
 //!   `{"points":[…]}`; `&step=MS` → per-bucket `{"t","v"(avg),"min","max","count"}`.
 //!
+//! Time-series retention: `--ts-retention-secs N` (`ts_retention_secs` in `--config`,
+//! `PLASMACLOUD_FLAREDB_TS_RETENTION_SECS`), 60 s up to 100 years; 0 or unset (the default)
+//! keeps every point, so no data disappears unless an operator asks for it (a default would
+//! have to guess what the series are for and how large the disk is). With it, queries never
+//! answer a point older than `now − N`, and the leader trims those points through Raft, alike
+//! on every replica (`plasmacloud_raft::retention`; `flaredb_ts_horizon_ms` in `/metrics`).
+//! Give every node the same value.
+//!
 //! Followers forward writes and linearizable reads to the leader (see `plasmacloud_raft`).
 
 use std::sync::Arc;

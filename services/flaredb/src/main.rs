@@ -1,10 +1,10 @@
 //! `flaredb-server`: the shared start-up of `plasmacloud_raft::serve` with FlareDB's
-//! `--chainfire` link (registration and the revocation list) and its namespace and time-series
-//! routes.
+//! `--chainfire` link (registration and the revocation list), its time-series retention
+//! (`--ts-retention-secs`) and its namespace and time-series routes.
 
 use clap::Parser;
 use plasmacloud_raft::serve::{self, ServeArgs};
-use plasmacloud_raft::{api, revocation};
+use plasmacloud_raft::{api, retention, revocation};
 
 /// FlareDB: Raft-replicated namespaced KV and time series (API 2479, Raft 2480).
 #[derive(Debug, Parser)]
@@ -15,6 +15,10 @@ struct Args {
     /// Chainfire endpoints (URL or ip:port), comma-separated; registers this node there.
     #[arg(long, env = "PLASMACLOUD_FLAREDB_CHAINFIRE")]
     chainfire: Option<String>,
+    /// Drop time-series points older than this many seconds, on every node alike (0, the
+    /// default: keep every point; else 60 up to 100 years, e.g. 2592000 for 30 days).
+    #[arg(long, env = "PLASMACLOUD_FLAREDB_TS_RETENTION_SECS")]
+    ts_retention_secs: Option<u64>,
 }
 
 #[tokio::main]
@@ -29,6 +33,9 @@ async fn main() {
         |cfg| {
             if args.chainfire.is_some() {
                 cfg.chainfire = args.chainfire;
+            }
+            if args.ts_retention_secs.is_some() {
+                cfg.ts_retention_secs = args.ts_retention_secs;
             }
             flaredb::chainfire_client(cfg)
         },
@@ -45,6 +52,9 @@ async fn main() {
                 None => tracing::warn!(
                     "no --chainfire: this node cannot read the revocation list (pki/revoked/), so revoked certificates of the cluster CA are still accepted"
                 ),
+            }
+            if let Some(r) = st.cfg.ts_retention {
+                tokio::spawn(retention::keep_trimming(st.clone(), r));
             }
             api::flaredb_routes(st.clone())
         },

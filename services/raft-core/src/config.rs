@@ -45,6 +45,9 @@ pub struct FileConfig {
     pub shutdown_handover_ms: Option<u64>,
     /// FlareDB only: Chainfire endpoints, comma-separated.
     pub chainfire: Option<String>,
+    /// FlareDB only: drop time-series points older than this many seconds (0 or unset: keep
+    /// every point; else 60 s up to 100 years).
+    pub ts_retention_secs: Option<u64>,
     /// `--dev-plaintext`: no TLS, loopback addresses only (a flag, never a file key).
     #[serde(skip)]
     pub dev_plaintext: Option<bool>,
@@ -81,6 +84,7 @@ impl FileConfig {
             request_timeout_ms,
             shutdown_handover_ms,
             chainfire,
+            ts_retention_secs,
             dev_plaintext
         )
     }
@@ -131,8 +135,31 @@ impl FileConfig {
         if let Some(ms) = self.shutdown_handover_ms {
             cfg.shutdown_handover = Duration::from_millis(ms);
         }
+        cfg.ts_retention = ts_retention(service, self.ts_retention_secs)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// The shortest time-series retention (`ts_retention_secs`) taken: the leader trims in steps
+/// of a hundredth of it, at least a second.
+pub const MIN_TS_RETENTION_SECS: u64 = 60;
+/// The longest (100 years; in unix ms it stays far inside an `i64`).
+pub const MAX_TS_RETENTION_SECS: u64 = 100 * 366 * 24 * 3600;
+
+/// `ts_retention_secs` checked: `None` keeps every point.
+fn ts_retention(service: &str, secs: Option<u64>) -> Result<Option<Duration>, Error> {
+    match secs {
+        None | Some(0) => Ok(None),
+        Some(_) if service != "flaredb" => Err(Error::Config(format!(
+            "ts_retention_secs is FlareDB's (time series); {service} has none, remove the key"
+        ))),
+        Some(s) if (MIN_TS_RETENTION_SECS..=MAX_TS_RETENTION_SECS).contains(&s) => {
+            Ok(Some(Duration::from_secs(s)))
+        }
+        Some(s) => Err(Error::Config(format!(
+            "ts_retention_secs (--ts-retention-secs) = {s}: give 0 to keep every point, or {MIN_TS_RETENTION_SECS}..={MAX_TS_RETENTION_SECS} seconds (e.g. 2592000 for 30 days)"
+        ))),
     }
 }
 
@@ -205,6 +232,42 @@ mod tests {
         .into_node_config("chainfire", "P")
         .unwrap_err();
         assert!(e.to_string().contains("--api-addr \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn ts_retention_is_off_by_default_and_bounded() {
+        let base = |extra: &str| -> Result<NodeConfig, Error> {
+            toml::from_str::<FileConfig>(&format!(
+                "id = 1\ndata_dir = \"/x\"\napi_addr = \"127.0.0.1:2379\"\nraft_addr = \"127.0.0.1:2380\"\n{TLS}{extra}"
+            ))
+            .unwrap()
+            .into_node_config("flaredb", "P")
+        };
+        assert_eq!(base("").unwrap().ts_retention, None);
+        assert_eq!(base("ts_retention_secs = 0\n").unwrap().ts_retention, None);
+        assert_eq!(
+            base("ts_retention_secs = 86400\n").unwrap().ts_retention,
+            Some(Duration::from_secs(86400))
+        );
+        for bad in ["59", "99999999999"] {
+            let e = base(&format!("ts_retention_secs = {bad}\n")).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("ts_retention_secs (--ts-retention-secs) = {bad}")),
+                "{e}"
+            );
+        }
+        let e = toml::from_str::<FileConfig>("ts_retention_secs = -1").unwrap_err();
+        assert!(e.to_string().contains("ts_retention_secs"), "{e}");
+        let chainfire = FileConfig {
+            ts_retention_secs: Some(3600),
+            ..toml::from_str(&format!(
+                "id = 1\ndata_dir = \"/x\"\napi_addr = \"127.0.0.1:2379\"\nraft_addr = \"127.0.0.1:2380\"\n{TLS}"
+            ))
+            .unwrap()
+        };
+        let e = chainfire.into_node_config("chainfire", "P").unwrap_err();
+        assert!(e.to_string().contains("FlareDB's"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`access`]: who may call what — mutual TLS on both ports with the node's certificate,
 //!   node-only Raft, public `/health`, `/readyz` and `/metrics`, FlareDB's node-only namespaces.
 //! - [`metrics`]: the series served at `/metrics` (Raft, the log's syncs, API requests).
+//! - [`retention`]: FlareDB's time-series retention — the leader proposes a trim of points
+//!   older than the retention by its clock, applied identically on every replica.
 //! - [`revocation`]: the revoked serials (Chainfire `pki/revoked/`) every node refuses,
 //!   re-read every two seconds.
 //! - [`proposer`]: client writes, batched into single entries while earlier ones are in
@@ -71,6 +73,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod retention;
 pub mod revocation;
 pub mod serve;
 pub mod space;

@@ -19,6 +19,7 @@
 //! | `raft_snapshots_built_total` | counter | snapshots this node built |
 //! | `raft_snapshots_installed_total` | counter | snapshots installed from a leader |
 //! | `disk_wal_fsync_duration_seconds` | histogram | each sync of the Raft log |
+//! | `ts_horizon_ms` | gauge | FlareDB: the retention trim applied here, unix ms (older points are gone; 0: none yet) |
 //! | `http_requests_total{route,method,code}` | counter | API requests answered |
 //! | `http_request_duration_seconds{route,method}` | histogram | their latency |
 //!
@@ -27,7 +28,7 @@
 //! are read from openraft's metrics when scraped; the rest are atomics (counters) and
 //! per-series histograms bumped where things happen, with no lock shared by all requests.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -56,6 +57,7 @@ pub struct StorageMetrics {
     pub(crate) commit_index: Gauge<u64, AtomicU64>,
     pub(crate) snapshots_built: Counter,
     pub(crate) snapshots_installed: Counter,
+    pub(crate) ts_horizon: Gauge<i64, AtomicI64>,
 }
 
 impl Default for StorageMetrics {
@@ -66,6 +68,7 @@ impl Default for StorageMetrics {
             commit_index: Gauge::default(),
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
+            ts_horizon: Gauge::default(),
         }
     }
 }
@@ -288,6 +291,13 @@ impl StoreMetrics {
             "Each sync of the Raft log to disk",
             m.storage.fsync.clone(),
         );
+        if service == "flaredb" {
+            r.register(
+                "ts_horizon_ms",
+                "The time-series retention trim applied here, unix ms: every point older is gone (0: none yet)",
+                m.storage.ts_horizon.clone(),
+            );
+        }
         m.http.register(r);
         Self { registry, ..m }
     }

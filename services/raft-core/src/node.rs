@@ -49,6 +49,8 @@ pub struct NodeConfig {
     /// How long a leader stopping on SIGTERM may spend handing its leadership over
     /// ([`crate::handover`]); zero: it stops without.
     pub shutdown_handover: Duration,
+    /// FlareDB's time-series retention (`None`: keep every point); see [`crate::retention`].
+    pub ts_retention: Option<Duration>,
 }
 
 /// Default deadline of the handover at shutdown.
@@ -95,6 +97,7 @@ impl NodeConfig {
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             request_timeout: Duration::from_secs(10),
             shutdown_handover: DEFAULT_SHUTDOWN_HANDOVER,
+            ts_retention: None,
         }
     }
 

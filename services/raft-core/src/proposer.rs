@@ -103,7 +103,7 @@ impl Proposer {
 fn key_of(cmd: &Command) -> Option<(&str, &str)> {
     match cmd {
         Command::Put { ks, key, .. } | Command::Delete { ks, key, .. } => Some((ks, key)),
-        Command::TsAppend { .. } | Command::Batch(_) => None,
+        Command::TsAppend { .. } | Command::TsTrim { .. } | Command::Batch(_) => None,
     }
 }
 
@@ -112,6 +112,7 @@ fn size_of(cmd: &Command) -> usize {
         Command::Put { ks, key, value, .. } => ks.len() + key.len() + value.len(),
         Command::Delete { ks, key, .. } => ks.len() + key.len(),
         Command::TsAppend { series, points } => series.len() + points.len() * 16,
+        Command::TsTrim { .. } => 8,
         Command::Batch(c) => c.iter().map(size_of).sum(),
     }
 }

@@ -133,6 +133,7 @@ impl ServeArgs {
             request_timeout_ms: self.request_timeout_ms,
             shutdown_handover_ms: self.shutdown_handover_ms,
             chainfire: None,
+            ts_retention_secs: None,
             dev_plaintext: self.dev_plaintext.then_some(true),
         }
     }

@@ -7,8 +7,17 @@
 //! never holds two writes to one key, so a key's revision still names exactly one write.
 //! Applied state and `last_applied` go in one RocksDB batch; it is made durable by the next
 //! synced log write (one shared write-ahead log) or explicitly before a snapshot is built.
+//!
+//! **Time-series retention** is a command like any other: [`Command::TsTrim`] drops every
+//! point older than its `before` in every series, and the highest `before` applied is kept
+//! (`ts_horizon` in `sm_meta`, carried in snapshots) so the leader knows what is already
+//! trimmed. The leader computes `before` from its own clock ([`crate::retention`]); a replica
+//! never consults its clock while applying, so every replica drops exactly the same points.
+//! (Trimming relative to the newest point in the state would be deterministic too, but one
+//! point stamped in the future by a wrong clock would then wipe every series.) Points appended
+//! later with an older `t` are stored like any others and go with the next trim.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -27,6 +36,7 @@ use crate::types::{
 
 const KEY_APPLIED: &[u8] = b"last_applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_TS_HORIZON: &[u8] = b"ts_horizon";
 const NODE_PREFIX: &[u8] = b"node/";
 const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
@@ -190,6 +200,12 @@ impl StateReader {
         Ok(())
     }
 
+    /// The highest `before` of a [`Command::TsTrim`] applied here (no point older is left but
+    /// those appended since), `None` before the first. Blocking.
+    pub fn ts_horizon(&self) -> Result<Option<i64>, StorageError> {
+        ts_horizon(&self.db)
+    }
+
     /// The node record for `id` if that id was ever a member. Blocking.
     pub fn node_ever(&self, id: NodeId) -> Result<Option<NodeInfo>, StorageError> {
         let meta = cf_meta(&self.db)?;
@@ -204,6 +220,47 @@ impl StateReader {
             None => Ok(None),
         }
     }
+}
+
+fn ts_horizon(db: &DB) -> Result<Option<i64>, StorageError> {
+    match db
+        .get_cf(cf_meta(db)?, KEY_TS_HORIZON)
+        .map_err(|e| read_err(&e))?
+    {
+        Some(v) => {
+            let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                read_err(&std::io::Error::other("sm_meta ts_horizon is not 8 bytes"))
+            })?;
+            Ok(Some(i64::from_be_bytes(b)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The series that have a stored point older than `before`, in key order (one seek per
+/// series). Blocking.
+fn series_older_than(
+    db: &DB,
+    ts: &rocksdb::ColumnFamily,
+    before: i64,
+) -> Result<Vec<Vec<u8>>, StorageError> {
+    let mut out = Vec::new();
+    let mut it = db.raw_iterator_cf(ts);
+    it.seek_to_first();
+    while let Some(k) = it.key() {
+        // `series \0 t`: series names never hold a byte below `\x01`.
+        let end = k.iter().position(|&b| b == 0).unwrap_or(k.len());
+        let series = k[..end].to_vec();
+        // Its oldest point is the first key: a series with none to drop gets no tombstone.
+        if k < ts_key(&String::from_utf8_lossy(&series), before).as_slice() {
+            out.push(series.clone());
+        }
+        let mut next = series;
+        next.push(1);
+        it.seek(&next);
+    }
+    it.status().map_err(|e| read_err(&e))?;
+    Ok(out)
 }
 
 /// Why a preparation stopped.
@@ -225,7 +282,14 @@ struct Applier<'a> {
     db: &'a DB,
     kv: &'a rocksdb::ColumnFamily,
     ts: &'a rocksdb::ColumnFamily,
+    meta: &'a rocksdb::ColumnFamily,
     batch: WriteBatch,
+    /// Series appended to earlier in this batch (a trim must reach them too, though they may
+    /// not be in the database yet: how entries are grouped into apply calls differs between
+    /// replicas, what a trim drops must not).
+    appended: BTreeSet<String>,
+    /// The time-series horizon as a trim earlier in this batch left it.
+    horizon: Option<i64>,
     /// Keys written earlier in this batch: key -> Some(revision) or None (deleted).
     overlay: HashMap<Vec<u8>, Option<u64>>,
     /// Reads from memory only (memtables, block cache): a read that needs the disk stops.
@@ -310,6 +374,7 @@ impl Applier<'_> {
                 }
             }
             Command::TsAppend { series, points } => {
+                self.appended.insert(series.clone());
                 for (t, v) in points {
                     self.batch
                         .put_cf(self.ts, ts_key(series, *t), v.to_bits().to_be_bytes());
@@ -318,6 +383,39 @@ impl Applier<'_> {
                     ok: true,
                     revision: index,
                     count: points.len() as u64,
+                    ..Default::default()
+                }
+            }
+            Command::TsTrim { before } => {
+                if self.memory_only {
+                    // It scans every series: rare, and for the blocking pool.
+                    return Err(Stop::NeedsDisk);
+                }
+                // Range tombstones only where there is something to drop (what is visible
+                // afterwards is the same either way).
+                let mut series: BTreeSet<Vec<u8>> = series_older_than(self.db, self.ts, *before)?
+                    .into_iter()
+                    .collect();
+                series.extend(self.appended.iter().map(|s| s.as_bytes().to_vec()));
+                let mut trimmed = 0u64;
+                for s in &series {
+                    let name = String::from_utf8_lossy(s);
+                    let (from, to) = (ts_key(&name, i64::MIN), ts_key(&name, *before));
+                    self.batch.delete_range_cf(self.ts, from, to);
+                    trimmed += 1;
+                }
+                let current = match self.horizon {
+                    Some(h) => Some(h),
+                    None => ts_horizon(self.db)?,
+                };
+                let horizon = current.map_or(*before, |h| h.max(*before));
+                self.batch
+                    .put_cf(self.meta, KEY_TS_HORIZON, horizon.to_be_bytes());
+                self.horizon = Some(horizon);
+                CommandResult {
+                    ok: true,
+                    revision: index,
+                    count: trimmed,
                     ..Default::default()
                 }
             }
@@ -342,6 +440,14 @@ fn cf_meta(db: &DB) -> Result<&rocksdb::ColumnFamily, StorageError> {
     cf(db, CF_SM_META)
 }
 
+/// What applying some entries will write, and answer.
+struct Prepared {
+    batch: WriteBatch,
+    results: Vec<CommandResult>,
+    /// The time-series horizon after a trim among the entries.
+    horizon: Option<i64>,
+}
+
 /// The state machine handed to openraft.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
@@ -364,8 +470,12 @@ impl StateMachine {
         }
     }
 
-    /// Counts the snapshots it builds and installs into `metrics`.
+    /// Counts the snapshots it builds and installs into `metrics` (and keeps its time-series
+    /// horizon there, starting from the stored one).
     pub fn counting_into(mut self, metrics: StorageMetrics) -> Self {
+        if let Ok(Some(h)) = ts_horizon(&self.db) {
+            metrics.ts_horizon.set(h);
+        }
         self.metrics = metrics;
         self
     }
@@ -385,17 +495,16 @@ impl StateMachine {
 
     /// The batch that applies `entries` (and records the last as applied), and their results;
     /// with `memory_only`, stops with [`Stop::NeedsDisk`] rather than read from the disk.
-    fn prepare(
-        db: &DB,
-        entries: &[Entry],
-        memory_only: bool,
-    ) -> Result<(WriteBatch, Vec<CommandResult>), Stop> {
+    fn prepare(db: &DB, entries: &[Entry], memory_only: bool) -> Result<Prepared, Stop> {
         let meta = cf_meta(db)?;
         let mut ap = Applier {
             db,
             kv: cf(db, CF_KV)?,
             ts: cf(db, CF_TS)?,
+            meta,
             batch: WriteBatch::default(),
+            appended: BTreeSet::new(),
+            horizon: None,
             overlay: HashMap::new(),
             memory_only,
         };
@@ -420,17 +529,26 @@ impl StateMachine {
             };
             results.push(res);
         }
+        let horizon = ap.horizon;
         let mut batch = ap.batch;
         if let Some(l) = last {
             let bytes = serde_json::to_vec(&Some(l)).map_err(|e| write_err(&e))?;
             batch.put_cf(meta, KEY_APPLIED, bytes);
         }
-        Ok((batch, results))
+        Ok(Prepared {
+            batch,
+            results,
+            horizon,
+        })
     }
 
     /// Applies `entries` in one batch, reading from the disk where needed. Blocking.
-    fn apply_blocking(db: &DB, entries: Vec<Entry>) -> Result<Vec<CommandResult>, StorageError> {
-        let (batch, results) = match Self::prepare(db, &entries, false) {
+    fn apply_blocking(
+        db: &DB,
+        metrics: &StorageMetrics,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<CommandResult>, StorageError> {
+        let p = match Self::prepare(db, &entries, false) {
             Ok(r) => r,
             Err(Stop::Failed(e)) => return Err(*e),
             Err(Stop::NeedsDisk) => {
@@ -439,8 +557,11 @@ impl StateMachine {
                 )))
             }
         };
-        db.write(batch).map_err(|e| write_err(&e))?;
-        Ok(results)
+        db.write(p.batch).map_err(|e| write_err(&e))?;
+        if let Some(h) = p.horizon {
+            metrics.ts_horizon.set(h);
+        }
+        Ok(p.results)
     }
 
     /// Applies `entries` here and now if that needs no disk read and no wait in RocksDB
@@ -449,7 +570,8 @@ impl StateMachine {
         db: &DB,
         entries: &[Entry],
     ) -> Result<Option<Vec<CommandResult>>, StorageError> {
-        let (batch, results) = match Self::prepare(db, entries, true) {
+        // A trim never runs in memory, so `horizon` stays `None` here.
+        let Prepared { batch, results, .. } = match Self::prepare(db, entries, true) {
             Ok(r) => r,
             Err(Stop::NeedsDisk) => return Ok(None),
             Err(Stop::Failed(e)) => return Err(*e),
@@ -488,7 +610,7 @@ impl StateMachine {
             ro.set_snapshot(&snap);
             for item in db.iterator_cf_opt(c, ro, IteratorMode::Start) {
                 let (k, v) = item.map_err(|e| read_err(&e))?;
-                if tag == 2 && !k.starts_with(NODE_PREFIX) {
+                if tag == 2 && !k.starts_with(NODE_PREFIX) && &*k != KEY_TS_HORIZON {
                     continue;
                 }
                 data.push(tag);
@@ -541,6 +663,7 @@ impl StateMachine {
         batch.delete_range_cf(kv, [0u8].as_slice(), [0xffu8; 8].as_slice());
         batch.delete_range_cf(ts, [0u8].as_slice(), [0xffu8; 8].as_slice());
         batch.delete_range_cf(sm, NODE_PREFIX, b"node0".as_slice());
+        batch.delete_cf(sm, KEY_TS_HORIZON);
         let bad = || write_err(&std::io::Error::other("truncated snapshot data"));
         let mut i = 0usize;
         let take = |i: &mut usize, n: usize| -> Result<&[u8], StorageError> {
@@ -629,7 +752,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(results);
         }
         let db = self.db.clone();
-        blocking(move || Self::apply_blocking(&db, entries)).await
+        let metrics = self.metrics.clone();
+        blocking(move || Self::apply_blocking(&db, &metrics, entries)).await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -648,7 +772,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
-        blocking(move || Self::install_blocking(&db, &meta, &data)).await?;
+        let horizon = blocking(move || {
+            Self::install_blocking(&db, &meta, &data)?;
+            ts_horizon(&db)
+        })
+        .await?;
+        self.metrics.ts_horizon.set(horizon.unwrap_or(0));
         self.metrics.snapshots_installed.inc();
         Ok(())
     }
@@ -702,7 +831,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let db = crate::db::open_db(tmp.path(), true).unwrap();
         let sm = StateMachine::new(db.clone());
-        let r = StateMachine::apply_blocking(&db, vec![normal(3, put("x", "old", None))]).unwrap();
+        let r = StateMachine::apply_blocking(
+            &db,
+            &StorageMetrics::default(),
+            vec![normal(3, put("x", "old", None))],
+        )
+        .unwrap();
         assert_eq!(r[0].revision, 3);
         let batch = Command::Batch(vec![
             put("y", "new", None),
@@ -714,7 +848,9 @@ mod tests {
             },
             put("z", "cas", Some(Cond::Revision(3))),
         ]);
-        let r = StateMachine::apply_blocking(&db, vec![normal(4, batch)]).unwrap();
+        let r =
+            StateMachine::apply_blocking(&db, &StorageMetrics::default(), vec![normal(4, batch)])
+                .unwrap();
         let b = &r[0].batch;
         assert_eq!(b.len(), 4, "{r:?}");
         assert!(b[0].ok && b[0].revision == 4);
@@ -731,7 +867,12 @@ mod tests {
     fn an_apply_that_would_read_the_disk_is_left_to_the_blocking_pool() {
         let tmp = tempfile::tempdir().unwrap();
         let db = crate::db::open_db(tmp.path(), true).unwrap();
-        StateMachine::apply_blocking(&db, vec![normal(3, put("x", "on disk", None))]).unwrap();
+        StateMachine::apply_blocking(
+            &db,
+            &StorageMetrics::default(),
+            vec![normal(3, put("x", "on disk", None))],
+        )
+        .unwrap();
         // From the memtable: done in memory.
         let r = StateMachine::apply_in_memory(&db, &[normal(4, put("x", "v", None))]).unwrap();
         assert_eq!(r.map(|r| r[0].revision), Some(4));
@@ -746,7 +887,101 @@ mod tests {
         let reader = StateMachine::new(db.clone()).reader();
         assert_eq!(reader.get("", "x").unwrap(), Some((4, "v".into())));
         // The blocking pool reads it from the disk.
-        let r = StateMachine::apply_blocking(&db, vec![cas]).unwrap();
+        let r = StateMachine::apply_blocking(&db, &StorageMetrics::default(), vec![cas]).unwrap();
         assert!(r[0].ok && r[0].revision == 5, "{r:?}");
+    }
+
+    fn points(reader: &StateReader, series: &str) -> Vec<(i64, f64)> {
+        let mut out = Vec::new();
+        reader
+            .ts_scan(series, i64::MIN, i64::MAX, |t, v| {
+                out.push((t, v));
+                true
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_trim_drops_the_same_points_however_entries_are_grouped_into_applies() {
+        let entries = [
+            normal(
+                1,
+                Command::TsAppend {
+                    series: "a".into(),
+                    points: vec![(-5, 0.0), (1, 1.0), (5, 5.0), (10, 10.0)],
+                },
+            ),
+            normal(
+                2,
+                Command::TsAppend {
+                    series: "a.b".into(),
+                    points: vec![(2, 2.0), (7, 7.0)],
+                },
+            ),
+            normal(3, Command::TsTrim { before: 6 }),
+            normal(
+                4,
+                Command::TsAppend {
+                    series: "c".into(),
+                    points: vec![(3, 3.0)],
+                },
+            ),
+        ];
+        let mut seen = Vec::new();
+        for split in [0, 1, 2, 3, 4] {
+            let tmp = tempfile::tempdir().unwrap();
+            let db = crate::db::open_db(tmp.path(), true).unwrap();
+            let metrics = StorageMetrics::default();
+            let (first, second) = entries.split_at(split);
+            for part in [first, second] {
+                if !part.is_empty() {
+                    StateMachine::apply_blocking(&db, &metrics, part.to_vec()).unwrap();
+                }
+            }
+            let reader = StateMachine::new(db.clone()).reader();
+            let got = (
+                points(&reader, "a"),
+                points(&reader, "a.b"),
+                points(&reader, "c"),
+                reader.ts_horizon().unwrap(),
+                metrics.ts_horizon.get(),
+            );
+            assert_eq!(got.0, vec![(10, 10.0)], "split at {split}");
+            assert_eq!(got.1, vec![(7, 7.0)], "split at {split}");
+            // Appended after the trim: kept until the next one.
+            assert_eq!(got.2, vec![(3, 3.0)], "split at {split}");
+            assert_eq!((got.3, got.4), (Some(6), 6), "split at {split}");
+            // In memory only, a trim is left to the blocking pool.
+            assert!(StateMachine::apply_in_memory(
+                &db,
+                &[normal(5, Command::TsTrim { before: 7 })]
+            )
+            .unwrap()
+            .is_none());
+            seen.push(got);
+        }
+        assert!(seen.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_horizon() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::db::open_db(tmp.path(), true).unwrap();
+        let metrics = StorageMetrics::default();
+        StateMachine::apply_blocking(
+            &db,
+            &metrics,
+            vec![normal(1, Command::TsTrim { before: 42 })],
+        )
+        .unwrap();
+        let snap = StateMachine::build_blocking(&db).unwrap();
+        let tmp2 = tempfile::tempdir().unwrap();
+        let db2 = crate::db::open_db(tmp2.path(), true).unwrap();
+        StateMachine::install_blocking(&db2, &snap.meta, &snap.snapshot.into_inner()).unwrap();
+        assert_eq!(
+            StateMachine::new(db2).reader().ts_horizon().unwrap(),
+            Some(42)
+        );
     }
 }

@@ -73,6 +73,13 @@ pub enum Command {
         /// `(unix ms, value)` pairs.
         points: Vec<(i64, f64)>,
     },
+    /// Drops every time-series point with `t < before` (unix ms), in every series: FlareDB's
+    /// retention. The leader computes `before` from its clock and proposes it
+    /// ([`crate::retention`]), so every replica drops exactly the same points.
+    TsTrim {
+        /// Points older than this (unix ms) go.
+        before: i64,
+    },
     /// Several commands proposed together, applied in order at one log index (so they share
     /// its revision). The proposer never puts two writes to one key in a batch, so a key's
     /// revision still names exactly one write.
@@ -91,6 +98,7 @@ impl fmt::Display for Command {
             Command::TsAppend { series, points } => {
                 write!(f, "ts append {series} ({} points)", points.len())
             }
+            Command::TsTrim { before } => write!(f, "ts trim before {before}"),
             Command::Batch(cmds) => write!(f, "batch of {}", cmds.len()),
         }
     }
@@ -106,7 +114,7 @@ pub struct CommandResult {
     pub revision: u64,
     /// Delete: whether the key existed.
     pub deleted: bool,
-    /// Time series: points stored.
+    /// Time series: points stored (a trim: the series it dropped points of).
     pub count: u64,
     /// A batch: the result of each of its commands, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

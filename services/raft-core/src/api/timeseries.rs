@@ -5,6 +5,10 @@
 //! A query that would carry more is answered 400 naming the maximum and what to ask instead (a
 //! narrower `from`/`to`, or a `step`, or a larger one); the server stops reading the series as
 //! soon as it knows, so a query never holds more than that in memory.
+//!
+//! Retention: on a node with `ts_retention_secs`, a query never answers a point older than
+//! `now − retention` by the answering node's clock, whether or not the leader's trim
+//! ([`crate::retention`]) has dropped it yet.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -160,6 +164,15 @@ pub(super) async fn ts_query(State(st): State<St>, Path(series): Path<String>, r
     if let Err(resp) = ready_to_read(&st, &r).await {
         return resp;
     }
+    // After `ready_to_read`: a forwarded read is answered by the leader's clock.
+    let (from, to) = match st
+        .cfg
+        .ts_retention
+        .and_then(crate::retention::query_horizon)
+    {
+        Some(h) if h > from => (h, to.max(h)),
+        _ => (from, to),
+    };
     let reader = st.reader.clone();
     let read = read_blocking(move || read_bounded(&reader, &series, from, to, step)).await;
     match read {
