@@ -152,22 +152,8 @@ fn probes(
             let key = format!("{PREFIX}/probe/{cut}/{i:05}");
             i += 1;
             tasks.push(tokio::spawn(async move {
-                let value = format!("p{cut}");
-                let sent = began.elapsed();
-                let told = match c.put(&key, &value).await {
-                    Ok(_) => Told::Acked,
-                    Err(e) if e.is_retryable() => Told::NotApplied,
-                    Err(e) if e.is_outcome_unknown() => Told::Unknown,
-                    Err(e) => Told::Failed(e.to_string()),
-                };
-                let answered = began.elapsed();
-                records.lock().expect("lock").push(WriteRecord {
-                    key,
-                    value,
-                    told,
-                    sent,
-                    answered,
-                });
+                let record = WriteRecord::put(&c, key, format!("p{cut}"), began).await;
+                records.lock().expect("lock").push(record);
             }));
         }
         for t in tasks {

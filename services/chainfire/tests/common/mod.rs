@@ -469,6 +469,31 @@ pub struct WriteRecord {
     pub answered: Duration,
 }
 
+impl WriteRecord {
+    /// Puts `key` = `value` through `c` and records what it was told, timed since `began`.
+    pub async fn put(
+        c: &StoreClient,
+        key: String,
+        value: String,
+        began: std::time::Instant,
+    ) -> WriteRecord {
+        let sent = began.elapsed();
+        let told = match c.put(&key, &value).await {
+            Ok(_) => Told::Acked,
+            Err(e) if e.is_retryable() => Told::NotApplied,
+            Err(e) if e.is_outcome_unknown() => Told::Unknown,
+            Err(e) => Told::Failed(e.to_string()),
+        };
+        WriteRecord {
+            key,
+            value,
+            told,
+            sent,
+            answered: began.elapsed(),
+        }
+    }
+}
+
 /// Clients writing unique keys in a loop (`PREFIX/<writer>/<n>`), every answer recorded.
 pub struct Writers {
     pub began: std::time::Instant,
@@ -492,22 +517,8 @@ impl Writers {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let key = format!("{prefix}/{w}/{i:06}");
-                        let value = format!("v{w}-{i}");
-                        let sent = began.elapsed();
-                        let told = match c.put(&key, &value).await {
-                            Ok(_) => Told::Acked,
-                            Err(e) if e.is_retryable() => Told::NotApplied,
-                            Err(e) if e.is_outcome_unknown() => Told::Unknown,
-                            Err(e) => Told::Failed(e.to_string()),
-                        };
-                        let answered = began.elapsed();
-                        records.lock().expect("lock").push(WriteRecord {
-                            key,
-                            value,
-                            told,
-                            sent,
-                            answered,
-                        });
+                        let record = WriteRecord::put(&c, key, format!("v{w}-{i}"), began).await;
+                        records.lock().expect("lock").push(record);
                         i += 1;
                     }
                 })
