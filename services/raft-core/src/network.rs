@@ -126,8 +126,8 @@ enum RpcFailure {
 /// by [`DETACHED_RPC_TIMEOUT`]: openraft still gets its answer or its timeout on time, but a
 /// request it gave up on finishes in the background (its late answer is dropped; Raft
 /// tolerates late and repeated messages) and leaves a live connection in the pool. At most one
-/// such request per peer: while one is still running, the next RPC fails at once, as a timeout
-/// would have.
+/// such request per peer: the next RPC first waits for it (within openraft's own deadline),
+/// then goes out at once.
 #[derive(Debug)]
 pub struct HttpConn {
     target: NodeId,
@@ -163,13 +163,12 @@ impl HttpConn {
         E: std::error::Error + DeserializeOwned,
     {
         let url = format!("{}://{}/raft/{kind}", self.scheme, self.node.raft_addr);
-        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
-            return Err(RPCError::Network(NetworkError::new(
-                &std::io::Error::other(format!(
-                    "{url}: the previous request to node {} is still running",
-                    self.target
-                )),
-            )));
+        if let Some(previous) = self.in_flight.as_mut() {
+            // One at a time: wait for the request openraft gave up on (its answer is stale),
+            // then send this one at once, so the call openraft makes now is not wasted. Cut
+            // short by openraft's deadline, the handle stays, so the next call waits too.
+            let _ = previous.await;
+            self.in_flight = None;
         }
         let request = self
             .http
