@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{check_writes, client_all, form_cluster, node_cert, phase, Node, Writers};
+use common::{check_writes, client_all, form_cluster, node_cert, phase, rss_mib, Node, Writers};
 use plasmacloud_pki::tls::TlsMaterial;
 use plasmacloud_raft::bounds::{HEADER_TIMEOUT, MAX_RAFT_BODY, MAX_RAFT_REQUESTS_PER_PEER};
 use plasmacloud_testkit::loopback_ip;
@@ -182,19 +182,6 @@ async fn slow_and_idle_connections_are_closed_and_good_clients_served() {
         "the idle connection was closed after {took:?}, the bound is {HEADER_TIMEOUT:?}"
     );
     eprintln!("slowloris: 100 slow connections and 1 idle one closed by their timeouts");
-}
-
-/// `VmRSS` and `VmHWM` (peak) of `pid`, in MiB.
-fn rss_mib(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
-            / 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// The RSS a follower may reach under the concurrent bodies below: the bodies it admits

@@ -4,7 +4,8 @@
 //!   database; every log append and vote is written with `sync = true` before openraft is told
 //!   it is durable. Snapshots are built every [`NodeConfig::snapshot_logs`] entries and the log
 //!   is purged behind them, so a node that joins late or falls far behind catches up by
-//!   snapshot.
+//!   snapshot. [`snapshot_store`] keeps snapshots as files, built, received and installed as
+//!   streams (crash-safe, never whole in memory).
 //! - [`network`]: Raft RPC as JSON over HTTP on the Raft port (axum server, reqwest client),
 //!   with the target's id and data-directory incarnation on every request.
 //! - [`bounds`]: the bounds on both ports (handshake, header and idle timeouts, body caps and
@@ -76,6 +77,7 @@ pub mod proposer;
 pub mod retention;
 pub mod revocation;
 pub mod serve;
+pub mod snapshot_store;
 pub mod space;
 pub mod state_machine;
 pub mod types;

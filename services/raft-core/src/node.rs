@@ -281,7 +281,7 @@ impl StoreNode {
         let storage_metrics = crate::metrics::StorageMetrics::default();
         let log_metrics = storage_metrics.clone();
         let (path, service, id) = (cfg.data_dir.clone(), cfg.service, cfg.id);
-        let (dir, db, log) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let (dir, sm, log) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
             let dir: DataDir = open_data_dir(&path, service, id)?;
             let db = loop {
                 match open_db(&dir.db_path(), dir.fresh) {
@@ -301,7 +301,13 @@ impl StoreNode {
             }
             let log = LogStore::counting_into(db.clone(), dir.node_id, log_metrics)
                 .map_err(|e| Error::Raft(format!("reading the log: {e}")))?;
-            Ok((dir, db, log))
+            // Finishes an install a power cut interrupted before Raft sees the state.
+            let sm = StateMachine::open(
+                db.clone(),
+                dir.path.join(crate::snapshot_store::SNAPSHOT_DIR),
+            )
+            .map_err(|e| Error::Raft(format!("opening the snapshots: {e}")))?;
+            Ok((dir, sm, log))
         })
         .await
         .map_err(|e| Error::Raft(format!("opening the data directory: {e}")))??;
@@ -336,7 +342,7 @@ impl StoreNode {
         // The leader syncs its log beside replication (crate::durability): what follows from a
         // commit waits for that sync.
         let network = HttpNetwork::new(http.clone(), scheme).announcing_only_durable(log.durable());
-        let sm = StateMachine::new(db)
+        let sm = sm
             .applying_only_durable(log.durable())
             .counting_into(storage_metrics.clone());
         let metrics = Arc::new(crate::metrics::StoreMetrics::new(

@@ -18,7 +18,7 @@
 //! later with an older `t` are stored like any others and go with the next trim.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -26,22 +26,21 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use plasmacloud_store_client::KvItem;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
-use crate::db::{blocking, read_err, write_err, CF_KV, CF_SM_META, CF_SNAPSHOT, CF_TS};
+use crate::db::{blocking, read_err, write_err, CF_KV, CF_SM_META, CF_TS};
 use crate::durability::Durable;
 use crate::metrics::StorageMetrics;
+use crate::snapshot_store::{self, SnapshotDir, StateLock};
 use crate::types::{
     Command, CommandResult, Cond, Entry, LogId, NodeId, NodeInfo, Snapshot, SnapshotMeta,
     StorageError, StoredMembership, TypeConfig,
 };
 
-const KEY_APPLIED: &[u8] = b"last_applied";
-const KEY_MEMBERSHIP: &[u8] = b"membership";
-const KEY_TS_HORIZON: &[u8] = b"ts_horizon";
-const NODE_PREFIX: &[u8] = b"node/";
-const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
+pub(crate) const KEY_APPLIED: &[u8] = b"last_applied";
+pub(crate) const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const KEY_TS_HORIZON: &[u8] = b"ts_horizon";
+pub(crate) const NODE_PREFIX: &[u8] = b"node/";
 
-fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
     db.cf_handle(name).ok_or_else(|| {
         read_err(&std::io::Error::other(format!(
             "column family {name} missing"
@@ -92,11 +91,14 @@ fn split_kv_value(v: &[u8]) -> Option<(u64, String)> {
 #[derive(Debug, Clone)]
 pub struct StateReader {
     db: Arc<DB>,
+    /// Refuses reads while a snapshot install replaces the state.
+    state: StateLock,
 }
 
 impl StateReader {
     /// Reads one key: `(revision, value)`. Blocking.
     pub fn get(&self, ks: &str, key: &str) -> Result<Option<(u64, String)>, StorageError> {
+        let _shared = self.state.read()?;
         let cf = cf(&self.db, CF_KV)?;
         Ok(self
             .db
@@ -116,7 +118,10 @@ impl StateReader {
         limit: usize,
         max_bytes: usize,
     ) -> Result<(u64, Vec<KvItem>, bool), StorageError> {
-        let snap = self.db.snapshot();
+        let snap = {
+            let _shared = self.state.read()?;
+            self.db.snapshot()
+        };
         let cf = cf(&self.db, CF_KV)?;
         let meta = cf_meta(&self.db)?;
         let applied: Option<LogId> =
@@ -172,6 +177,7 @@ impl StateReader {
         to: i64,
         mut visit: impl FnMut(i64, f64) -> bool,
     ) -> Result<(), StorageError> {
+        let _shared = self.state.read()?;
         let cf = cf(&self.db, CF_TS)?;
         let start = ts_key(series, from);
         let end = ts_key(series, to);
@@ -203,11 +209,18 @@ impl StateReader {
     /// The highest `before` of a [`Command::TsTrim`] applied here (no point older is left but
     /// those appended since), `None` before the first. Blocking.
     pub fn ts_horizon(&self) -> Result<Option<i64>, StorageError> {
+        let _shared = self.state.read()?;
         ts_horizon(&self.db)
+    }
+
+    /// Whether a snapshot install is replacing the state (reads are refused meanwhile).
+    pub fn installing(&self) -> bool {
+        self.state.installing()
     }
 
     /// The node record for `id` if that id was ever a member. Blocking.
     pub fn node_ever(&self, id: NodeId) -> Result<Option<NodeInfo>, StorageError> {
+        let _shared = self.state.read()?;
         let meta = cf_meta(&self.db)?;
         match self
             .db
@@ -436,7 +449,7 @@ impl Applier<'_> {
     }
 }
 
-fn cf_meta(db: &DB) -> Result<&rocksdb::ColumnFamily, StorageError> {
+pub(crate) fn cf_meta(db: &DB) -> Result<&rocksdb::ColumnFamily, StorageError> {
     cf(db, CF_SM_META)
 }
 
@@ -452,6 +465,10 @@ struct Prepared {
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     db: Arc<DB>,
+    /// Where snapshots are built, received and kept ([`crate::snapshot_store`]).
+    snaps: SnapshotDir,
+    /// Held alone by an install, shared by reads and builds.
+    state: StateLock,
     /// When set, an entry is applied only once the log is on disk up to it (the rule of
     /// [`crate::durability`]; a node's state machine always has it).
     durable: Option<Durable>,
@@ -460,14 +477,20 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// A state machine over `db` that applies what it is given at once (openraft's storage
-    /// suite, which applies entries that were never in a log).
-    pub fn new(db: Arc<DB>) -> Self {
-        Self {
+    /// A state machine over `db`, with its snapshots in `snapshot_dir`, that applies what it
+    /// is given at once (openraft's storage suite, which applies entries that were never in a
+    /// log). Blocking: it first finishes an install a power cut interrupted
+    /// ([`snapshot_store::recover`]).
+    pub fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
+        let sm = Self {
             db,
+            snaps: SnapshotDir::new(snapshot_dir),
+            state: StateLock::default(),
             durable: None,
             metrics: StorageMetrics::default(),
-        }
+        };
+        snapshot_store::recover(&sm.db, &sm.snaps, &sm.state)?;
+        Ok(sm)
     }
 
     /// Counts the snapshots it builds and installs into `metrics` (and keeps its time-series
@@ -490,6 +513,7 @@ impl StateMachine {
     pub fn reader(&self) -> StateReader {
         StateReader {
             db: self.db.clone(),
+            state: self.state.clone(),
         }
     }
 
@@ -584,130 +608,17 @@ impl StateMachine {
             Err(e) => Err(write_err(&e)),
         }
     }
-
-    fn build_blocking(db: &DB) -> Result<Snapshot, StorageError> {
-        db.flush_wal(true).map_err(|e| write_err(&e))?;
-        let snap = db.snapshot();
-        let meta_cf = cf_meta(db)?;
-        let applied: Option<LogId> = match snap
-            .get_cf(meta_cf, KEY_APPLIED)
-            .map_err(|e| read_err(&e))?
-        {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
-            None => None,
-        };
-        let membership: StoredMembership = match snap
-            .get_cf(meta_cf, KEY_MEMBERSHIP)
-            .map_err(|e| read_err(&e))?
-        {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
-            None => StoredMembership::default(),
-        };
-        let mut data = Vec::new();
-        for (tag, cf_name) in [(0u8, CF_KV), (1u8, CF_TS), (2u8, CF_SM_META)] {
-            let c = cf(db, cf_name)?;
-            let mut ro = ReadOptions::default();
-            ro.set_snapshot(&snap);
-            for item in db.iterator_cf_opt(c, ro, IteratorMode::Start) {
-                let (k, v) = item.map_err(|e| read_err(&e))?;
-                if tag == 2 && !k.starts_with(NODE_PREFIX) && &*k != KEY_TS_HORIZON {
-                    continue;
-                }
-                data.push(tag);
-                data.extend_from_slice(&(k.len() as u32).to_be_bytes());
-                data.extend_from_slice(&k);
-                data.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                data.extend_from_slice(&v);
-            }
-        }
-        let snapshot_id = match applied {
-            Some(l) => format!(
-                "{}-{}-{}",
-                l.leader_id.term,
-                l.index,
-                hex::encode(rand::random::<[u8; 4]>())
-            ),
-            None => format!("0-0-{}", hex::encode(rand::random::<[u8; 4]>())),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        Self::save_snapshot(db, &meta, &data)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
-    }
-
-    fn save_snapshot(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let c = cf(db, CF_SNAPSHOT)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            c,
-            SNAP_META,
-            serde_json::to_vec(meta).map_err(|e| write_err(&e))?,
-        );
-        batch.put_cf(c, SNAP_DATA, data);
-        let mut o = WriteOptions::default();
-        o.set_sync(true);
-        db.write_opt(batch, &o).map_err(|e| write_err(&e))
-    }
-
-    fn install_blocking(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let kv = cf(db, CF_KV)?;
-        let ts = cf(db, CF_TS)?;
-        let sm = cf_meta(db)?;
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(kv, [0u8].as_slice(), [0xffu8; 8].as_slice());
-        batch.delete_range_cf(ts, [0u8].as_slice(), [0xffu8; 8].as_slice());
-        batch.delete_range_cf(sm, NODE_PREFIX, b"node0".as_slice());
-        batch.delete_cf(sm, KEY_TS_HORIZON);
-        let bad = || write_err(&std::io::Error::other("truncated snapshot data"));
-        let mut i = 0usize;
-        let take = |i: &mut usize, n: usize| -> Result<&[u8], StorageError> {
-            let s = data.get(*i..*i + n).ok_or_else(bad)?;
-            *i += n;
-            Ok(s)
-        };
-        while i < data.len() {
-            let tag = take(&mut i, 1)?[0];
-            let kl = u32::from_be_bytes(take(&mut i, 4)?.try_into().map_err(|_| bad())?) as usize;
-            let k = take(&mut i, kl)?;
-            let vl = u32::from_be_bytes(take(&mut i, 4)?.try_into().map_err(|_| bad())?) as usize;
-            let v = take(&mut i, vl)?;
-            let c = match tag {
-                0 => kv,
-                1 => ts,
-                2 => sm,
-                _ => return Err(bad()),
-            };
-            batch.put_cf(c, k, v);
-        }
-        batch.put_cf(
-            sm,
-            KEY_APPLIED,
-            serde_json::to_vec(&meta.last_log_id).map_err(|e| write_err(&e))?,
-        );
-        batch.put_cf(
-            sm,
-            KEY_MEMBERSHIP,
-            serde_json::to_vec(&meta.last_membership).map_err(|e| write_err(&e))?,
-        );
-        let mut o = WriteOptions::default();
-        o.set_sync(true);
-        db.write_opt(batch, &o).map_err(|e| write_err(&e))?;
-        Self::save_snapshot(db, meta, data)
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let db = self.db.clone();
-        let snapshot = blocking(move || Self::build_blocking(&db)).await?;
+        let (db, snaps, state) = (self.db.clone(), self.snaps.clone(), self.state.clone());
+        let (meta, file) = blocking(move || snapshot_store::build(&db, &snaps, &state)).await?;
         self.metrics.snapshots_built.inc();
-        Ok(snapshot)
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
     }
 }
 
@@ -760,20 +671,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let snaps = self.snaps.clone();
+        let f = blocking(move || snaps.begin_receiving()).await?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let db = self.db.clone();
+        let (db, snaps, state) = (self.db.clone(), self.snaps.clone(), self.state.clone());
         let meta = meta.clone();
-        let data = snapshot.into_inner();
+        // Writes openraft made through the handle are complete once it is turned back into a
+        // std file.
+        let file = snapshot.into_std().await;
         let horizon = blocking(move || {
-            Self::install_blocking(&db, &meta, &data)?;
+            snapshot_store::install(&db, &snaps, &state, &meta, file)?;
             ts_horizon(&db)
         })
         .await?;
@@ -783,24 +698,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let c = cf(&db, CF_SNAPSHOT)?;
-            let meta = db.get_cf(c, SNAP_META).map_err(|e| read_err(&e))?;
-            let data = db.get_cf(c, SNAP_DATA).map_err(|e| read_err(&e))?;
-            match (meta, data) {
-                (Some(m), Some(d)) => {
-                    let meta: SnapshotMeta =
-                        serde_json::from_slice(&m).map_err(|e| read_err(&e))?;
-                    Ok(Some(Snapshot {
-                        meta,
-                        snapshot: Box::new(Cursor::new(d)),
-                    }))
-                }
-                _ => Ok(None),
-            }
-        })
-        .await
+        let (db, snaps) = (self.db.clone(), self.snaps.clone());
+        let current = blocking(move || snapshot_store::current(&db, &snaps)).await?;
+        Ok(current.map(|(meta, f)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
+        }))
     }
 }
 
@@ -830,7 +733,7 @@ mod tests {
     fn a_batch_applies_each_command_at_its_entry_index() {
         let tmp = tempfile::tempdir().unwrap();
         let db = crate::db::open_db(tmp.path(), true).unwrap();
-        let sm = StateMachine::new(db.clone());
+        let sm = StateMachine::open(db.clone(), tmp.path().join("snapshots")).unwrap();
         let r = StateMachine::apply_blocking(
             &db,
             &StorageMetrics::default(),
@@ -884,7 +787,9 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        let reader = StateMachine::new(db.clone()).reader();
+        let reader = StateMachine::open(db.clone(), tmp.path().join("snapshots"))
+            .unwrap()
+            .reader();
         assert_eq!(reader.get("", "x").unwrap(), Some((4, "v".into())));
         // The blocking pool reads it from the disk.
         let r = StateMachine::apply_blocking(&db, &StorageMetrics::default(), vec![cas]).unwrap();
@@ -939,7 +844,9 @@ mod tests {
                     StateMachine::apply_blocking(&db, &metrics, part.to_vec()).unwrap();
                 }
             }
-            let reader = StateMachine::new(db.clone()).reader();
+            let reader = StateMachine::open(db.clone(), tmp.path().join("snapshots"))
+                .unwrap()
+                .reader();
             let got = (
                 points(&reader, "a"),
                 points(&reader, "a.b"),
@@ -964,6 +871,10 @@ mod tests {
         assert!(seen.windows(2).all(|w| w[0] == w[1]));
     }
 
+    fn snapshot_dir(tmp: &tempfile::TempDir) -> SnapshotDir {
+        SnapshotDir::new(tmp.path().join("snapshots"))
+    }
+
     #[test]
     fn a_snapshot_carries_the_horizon() {
         let tmp = tempfile::tempdir().unwrap();
@@ -975,13 +886,171 @@ mod tests {
             vec![normal(1, Command::TsTrim { before: 42 })],
         )
         .unwrap();
-        let snap = StateMachine::build_blocking(&db).unwrap();
+        let (meta, file) =
+            snapshot_store::build(&db, &snapshot_dir(&tmp), &StateLock::default()).unwrap();
         let tmp2 = tempfile::tempdir().unwrap();
         let db2 = crate::db::open_db(tmp2.path(), true).unwrap();
-        StateMachine::install_blocking(&db2, &snap.meta, &snap.snapshot.into_inner()).unwrap();
+        snapshot_store::install(
+            &db2,
+            &snapshot_dir(&tmp2),
+            &StateLock::default(),
+            &meta,
+            file,
+        )
+        .unwrap();
         assert_eq!(
-            StateMachine::new(db2).reader().ts_horizon().unwrap(),
+            StateMachine::open(db2, tmp2.path().join("snapshots"))
+                .unwrap()
+                .reader()
+                .ts_horizon()
+                .unwrap(),
             Some(42)
         );
+    }
+
+    fn snapshot_files(tmp: &tempfile::TempDir) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A leader's state of many install batches, installed over a follower's own state, with
+    /// the install cut short after its first batches: the next start installs it again.
+    #[test]
+    fn an_install_cut_short_is_finished_at_the_next_start() {
+        let leader = tempfile::tempdir().unwrap();
+        let ldb = crate::db::open_db(leader.path(), true).unwrap();
+        let value = "v".repeat(64 << 10);
+        let n = 3 * snapshot_store::INSTALL_BATCH_BYTES / value.len();
+        let entries = (0..n)
+            .map(|i| normal(i as u64 + 1, put(&format!("k{i:05}"), &value, None)))
+            .collect();
+        StateMachine::apply_blocking(&ldb, &StorageMetrics::default(), entries).unwrap();
+        let (meta, file) =
+            snapshot_store::build(&ldb, &snapshot_dir(&leader), &StateLock::default()).unwrap();
+        assert_eq!(snapshot_files(&leader).len(), 1);
+
+        let follower = tempfile::tempdir().unwrap();
+        let fdb = crate::db::open_db(follower.path(), true).unwrap();
+        StateMachine::apply_blocking(
+            &fdb,
+            &StorageMetrics::default(),
+            vec![normal(1, put("only-here", "x", None))],
+        )
+        .unwrap();
+        snapshot_store::install(
+            &fdb,
+            &snapshot_dir(&follower),
+            &StateLock::default(),
+            &meta,
+            file,
+        )
+        .unwrap();
+        // As if the power went after the marker and the first batches: the marker back, the
+        // state half replaced (the old key back, the last keys gone, applied not moved).
+        let installing = {
+            let (m, _) = snapshot_store::current(&fdb, &snapshot_dir(&follower))
+                .unwrap()
+                .unwrap();
+            assert_eq!(m, meta);
+            m
+        };
+        let name = snapshot_files(&follower).pop().unwrap();
+        let marker = serde_json::json!({ "file": name, "meta": installing });
+        let sm_cf = cf_meta(&fdb).unwrap();
+        fdb.put_cf(sm_cf, b"installing", serde_json::to_vec(&marker).unwrap())
+            .unwrap();
+        fdb.put_cf(
+            sm_cf,
+            KEY_APPLIED,
+            serde_json::to_vec(&Some(LogId::new(CommittedLeaderId::new(1, 1), 1))).unwrap(),
+        )
+        .unwrap();
+        let kv = cf(&fdb, CF_KV).unwrap();
+        fdb.put_cf(kv, kv_key("", "only-here"), kv_value(1, "x"))
+            .unwrap();
+        fdb.delete_cf(kv, kv_key("", &format!("k{:05}", n - 1)))
+            .unwrap();
+        std::fs::write(
+            follower.path().join("snapshots/recv-abandoned.tmp"),
+            b"junk",
+        )
+        .unwrap();
+        drop(fdb);
+
+        let fdb = crate::db::open_db(follower.path(), false).unwrap();
+        let mut sm = StateMachine::open(fdb.clone(), follower.path().join("snapshots")).unwrap();
+        let reader = sm.reader();
+        assert_eq!(reader.get("", "only-here").unwrap(), None);
+        for i in [0, n / 2, n - 1] {
+            assert_eq!(
+                reader.get("", &format!("k{i:05}")).unwrap(),
+                Some((i as u64 + 1, value.clone()))
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (applied, _) = rt.block_on(sm.applied_state()).unwrap();
+        assert_eq!(applied, meta.last_log_id);
+        assert!(fdb
+            .get_cf(cf_meta(&fdb).unwrap(), b"installing")
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            snapshot_files(&follower),
+            vec![name],
+            "the abandoned file is gone"
+        );
+    }
+
+    #[test]
+    fn reads_are_refused_while_an_install_replaces_the_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::db::open_db(tmp.path(), true).unwrap();
+        let sm = StateMachine::open(db, tmp.path().join("snapshots")).unwrap();
+        let reader = sm.reader();
+        assert_eq!(reader.get("", "x").unwrap(), None);
+        let guard = sm.state.write_for_test();
+        assert!(reader.installing());
+        let e = reader.get("", "x").unwrap_err().to_string();
+        assert!(e.contains("installing a snapshot"), "{e}");
+        assert!(reader.list("", "", None, 10, 1000).is_err());
+        drop(guard);
+        assert_eq!(reader.get("", "x").unwrap(), None);
+    }
+
+    #[test]
+    fn a_snapshot_kept_in_the_database_by_an_earlier_version_moves_to_a_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = crate::db::open_db(tmp.path(), true).unwrap();
+        StateMachine::apply_blocking(
+            &db,
+            &StorageMetrics::default(),
+            vec![normal(7, put("a", "1", None))],
+        )
+        .unwrap();
+        let (meta, mut file) =
+            snapshot_store::build(&db, &snapshot_dir(&tmp), &StateLock::default()).unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut data).unwrap();
+        let c = cf(&db, crate::db::CF_SNAPSHOT).unwrap();
+        db.delete_cf(c, b"file").unwrap();
+        db.put_cf(c, b"data", &data).unwrap();
+        std::fs::remove_dir_all(tmp.path().join("snapshots")).unwrap();
+
+        let mut sm = StateMachine::open(db.clone(), tmp.path().join("snapshots")).unwrap();
+        assert!(db.get_cf(c, b"data").unwrap().is_none());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let snap = rt.block_on(sm.get_current_snapshot()).unwrap().unwrap();
+        assert_eq!(snap.meta, meta);
+        let moved =
+            std::fs::read(tmp.path().join("snapshots").join(&snapshot_files(&tmp)[0])).unwrap();
+        assert_eq!(moved, data);
     }
 }

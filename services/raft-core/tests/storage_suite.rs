@@ -26,7 +26,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         // Node id 0: the suite's entries name other leaders, so every append takes the
         // synced-before-flushed path.
         let log = LogStore::new(db.clone(), 0).map_err(|e| io(e.to_string()))?;
-        Ok((dir, log, StateMachine::new(db)))
+        let sm = StateMachine::open(db, dir.path().join("snapshots"))?;
+        Ok((dir, log, sm))
     }
 }
 

@@ -112,6 +112,19 @@ pub fn https_anonymous() -> reqwest::Client {
         .expect("client")
 }
 
+/// `VmRSS` and `VmHWM` (peak) of `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+            / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// Prints a named test phase.
 pub fn phase(name: &str) {
     eprintln!("=== phase: {name}");

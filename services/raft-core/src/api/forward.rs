@@ -276,12 +276,16 @@ pub(super) async fn ready_to_read(st: &NodeState, r: &Req) -> Result<(), Respons
     }
 }
 
-/// Runs a storage read on the blocking pool; a failure is a 500.
+/// Runs a storage read on the blocking pool; a failure is a 500, but a read refused while a
+/// snapshot install replaces the state is a retryable 503.
 pub(super) async fn read_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, Response> {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) if e.to_string().contains(crate::snapshot_store::INSTALLING) => {
+            Err(retry(crate::snapshot_store::INSTALLING, None))
+        }
         Ok(Err(e)) => Err(err(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("storage: {e}"),
