@@ -41,6 +41,7 @@ let
       bundle = "${cfg.bundle}";
       dhcp-range = cfg.dhcpRange;
       ipxe-dir = "${cfg.ipxeDir}";
+      secure-boot-dir = cfg.secureBootDir;
       state-dir = cfg.stateDir;
       http-addr = cfg.httpAddr;
       management-addr = cfg.managementAddr;
@@ -139,6 +140,19 @@ in
       default = pkgs.callPackage ./pkgs/ipxe.nix { };
       defaultText = lib.literalMD "nixpkgs' `ipxe` with `snponly.efi` added (`nixos/pkgs/ipxe.nix`)";
       description = "iPXE first stages (undionly.kpxe, snponly.efi, ipxe.efi); also the TFTP root.";
+    };
+
+    secureBootDir = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/var/lib/pxe-server-secure-boot";
+      description = ''
+        Boot x86-64 UEFI PXE machines through the Secure Boot chain instead of iPXE: a
+        directory holding `shimx64.efi` (a Microsoft-signed shim) and `grubx64.efi` (a signed
+        GRUB netboot image, e.g. Debian's `grubnetx64.efi.signed`). nixpkgs carries no
+        Microsoft-signed shim, so the files come from the distribution that signed them. The
+        bundle's kernel must be signed by a key the machines trust. null = iPXE.
+      '';
     };
 
     stateDir = mkOption {

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | iPXE (any arch) | option 77 user class `iPXE` | the HTTP URL of its node's iPXE script |
 //! | BIOS PXE ROM | option 93 = 0 | TFTP `undionly.kpxe` |
-//! | x86-64 UEFI PXE | option 93 = 7 or 9 | TFTP `snponly.efi` |
+//! | x86-64 UEFI PXE | option 93 = 7 or 9 | TFTP `snponly.efi`, or `shimx64.efi` with the Secure Boot chain on ([`UefiChain`]) |
 //! | ARM64 UEFI PXE | option 93 = 11 | TFTP `arm64/snponly.efi` |
 //! | UEFI HTTP boot | option 93 = 16 (x64) or 19 (arm64), vendor class `HTTPClient` | HTTP URL of `snponly.efi` (`arm64/snponly.efi`), reply with vendor class `HTTPClient` |
 //! | anything else | | nothing, and a log line saying which arch code it was |
@@ -368,6 +368,8 @@ pub enum FirstStage {
     IpxeScript,
     /// A PXE ROM: this iPXE binary over TFTP (a path under the iPXE directory).
     TftpIpxe(&'static str),
+    /// A UEFI PXE ROM with the Secure Boot chain on: shim over TFTP ([`UefiChain::Shim`]).
+    TftpShim(&'static str),
     /// UEFI HTTP boot: this iPXE binary over HTTP.
     HttpIpxe(&'static str),
     /// A PXE client with an architecture we have no iPXE build for.
@@ -376,8 +378,30 @@ pub enum FirstStage {
     NotBootClient,
 }
 
-/// Chooses the first stage for a request (see the module table).
+/// What an x86-64 UEFI PXE client (architecture 7 or 9, not yet iPXE) is booted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UefiChain {
+    /// iPXE (`snponly.efi`), then the node's iPXE script over HTTP.
+    #[default]
+    Ipxe,
+    /// The Secure Boot chain: shim (`shimx64.efi`, Microsoft-signed), which loads the signed
+    /// GRUB (`grubx64.efi`) beside it, which reads its configuration and the node's kernel and
+    /// initrds over TFTP ([`crate::grub`]). It boots with Secure Boot on or off.
+    Shim,
+}
+
+/// The file shim is served as over TFTP; shim loads `grubx64.efi` from the same directory.
+pub const SHIM_FILE: &str = "shimx64.efi";
+/// The signed GRUB, as shim asks for it.
+pub const GRUB_FILE: &str = "grubx64.efi";
+
+/// Chooses the first stage for a request (see the module table), with iPXE for UEFI PXE.
 pub fn choose_first_stage(req: &DhcpRequest) -> FirstStage {
+    choose_first_stage_for(req, UefiChain::Ipxe)
+}
+
+/// Chooses the first stage for a request, x86-64 UEFI PXE clients getting `chain`.
+pub fn choose_first_stage_for(req: &DhcpRequest, chain: UefiChain) -> FirstStage {
     if req.ipxe {
         return FirstStage::IpxeScript;
     }
@@ -386,6 +410,7 @@ pub fn choose_first_stage(req: &DhcpRequest) -> FirstStage {
     }
     match req.arch.unwrap_or(ClientArch::Bios) {
         ClientArch::Bios => FirstStage::TftpIpxe("undionly.kpxe"),
+        ClientArch::EfiX64 if chain == UefiChain::Shim => FirstStage::TftpShim(SHIM_FILE),
         ClientArch::EfiX64 => FirstStage::TftpIpxe("snponly.efi"),
         ClientArch::EfiArm64 => FirstStage::TftpIpxe("arm64/snponly.efi"),
         // snponly.efi, as for UEFI PXE: it drives the NIC through the firmware's own SNP (the

@@ -9,6 +9,8 @@
 //!   blksize, 2349 tsize and timeout, 7440 windowsize); block numbers wrap to 0 after 65535;
 //! - [`ipxe`]: rendering the per-node iPXE script (kernel, initrds with `initrd=NAME` on the
 //!   command line, which the kernel needs under UEFI);
+//! - [`grub`]: the GRUB configurations of the Secure Boot chain (shim → signed GRUB → signed
+//!   kernel, all over TFTP), the iPXE script's twin;
 //! - [`ra`]: the minimal IPv6 router advertisement (router lifetime 0) that ends iPXE's wait
 //!   for IPv6 autoconfiguration.
 //!
@@ -16,6 +18,7 @@
 //! return [`ProtocolError`], which the server counts.
 
 pub mod dhcp;
+pub mod grub;
 pub mod ipxe;
 pub mod ra;
 pub mod tftp;

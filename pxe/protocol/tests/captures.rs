@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use pxe_protocol::dhcp::{
-    build_reply, choose_first_stage, decode_message, parse_request, BootFile, ClientArch,
-    FirstStage, ReplyKind, ReplyParams, RequestKind,
+    build_reply, choose_first_stage, choose_first_stage_for, decode_message, parse_request,
+    BootFile, ClientArch, FirstStage, ReplyKind, ReplyParams, RequestKind, UefiChain, SHIM_FILE,
 };
 use pxe_protocol::tftp::{negotiate, Limits, Packet};
 
@@ -127,6 +127,17 @@ fn dhcp_requests_classify() {
         assert_eq!(r.pxe_client, c.pxe, "{}", c.name);
         assert_eq!(r.ipxe, c.ipxe, "{}", c.name);
         assert_eq!(choose_first_stage(&r), c.stage, "{}", c.name);
+        // With the Secure Boot chain on, only x86-64 UEFI PXE ROMs change: shim, not iPXE.
+        let shim = match &c.stage {
+            FirstStage::TftpIpxe("snponly.efi") => FirstStage::TftpShim(SHIM_FILE),
+            other => other.clone(),
+        };
+        assert_eq!(
+            choose_first_stage_for(&r, UefiChain::Shim),
+            shim,
+            "{}",
+            c.name
+        );
     }
     // The requests carry option 50 (the address the client wants).
     let r = parse_request(&caps["bios_ipxe_request"]).expect("request");

@@ -108,6 +108,13 @@ pub struct Flags {
     /// Where undionly.kpxe, ipxe.efi and snponly.efi are (also the TFTP root) [default: /usr/lib/ipxe].
     #[arg(long, env = "PLASMACLOUD_PXE_IPXE_DIR", value_name = "DIR")]
     pub ipxe_dir: Option<PathBuf>,
+    /// Boot x86-64 UEFI PXE machines through the Secure Boot chain instead of iPXE: DIR holds
+    /// shimx64.efi (Microsoft-signed shim) and grubx64.efi (a signed GRUB netboot image), e.g.
+    /// Debian's shimx64.efi.signed and grubnetx64.efi.signed; GRUB then loads each node's
+    /// configuration, kernel and initrds over TFTP. Works with Secure Boot on or off; the
+    /// bundle's kernel must be signed (Debian's are) for machines with it on.
+    #[arg(long, env = "PLASMACLOUD_PXE_SECURE_BOOT_DIR", value_name = "DIR")]
+    pub secure_boot_dir: Option<PathBuf>,
     /// Where leases, the cluster CA (pki/) and the enrollment tokens (enroll/) are kept
     /// (made 0700; protect it: it holds the CA key).
     #[arg(long, env = "PLASMACLOUD_PXE_STATE_DIR", value_name = "DIR")]
@@ -184,6 +191,7 @@ struct FileConfig {
     bundle: Option<PathBuf>,
     dhcp_range: Option<String>,
     ipxe_dir: Option<PathBuf>,
+    secure_boot_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     http_addr: Option<SocketAddr>,
     management_addr: Option<SocketAddr>,
@@ -235,6 +243,8 @@ pub struct Config {
     pub dhcp_range: Option<(Ipv4Addr, Ipv4Addr)>,
     /// iPXE binaries / TFTP root.
     pub ipxe_dir: PathBuf,
+    /// The Secure Boot chain's shim and GRUB, when x86-64 UEFI PXE machines boot through it.
+    pub secure_boot_dir: Option<PathBuf>,
     /// Leases, the CA, the enrollment tokens.
     pub state_dir: PathBuf,
     /// Boot plane.
@@ -280,6 +290,14 @@ impl Config {
             _ => self.interface.ip,
         };
         format!("http://{ip}:{}", self.http_addr.port())
+    }
+
+    /// What x86-64 UEFI PXE machines boot with.
+    pub fn uefi_chain(&self) -> pxe_protocol::dhcp::UefiChain {
+        match self.secure_boot_dir {
+            Some(_) => pxe_protocol::dhcp::UefiChain::Shim,
+            None => pxe_protocol::dhcp::UefiChain::Ipxe,
+        }
     }
 }
 
@@ -341,6 +359,10 @@ pub fn resolve(flags: &Flags) -> Result<(Config, Bundle), ServerError> {
     let contract = &bundle.contract;
     let ipxe_dir = pick!(ipxe_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_IPXE_DIR));
     check_ipxe_dir(&ipxe_dir)?;
+    let secure_boot_dir = pick!(secure_boot_dir);
+    if let Some(d) = &secure_boot_dir {
+        crate::secure_boot::check_dir(d)?;
+    }
     let state_dir = pick!(state_dir).ok_or_else(|| {
         cfg_err(
             "state-dir",
@@ -426,6 +448,7 @@ pub fn resolve(flags: &Flags) -> Result<(Config, Bundle), ServerError> {
         bundle_dir,
         dhcp_range,
         ipxe_dir,
+        secure_boot_dir,
         state_dir,
         http_addr,
         management_addr,

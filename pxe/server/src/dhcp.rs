@@ -31,8 +31,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 
 use pxe_protocol::dhcp::{
-    build_reply, choose_first_stage, parse_request, BootFile, DhcpRequest, FirstStage, ReplyKind,
-    ReplyParams, RequestKind,
+    build_reply, choose_first_stage_for, parse_request, BootFile, DhcpRequest, FirstStage,
+    ReplyKind, ReplyParams, RequestKind,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info, info_span, warn};
@@ -189,7 +189,7 @@ fn reply_dest(req: &DhcpRequest, port: u16, from: Option<SocketAddr>) -> SocketA
 /// information (plain DHCP client, or an architecture we cannot boot).
 fn boot_file(state: &State, req: &DhcpRequest) -> (BootFile, String) {
     let base = state.config.http_base();
-    match choose_first_stage(req) {
+    match choose_first_stage_for(req, state.config.uefi_chain()) {
         FirstStage::IpxeScript => {
             let mut url = format!("{base}/boot/{}.ipxe", req.mac_string().replace(':', "-"));
             // iPXE names its own architecture in option 93: the script then boots a kernel
@@ -206,6 +206,10 @@ fn boot_file(state: &State, req: &DhcpRequest) -> (BootFile, String) {
             }
             (BootFile::Tftp(f.to_string()), format!("tftp {f}"))
         }
+        FirstStage::TftpShim(f) => (
+            BootFile::Tftp(f.to_string()),
+            format!("tftp {f} (Secure Boot chain)"),
+        ),
         FirstStage::HttpIpxe(f) => (
             BootFile::Url(format!("{base}/ipxe/{f}")),
             format!("http {f}"),

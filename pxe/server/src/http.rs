@@ -23,7 +23,7 @@
 //! booted (`/v1/status`).
 
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -37,17 +37,16 @@ use plasmacloud_contract::manifest::Arch;
 use pxe_protocol::ipxe::{
     initrd_name, render_boot_script, render_refusal_script, BootScript, ScriptInitrd,
 };
-use rand::RngCore;
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::boot_access::{may_boot, Requester};
+use crate::boot_plan::{
+    enrollment_for, note_enrollment_sent, plan_boot, BootPlan, EnrollRefusal, Loader,
+};
 use crate::bundle::Bundle;
-use crate::config::{Mode, UnknownMac};
-use crate::enroll_initrd::{enrollment_initrd, ENROLL_INITRD_NAME};
+use crate::enroll_initrd::ENROLL_INITRD_NAME;
 use crate::http_conn::{SendfileBody, SendfileOk};
-use crate::leases::now_unix;
 use crate::paths::resolve_path;
-use crate::state::{lock, peer_v4, BootToken, Metrics, NewEvent, State};
+use crate::state::{peer_v4, Metrics, NewEvent, State};
 
 /// The boot-plane router.
 pub fn router(state: Arc<State>) -> Router {
@@ -70,12 +69,6 @@ fn not_found(state: &State, what: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("not found: {what}\n")).into_response()
 }
 
-fn new_token() -> String {
-    let mut b = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
-
 /// `?arch=` of a script request: the architecture of the iPXE asking (from its DHCP option 93,
 /// see `crate::dhcp`).
 #[derive(Debug, serde::Deserialize)]
@@ -83,31 +76,13 @@ struct ScriptQuery {
     arch: Option<String>,
 }
 
-/// A refusal script, counted and recorded as a failed `ipxe-script` event.
-fn refuse_script(
-    state: &State,
-    node: Option<&str>,
-    mac: &str,
-    ip: Option<Ipv4Addr>,
-    why: String,
-) -> Response {
-    warn!(node = node.unwrap_or("-"), %mac, %why, "not booting");
-    Metrics::inc(&state.metrics.http_errors);
-    state.event(NewEvent {
-        node: node.map(str::to_string),
-        mac: Some(mac.to_string()),
-        ip,
-        phase: "ipxe-script".into(),
-        status: "failed".into(),
-        detail: why.clone(),
-        ..Default::default()
-    });
+fn script_response(script: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        render_refusal_script(&why),
+        script,
     )
         .into_response()
 }
@@ -122,147 +97,51 @@ async fn boot_script(
     let Some(mac_dashed) = file.strip_suffix(".ipxe") else {
         return not_found(&state, &file);
     };
-    let mac = mac_dashed.replace('-', ":").to_ascii_lowercase();
-    let Ok(parsed) = mac.parse::<plasmacloud_contract::MacAddr>() else {
+    let Ok(mac) = mac_dashed
+        .replace('-', ":")
+        .parse::<plasmacloud_contract::MacAddr>()
+    else {
         return not_found(&state, &file);
     };
-    let mac = parsed.to_string();
-    let peer_ip = peer_v4(peer);
-    let bundle = state.bundles.current();
-    let spec = bundle.contract.node_by_mac(parsed).cloned();
-    let node = spec.as_ref().map(|n| n.name.clone());
-    let base = state.config.http_base();
-    let manifest = &bundle.manifest;
     let claimed = match query.arch.as_deref().map(|a| (a, Arch::parse(a))) {
         None => None,
         Some((_, Some(a))) => Some(a),
         Some((a, None)) => {
-            return refuse_script(
-                &state,
-                node.as_deref(),
-                &mac,
-                peer_ip,
-                format!("this machine's iPXE runs on architecture {a:?}; bundles carry only x86_64 and aarch64 kernels"),
-            );
+            let why = format!("this machine's iPXE runs on architecture {a:?}; bundles carry only x86_64 and aarch64 kernels");
+            warn!(%mac, %why, "not booting");
+            Metrics::inc(&state.metrics.http_errors);
+            state.event(NewEvent {
+                node: state.node_of_mac(&mac.to_string()).map(|n| n.name.clone()),
+                mac: Some(mac.to_string()),
+                ip: peer_v4(peer),
+                phase: Loader::Ipxe.phase().into(),
+                status: "failed".into(),
+                detail: why.clone(),
+                ..Default::default()
+            });
+            return script_response(render_refusal_script(&why));
         }
     };
-    let script = match (&node, &spec) {
-        (Some(name), Some(spec)) => {
-            let who = match may_boot(&state, spec, peer) {
-                Ok(w) => w,
-                Err(why) => {
-                    warn!(%peer, node = %name, %why, "script refused");
-                    state.event(NewEvent {
-                        node: Some(name.clone()),
-                        mac: Some(mac.clone()),
-                        ip: peer_ip,
-                        phase: "ipxe-script".into(),
-                        status: "failed".into(),
-                        detail: format!("refused to {peer}: {why}"),
-                        ..Default::default()
-                    });
-                    return forbidden(
-                        &state,
-                        "this node's script is served only to the node (its leased address, whose neighbour entry shows its MAC)",
-                    );
-                }
-            };
-            let Some(entry) = manifest.entries.get(name) else {
-                return not_found(&state, "no manifest entry for this node");
-            };
-            if let Some(a) = claimed.filter(|a| *a != entry.arch) {
-                return refuse_script(
-                    &state,
-                    Some(name),
-                    &mac,
-                    peer_ip,
-                    format!("{name} booted {a} iPXE, but its bundle entry has an {} kernel; rebuild the bundle with a {a} kernel for it (or check the machine)", entry.arch),
-                );
-            }
-            let url_token = match mint_boot_tokens(&state, name, &who).await {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(node = %name, error = %e, "cannot mint an enrollment token");
-                    Metrics::inc(&state.metrics.http_errors);
-                    return (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "cannot record an enrollment token; see pxe-server's log\n",
-                    )
-                        .into_response();
-                }
-            };
-            if state.config.mode == Mode::Proxy {
-                // Verified by its neighbour entry: what status shows as the node's address.
-                state.saw(&mac, who.ip);
-            }
-            script_for(&base, &bundle.version, name, entry, Some(&url_token))
-        }
-        _ => match state.config.unknown_mac {
-            UnknownMac::Default => {
-                let Some((title, entry)) = manifest.default_entry_for(claimed) else {
-                    let a = claimed.unwrap_or_default();
-                    return refuse_script(
-                        &state,
-                        None,
-                        &mac,
-                        peer_ip,
-                        format!("{mac} is not in the cluster contract and the bundle has no {a} kernel for it (no {} entry)", a.default_entry()),
-                    );
-                };
-                script_for(&base, &bundle.version, &title, entry, None)
-            }
-            UnknownMac::Ignore => render_refusal_script(&format!(
-                "{mac} is not in the cluster contract; not booting it"
-            )),
-        },
-    };
-    state.event(NewEvent {
-        node: node.clone(),
-        mac: Some(mac),
-        ip: peer_ip,
-        phase: "ipxe-script".into(),
-        status: "ok".into(),
-        detail: format!("served to {peer} (bundle {})", bundle.short()),
-        bundle: Some(bundle.version.clone()),
-        ..Default::default()
-    });
-    info!(%peer, node = node.as_deref().unwrap_or("default"), bundle = bundle.short(), "served iPXE script");
-    (
-        [
-            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        script,
-    )
-        .into_response()
-}
-
-/// Mints this boot's enrollment token (its hash synced to disk) and the URL token that
-/// fetches it in the enrollment initrd; returns the URL token.
-async fn mint_boot_tokens(
-    state: &Arc<State>,
-    node: &str,
-    who: &Requester,
-) -> Result<String, crate::ServerError> {
-    let ttl = state.config.enroll_token_ttl;
-    let (n, ip, mac) = (node.to_string(), who.ip.to_string(), who.mac_text());
-    let now = now_unix();
-    let enroll_token = state
-        .with_enroll_tokens(move |t| t.mint(&n, &ip, &mac, now, ttl))
-        .await??;
-    let url_token = new_token();
-    let mut tokens = lock(&state.tokens);
-    tokens.retain(|_, t| now.saturating_sub(t.issued) < ttl);
-    tokens.insert(
-        url_token.clone(),
-        BootToken {
-            node: node.to_string(),
-            ip: who.ip,
-            issued: now,
-            enroll_token,
-        },
-    );
-    Ok(url_token)
+    match plan_boot(&state, peer, mac, claimed, Loader::Ipxe).await {
+        BootPlan::Boot(b) => script_response(script_for(
+            &state.config.http_base(),
+            &b.bundle.version,
+            &b.title,
+            &b.entry,
+            b.url_token.as_deref(),
+        )),
+        BootPlan::Refuse(why) => script_response(render_refusal_script(&why)),
+        BootPlan::Forbidden => forbidden(
+            &state,
+            "this node's script is served only to the node (its leased address, whose neighbour entry shows its MAC)",
+        ),
+        BootPlan::NotFound(what) => not_found(&state, &what),
+        BootPlan::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cannot record an enrollment token; see pxe-server's log\n",
+        )
+            .into_response(),
+    }
 }
 
 /// A boot script: the entry's kernel and initrds (all under the bundle's versioned URL
@@ -358,57 +237,25 @@ async fn enroll_file(
     req: FileRequest,
 ) -> Response {
     Metrics::inc(&state.metrics.http_requests);
-    let ttl = state.config.enroll_token_ttl;
-    let tok = lock(&state.tokens).get(&token).cloned();
-    let Some(tok) = tok.filter(|t| now_unix().saturating_sub(t.issued) < ttl) else {
-        return forbidden(&state, "unknown or expired boot token");
-    };
-    let refuse = |why: String| {
-        warn!(%peer, node = %tok.node, %why, "enrollment initrd refused");
-        state.event(NewEvent {
-            node: Some(tok.node.clone()),
-            ip: peer_v4(peer),
-            phase: "enroll-initrd".into(),
-            status: "failed".into(),
-            detail: format!("refused to {peer}: {why}"),
-            ..Default::default()
-        });
-        forbidden(
-            &state,
-            "this boot's enrollment initrd goes only to the node it was made for",
-        )
-    };
-    if peer_v4(peer) != Some(tok.ip) {
-        return refuse(format!("the URL was issued to {}", tok.ip));
-    }
-    let node = match state.bundles.current().contract.node(&tok.node) {
-        Ok(n) => n.clone(),
-        Err(_) => return not_found(&state, "no such node"),
-    };
-    if let Err(why) = may_boot(&state, &node, peer) {
-        return refuse(why);
-    }
-    if path != ENROLL_INITRD_NAME {
-        return not_found(&state, &path);
-    }
-    let body = match enrollment_initrd(&tok.enroll_token, state.ca.cert_pem()) {
-        Ok(b) => b,
-        Err(e) => {
-            warn!(error = %e, "cannot make the enrollment initrd");
+    let (node, body) = match enrollment_for(&state, peer, &token, &path) {
+        Ok(x) => x,
+        Err(EnrollRefusal::UnknownToken) => {
+            return forbidden(&state, "unknown or expired boot token")
+        }
+        Err(EnrollRefusal::NotTheNode) => {
+            return forbidden(
+                &state,
+                "this boot's enrollment initrd goes only to the node it was made for",
+            )
+        }
+        Err(EnrollRefusal::NotFound(what)) => return not_found(&state, &what),
+        Err(EnrollRefusal::Internal) => {
             Metrics::inc(&state.metrics.http_errors);
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
     if req.method == http::Method::GET {
-        state.event(NewEvent {
-            node: Some(node.name.clone()),
-            mac: Some(node.mac.to_string()),
-            ip: peer_v4(peer),
-            phase: "enroll-initrd".into(),
-            status: "started".into(),
-            detail: format!("{} bytes to {peer}", body.len()),
-            ..Default::default()
-        });
+        note_enrollment_sent(&state, &node, peer, body.len());
         Metrics::inc(&state.metrics.http_transfers);
         Metrics::inc_by(&state.metrics.http_bytes, body.len() as u64);
     }
@@ -499,25 +346,7 @@ fn note_artifact(state: &State, bundle: &Bundle, peer: SocketAddr, path: &str, r
     if req.method != http::Method::GET || req.headers.contains_key(header::RANGE) {
         return;
     }
-    let mac = state.mac_for_ip(peer);
-    let node = mac
-        .as_deref()
-        .and_then(|m| state.node_of_mac(m))
-        .map(|n| n.name.clone());
-    let phase = bundle.phase_of(path);
-    if let (Some(n), "kernel") = (&node, phase) {
-        state.note_boot(n, &bundle.version);
-    }
-    state.event(NewEvent {
-        node,
-        mac,
-        ip: peer_v4(peer),
-        phase: phase.into(),
-        status: "started".into(),
-        detail: format!("{path} (bundle {})", bundle.short()),
-        bundle: Some(bundle.version.clone()),
-        ..Default::default()
-    });
+    crate::boot_plan::note_artifact(state, bundle, peer, path);
 }
 
 /// A parsed single byte range, inclusive.

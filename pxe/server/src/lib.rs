@@ -37,6 +37,7 @@
 //! state directory (CA key, token log) is what must be protected.
 
 pub mod boot_access;
+pub mod boot_plan;
 pub mod bundle;
 pub mod cert_log;
 pub mod cluster_ca;
@@ -62,6 +63,7 @@ pub mod ra;
 pub mod rack_page;
 pub mod rack_view;
 pub mod reload;
+pub mod secure_boot;
 pub mod state;
 pub mod subnets;
 pub mod tftp;
@@ -171,7 +173,7 @@ pub fn describe(cfg: &Config, bundle: &Bundle) -> String {
         cluster_ca::CaStatus::Absent => "ca none yet (serve creates one)".to_string(),
     };
     format!(
-        "config ok: mode {} on {} ({}/{} mtu {}), cluster {} ({} nodes), bundle {} ({} entries, version {}), ipxe {}, state {}, http {}, management {} (https), enrollment {} (https), enroll-token-ttl {}s, {ca}, dhcp-range {}, unknown-mac {:?}, ipv6-ra {}",
+        "config ok: mode {} on {} ({}/{} mtu {}), cluster {} ({} nodes), bundle {} ({} entries, version {}), ipxe {}, uefi {}, state {}, http {}, management {} (https), enrollment {} (https), enroll-token-ttl {}s, {ca}, dhcp-range {}, unknown-mac {:?}, ipv6-ra {}",
         cfg.mode.as_str(),
         cfg.interface.name,
         cfg.interface.ip,
@@ -183,6 +185,10 @@ pub fn describe(cfg: &Config, bundle: &Bundle) -> String {
         bundle.manifest.entries.len(),
         bundle.version,
         cfg.ipxe_dir.display(),
+        match &cfg.secure_boot_dir {
+            Some(d) => format!("shim + signed GRUB from {} (Secure Boot chain)", d.display()),
+            None => "ipxe".to_string(),
+        },
         cfg.state_dir.display(),
         cfg.http_addr,
         cfg.management_addr,
@@ -198,6 +204,9 @@ pub fn describe(cfg: &Config, bundle: &Bundle) -> String {
 /// `bundle` (and the bundles that replace it, [`reload`]) until the process is stopped.
 pub async fn serve(cfg: Config, bundle: Bundle) -> Result<(), ServerError> {
     raise_open_file_limit();
+    if cfg.secure_boot_dir.is_some() {
+        secure_boot::warn_unsigned_kernels(&bundle);
+    }
     let state_dir = cfg.state_dir.clone();
     let (ca, _) =
         cluster_ca::load_or_create(&state_dir, bundle.contract.name(), Some(&bundle.contract))?;

@@ -35,7 +35,7 @@ pub const STAGES: &[Stage] = &[
     },
     Stage {
         name: "ipxe",
-        phases: &["tftp", "http-boot", "ipxe-script"],
+        phases: &["tftp", "http-boot", "ipxe-script", "grub-config"],
     },
     Stage {
         name: "kernel",
@@ -92,6 +92,7 @@ const KNOWN_PHASES: &[&str] = &[
     "tftp",
     "http-boot",
     "ipxe-script",
+    "grub-config",
     "kernel",
     "initrd",
     "overlay",
@@ -119,7 +120,7 @@ pub fn starts_boot(e: &BootEvent) -> bool {
     e.source == "server"
         && e.status != "failed"
         && match e.phase.as_str() {
-            "tftp" | "http-boot" | "ipxe-script" => true,
+            "tftp" | "http-boot" | "ipxe-script" | "grub-config" => true,
             "dhcp" => !e.detail.contains("not a PXE client"),
             _ => false,
         }

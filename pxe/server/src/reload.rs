@@ -59,6 +59,9 @@ pub fn reload(state: &State, why: &str) -> Result<Reloaded, ServerError> {
         }
         Ok(Some(new)) => {
             let new = Arc::new(new);
+            if state.config.secure_boot_dir.is_some() {
+                crate::secure_boot::warn_unsigned_kernels(&new);
+            }
             let (old, dropped) = state.bundles.swap(new.clone());
             Metrics::inc(&state.metrics.bundle_reloads_ok);
             info!(

@@ -36,6 +36,7 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::limits::Refused;
 use crate::paths::{resolve_path, PathRefusal};
+use crate::secure_boot::{TftpFile, TftpRefusal};
 use crate::state::{lock, Metrics, NewEvent, State};
 
 /// Retransmissions before a transfer is abandoned.
@@ -153,7 +154,7 @@ pub async fn run(state: Arc<State>, sock: UdpSocket) {
     }
 }
 
-fn serve_read(state: &State, peer: SocketAddr, req: Request) {
+fn serve_read(state: &Arc<State>, peer: SocketAddr, req: Request) {
     let cfg = &state.config;
     let sock = match std::net::UdpSocket::bind(SocketAddr::from((cfg.interface.ip, 0))) {
         Ok(s) => s,
@@ -175,33 +176,35 @@ fn serve_read(state: &State, peer: SocketAddr, req: Request) {
         Metrics::inc(&state.metrics.tftp_refused);
         return;
     }
-    let path = match resolve_path(&cfg.ipxe_dir, &req.filename) {
-        Ok(p) => p,
-        Err(why) => {
+    let source = match crate::secure_boot::tftp_file(state, peer, &req.filename) {
+        Some(Ok(f)) => f,
+        Some(Err(why)) => {
             let (code, msg) = match why {
-                PathRefusal::NotFound => (ErrorCode::FileNotFound, "file not found"),
-                PathRefusal::Unsafe | PathRefusal::OutsideRoot => (
-                    ErrorCode::AccessViolation,
-                    "access violation: path outside the served root",
-                ),
+                TftpRefusal::NotFound(m) => {
+                    (ErrorCode::FileNotFound, format!("file not found: {m}"))
+                }
+                TftpRefusal::Forbidden(m) => {
+                    (ErrorCode::AccessViolation, format!("access violation: {m}"))
+                }
+                TftpRefusal::Unavailable(m) => (ErrorCode::NotDefined, m),
             };
-            info!(reason = ?why, "read request refused");
+            info!(reason = %msg, "read request refused");
             Metrics::inc(&state.metrics.tftp_refused);
-            let _ = sock.send(&Packet::error(code, msg));
+            let _ = sock.send(&Packet::error(code, &msg));
             return;
         }
+        None => match open_in_root(state, &req.filename) {
+            Ok(f) => f,
+            Err((code, msg)) => {
+                Metrics::inc(&state.metrics.tftp_refused);
+                let _ = sock.send(&Packet::error(code, msg));
+                return;
+            }
+        },
     };
-    let file = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(error = %e, "cannot open");
-            Metrics::inc(&state.metrics.tftp_refused);
-            let _ = sock.send(&Packet::error(ErrorCode::FileNotFound, "cannot open file"));
-            return;
-        }
-    };
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut file = std::io::BufReader::with_capacity(1 << 20, file);
+    let size = source.size;
+    let first_stage = source.first_stage;
+    let mut file = std::io::BufReader::with_capacity(1 << 20, source.reader);
     let limits = Limits::for_mtu(cfg.interface.mtu, cfg.tftp_max_window);
     let neg = negotiate(&req.options, size, limits);
     let base_timeout = Duration::from_secs(u64::from(neg.timeout_secs.unwrap_or(1)));
@@ -222,6 +225,9 @@ fn serve_read(state: &State, peer: SocketAddr, req: Request) {
                 secs,
                 "transfer done"
             );
+            if !first_stage {
+                return;
+            }
             state.event(NewEvent {
                 node,
                 mac,
@@ -243,6 +249,30 @@ fn serve_read(state: &State, peer: SocketAddr, req: Request) {
             warn!(reason = %why, "transfer failed");
         }
     }
+}
+
+/// A file of the iPXE directory (the TFTP root), or the TFTP error refusing it.
+fn open_in_root(state: &State, name: &str) -> Result<TftpFile, (ErrorCode, &'static str)> {
+    let path = resolve_path(&state.config.ipxe_dir, name).map_err(|why| {
+        info!(reason = ?why, "read request refused");
+        match why {
+            PathRefusal::NotFound => (ErrorCode::FileNotFound, "file not found"),
+            PathRefusal::Unsafe | PathRefusal::OutsideRoot => (
+                ErrorCode::AccessViolation,
+                "access violation: path outside the served root",
+            ),
+        }
+    })?;
+    let file = std::fs::File::open(&path).map_err(|e| {
+        warn!(error = %e, "cannot open");
+        (ErrorCode::FileNotFound, "cannot open file")
+    })?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok(TftpFile {
+        reader: Box::new(file),
+        size,
+        first_stage: true,
+    })
 }
 
 /// Receives one datagram before `deadline`; `Ok(None)` on timeout.

@@ -41,6 +41,8 @@ pub enum Need<'a> {
     Root,
     /// An executable on `PATH`, usually from a Debian package.
     Tool(&'a str),
+    /// A file, usually from a Debian package (firmware, signed boot loaders).
+    File(&'a str),
 }
 
 /// Returns `true` when every need is met. When one is not: under `CI=true` this panics (CI must
@@ -50,6 +52,7 @@ pub fn require(test: &str, needs: &[Need<'_>]) -> bool {
         let missing = match need {
             Need::Root => (!is_root()).then(|| "root".to_string()),
             Need::Tool(t) => which(t).is_none().then(|| format!("the `{t}` command")),
+            Need::File(f) => (!std::path::Path::new(f).is_file()).then(|| format!("the file {f}")),
         };
         if let Some(what) = missing {
             if in_ci() {

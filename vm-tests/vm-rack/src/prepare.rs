@@ -313,6 +313,24 @@ pub fn pxe_state_dir(work: &Path, label: &str) -> PathBuf {
     work.join(format!("pxe-state-{label}"))
 }
 
+/// Debian's signed shim (Microsoft's signature) and signed GRUB netboot image (Debian's).
+pub const SIGNED_SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
+/// See [`SIGNED_SHIM`].
+pub const SIGNED_GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed";
+
+/// pxe-server's `--secure-boot-dir` for the rack: Debian's signed shim and GRUB under the
+/// names the chain asks for, as an operator would lay them out.
+pub fn secure_boot_dir(work: &Path) -> anyhow::Result<PathBuf> {
+    let dir = work.join("secure-boot");
+    std::fs::create_dir_all(&dir)?;
+    for (from, to) in [(SIGNED_SHIM, "shimx64.efi"), (SIGNED_GRUB, "grubx64.efi")] {
+        std::fs::copy(from, dir.join(to)).with_context(|| {
+            format!("while copying {from} (are shim-signed and grub-efi-amd64-signed installed?)")
+        })?;
+    }
+    Ok(dir)
+}
+
 /// A data disk as an installed machine has it (for the dnsmasq comparison, where no
 /// pxe-server enrolls the nodes): a GPT with one partition labelled `plasmacloud` holding an
 /// ext4 filesystem that already carries the node's key and certificate (`pki/`, issued

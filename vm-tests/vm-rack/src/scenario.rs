@@ -14,6 +14,10 @@ pub enum Firmware {
     /// too), so its boot manager's network entry is "UEFI HTTPv4": DHCP with vendor class
     /// `HTTPClient` (arch 16), then the URL it is given, over HTTP.
     UefiHttp,
+    /// OVMF's Secure Boot build (`OVMF_CODE_4M.secboot.fd`, SMM) with Microsoft's keys
+    /// enrolled and Secure Boot on (`OVMF_VARS_4M.ms.fd`); no option ROM, so OVMF's own PXE
+    /// boots the signed chain pxe-server serves: shim → GRUB → Debian's kernel.
+    SecureBoot,
 }
 
 /// One scenario.
@@ -37,6 +41,9 @@ pub enum Scenario {
     /// `uefi-http-3`: `cold-3` booted by OVMF's own UEFI HTTP boot (no TFTP, no iPXE ROM):
     /// DHCP `HTTPClient` → `snponly.efi` over HTTP → the node's script.
     UefiHttp3,
+    /// `secureboot-1`: one node (a one-voter contract) booted with Secure Boot on through
+    /// the signed chain (shim → GRUB → Debian's signed kernel) to cluster-ready.
+    SecureBoot1,
 }
 
 /// Every scenario, in priority order.
@@ -48,6 +55,7 @@ pub const ALL: &[Scenario] = &[
     Scenario::Cold5,
     Scenario::Uefi3,
     Scenario::UefiHttp3,
+    Scenario::SecureBoot1,
 ];
 
 impl Scenario {
@@ -61,6 +69,7 @@ impl Scenario {
             Scenario::LeaderLoss => "leader-loss",
             Scenario::UnknownMac => "unknown-mac",
             Scenario::UefiHttp3 => "uefi-http-3",
+            Scenario::SecureBoot1 => "secureboot-1",
         }
     }
 
@@ -73,6 +82,7 @@ impl Scenario {
     pub fn nodes(self) -> usize {
         match self {
             Scenario::Cold5 => 5,
+            Scenario::SecureBoot1 => 1,
             _ => 3,
         }
     }
@@ -82,6 +92,7 @@ impl Scenario {
         match self {
             Scenario::Uefi3 => Firmware::Uefi,
             Scenario::UefiHttp3 => Firmware::UefiHttp,
+            Scenario::SecureBoot1 => Firmware::SecureBoot,
             _ => Firmware::Bios,
         }
     }

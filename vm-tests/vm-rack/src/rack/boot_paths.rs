@@ -1,7 +1,9 @@
 //! Checks that a rack booted the way its scenario says, not merely that it became ready:
 //! `uefi-http-3` must have used the firmware's own UEFI HTTP boot (DHCP `HTTPClient` answered
-//! with a URL, `snponly.efi` fetched over HTTP, no TFTP), seen both in pxe-server's events and on
-//! each node's console.
+//! with a URL, `snponly.efi` fetched over HTTP, no TFTP), and `secureboot-1` the signed chain
+//! with Secure Boot on (shim and GRUB over TFTP, GRUB's configuration, no iPXE, and the
+//! guest's kernel saying Secure Boot is enabled), seen both in pxe-server's events and on each
+//! node's console.
 
 use anyhow::bail;
 
@@ -61,6 +63,74 @@ impl Rack {
         self.say(&format!(
             "check: UEFI HTTP boot on every node (OVMF's HTTPv4 entry, no TFTP, snponly.efi over HTTP): {}",
             seen.join("; ")
+        ));
+        Ok(())
+    }
+}
+
+/// What Debian's kernel prints when the firmware's `SecureBoot` variable says it is on.
+pub const KERNEL_SECURE_BOOT_LINE: &str = "Secure boot enabled";
+/// What it prints when it locks itself down because of it.
+pub const KERNEL_LOCKDOWN_LINE: &str = "Kernel is locked down from EFI Secure Boot";
+/// What the signed GRUB prints when it starts.
+pub const GRUB_BANNER: &str = "Welcome to GRUB!";
+
+impl Rack {
+    /// Every node in `names` came up through the Secure Boot chain with Secure Boot on: its
+    /// DHCP answer named shim, it fetched `shimx64.efi` and `grubx64.efi` over TFTP and its
+    /// GRUB configuration (`grub-config`), no iPXE script, and its console shows GRUB and the
+    /// kernel reading Secure Boot as enabled from the firmware (and locking itself down).
+    pub fn check_secure_boot(&mut self, names: &[String]) -> anyhow::Result<()> {
+        let mut seen = Vec::new();
+        for name in names {
+            let mine: Vec<_> = self
+                .events
+                .iter()
+                .filter(|e| e.node.as_deref() == Some(name.as_str()))
+                .collect();
+            let all = || {
+                mine.iter()
+                    .map(|e| format!("{} {} {}", e.phase, e.status, e.detail))
+                    .collect::<Vec<_>>()
+            };
+            if !mine
+                .iter()
+                .any(|e| e.phase == "dhcp" && e.detail.contains("shimx64.efi (Secure Boot chain)"))
+            {
+                bail!(
+                    "{name}: no DHCP answer naming shim in pxe-server's events: {:?}",
+                    all()
+                );
+            }
+            for f in ["shimx64.efi", "grubx64.efi"] {
+                if !mine
+                    .iter()
+                    .any(|e| e.phase == "tftp" && e.detail.starts_with(f))
+                {
+                    bail!("{name}: {f} was never fetched over TFTP: {:?}", all());
+                }
+            }
+            if !mine
+                .iter()
+                .any(|e| e.phase == "grub-config" && e.status == "ok")
+            {
+                bail!("{name}: GRUB never got its configuration: {:?}", all());
+            }
+            if let Some(e) = mine.iter().find(|e| e.phase == "ipxe-script") {
+                bail!("{name}: iPXE ran ({}): not the signed chain", e.detail);
+            }
+            let raw = std::fs::read_to_string(&self.vm(name)?.console.path).unwrap_or_default();
+            let console: String = raw.lines().map(|l| strip_ansi(l) + "\n").collect();
+            for line in [GRUB_BANNER, KERNEL_SECURE_BOOT_LINE, KERNEL_LOCKDOWN_LINE] {
+                if !console.contains(line) {
+                    bail!("{name}: its console does not show {line:?}");
+                }
+            }
+            seen.push(name.clone());
+        }
+        self.say(&format!(
+            "check: Secure Boot on and the signed chain (OVMF PXE → shim → GRUB over TFTP → signed kernel; the guest kernel: {KERNEL_SECURE_BOOT_LINE:?}) on {}",
+            seen.join(", ")
         ));
         Ok(())
     }

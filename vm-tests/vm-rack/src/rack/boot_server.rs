@@ -11,6 +11,7 @@ use tokio::process::{Child, Command};
 use super::http::Http;
 use super::plan::Plan;
 use crate::prepare::{self, node, MGMT_PORT, SERVER_IP};
+use crate::scenario::Firmware;
 
 /// Starts pxe-server and waits (up to 30 s) until its management API answers.
 pub async fn start_pxe(plan: &Plan, http: &Http) -> anyhow::Result<Child> {
@@ -29,8 +30,12 @@ pub async fn start_pxe(plan: &Plan, http: &Http) -> anyhow::Result<Child> {
         .arg(format!("{SERVER_IP}:{}", prepare::HTTP_PORT))
         .arg("--management-addr")
         .arg(format!("{SERVER_IP}:{MGMT_PORT}"))
-        .args(["--unknown-mac", "default", "--ipv6-ra", "on"])
-        .env("RUST_LOG", "info")
+        .args(["--unknown-mac", "default", "--ipv6-ra", "on"]);
+    if plan.scenario.firmware() == Firmware::SecureBoot {
+        c.arg("--secure-boot-dir")
+            .arg(prepare::secure_boot_dir(&plan.work)?);
+    }
+    c.env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

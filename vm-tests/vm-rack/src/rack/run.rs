@@ -343,6 +343,7 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
         Scenario::Reboot => rack.scenario_reboot(&names).await?,
         Scenario::LeaderLoss => rack.scenario_leader_loss(&names).await?,
         Scenario::UefiHttp3 => rack.check_http_boot(&names)?,
+        Scenario::SecureBoot1 => rack.check_secure_boot(&names)?,
         _ => {}
     }
     outcome.ready = rack.ready_count(&names);

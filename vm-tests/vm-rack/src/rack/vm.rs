@@ -12,6 +12,11 @@ use super::console::Console;
 use super::plan::Plan;
 use crate::scenario::Firmware;
 
+/// OVMF's Secure Boot build.
+pub const SECBOOT_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// OVMF's variables with Microsoft's keys (PK, KEK, db) enrolled and Secure Boot on.
+pub const SECBOOT_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
 /// One VM.
 #[derive(Debug)]
 pub struct Vm {
@@ -93,7 +98,11 @@ impl Vm {
             .arg("-device")
             .arg(match self.firmware {
                 // No option ROM: OVMF's own network stack (VirtioNetDxe) boots it.
-                Firmware::UefiHttp => format!("virtio-net-pci,netdev=n0,mac={},romfile=", self.mac),
+                // No option ROM: OVMF's own network stack (VirtioNetDxe) boots it (an iPXE ROM
+                // is unsigned: Secure Boot would refuse it anyway).
+                Firmware::UefiHttp | Firmware::SecureBoot => {
+                    format!("virtio-net-pci,netdev=n0,mac={},romfile=", self.mac)
+                }
                 _ => format!("virtio-net-pci,netdev=n0,mac={}", self.mac),
             });
         if let Some(disk) = &self.disk {
@@ -123,6 +132,27 @@ impl Vm {
                     .arg("if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
                     .arg("-drive")
                     .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+            }
+            Firmware::SecureBoot => {
+                // Microsoft's keys enrolled, Secure Boot on; the Secure Boot build needs SMM
+                // and a flash only SMM may write.
+                let vars = self.work.join(format!("{}-vars.fd", self.name));
+                if !vars.exists() {
+                    std::fs::copy(SECBOOT_VARS, &vars).with_context(|| {
+                        format!("while copying {SECBOOT_VARS} (is ovmf installed?)")
+                    })?;
+                }
+                c.args(["-machine", "q35,smm=on"])
+                    .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={SECBOOT_CODE}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ));
             }
         }
         let log = std::fs::File::create(self.work.join(format!(
