@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_not_initialised, client_all, form_cluster, phase, wait_healthy, Node};
+use common::{
+    assert_not_initialised, client_all, form_cluster, phase, readyz_field, wait_healthy, Node,
+};
 use lin::{Op, OpKind};
 use plasmacloud_store_client::{MemberRole, StoreClient};
 use plasmacloud_testkit::wait_until_async;
@@ -26,16 +28,6 @@ async fn leader_of(c: &StoreClient) -> u64 {
     })
     .await
     .expect("leader")
-}
-
-async fn readyz_field(n: &Node, field: &str) -> u64 {
-    let (_, text) = n.client().readyz().await.expect("readyz");
-    let words: Vec<&str> = text.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == field)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

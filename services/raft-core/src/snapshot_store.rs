@@ -32,8 +32,10 @@ use rocksdb::{IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{read_err, write_err, CF_KV, CF_SNAPSHOT, CF_TS};
-use crate::state_machine::{cf, cf_meta, KEY_APPLIED, KEY_MEMBERSHIP, KEY_TS_HORIZON, NODE_PREFIX};
-use crate::types::{LogId, SnapshotMeta, StorageError, StoredMembership};
+use crate::state_machine::{
+    applied_from, cf, cf_meta, KEY_APPLIED, KEY_MEMBERSHIP, KEY_TS_HORIZON, NODE_PREFIX,
+};
+use crate::types::{SnapshotMeta, StorageError};
 
 /// The snapshots' directory under the data directory.
 pub const SNAPSHOT_DIR: &str = "snapshots";
@@ -333,26 +335,38 @@ pub fn current(db: &DB, dir: &SnapshotDir) -> Result<Option<(SnapshotMeta, File)
     }
 }
 
-/// Records `name` (already published) as the current snapshot when it is at least as new as
-/// the current one: whether it did. Holds the publish lock.
+/// When [`make_current`] records a snapshot.
+enum Making {
+    /// Only if it is at least as new as the current one (a build, which may lose a race to an
+    /// install).
+    IfNewer,
+    /// Always, in one synced write with `batch` (an install, which openraft ordered).
+    With(WriteBatch),
+}
+
+/// Records `name` (already published) as the current snapshot, as `when` says: whether it
+/// did. Holds the publish lock.
 fn make_current(
     db: &DB,
     dir: &SnapshotDir,
     meta: &SnapshotMeta,
     name: &str,
-    batch: Option<WriteBatch>,
+    when: Making,
 ) -> Result<bool, StorageError> {
     let _g = dir.publish.lock().unwrap_or_else(|p| p.into_inner());
     let c = cf(db, CF_SNAPSHOT)?;
-    if batch.is_none() {
-        if let Some(old) = db.get_cf(c, SNAP_META).map_err(|e| read_err(&e))? {
-            let old: SnapshotMeta = serde_json::from_slice(&old).map_err(|e| read_err(&e))?;
-            if old.last_log_id > meta.last_log_id {
-                return Ok(false);
+    let mut batch = match when {
+        Making::With(batch) => batch,
+        Making::IfNewer => {
+            if let Some(old) = db.get_cf(c, SNAP_META).map_err(|e| read_err(&e))? {
+                let old: SnapshotMeta = serde_json::from_slice(&old).map_err(|e| read_err(&e))?;
+                if old.last_log_id > meta.last_log_id {
+                    return Ok(false);
+                }
             }
+            WriteBatch::default()
         }
-    }
-    let mut batch = batch.unwrap_or_default();
+    };
     batch.put_cf(
         c,
         SNAP_META,
@@ -379,20 +393,7 @@ pub fn build(
         db.snapshot()
     };
     let meta_cf = cf_meta(db)?;
-    let applied: Option<LogId> = match snap
-        .get_cf(meta_cf, KEY_APPLIED)
-        .map_err(|e| read_err(&e))?
-    {
-        Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
-        None => None,
-    };
-    let membership: StoredMembership = match snap
-        .get_cf(meta_cf, KEY_MEMBERSHIP)
-        .map_err(|e| read_err(&e))?
-    {
-        Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
-        None => StoredMembership::default(),
-    };
+    let (applied, membership) = applied_from(|k| snap.get_cf(meta_cf, k))?;
     let (tmp, f) = dir
         .temp("build")
         .map_err(|e| io_write("creating a snapshot file", e))?;
@@ -447,7 +448,7 @@ pub fn build(
         last_membership: membership,
         snapshot_id,
     };
-    if !make_current(db, dir, &meta, &name, None)? {
+    if !make_current(db, dir, &meta, &name, Making::IfNewer)? {
         // A newer snapshot was installed meanwhile; this one is still handed to openraft.
         let _ = fs::remove_file(dir.path.join(&name));
     }
@@ -562,7 +563,7 @@ fn replace_state(
         serde_json::to_vec(&m.meta.last_membership).map_err(|e| write_err(&e))?,
     );
     batch.delete_cf(sm, KEY_INSTALLING);
-    make_current(db, dir, &m.meta, &m.file, Some(batch))?;
+    make_current(db, dir, &m.meta, &m.file, Making::With(batch))?;
     Ok(())
 }
 
@@ -585,7 +586,7 @@ pub fn recover(db: &DB, dir: &SnapshotDir, state: &StateLock) -> Result<(), Stor
             let name = dir
                 .publish(&tmp, index)
                 .map_err(|e| io_write("moving the snapshot to a file", e))?;
-            make_current(db, dir, &meta, &name, Some(WriteBatch::default()))?;
+            make_current(db, dir, &meta, &name, Making::With(WriteBatch::default()))?;
             tracing::info!(file = %name, "moved the snapshot out of the database into a file");
         }
     }

@@ -449,6 +449,22 @@ impl Applier<'_> {
     }
 }
 
+/// The last applied log id and the membership, read with `get` (from the database or one of
+/// its snapshots) out of `sm_meta`.
+pub(crate) fn applied_from(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let applied = match get(KEY_APPLIED).map_err(|e| read_err(&e))? {
+        Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
+        None => None,
+    };
+    let membership = match get(KEY_MEMBERSHIP).map_err(|e| read_err(&e))? {
+        Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
 pub(crate) fn cf_meta(db: &DB) -> Result<&rocksdb::ColumnFamily, StorageError> {
     cf(db, CF_SM_META)
 }
@@ -629,17 +645,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         blocking(move || {
             let meta = cf_meta(&db)?;
-            let applied: Option<LogId> =
-                match db.get_cf(meta, KEY_APPLIED).map_err(|e| read_err(&e))? {
-                    Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
-                    None => None,
-                };
-            let membership: StoredMembership =
-                match db.get_cf(meta, KEY_MEMBERSHIP).map_err(|e| read_err(&e))? {
-                    Some(v) => serde_json::from_slice(&v).map_err(|e| read_err(&e))?,
-                    None => StoredMembership::default(),
-                };
-            Ok((applied, membership))
+            applied_from(|k| db.get_cf(meta, k))
         })
         .await
     }

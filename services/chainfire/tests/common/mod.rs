@@ -125,6 +125,18 @@ pub fn rss_mib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// A number of `node`'s `/readyz?verbose` line (`applied`, `snapshot`, `purged` …), 0 when
+/// absent.
+pub async fn readyz_field(n: &Node, field: &str) -> u64 {
+    let (_, text) = n.client().readyz().await.expect("readyz");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| w[0] == field)
+        .and_then(|w| w[1].parse().ok())
+        .unwrap_or(0)
+}
+
 /// Prints a named test phase.
 pub fn phase(name: &str) {
     eprintln!("=== phase: {name}");
