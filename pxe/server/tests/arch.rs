@@ -18,9 +18,6 @@ use plasmacloud_contract::manifest::{Arch, BundleManifest, ManifestFile, MANIFES
 use plasmacloud_testkit::{require, workspace_binary, Need};
 use sha2::{Digest, Sha256};
 
-/// Prints the boot file of the answer into `$OUT`.
-const BOOT_FILE_SCRIPT: &str = "#!/bin/sh\ncase \"$1\" in bound|renew)\n  ip addr add \"$ip/$mask\" dev \"$interface\"\n  echo \"boot_file=$boot_file\" > \"$OUT\"\n;; esac\nexit 0\n";
-
 /// `len` bytes that are an x86 boot-protocol image by their header.
 fn bz_image(len: usize) -> Vec<u8> {
     let mut k = pattern(len, 1);
@@ -56,23 +53,8 @@ fn add_file(bundle: &std::path::Path, m: &mut BundleManifest, path: &str, bytes:
 /// A DHCP exchange of an iPXE client (user class `iPXE`) with option 93 = `arch_code` from
 /// `ns`; returns the boot file it was given.
 fn ipxe_boot_file(ns: &str, d: &std::path::Path, who: &str, arch_code: &str) -> String {
-    let script = d.join("bootfile.sh");
-    write_script(&script, BOOT_FILE_SCRIPT);
-    let out = d.join(format!("{who}.out"));
     let opt93 = format!("0x5d:{arch_code}");
-    let (ok, log) = udhcpc_with(
-        ns,
-        &script,
-        6,
-        &["-x", "0x4d:69505845", "-x", &opt93],
-        &[("OUT", &out)],
-    );
-    assert!(ok, "udhcpc ({who}): {log}");
-    let got = std::fs::read_to_string(&out).unwrap_or_default();
-    got.trim()
-        .strip_prefix("boot_file=")
-        .unwrap_or_else(|| panic!("{who}: {got}"))
-        .to_string()
+    dhcp_boot_file(ns, d, who, &["-x", "0x4d:69505845", "-x", &opt93])
 }
 
 #[test]

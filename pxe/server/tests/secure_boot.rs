@@ -26,28 +26,10 @@ const SIGNED_SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
 const UNSIGNED_SHIM: &str = "/usr/lib/shim/shimx64.efi";
 const SIGNED_GRUB: &str = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed";
 
-/// Prints the boot file of the answer into `$OUT`.
-const BOOT_FILE_SCRIPT: &str = "#!/bin/sh\ncase \"$1\" in bound|renew)\n  ip addr add \"$ip/$mask\" dev \"$interface\" 2>/dev/null\n  echo \"boot_file=$boot_file\" > \"$OUT\"\n;; esac\nexit 0\n";
-
 /// A DHCP exchange from `ns` with vendor class `vendor` and option 93 = `arch`; the boot file.
 fn pxe_boot_file(ns: &str, d: &std::path::Path, who: &str, vendor: &str, arch: &str) -> String {
-    let script = d.join("bootfile.sh");
-    write_script(&script, BOOT_FILE_SCRIPT);
-    let out = d.join(format!("{who}.out"));
     let opt93 = format!("0x5d:{arch}");
-    let (ok, log) = udhcpc_with(
-        ns,
-        &script,
-        6,
-        &["-V", vendor, "-x", &opt93],
-        &[("OUT", &out)],
-    );
-    assert!(ok, "udhcpc ({who}): {log}");
-    let got = std::fs::read_to_string(&out).unwrap_or_default();
-    got.trim()
-        .strip_prefix("boot_file=")
-        .unwrap_or_else(|| panic!("{who}: {got}"))
-        .to_string()
+    dhcp_boot_file(ns, d, who, &["-V", vendor, "-x", &opt93])
 }
 
 /// Fetches `path` over TFTP from `ns` into `out`; (ok, curl's message).

@@ -153,6 +153,24 @@ pub fn udhcpc_with(
     try_run(cmd)
 }
 
+/// A DHCP script that adds the address and writes the answer's boot file into `$OUT`.
+const BOOT_FILE_SCRIPT: &str = "#!/bin/sh\ncase \"$1\" in bound|renew)\n  ip addr add \"$ip/$mask\" dev \"$interface\" 2>/dev/null\n  echo \"boot_file=$boot_file\" > \"$OUT\"\n;; esac\nexit 0\n";
+
+/// One DHCP exchange from `ns` (udhcpc with `extra` flags: vendor class, option 93, user
+/// class …), scratch files in `d` named after `who`; the boot file of the answer.
+pub fn dhcp_boot_file(ns: &str, d: &Path, who: &str, extra: &[&str]) -> String {
+    let script = d.join("bootfile.sh");
+    write_script(&script, BOOT_FILE_SCRIPT);
+    let out = d.join(format!("{who}.out"));
+    let (ok, log) = udhcpc_with(ns, &script, 6, extra, &[("OUT", &out)]);
+    assert!(ok, "udhcpc ({who}): {log}");
+    let got = std::fs::read_to_string(&out).unwrap_or_default();
+    got.trim()
+        .strip_prefix("boot_file=")
+        .unwrap_or_else(|| panic!("{who}: {got}"))
+        .to_string()
+}
+
 /// dnsmasq in the foreground in `ns`, bound to `interface`, DNS off, plus `args`; its output
 /// goes to `log`.
 pub fn spawn_dnsmasq(ns: &str, interface: &str, args: &[&str], log: &Path) -> Process {

@@ -8,6 +8,7 @@
 use anyhow::bail;
 
 use super::console::strip_ansi;
+use super::events::Event;
 use super::run::Rack;
 
 /// What OVMF's boot manager prints when it starts its HTTPv4 boot option.
@@ -16,17 +17,28 @@ pub const OVMF_HTTP_BOOT_LINE: &str = ">>Start HTTP Boot over IPv4";
 pub const OVMF_PXE_BOOT_LINE: &str = ">>Start PXE over IPv4";
 
 impl Rack {
+    /// The boot events pxe-server recorded for `name`.
+    fn events_of(&self, name: &str) -> Vec<Event> {
+        self.events
+            .iter()
+            .filter(|e| e.node.as_deref() == Some(name))
+            .cloned()
+            .collect()
+    }
+
+    /// `name`'s console of its current boot, without terminal escapes.
+    fn console_text(&mut self, name: &str) -> anyhow::Result<String> {
+        let raw = std::fs::read_to_string(&self.vm(name)?.console.path).unwrap_or_default();
+        Ok(raw.lines().map(|l| strip_ansi(l) + "\n").collect())
+    }
+
     /// Every node in `names` was booted by UEFI HTTP boot: a DHCP event answering its
     /// `http-x64` (arch 16) request with the HTTP URL of `snponly.efi`, an `http-boot` event for
     /// that file, no `tftp` event, and OVMF's HTTP boot line (and no PXE line) on its console.
     pub fn check_http_boot(&mut self, names: &[String]) -> anyhow::Result<()> {
         let mut seen = Vec::new();
         for name in names {
-            let mine: Vec<_> = self
-                .events
-                .iter()
-                .filter(|e| e.node.as_deref() == Some(name.as_str()))
-                .collect();
+            let mine = self.events_of(name);
             let dhcp = mine
                 .iter()
                 .find(|e| e.phase == "dhcp" && e.detail.contains("http-x64"))
@@ -50,8 +62,7 @@ impl Rack {
             if let Some(t) = mine.iter().find(|e| e.phase == "tftp") {
                 bail!("{name}: fetched {} over TFTP: not an HTTP boot", t.detail);
             }
-            let raw = std::fs::read_to_string(&self.vm(name)?.console.path).unwrap_or_default();
-            let console: String = raw.lines().map(|l| strip_ansi(l) + "\n").collect();
+            let console = self.console_text(name)?;
             if !console.contains(OVMF_HTTP_BOOT_LINE) {
                 bail!("{name}: OVMF's console does not show {OVMF_HTTP_BOOT_LINE:?}");
             }
@@ -83,11 +94,7 @@ impl Rack {
     pub fn check_secure_boot(&mut self, names: &[String]) -> anyhow::Result<()> {
         let mut seen = Vec::new();
         for name in names {
-            let mine: Vec<_> = self
-                .events
-                .iter()
-                .filter(|e| e.node.as_deref() == Some(name.as_str()))
-                .collect();
+            let mine = self.events_of(name);
             let all = || {
                 mine.iter()
                     .map(|e| format!("{} {} {}", e.phase, e.status, e.detail))
@@ -119,8 +126,7 @@ impl Rack {
             if let Some(e) = mine.iter().find(|e| e.phase == "ipxe-script") {
                 bail!("{name}: iPXE ran ({}): not the signed chain", e.detail);
             }
-            let raw = std::fs::read_to_string(&self.vm(name)?.console.path).unwrap_or_default();
-            let console: String = raw.lines().map(|l| strip_ansi(l) + "\n").collect();
+            let console = self.console_text(name)?;
             for line in [GRUB_BANNER, KERNEL_SECURE_BOOT_LINE, KERNEL_LOCKDOWN_LINE] {
                 if !console.contains(line) {
                     bail!("{name}: its console does not show {line:?}");
