@@ -22,6 +22,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -189,34 +190,82 @@ fn gather(
     batch
 }
 
+/// How long openraft may still take to answer a write of a leader that lost its leadership
+/// (it usually answers at once, `ForwardToLeader`) before the proposer answers it itself.
+pub const LOST_LEADERSHIP_GRACE: Duration = Duration::from_secs(2);
+
+type WriteResult = Result<
+    openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+    RaftError<NodeId, ClientWriteError<NodeId, crate::types::NodeInfo>>,
+>;
+
+/// `raft.client_write(cmd)`, except that a proposal made as leader is given up
+/// [`LOST_LEADERSHIP_GRACE`] after this node stops being that term's leader. openraft 0.9 does
+/// not always answer the writes of a leader cut off from its followers once it steps down
+/// (their entries may be truncated later, or never): without this, each such write held one of
+/// the [`MAX_IN_FLIGHT`] slots for good, and when the node became leader again it could
+/// propose nothing. The outcome of a given-up write is unknown: another leader may commit it.
+async fn write(raft: &Raft, cmd: Command) -> Result<crate::types::CommandResult, WriteFail> {
+    let mut metrics = raft.metrics();
+    let (me, term, leading) = {
+        let m = metrics.borrow();
+        (m.id, m.current_term, m.current_leader == Some(m.id))
+    };
+    let res: WriteResult = if leading {
+        let w = raft.client_write(cmd);
+        tokio::pin!(w);
+        tokio::select! {
+            biased;
+            r = &mut w => r,
+            _ = async {
+                // The guard it returns is dropped here, before anything else is awaited.
+                let _ = metrics
+                    .wait_for(|m| m.current_leader != Some(me) || m.current_term != term)
+                    .await
+                    .map(|_| ());
+            } => {
+                match tokio::time::timeout(LOST_LEADERSHIP_GRACE, &mut w).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(WriteFail::Failed(format!(
+                            "this node stopped leading term {term} while the write was in flight"
+                        )))
+                    }
+                }
+            }
+        }
+    } else {
+        raft.client_write(cmd).await
+    };
+    res.map(|r| r.data).map_err(fail)
+}
+
 async fn propose(raft: &Raft, mut batch: Vec<Proposal>) {
     if batch.len() == 1 {
         if let Some(p) = batch.pop() {
-            let res = raft.client_write(p.cmd).await;
-            let _ = p.reply.send(res.map(|r| r.data).map_err(fail));
+            let _ = p.reply.send(write(raft, p.cmd).await);
         }
         return;
     }
     let (cmds, replies): (Vec<Command>, Vec<Reply>) =
         batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
     let n = cmds.len();
-    match raft.client_write(Command::Batch(cmds)).await {
-        Ok(r) if r.data.batch.len() == n => {
-            for (reply, res) in replies.into_iter().zip(r.data.batch) {
+    match write(raft, Command::Batch(cmds)).await {
+        Ok(r) if r.batch.len() == n => {
+            for (reply, res) in replies.into_iter().zip(r.batch) {
                 let _ = reply.send(Ok(res));
             }
         }
         Ok(r) => {
             let msg = format!(
                 "internal: a batch of {n} writes produced {} results",
-                r.data.batch.len()
+                r.batch.len()
             );
             for reply in replies {
                 let _ = reply.send(Err(WriteFail::Failed(msg.clone())));
             }
         }
-        Err(e) => {
-            let f = fail(e);
+        Err(f) => {
             for reply in replies {
                 let _ = reply.send(Err(f.clone()));
             }

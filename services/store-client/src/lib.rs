@@ -566,18 +566,23 @@ impl StoreClient {
                     continue;
                 }
                 Err(http::Failure::Timeout) => {
+                    // A blackholed node (a partition, a hung host) answers nothing: the next
+                    // call starts at the next endpoint, or every call would wait out its whole
+                    // timeout on this one again.
+                    move_off(&inner.preferred, idx, n);
                     return Err(Error::Timeout {
                         what: what.to_string(),
                         endpoint,
                         after: timeout,
-                    })
+                    });
                 }
                 Err(http::Failure::Broken(message)) => {
+                    move_off(&inner.preferred, idx, n);
                     return Err(Error::Broken {
                         what: what.to_string(),
                         endpoint,
                         message,
-                    })
+                    });
                 }
             };
             let status = reply.status;
@@ -1119,6 +1124,12 @@ impl ListPages {
         }
         Ok(Some(page))
     }
+}
+
+/// Moves the preferred endpoint off `idx` (to the next one) unless another call moved it
+/// meanwhile.
+fn move_off(preferred: &AtomicUsize, idx: usize, n: usize) {
+    let _ = preferred.compare_exchange(idx, (idx + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
 }
 
 #[cfg(test)]
