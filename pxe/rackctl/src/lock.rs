@@ -205,25 +205,52 @@ impl RolloutLock {
         Err(Error::LockLost(next.what.clone()))
     }
 
-    /// Releases the lock (deletes the key if it is still this hold's).
+    /// Releases the lock (deletes the key if it is still this hold's). Chainfire busy — an
+    /// election, a leader that lost its quorum for a moment while new voters catch up — is
+    /// ridden out for up to [`RELEASE_PATIENCE`]: a delete that certainly had no effect is
+    /// sent again, and one whose outcome is unknown is read back first (the key gone or no
+    /// longer this hold's: released).
     pub async fn release(self) -> Result<()> {
         self.renewal.abort();
         let g = self.record.lock().await;
         let mut rev = g.1;
-        for _ in 0..2 {
-            match self.kv.delete_if(LOCK_KEY, rev).await {
+        let until = tokio::time::Instant::now() + RELEASE_PATIENCE;
+        let mut conflicts = 0;
+        loop {
+            let busy = match self.kv.delete_if(LOCK_KEY, rev).await {
                 Ok(_) => {
                     tracing::info!(id = %g.0.id, "released the rollout lock");
                     return Ok(());
                 }
-                Err(e) if e.is_conflict() => match self.own_revision(&g.0.id).await? {
-                    Some(r) if r != rev => rev = r,
-                    _ => break,
-                },
+                Err(e) if e.is_conflict() => {
+                    conflicts += 1;
+                    match self.own_revision(&g.0.id).await? {
+                        Some(r) if r != rev && conflicts < 2 => {
+                            rev = r;
+                            continue;
+                        }
+                        _ => return Err(Error::LockLost(g.0.what.clone())),
+                    }
+                }
+                Err(e) if e.is_retryable() || e.is_outcome_unknown() => e,
                 Err(e) => return Err(Error::store("releasing the rollout lock", e)),
+            };
+            if tokio::time::Instant::now() >= until {
+                return Err(Error::store("releasing the rollout lock", busy));
+            }
+            tracing::warn!(error = %busy, "Chainfire did not take the lock's release yet; trying again");
+            tokio::time::sleep(RELEASE_RETRY).await;
+            if busy.is_outcome_unknown() {
+                match read(&self.kv).await {
+                    Ok(Some((r, now))) if r.id == g.0.id => rev = now,
+                    Ok(_) => {
+                        tracing::info!(id = %g.0.id, "released the rollout lock");
+                        return Ok(());
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the rollout lock back yet"),
+                }
             }
         }
-        Err(Error::LockLost(g.0.what.clone()))
     }
 
     /// Leaves the lock held in state `stopped` with `why` (no lease: it never lapses).
@@ -285,6 +312,11 @@ pub struct Aborted {
     /// Slot holders released, by group.
     pub slots: Vec<(String, String)>,
 }
+
+/// How long [`RolloutLock::release`] rides out a Chainfire that cannot take writes.
+pub const RELEASE_PATIENCE: Duration = Duration::from_secs(30);
+/// How long it waits between two tries.
+const RELEASE_RETRY: Duration = Duration::from_millis(500);
 
 /// Releases the lock whatever its state, withdraws every reboot request and empties every
 /// reboot slot. A node that was rebooting comes back to find nothing asked of it.

@@ -441,6 +441,25 @@ impl Rack {
         Ok(SocketAddr::from((node.ipv4, port as u16)))
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) to one service of a node: `STOP` freezes it, as a
+    /// machine that stops answering for a while. Whether the service was running.
+    pub async fn signal_service(&self, name: &str, service: &str, signal: &str) -> bool {
+        let pid = self
+            .children
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&(name.to_string(), service.to_string()))?.id());
+        let Some(pid) = pid else {
+            return false;
+        };
+        tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await
+            .is_ok_and(|s| s.success())
+    }
+
     /// Kills one service of a node (SIGKILL), as a crash would.
     pub async fn kill_service(&self, name: &str, service: &str) {
         let child = self

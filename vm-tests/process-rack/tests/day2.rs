@@ -628,6 +628,30 @@ async fn the_rollout_lock_refuses_a_second_holder_and_lapses_when_its_holder_is_
         .unwrap();
     e.release().await.unwrap();
     assert!(rackctl::lock::read(&kv).await.unwrap().is_none());
+
+    // Phase: a release while Chainfire cannot answer (its process frozen for 4 s, as a leader
+    // that lost its quorum for a moment) is ridden out, not reported as a failure.
+    let f = rackctl::lock::RolloutLock::acquire(&kv, "tester f", "rollout u", lease)
+        .await
+        .unwrap();
+    assert!(rack.signal_service("node01", "chainfire", "STOP").await);
+    let thaw = {
+        let rack = Arc::clone(&rack);
+        tokio::spawn(async move {
+            // The fault's length, not a wait for a condition.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            rack.signal_service("node01", "chainfire", "CONT").await
+        })
+    };
+    let start = Instant::now();
+    f.release().await.unwrap();
+    assert!(thaw.await.unwrap());
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "released in {:?}, before Chainfire could answer",
+        start.elapsed()
+    );
+    assert!(rackctl::lock::read(&kv).await.unwrap().is_none());
     rack.shutdown().await;
 }
 

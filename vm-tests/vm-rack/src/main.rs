@@ -23,7 +23,8 @@ const MIN_TIMEOUT_SECS: u64 = 300;
 #[derive(Debug, Parser)]
 #[command(name = "vm-rack", version)]
 struct Cli {
-    /// cold-3, reboot, leader-loss, unknown-mac, cold-5, uefi-3 or uefi-http-3.
+    /// cold-3, reboot, leader-loss, unknown-mac, cold-5, uefi-3, uefi-http-3, secureboot-1,
+    /// or day 2: grow, replace, rolling-reimage, retire.
     scenario: String,
     /// Where firstboot, chainfire-server, flaredb-server, iam-server, pxe-server and
     /// netboot-image are [default: this executable's directory].
@@ -256,7 +257,7 @@ async fn outer(cli: &Cli) -> anyhow::Result<(bool, String)> {
             .unwrap_or((TIMEOUT_SECS_PER_NODE * n as u64).max(MIN_TIMEOUT_SECS)),
         progress: !cli.quiet,
     };
-    let taps = n.max(1);
+    let taps = (n + scenario.spares()).max(1);
     let o = run_in_namespace(&plan, taps).await?;
     print_phases("pxe-server", &o);
     if !o.passed {

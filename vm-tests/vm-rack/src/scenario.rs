@@ -44,6 +44,18 @@ pub enum Scenario {
     /// `secureboot-1`: one node (a one-voter contract) booted with Secure Boot on through
     /// the signed chain (shim → GRUB → Debian's signed kernel) to cluster-ready.
     SecureBoot1,
+    /// `grow`: `cold-3`, then two machines join as voters (3 → 5) while a client writes:
+    /// `rackctl grow` edits the contract, re-bundles, and promotes one at a time.
+    Grow,
+    /// `replace`: `cold-3`, then node02 dies for good (powered off, its disk gone) and a new
+    /// machine with another MAC takes its name (`rackctl replace`) while a client writes.
+    Replace,
+    /// `rolling-reimage`: `cold-3`, then bundle v2 rolls across the rack (`rackctl rollout`),
+    /// each node rebooting itself into it when it holds the lock's slot, while a client writes.
+    RollingReimage,
+    /// `retire`: four nodes (three voters, a worker); the Chainfire leader is retired with the
+    /// worker promoted in its place (`rackctl retire --promote`) while a client writes.
+    Retire,
 }
 
 /// Every scenario, in priority order.
@@ -56,6 +68,10 @@ pub const ALL: &[Scenario] = &[
     Scenario::Uefi3,
     Scenario::UefiHttp3,
     Scenario::SecureBoot1,
+    Scenario::Grow,
+    Scenario::Replace,
+    Scenario::RollingReimage,
+    Scenario::Retire,
 ];
 
 impl Scenario {
@@ -70,6 +86,10 @@ impl Scenario {
             Scenario::UnknownMac => "unknown-mac",
             Scenario::UefiHttp3 => "uefi-http-3",
             Scenario::SecureBoot1 => "secureboot-1",
+            Scenario::Grow => "grow",
+            Scenario::Replace => "replace",
+            Scenario::RollingReimage => "rolling-reimage",
+            Scenario::Retire => "retire",
         }
     }
 
@@ -83,8 +103,27 @@ impl Scenario {
         match self {
             Scenario::Cold5 => 5,
             Scenario::SecureBoot1 => 1,
+            Scenario::Retire => 4,
             _ => 3,
         }
+    }
+
+    /// Machines powered on later, beyond the contract's (new machines of a day-2 scenario),
+    /// each on a tap of its own.
+    pub fn spares(self) -> usize {
+        match self {
+            Scenario::Grow => 2,
+            Scenario::Replace => 1,
+            _ => 0,
+        }
+    }
+
+    /// A day-2 scenario: the rack changes under `rackctl` after its cold boot.
+    pub fn is_day2(self) -> bool {
+        matches!(
+            self,
+            Scenario::Grow | Scenario::Replace | Scenario::RollingReimage | Scenario::Retire
+        )
     }
 
     /// The firmware.

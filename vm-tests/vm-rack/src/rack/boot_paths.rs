@@ -27,7 +27,7 @@ impl Rack {
     }
 
     /// `name`'s console of its current boot, without terminal escapes.
-    fn console_text(&mut self, name: &str) -> anyhow::Result<String> {
+    pub(super) fn console_text(&mut self, name: &str) -> anyhow::Result<String> {
         let raw = std::fs::read_to_string(&self.vm(name)?.console.path).unwrap_or_default();
         Ok(raw.lines().map(|l| strip_ansi(l) + "\n").collect())
     }

@@ -12,12 +12,15 @@
 //! - `http`: the one path of every HTTP request to the nodes and the boot server;
 //! - `checks`: the host-side checks through the services' APIs;
 //! - `scenarios`: the scenarios' own steps after the cold boot;
+//! - `day2`: the rack's life after day one under `rackctl` (grow, replace, rolling re-image,
+//!   retire), with a client writing throughout;
 //! - `boot_paths`: checks that the rack booted the way its scenario says (UEFI HTTP boot).
 
 mod boot_paths;
 mod boot_server;
 mod checks;
 mod console;
+mod day2;
 mod events;
 mod http;
 pub mod plan;

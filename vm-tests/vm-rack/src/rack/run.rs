@@ -31,13 +31,15 @@ pub struct Rack {
     pub vms: Vec<Vm>,
     /// Progress per node name.
     pub nodes: BTreeMap<String, NodeProgress>,
-    mac_to_node: BTreeMap<String, String>,
+    pub(super) mac_to_node: BTreeMap<String, String>,
     start: Instant,
     start_ms: u64,
     feed: Feed,
     view: View,
     /// Every event seen.
     pub events: Vec<Event>,
+    /// The harness's operator certificate (what `rackctl` presents in the day-2 scenarios).
+    pub operator: plasmacloud_pki::TlsFiles,
     _children: Vec<Child>,
 }
 
@@ -291,6 +293,7 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
         feed: Feed::new(http, sink),
         view: View::new(plan.progress, &plan.label),
         events: Vec::new(),
+        operator,
         _children: children,
     };
     // Power on every VM at once: the clock starts at the first QEMU start.
@@ -344,6 +347,10 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
         Scenario::LeaderLoss => rack.scenario_leader_loss(&names).await?,
         Scenario::UefiHttp3 => rack.check_http_boot(&names)?,
         Scenario::SecureBoot1 => rack.check_secure_boot(&names)?,
+        Scenario::Grow => rack.scenario_grow(&names).await?,
+        Scenario::Replace => rack.scenario_replace(&names).await?,
+        Scenario::RollingReimage => rack.scenario_rolling_reimage(&names).await?,
+        Scenario::Retire => rack.scenario_retire(&names).await?,
         _ => {}
     }
     outcome.ready = rack.ready_count(&names);

@@ -27,7 +27,7 @@ pub struct Vm {
     pub mac: String,
     tap: String,
     /// Its raw data disk; none for a VM that is not a contract node.
-    disk: Option<PathBuf>,
+    pub disk: Option<PathBuf>,
     firmware: Firmware,
     memory_mib: u32,
     work: PathBuf,
@@ -165,6 +165,11 @@ impl Vm {
             .kill_on_drop(true);
         self.child = Some(c.spawn().context("while starting qemu-system-x86_64")?);
         Ok(())
+    }
+
+    /// How many times it was powered on.
+    pub fn boots(&self) -> u32 {
+        self.boots
     }
 
     /// Pulls the plug (kills QEMU).
