@@ -19,7 +19,7 @@ use crate::bundle::Bundle;
 use crate::config::{Mode, UnknownMac};
 use crate::enroll_initrd::{enrollment_initrd, ENROLL_INITRD_NAME};
 use crate::leases::now_unix;
-use crate::state::{lock, peer_v4, BootToken, Metrics, NewEvent, State};
+use crate::state::{lock, peer_v4, BootToken, NewEvent, State};
 
 /// A boot to hand out.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub enum BootPlan {
     Boot(PlannedBoot),
     /// Tell the machine why it is not booted (a refusal script or configuration).
     Refuse(String),
+    /// A stranger under `--unknown-mac ignore`: told it is not booted, and no error.
+    Ignored(String),
     /// Not for this requester: a known node's boot goes only to the node.
     Forbidden,
     /// No manifest entry for the node.
@@ -91,20 +93,9 @@ pub async fn plan_boot(
     let bundle = state.bundles.current();
     let spec = bundle.contract.node_by_mac(mac).cloned();
     let node = spec.as_ref().map(|n| n.name.clone());
-    let failed = |why: &str| {
-        state.event(NewEvent {
-            node: node.clone(),
-            mac: Some(mac_text.clone()),
-            ip: peer_ip,
-            phase: phase.into(),
-            status: "failed".into(),
-            detail: why.to_string(),
-            ..Default::default()
-        });
-    };
+    let failed = |why: &str| record_not_served(state, peer, mac, loader, "failed", why);
     let refuse = |why: String| {
         warn!(node = node.as_deref().unwrap_or("-"), mac = %mac_text, %why, "not booting");
-        Metrics::inc(&state.metrics.http_errors);
         failed(&why);
         BootPlan::Refuse(why)
     };
@@ -129,7 +120,6 @@ pub async fn plan_boot(
                 Ok(t) => t,
                 Err(e) => {
                     warn!(node = %name, error = %e, "cannot mint an enrollment token");
-                    Metrics::inc(&state.metrics.http_errors);
                     return BootPlan::Unavailable;
                 }
             };
@@ -158,9 +148,12 @@ pub async fn plan_boot(
                 }
             }
             UnknownMac::Ignore => {
-                return BootPlan::Refuse(format!(
-                    "{mac_text} is not in the cluster contract; not booting it"
-                ))
+                let why = format!(
+                    "{mac_text} is not in the cluster contract; not booting it (--unknown-mac ignore)"
+                );
+                info!(%peer, mac = %mac_text, phase, "ignored a stranger");
+                record_not_served(state, peer, mac, loader, "ignored", &why);
+                return BootPlan::Ignored(why);
             }
         },
     };
@@ -176,6 +169,33 @@ pub async fn plan_boot(
     });
     info!(%peer, node = node.as_deref().unwrap_or("default"), bundle = bundle.short(), phase, "served a boot");
     BootPlan::Boot(plan)
+}
+
+/// Records a boot not served to `mac`, asking from `peer` through `loader`, as a boot event of
+/// the loader's phase: `failed` for a refusal, `ignored` for a stranger under
+/// `--unknown-mac ignore`. The callers count it in their own listener's metrics.
+pub fn record_not_served(
+    state: &State,
+    peer: SocketAddr,
+    mac: MacAddr,
+    loader: Loader,
+    status: &str,
+    why: &str,
+) {
+    state.event(NewEvent {
+        node: state
+            .bundles
+            .current()
+            .contract
+            .node_by_mac(mac)
+            .map(|n| n.name.clone()),
+        mac: Some(mac.to_string()),
+        ip: peer_v4(peer),
+        phase: loader.phase().into(),
+        status: status.into(),
+        detail: why.to_string(),
+        ..Default::default()
+    });
 }
 
 fn new_token() -> String {

@@ -40,7 +40,8 @@ use pxe_protocol::ipxe::{
 use tracing::warn;
 
 use crate::boot_plan::{
-    enrollment_for, note_enrollment_sent, plan_boot, BootPlan, EnrollRefusal, Loader,
+    enrollment_for, note_enrollment_sent, plan_boot, record_not_served, BootPlan, EnrollRefusal,
+    Loader,
 };
 use crate::bundle::Bundle;
 use crate::enroll_initrd::ENROLL_INITRD_NAME;
@@ -110,15 +111,7 @@ async fn boot_script(
             let why = format!("this machine's iPXE runs on architecture {a:?}; bundles carry only x86_64 and aarch64 kernels");
             warn!(%mac, %why, "not booting");
             Metrics::inc(&state.metrics.http_errors);
-            state.event(NewEvent {
-                node: state.node_of_mac(&mac.to_string()).map(|n| n.name.clone()),
-                mac: Some(mac.to_string()),
-                ip: peer_v4(peer),
-                phase: Loader::Ipxe.phase().into(),
-                status: "failed".into(),
-                detail: why.clone(),
-                ..Default::default()
-            });
+            record_not_served(&state, peer, mac, Loader::Ipxe, "failed", &why);
             return script_response(render_refusal_script(&why));
         }
     };
@@ -130,17 +123,24 @@ async fn boot_script(
             &b.entry,
             b.url_token.as_deref(),
         )),
-        BootPlan::Refuse(why) => script_response(render_refusal_script(&why)),
+        BootPlan::Refuse(why) => {
+            Metrics::inc(&state.metrics.http_errors);
+            script_response(render_refusal_script(&why))
+        }
+        BootPlan::Ignored(why) => script_response(render_refusal_script(&why)),
         BootPlan::Forbidden => forbidden(
             &state,
             "this node's script is served only to the node (its leased address, whose neighbour entry shows its MAC)",
         ),
         BootPlan::NotFound(what) => not_found(&state, &what),
-        BootPlan::Unavailable => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cannot record an enrollment token; see pxe-server's log\n",
-        )
-            .into_response(),
+        BootPlan::Unavailable => {
+            Metrics::inc(&state.metrics.http_errors);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot record an enrollment token; see pxe-server's log\n",
+            )
+                .into_response()
+        }
     }
 }
 

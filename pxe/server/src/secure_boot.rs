@@ -35,7 +35,7 @@ use crate::boot_plan::{
 };
 use crate::bundle::Bundle;
 use crate::enroll_initrd::ENROLL_INITRD_NAME;
-use crate::state::State;
+use crate::state::{Metrics, State};
 use crate::ServerError;
 
 /// Checks `--secure-boot-dir`: shim and GRUB present, each a signed PE image.
@@ -260,7 +260,11 @@ fn node_config(state: &Arc<State>, peer: SocketAddr, mac: &str) -> Result<TftpFi
             });
             Ok(bytes(text.into_bytes()))
         }
-        BootPlan::Refuse(why) => Ok(bytes(render_refusal_config(&why).into_bytes())),
+        BootPlan::Refuse(why) => {
+            Metrics::inc(&state.metrics.tftp_refused);
+            Ok(bytes(render_refusal_config(&why).into_bytes()))
+        }
+        BootPlan::Ignored(why) => Ok(bytes(render_refusal_config(&why).into_bytes())),
         BootPlan::Forbidden => Err(TftpRefusal::Forbidden(
             "this node's configuration is served only to the node".into(),
         )),

@@ -242,7 +242,7 @@ fn full_mode_real_clients_and_restart() {
 fn unknown_macs_are_ignored_under_the_ignore_policy() {
     if !require(
         "unknown_macs_are_ignored_under_the_ignore_policy",
-        &[Need::Root, Need::Tool("udhcpc")],
+        &[Need::Root, Need::Tool("udhcpc"), Need::Tool("curl")],
     ) {
         return;
     }
@@ -252,6 +252,7 @@ fn unknown_macs_are_ignored_under_the_ignore_policy() {
     let srv = attach_server(&mut rack, "10.77.0.1/24");
     let n3 = attach_client(&mut rack, "n3", NODES[2].1, None);
     let stranger = attach_client(&mut rack, "x", "52:54:00:bb:00:09", None);
+    let addressed = attach_client(&mut rack, "y", "52:54:00:bb:00:0a", Some("10.77.0.61/24"));
     let args = full_mode_args(&fx, &["--unknown-mac", "ignore", "--ipv6-ra", "off"]);
     let _server = start_server(&srv, &args, &d.join("server.log"));
 
@@ -273,6 +274,41 @@ fn unknown_macs_are_ignored_under_the_ignore_policy() {
             .iter()
             .any(|e| e["mac"] == "52:54:00:bb:00:09" && e["status"] == "ignored"),
         "{status}"
+    );
+
+    eprintln!("phase: a stranger with an address of its own asking for a script is told no, as an ignored boot, not an error");
+    let (_, before) = curl_as(&srv, &op, &[&mgmt_url("/metrics")]);
+    let (ok, script) = curl(
+        &addressed,
+        &["http://10.77.0.1:8081/boot/52-54-00-bb-00-0a.ipxe"],
+    );
+    assert!(ok, "{script}");
+    assert!(
+        script.starts_with("#!ipxe")
+            && script.contains("--unknown-mac ignore")
+            && !script.contains("kernel http"),
+        "{script}"
+    );
+    let ignored: Vec<serde_json::Value> = events(&srv, &op)
+        .into_iter()
+        .filter(|e| e["mac"] == "52:54:00:bb:00:0a")
+        .collect();
+    assert!(
+        ignored.len() == 1
+            && ignored[0]["phase"] == "ipxe-script"
+            && ignored[0]["status"] == "ignored",
+        "one ignored ipxe-script event: {ignored:?}"
+    );
+    let (_, after) = curl_as(&srv, &op, &[&mgmt_url("/metrics")]);
+    let errors = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("pxe_http_errors_total{kind=\"other\"}"))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        errors(&before),
+        errors(&after),
+        "an ignored stranger is no HTTP error"
     );
     drop(rack);
 }

@@ -115,6 +115,16 @@ fn uefi_machines_boot_the_signed_chain_over_tftp_under_the_boot_rules() {
     std::fs::copy(SIGNED_GRUB, sb.join("grubx64.efi")).unwrap();
     let out = check("unsigned shim");
     assert!(out.contains("no signature"), "{out}");
+    std::fs::write(
+        sb.join("shimx64.efi"),
+        b"#!/bin/sh\necho not an EFI image\n",
+    )
+    .unwrap();
+    let out = check("not a PE image");
+    assert!(
+        out.contains("shimx64.efi is not an EFI image") && out.contains("no MZ header"),
+        "{out}"
+    );
     std::fs::copy(SIGNED_SHIM, sb.join("shimx64.efi")).unwrap();
 
     let log = d.join("server.log");
@@ -247,4 +257,16 @@ fn uefi_machines_boot_the_signed_chain_over_tftp_under_the_boot_rules() {
     let initrd = words(&theirs, "initrd");
     assert!(!initrd.iter().any(|p| p.contains("enroll")), "{theirs}");
     assert!(!initrd.iter().any(|p| p.contains("node0")), "{theirs}");
+
+    eprintln!("phase: over TFTP, a made-up token and a bundle version not served are refused");
+    let made_up = format!("s/{}/enroll.cpio.zst", "ab".repeat(16));
+    let (ok, msg) = tftp_get(&n1, &made_up, &d.join("made-up"));
+    // curl's exit code 69 (CURLE_TFTP_PERM): TFTP error 2, access violation.
+    assert!(!ok && msg.contains("curl: (69)"), "{msg}");
+    let mut parts: Vec<&str> = linux[0].trim_start_matches('/').split('/').collect();
+    let gone = "0".repeat(64);
+    parts[1] = &gone;
+    let (ok, msg) = tftp_get(&n1, &parts.join("/"), &d.join("gone"));
+    // curl's exit code 68 (CURLE_TFTP_NOTFOUND): TFTP error 1, file not found.
+    assert!(!ok && msg.contains("curl: (68)"), "{msg}");
 }
