@@ -19,13 +19,6 @@ fn grow_replace_rolling_reimage_and_retire_racks_pass() {
         ("rolling-reimage", "cluster-ready: 3/3 nodes in "),
         ("retire", "cluster-ready: 4/4 nodes in "),
     ];
-    let mut failures = Vec::new();
-    for (scenario, prefix) in expected {
-        match common::run_scenario(scenario) {
-            Ok(last) if last.starts_with(prefix) => {}
-            Ok(last) => failures.push(format!("{scenario}: last line {last:?}")),
-            Err(e) => failures.push(e),
-        }
-    }
+    let failures = common::run_scenarios(&expected);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

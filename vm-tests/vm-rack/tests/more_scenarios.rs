@@ -16,13 +16,6 @@ fn unknown_mac_leader_loss_and_uefi_racks_pass() {
         ("leader-loss", "cluster-ready: 3/3 nodes in "),
         ("uefi-3", "cluster-ready: 3/3 nodes in "),
     ];
-    let mut failures = Vec::new();
-    for (scenario, prefix) in expected {
-        match common::run_scenario(scenario) {
-            Ok(last) if last.starts_with(prefix) => {}
-            Ok(last) => failures.push(format!("{scenario}: last line {last:?}")),
-            Err(e) => failures.push(e),
-        }
-    }
+    let failures = common::run_scenarios(&expected);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -194,6 +194,7 @@ impl Rack {
                 );
             }
         }
+        self.check_status(ctl).await?;
         self.say(&format!(
             "{}: {} nodes healthy on the expected bundles; chainfire voters {cf:?} (leader {cf_leader}), flaredb voters {fd:?} (leader {fd_leader}); writes: {}",
             self.plan.scenario,
@@ -206,6 +207,46 @@ impl Rack {
             report.longest_gap.as_secs_f64()
         ));
         Ok(report)
+    }
+
+    /// `rackctl status` as the operator sees it at the end: no store or boot-server error, no
+    /// stranger among the members, the lock free, and every node's row complete — a booted
+    /// version, a Raft role in both stores, a certificate expiry from its handshake, and a
+    /// health check that passed. The table goes into the log.
+    async fn check_status(&mut self, ctl: &rackctl::Ctl) -> anyhow::Result<()> {
+        let st = rackctl::status::status(ctl).await?;
+        let table = rackctl::status::render(&st);
+        let mut wrong: Vec<String> = st.errors.clone();
+        wrong.extend(st.boot_server_error.clone());
+        wrong.extend(st.strangers.clone());
+        wrong.extend(st.lock.as_ref().map(|l| format!("the rollout lock is {l}")));
+        for n in &st.nodes {
+            if n.booted_version.is_none() {
+                wrong.push(format!("{}: no booted version", n.name));
+            }
+            if n.chainfire == "-" || n.flaredb == "-" {
+                wrong.push(format!(
+                    "{}: not a member (chainfire {}, flaredb {})",
+                    n.name, n.chainfire, n.flaredb
+                ));
+            }
+            if !n.cert.as_deref().is_some_and(|c| c.contains("handshake")) {
+                wrong.push(format!(
+                    "{}: no certificate from its handshake ({:?})",
+                    n.name, n.cert
+                ));
+            }
+            if !n.health.starts_with("ready at") {
+                wrong.push(format!("{}: health {}", n.name, n.health));
+            }
+        }
+        if !wrong.is_empty() {
+            bail!("rackctl status:\n{table}\n{}", wrong.join("\n"));
+        }
+        for line in table.lines() {
+            self.say(&format!("status: {line}"));
+        }
+        Ok(())
     }
 
     /// Each contract node's booted version now (what pxe-server recorded).

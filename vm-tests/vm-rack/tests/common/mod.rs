@@ -58,3 +58,18 @@ pub fn run_scenario(scenario: &str) -> Result<String, String> {
         Err(format!("{scenario} failed ({}): {last}", out.status))
     }
 }
+
+/// Runs each `(scenario, prefix of its last line)` in turn; every failure (a failed run, or a
+/// last line without its prefix), not only the first.
+#[allow(dead_code)] // not every test binary runs several
+pub fn run_scenarios(expected: &[(&str, &str)]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (scenario, prefix) in expected {
+        match run_scenario(scenario) {
+            Ok(last) if last.starts_with(prefix) => {}
+            Ok(last) => failures.push(format!("{scenario}: last line {last:?}")),
+            Err(e) => failures.push(e),
+        }
+    }
+    failures
+}
