@@ -331,6 +331,17 @@ pub fn secure_boot_dir(work: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Bytes of every VM's data disk (sparse).
+pub const DISK_BYTES: u64 = 2 << 30;
+
+/// A blank (sparse) data disk at `path`, as a new machine's: pxe-server enrolls it.
+pub fn blank_disk(path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::create(path)
+        .with_context(|| format!("while creating {}", path.display()))?;
+    f.set_len(DISK_BYTES)?;
+    Ok(())
+}
+
 /// A data disk as an installed machine has it (for the dnsmasq comparison, where no
 /// pxe-server enrolls the nodes): a GPT with one partition labelled `plasmacloud` holding an
 /// ext4 filesystem that already carries the node's key and certificate (`pki/`, issued

@@ -113,9 +113,7 @@ impl Rack {
             mac.replace(':', ""),
             self.plan.label
         ));
-        let f = std::fs::File::create(&disk)
-            .with_context(|| format!("while creating {}", disk.display()))?;
-        f.set_len(2 << 30)?;
+        prepare::blank_disk(&disk)?;
         let mut vm = Vm::new(&self.plan, name, mac, tap, Some(disk));
         vm.start(self.t())?;
         self.vms.push(vm);

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use plasmacloud_contract::voter_count_for_rack;
 use tokio::process::Child;
 
@@ -256,19 +256,16 @@ async fn drive(plan: &Plan, outcome: &mut Outcome) -> anyhow::Result<()> {
     for i in 0..n {
         let (name, mac, _) = node(i);
         let disk = plan.work.join(format!("{name}-{}.raw", plan.label));
-        const DISK_BYTES: u64 = 2 << 30; // sparse 2 GiB
         match plan.server {
             // pxe-server enrolls each node: its disk starts blank.
             BootServer::Pxe => {
-                let f = std::fs::File::create(&disk)
-                    .with_context(|| format!("while creating {}", disk.display()))?;
-                f.set_len(DISK_BYTES)?;
+                prepare::blank_disk(&disk)?;
             }
             // dnsmasq cannot enroll anyone: the nodes are installed machines holding their
             // certificate already.
             BootServer::Dnsmasq => prepare::preinstalled_disk(
                 &disk,
-                DISK_BYTES,
+                prepare::DISK_BYTES,
                 &plan.work,
                 &plan.bin_dir,
                 &plan.contract,
