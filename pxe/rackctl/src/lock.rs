@@ -9,8 +9,10 @@
 //!   every third of the lease); an operation whose holder died stops renewing, and once its
 //!   lease has lapsed the next operation may take the lock over (by compare-and-swap on the
 //!   lapsed record, so two cannot both take it);
-//! - a renewal that finds the key changed means the lock was lost (aborted, or taken over): the
-//!   operation stops at its next step;
+//! - a renewal that finds the key changed to another hold's (or gone) means the lock was lost
+//!   (aborted, or taken over): the operation stops at its next step; one that finds it changed
+//!   but still this hold's (an earlier renewal whose outcome was unknown landed after all)
+//!   goes on from the key's revision;
 //! - an operation that **stops** on a failure leaves the lock held in state `stopped`, with no
 //!   lease (it never lapses) and the reason: nothing else runs until an operator has looked and
 //!   released it (`rackctl rollout --abort`).
@@ -91,6 +93,7 @@ pub struct RolloutLock {
     record: Arc<tokio::sync::Mutex<(LockRecord, u64)>>,
     lost: Arc<AtomicBool>,
     renewal: tokio::task::JoinHandle<()>,
+    took_over: Option<LockRecord>,
 }
 
 impl RolloutLock {
@@ -110,15 +113,15 @@ impl RolloutLock {
             lease_ms: Some(lease.as_millis() as u64),
             detail: String::new(),
         };
-        let cond = match read(kv).await? {
-            None => Precondition::Absent,
+        let (cond, took_over) = match read(kv).await? {
+            None => (Precondition::Absent, None),
             Some((held, rev)) if held.lapsed(now_ms()) => {
                 tracing::warn!(
                     holder = %held.holder,
                     what = %held.what,
                     "the rollout lock's lease lapsed (its holder is gone); taking it over"
                 );
-                Precondition::Revision(rev)
+                (Precondition::Revision(rev), Some(held))
             }
             Some((held, _)) => return Err(held.held_error()),
         };
@@ -144,7 +147,14 @@ impl RolloutLock {
             record,
             lost,
             renewal,
+            took_over,
         })
+    }
+
+    /// The lapsed hold this one took over, if it did: its holder went away mid-operation
+    /// (killed, its machine's power cut), and what it left under way is this hold's now.
+    pub fn took_over(&self) -> Option<&LockRecord> {
+        self.took_over.as_ref()
     }
 
     /// This hold's id.
@@ -175,9 +185,7 @@ impl RolloutLock {
     /// The key's revision when it still holds this hold (a renewal cancelled after its write
     /// went out leaves the revision in memory behind).
     async fn own_revision(&self, id: &str) -> Result<Option<u64>> {
-        Ok(read(&self.kv)
-            .await?
-            .and_then(|(r, rev)| (r.id == id).then_some(rev)))
+        Ok(read_own(&self.kv, id).await?.map(|(_, rev)| rev))
     }
 
     async fn write(&self, next: &LockRecord, rev: u64) -> Result<u64> {
@@ -292,14 +300,33 @@ async fn renew(
         {
             Ok(rev) => *g = (next, rev),
             Err(firstboot::reboots::CoordinationError::Store(e)) if e.is_conflict() => {
-                tracing::error!(id = %g.0.id, "the rollout lock was taken away; stopping");
-                lost.store(true, Ordering::SeqCst);
-                return;
+                // The key moved on. A renewal whose outcome was unknown (a leader that lost its
+                // quorum before confirming it) may have landed after all: if the key still
+                // names this hold, that was us, and the renewal goes on from there.
+                match read_own(&kv, &g.0.id).await {
+                    Ok(Some(own)) => {
+                        tracing::info!(id = %g.0.id, revision = own.1, "an earlier renewal landed after all");
+                        *g = own;
+                    }
+                    Ok(None) => {
+                        tracing::error!(id = %g.0.id, "the rollout lock was taken away; stopping");
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the rollout lock back yet")
+                    }
+                }
             }
             // Chainfire busy (an election): try again at the next tick, well within the lease.
             Err(e) => tracing::warn!(error = %e, "cannot renew the rollout lock's lease yet"),
         }
     }
+}
+
+/// The lock and its revision while it still names the hold `id`.
+async fn read_own(kv: &Keyspace, id: &str) -> Result<Option<(LockRecord, u64)>> {
+    Ok(read(kv).await?.filter(|(r, _)| r.id == id))
 }
 
 /// What `--abort` cleared.

@@ -136,21 +136,32 @@ pub async fn status(ctl: &Ctl) -> Result<RackStatus> {
         Err(e) => (Default::default(), Some(e.to_string())),
     };
     let kv = cluster.chainfire_kv()?;
+    // A Chainfire read that fails is said, not shown as "no report" or "free".
     let mut reports: BTreeMap<String, NodeReport> = BTreeMap::new();
-    if let Ok(list) = kv.list(reboots::NODE_REPORT_PREFIX).await {
-        for item in list.items {
-            if let Ok(r) = serde_json::from_str::<NodeReport>(&item.value) {
-                reports.insert(r.node.clone(), r);
+    match kv.list(reboots::NODE_REPORT_PREFIX).await {
+        Ok(list) => {
+            for item in list.items {
+                if let Ok(r) = serde_json::from_str::<NodeReport>(&item.value) {
+                    reports.insert(r.node.clone(), r);
+                }
             }
         }
+        Err(e) => errors.push(format!("chainfire: cannot list the nodes' reports: {e}")),
     }
-    let requests: BTreeMap<String, (RebootRequest, u64)> =
-        reboots::list_requests(&kv).await.unwrap_or_default();
-    let lock = crate::lock::read(&kv)
-        .await
-        .ok()
-        .flatten()
-        .map(|(r, _)| lock_label(&r));
+    let requests: BTreeMap<String, (RebootRequest, u64)> = match reboots::list_requests(&kv).await {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(format!("chainfire: cannot list the reboot requests: {e}"));
+            BTreeMap::new()
+        }
+    };
+    let lock = match crate::lock::read(&kv).await {
+        Ok(l) => l.map(|(r, _)| lock_label(&r)),
+        Err(e) => {
+            errors.push(format!("chainfire: cannot read the rollout lock: {e}"));
+            None
+        }
+    };
 
     let rows = contract.nodes.iter().map(|n| {
         let boot = boot.nodes.get(&n.name).cloned().unwrap_or_default();

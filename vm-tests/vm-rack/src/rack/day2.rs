@@ -224,39 +224,35 @@ impl Rack {
     /// version, a Raft role in both stores, a certificate expiry from its handshake, and a
     /// health check that passed. The table goes into the log.
     async fn check_status(&mut self, ctl: &rackctl::Ctl) -> anyhow::Result<()> {
-        let st = rackctl::status::status(ctl).await?;
-        let table = rackctl::status::render(&st);
-        let mut wrong: Vec<String> = st.errors.clone();
-        wrong.extend(st.boot_server_error.clone());
-        wrong.extend(st.strangers.clone());
-        wrong.extend(st.lock.as_ref().map(|l| format!("the rollout lock is {l}")));
-        for n in &st.nodes {
-            if n.booted_version.is_none() {
-                wrong.push(format!("{}: no booted version", n.name));
+        // Rows fill in as the last-changed nodes report (a new voter's agent, a handshake that
+        // a busy TCG host answers late): waited for, up to STATUS_PATIENCE, and what was still
+        // wrong is said first when it never completes.
+        let until = Instant::now() + STATUS_PATIENCE;
+        let mut said = Vec::new();
+        loop {
+            let st = rackctl::status::status(ctl).await?;
+            let table = rackctl::status::render(&st);
+            let wrong = status_wrong(&st);
+            if wrong.is_empty() {
+                for line in table.lines() {
+                    self.say(&format!("status: {line}"));
+                }
+                return Ok(());
             }
-            if n.chainfire == "-" || n.flaredb == "-" {
-                wrong.push(format!(
-                    "{}: not a member (chainfire {}, flaredb {})",
-                    n.name, n.chainfire, n.flaredb
-                ));
+            if Instant::now() >= until {
+                bail!(
+                    "rackctl status incomplete after {} s:\n{}\n{table}",
+                    STATUS_PATIENCE.as_secs(),
+                    wrong.join("\n")
+                );
             }
-            if !n.cert.as_deref().is_some_and(|c| c.contains("handshake")) {
-                wrong.push(format!(
-                    "{}: no certificate from its handshake ({:?})",
-                    n.name, n.cert
-                ));
+            if wrong != said {
+                self.say(&format!("status: waiting for: {}", wrong.join("; ")));
+                said = wrong;
             }
-            if !n.health.starts_with("ready at") {
-                wrong.push(format!("{}: health {}", n.name, n.health));
-            }
+            self.tick().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if !wrong.is_empty() {
-            bail!("rackctl status:\n{table}\n{}", wrong.join("\n"));
-        }
-        for line in table.lines() {
-            self.say(&format!("status: {line}"));
-        }
-        Ok(())
     }
 
     /// Each contract node's booted version now (what pxe-server recorded).
@@ -544,4 +540,39 @@ impl Rack {
         self.settle(&ctl, load, &expect).await?;
         Ok(())
     }
+}
+
+/// How long the end-of-scenario status may take to complete.
+const STATUS_PATIENCE: Duration = Duration::from_secs(60);
+
+/// What an operator would call wrong in a status table at the end of a scenario: a store or
+/// boot-server error, a stranger among the members, the lock held, or a node's row incomplete
+/// (no booted version, no role in a store, no certificate from its handshake, a health check
+/// not passed).
+fn status_wrong(st: &rackctl::status::RackStatus) -> Vec<String> {
+    let mut wrong: Vec<String> = st.errors.clone();
+    wrong.extend(st.boot_server_error.clone());
+    wrong.extend(st.strangers.clone());
+    wrong.extend(st.lock.as_ref().map(|l| format!("the rollout lock is {l}")));
+    for n in &st.nodes {
+        if n.booted_version.is_none() {
+            wrong.push(format!("{}: no booted version", n.name));
+        }
+        if n.chainfire == "-" || n.flaredb == "-" {
+            wrong.push(format!(
+                "{}: not a member (chainfire {}, flaredb {})",
+                n.name, n.chainfire, n.flaredb
+            ));
+        }
+        if !n.cert.as_deref().is_some_and(|c| c.contains("handshake")) {
+            wrong.push(format!(
+                "{}: no certificate from its handshake ({:?})",
+                n.name, n.cert
+            ));
+        }
+        if !n.health.starts_with("ready at") {
+            wrong.push(format!("{}: health {}", n.name, n.health));
+        }
+    }
+    wrong
 }
