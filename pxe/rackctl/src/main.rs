@@ -301,10 +301,15 @@ async fn run(cli: Cli) -> Result<(), Error> {
             let r = rackctl::rollout::rollout(&ctl, &plan).await?;
             for w in &r.waves {
                 println!(
-                    "wave {} ({}): {:.1} s",
+                    "wave {} ({}): {:.1} s{}",
                     w.wave.nodes.join(", "),
                     w.wave.group.as_str(),
-                    w.seconds
+                    w.seconds,
+                    if w.adopted {
+                        " (left under way by a rollout whose lease lapsed; finished)"
+                    } else {
+                        ""
+                    }
                 );
             }
             if !r.skipped.is_empty() {

@@ -6,7 +6,9 @@
 //!    refused while it is held;
 //! 2. the bundle is swapped in under pxe-server and the rollout waits until pxe-server serves
 //!    it (nodes that reboot before would boot the old one);
-//! 3. the reboot slots are set: 1 for voters, `--wave-size` for workers;
+//! 3. the reboot slots are set: 1 for voters, `--wave-size` for workers; a rollout that took
+//!    the lock over from a lapsed hold (its operator's process killed mid-wave) first waits
+//!    for the reboots that hold had requested, through the same health gate ([`adopt`]);
 //! 4. waves: every voter alone (contract order, the current Chainfire leader last, so the
 //!    leader moves once), then the workers `--wave-size` at a time; nodes pxe-server says
 //!    booted the new version already are skipped (a rollout run again after a stop goes on
@@ -64,6 +66,8 @@ pub struct WaveReport {
     pub wave: Wave,
     /// From the requests to the gate passed, seconds.
     pub seconds: f64,
+    /// Reboots a lapsed hold had requested, finished by this rollout (see [`adopt`]).
+    pub adopted: bool,
 }
 
 /// What a rollout did.
@@ -191,7 +195,21 @@ pub async fn reboot_wave(
         reboots::write_json(&kv, &reboots::request_key(&n.name), &req, cond).await?;
         tracing::info!(node = %n.name, group = wave.group.as_str(), "reboot requested");
     }
+    await_wave(op, &nodes, target, timeout).await
+}
 
+/// Waits, within `timeout`, for every node of a wave whose reboots were requested to pass its
+/// health gate, checks the rack's voters after it, and clears the wave's requests.
+async fn await_wave(
+    op: &Operation<'_>,
+    nodes: &[NodeSpec],
+    target: Option<&str>,
+    timeout: Duration,
+) -> Result<Result<f64, GateFailure>> {
+    let ctl = op.ctl;
+    let cluster = ctl.cluster()?;
+    let kv = cluster.chainfire_kv()?;
+    let first = nodes.first().map(|n| n.name.clone()).unwrap_or_default();
     let start = Instant::now();
     let mut passed: BTreeMap<String, bool> =
         nodes.iter().map(|n| (n.name.clone(), false)).collect();
@@ -203,7 +221,7 @@ pub async fn reboot_wave(
         } else {
             None
         };
-        for n in &nodes {
+        for n in nodes {
             if passed[&n.name] {
                 continue;
             }
@@ -279,7 +297,7 @@ pub async fn reboot_wave(
     if let Err(why) = cluster.check_voters().await {
         return Ok(Err((first, format!("after its wave: {why}"))));
     }
-    for n in &nodes {
+    for n in nodes {
         if let Ok(Some((_, rev))) = reboots::read_request(&kv, &n.name).await {
             let _ = kv.delete_if(&reboots::request_key(&n.name), rev).await;
         }
@@ -350,6 +368,11 @@ pub async fn run(op: &Operation<'_>, plan: &RolloutPlan) -> Result<RolloutReport
     let kv = cluster.chainfire_kv()?;
     reboots::set_slot_limit(&kv, SlotGroup::Voters, 1).await?;
     reboots::set_slot_limit(&kv, SlotGroup::Workers, plan.wave_size.max(1) as u32).await?;
+    let target = ctl.boot.knows_versions().then_some(version.as_str());
+    let mut reports: Vec<WaveReport> = adopt(op, target, plan.wave_timeout)
+        .await?
+        .into_iter()
+        .collect();
 
     let snapshot = if ctl.boot.knows_versions() {
         ctl.boot.snapshot().await?
@@ -368,7 +391,6 @@ pub async fn run(op: &Operation<'_>, plan: &RolloutPlan) -> Result<RolloutReport
         .iter()
         .find(|n| matches!(view.role_of(n), NodeRole::Leader(_)))
         .map(|n| n.name.clone());
-    let target = ctl.boot.knows_versions().then_some(version.as_str());
     let (waves, skipped) = plan_waves(
         &cluster.contract,
         leader.as_deref(),
@@ -382,8 +404,10 @@ pub async fn run(op: &Operation<'_>, plan: &RolloutPlan) -> Result<RolloutReport
         skipped = skipped.len(),
         "rolling out"
     );
-    let mut done: Vec<String> = Vec::new();
-    let mut reports = Vec::new();
+    let mut done: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.wave.nodes.iter().cloned())
+        .collect();
     for (i, wave) in waves.iter().enumerate() {
         op.check()?;
         let _ = op
@@ -401,6 +425,7 @@ pub async fn run(op: &Operation<'_>, plan: &RolloutPlan) -> Result<RolloutReport
                 reports.push(WaveReport {
                     wave: wave.clone(),
                     seconds,
+                    adopted: false,
                 });
             }
             Err((node, reason)) => {
@@ -424,6 +449,72 @@ pub async fn run(op: &Operation<'_>, plan: &RolloutPlan) -> Result<RolloutReport
         waves: reports,
         skipped,
     })
+}
+
+/// A rollout that took the lock over from a lapsed hold (its operator's process killed, its
+/// machine's power cut mid-wave) first finishes what that hold left under way: the reboots it
+/// had requested — its id in theirs — are waited for through the same health gate, not refused
+/// as someone else's, and their requests cleared. A node the contract no longer names is left
+/// for `--abort`.
+async fn adopt(
+    op: &Operation<'_>,
+    target: Option<&str>,
+    timeout: Duration,
+) -> Result<Option<WaveReport>> {
+    let Some(old) = op.lock.took_over() else {
+        return Ok(None);
+    };
+    let cluster = op.ctl.cluster()?;
+    let kv = cluster.chainfire_kv()?;
+    let mut nodes = Vec::new();
+    let mut group = SlotGroup::Workers;
+    for (name, (req, _)) in reboots::list_requests(&kv).await? {
+        if req.id != format!("{}-{name}", old.id) {
+            continue;
+        }
+        let Ok(node) = cluster.contract.node(&name) else {
+            continue;
+        };
+        if req.group == SlotGroup::Voters {
+            group = SlotGroup::Voters;
+        }
+        nodes.push(node.clone());
+    }
+    if nodes.is_empty() {
+        return Ok(None);
+    }
+    let wave = Wave {
+        group,
+        nodes: nodes.iter().map(|n| n.name.clone()).collect(),
+    };
+    tracing::warn!(
+        holder = %old.holder,
+        what = %old.what,
+        nodes = %wave.nodes.join(", "),
+        "finishing the reboots the lapsed hold left under way"
+    );
+    let _ = op
+        .lock
+        .note(&format!(
+            "finishing {}'s reboots: {}",
+            old.what,
+            wave.nodes.join(", ")
+        ))
+        .await;
+    match await_wave(op, &nodes, target, timeout).await? {
+        Ok(seconds) => Ok(Some(WaveReport {
+            wave,
+            seconds,
+            adopted: true,
+        })),
+        Err((node, reason)) => Err(Error::RolloutStopped(Box::new(Stopped {
+            pending: wave.nodes.iter().filter(|n| **n != node).cloned().collect(),
+            node,
+            reason: format!("a reboot {} had asked for: {reason}", old.what),
+            done: Vec::new(),
+            lock_id: op.lock.id().await,
+        }))),
+    }
 }
 
 /// The whole of a rollout: the lock taken, the bundle rolled, the lock released — or left
