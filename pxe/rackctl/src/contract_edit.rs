@@ -85,6 +85,20 @@ impl ContractEdit {
             })
     }
 
+    /// Does the contract hold `n` already, exactly as asked: its name with the same MAC,
+    /// address and voter role? (What an earlier `grow` that stopped after its contract edit
+    /// leaves behind.)
+    pub fn holds(&self, n: &NewNode) -> bool {
+        let voter = self.config.initial_voters.contains(&n.name);
+        self.config.nodes.iter().any(|x| {
+            x.name == n.name
+                && x.mac.eq_ignore_ascii_case(&n.mac)
+                && x.ipv4 == n.ipv4
+                && x.roles.contains(&Role::ControlPlane) == n.voter
+                && voter == n.voter
+        })
+    }
+
     /// Adds a node (at the end of the contract).
     pub fn add_node(&mut self, n: &NewNode) -> Result<()> {
         if self.config.nodes.iter().any(|x| x.name == n.name) {

@@ -6,6 +6,12 @@
 //! names it a voter); `grow` waits for them, then promotes every contract voter still a
 //! learner (an existing worker named a voter, or a joiner that stopped before its promotion).
 //! Nothing here removes a voter.
+//!
+//! Run again after it stopped — `rackctl` killed, its machine's power cut, between the
+//! contract's edit and the bundle being served, or while it waited for the joins — the same
+//! command goes on: nodes already in the contract exactly as asked are kept, the bundle is
+//! built for the contract as it stands and swapped in, and the joins are waited for (a node
+//! that joined already answers at once).
 
 use std::time::Duration;
 
@@ -66,6 +72,13 @@ pub async fn prepare(op: &Operation<'_>, plan: &GrowPlan) -> Result<Prepared> {
     }
     let mut edit = ContractEdit::load(&op.ctl.config.contract)?;
     for n in &plan.add {
+        if edit.holds(n) {
+            // A grow that stopped (killed, its machine's power cut) after its contract edit and
+            // before its bundle was served: the same command again goes on from there — the
+            // bundle is built and swapped in for the contract as it stands.
+            tracing::warn!(node = %n.name, "in the contract already, as asked (an earlier grow stopped after its edit); going on");
+            continue;
+        }
         edit.add_node(n)?;
     }
     for v in &plan.make_voters {

@@ -149,11 +149,35 @@ async fn grow_gains_two_workers_then_goes_from_three_to_five_voters_while_a_clie
     let ctl = rack.ctl();
     let load = WriteLoad::start(chainfire(&rack), "grow");
 
-    // Phase: two workers into the contract; the bundle is rebuilt and swapped in.
+    // Phase: two workers into the contract; the bundle is rebuilt and swapped in. An earlier
+    // grow of the same two stopped (its rackctl killed) right after its contract edit, before
+    // any bundle for it: the contract names them, the served bundle does not. The same
+    // command goes on from there; the same name with another MAC is refused, changing nothing.
     let plan = rackctl::grow::GrowPlan {
         add: vec![new_node(&rack, 3, false), new_node(&rack, 4, false)],
         make_voters: vec![],
     };
+    let mut crashed = rackctl::contract_edit::ContractEdit::load(&rack.contract).unwrap();
+    for n in &plan.add {
+        crashed.add_node(n).unwrap();
+    }
+    crashed.save().unwrap();
+    assert_eq!(
+        rackctl::bundle::version_of(&rack.bundle_link()).unwrap(),
+        v1
+    );
+    let mut other = plan.clone();
+    other.add[0].mac = "52:54:00:99:99:99".into();
+    let before = std::fs::read(&rack.contract).unwrap();
+    let e = rackctl::grow::grow(&ctl, &other, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("in the contract already"), "{e}");
+    assert_eq!(std::fs::read(&rack.contract).unwrap(), before);
+    assert!(rackctl::lock::read(&chainfire(&rack).kv())
+        .await
+        .unwrap()
+        .is_none());
     let op = ctl.begin(&plan.describe()).await.unwrap();
     let prepared = rackctl::grow::prepare(&op, &plan).await.unwrap();
     let v2 = prepared.bundle.clone().unwrap();
