@@ -67,6 +67,36 @@ impl BundleSite {
         version_of(&self.current_dir()?)
     }
 
+    /// How the served bundle's boot entries differ from `contract`'s nodes: a node of the
+    /// contract it cannot boot, or an entry for a node the contract no longer names — what an
+    /// operation that stopped between its contract edit and its bundle leaves (empty when
+    /// they agree). Names only: a MAC changed in the contract alone is not seen here.
+    pub fn mismatch(&self, contract: &plasmacloud_contract::Contract) -> Result<Vec<String>> {
+        let dir = self.current_dir()?;
+        let m = BundleManifest::load(&dir)?;
+        let mut out: Vec<String> = contract
+            .nodes
+            .iter()
+            .filter(|n| !m.entries.contains_key(&n.name))
+            .map(|n| {
+                format!(
+                    "{} is in the contract but the served bundle has no entry for it",
+                    n.name
+                )
+            })
+            .collect();
+        out.extend(
+            m.entries
+                .keys()
+                .filter(|k| *k != DEFAULT_ENTRY && !k.starts_with(&format!("{DEFAULT_ENTRY}-")))
+                .filter(|k| contract.node(k).is_err())
+                .map(|k| {
+                    format!("the served bundle still boots {k}, which the contract no longer names")
+                }),
+        );
+        Ok(out)
+    }
+
     fn is_symlink(&self) -> bool {
         std::fs::symlink_metadata(&self.served).is_ok_and(|m| m.file_type().is_symlink())
     }

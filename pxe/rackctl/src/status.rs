@@ -136,6 +136,20 @@ pub async fn status(ctl: &Ctl) -> Result<RackStatus> {
         Err(e) => (Default::default(), Some(e.to_string())),
     };
     let kv = cluster.chainfire_kv()?;
+    // The served bundle against the contract: apart, an operation stopped between the two.
+    if let Some(site) = ctl
+        .config
+        .bundle
+        .clone()
+        .map(crate::bundle::BundleSite::new)
+    {
+        match site.mismatch(&contract) {
+            Ok(apart) => errors.extend(apart.into_iter().map(|a| {
+                format!("{a} (an operation stopped between its contract edit and its bundle: run it again)")
+            })),
+            Err(e) => errors.push(format!("the served bundle: {e}")),
+        }
+    }
     // A Chainfire read that fails is said, not shown as "no report" or "free".
     let mut reports: BTreeMap<String, NodeReport> = BTreeMap::new();
     match kv.list(reboots::NODE_REPORT_PREFIX).await {

@@ -166,6 +166,16 @@ async fn grow_gains_two_workers_then_goes_from_three_to_five_voters_while_a_clie
         rackctl::bundle::version_of(&rack.bundle_link()).unwrap(),
         v1
     );
+    let s = rackctl::status::status(&ctl).await.unwrap();
+    for n in ["node04", "node05"] {
+        assert!(
+            s.errors
+                .iter()
+                .any(|e| e.starts_with(n) && e.contains("run it again")),
+            "status should say the bundle lacks {n}: {:?}",
+            s.errors
+        );
+    }
     let mut other = plan.clone();
     other.add[0].mac = "52:54:00:99:99:99".into();
     let before = std::fs::read(&rack.contract).unwrap();
@@ -251,6 +261,7 @@ async fn grow_gains_two_workers_then_goes_from_three_to_five_voters_while_a_clie
     assert!(n4.flaredb.starts_with("learner"), "{n4:?}");
     assert!(s.nodes.iter().all(|n| n.cert_not_after.is_some()), "{s:?}");
     assert!(s.lock.is_none());
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
     rack.shutdown().await;
 }
 
