@@ -119,6 +119,9 @@ fn quorum_now(voters: &BTreeSet<u64>, alive: &BTreeSet<u64>) -> Result<(), Strin
     })
 }
 
+/// How long a membership change waits for its quorum check to pass before refusing.
+pub const QUORUM_PATIENCE: Duration = Duration::from_secs(20);
+
 /// Checks a removal: a majority of the voters alive now and after. `Err` says why not.
 pub fn removal_keeps_quorum(
     voters: &BTreeSet<u64>,
@@ -332,9 +335,13 @@ impl Cluster {
         if view.voters().contains(&id) {
             return Ok(());
         }
-        let alive = self.alive_voters_with(&view, id).await;
-        promotion_keeps_quorum(&view.voters(), &alive, id)
-            .map_err(|e| Error::Quorum(format!("{}: promoting {id}: {e}", store.name())))?;
+        self.wait_quorum(
+            store,
+            Some(id),
+            &format!("promoting {id}"),
+            |voters, alive| promotion_keeps_quorum(voters, alive, id),
+        )
+        .await?;
         let client = self.client(store)?;
         wait_for(
             &format!("{} to promote {id} to voter", store.name()),
@@ -353,14 +360,57 @@ impl Cluster {
         Ok(())
     }
 
-    async fn alive_voters_with(&self, view: &StoreView, extra: u64) -> BTreeSet<u64> {
-        let mut alive = self.alive_voters(view).await;
-        if let Some(m) = view.members.get(extra) {
-            if self.healthy(&m.api_addr).await.is_ok() {
-                alive.insert(extra);
+    /// A membership change's quorum check, given [`QUORUM_PATIENCE`] to pass: right after a
+    /// leadership move or the previous change, voters answer "no leader" for a moment. When it
+    /// never passes, the error names each voter that did not answer and what it said.
+    async fn wait_quorum(
+        &self,
+        store: Store,
+        extra: Option<u64>,
+        what: &str,
+        check: impl Fn(&BTreeSet<u64>, &BTreeSet<u64>) -> Result<(), String>,
+    ) -> Result<()> {
+        let until = Instant::now() + QUORUM_PATIENCE;
+        loop {
+            let view = self.view(store).await?;
+            let asked: Vec<&MemberInfo> = view
+                .members
+                .members
+                .iter()
+                .filter(|m| m.role == MemberRole::Voter || Some(m.id) == extra)
+                .collect();
+            let answers =
+                futures::future::join_all(asked.iter().map(|m| self.healthy(&m.api_addr))).await;
+            let alive: BTreeSet<u64> = asked
+                .iter()
+                .zip(&answers)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(m, _)| m.id)
+                .collect();
+            let e = match check(&view.voters(), &alive) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= until {
+                let silent: Vec<String> = asked
+                    .iter()
+                    .zip(&answers)
+                    .filter_map(|(m, r)| {
+                        r.as_ref()
+                            .err()
+                            .map(|why| format!("{} at {}: {why}", m.id, m.api_addr))
+                    })
+                    .collect();
+                return Err(Error::Quorum(format!(
+                    "{}: {what}: {e} (for {} s; {})",
+                    store.name(),
+                    QUORUM_PATIENCE.as_secs(),
+                    silent.join("; ")
+                )));
             }
+            tracing::info!(store = store.name(), %what, why = %e, "waiting for enough voters to answer");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        alive
     }
 
     /// Removes member `id` from `store` (a voter only after the quorum check).
@@ -370,9 +420,10 @@ impl Cluster {
             return Ok(());
         }
         if view.voters().contains(&id) {
-            let alive = self.alive_voters(&view).await;
-            removal_keeps_quorum(&view.voters(), &alive, id)
-                .map_err(|e| Error::Quorum(format!("{}: removing {id}: {e}", store.name())))?;
+            self.wait_quorum(store, None, &format!("removing {id}"), |voters, alive| {
+                removal_keeps_quorum(voters, alive, id)
+            })
+            .await?;
         }
         let client = self.client(store)?;
         wait_for(
