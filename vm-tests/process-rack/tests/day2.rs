@@ -377,6 +377,21 @@ async fn coordination_is_clean(rack: &Rack) {
     assert!(rackctl::lock::read(&kv).await.unwrap().is_none());
 }
 
+/// After a rollout of `version`: every node booted it, the rack is as the contract says,
+/// nothing is left held, and no acknowledged write was lost.
+async fn rolled_out(rack: &Rack, ctl: &rackctl::Ctl, version: &str, load: WriteLoad) {
+    for n in &rack.names {
+        assert_eq!(rack.booted_version(n).as_deref(), Some(version), "{n}");
+    }
+    ctl.cluster().unwrap().check_voters().await.unwrap();
+    coordination_is_clean(rack).await;
+    let w = check_writes(load, rack).await;
+    eprintln!(
+        "longest write unavailability during the rollout: {:.2} s",
+        w.longest_gap.as_secs_f64()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_moves_every_node_to_the_new_bundle_while_a_client_writes() {
     let dir = tempfile::tempdir().unwrap();
@@ -454,16 +469,7 @@ async fn a_rollout_moves_every_node_to_the_new_bundle_while_a_client_writes() {
     );
 
     // Phase: every node on v2, the rack as the contract says, nothing left held.
-    for n in rack.names.clone() {
-        assert_eq!(rack.booted_version(&n).as_deref(), Some(v2.as_str()), "{n}");
-    }
-    ctl.cluster().unwrap().check_voters().await.unwrap();
-    coordination_is_clean(&rack).await;
-    let w = check_writes(load, &rack).await;
-    eprintln!(
-        "longest write unavailability during the rollout: {:.2} s",
-        w.longest_gap.as_secs_f64()
-    );
+    rolled_out(&rack, &ctl, &v2, load).await;
 
     // Phase: the same rollout again has nothing to do.
     let again = rackctl::rollout::rollout(&ctl, &plan).await.unwrap();
@@ -602,16 +608,7 @@ async fn a_rollout_whose_operator_died_mid_wave_is_finished_by_the_next() {
     );
 
     // Phase: every node on v2, the rack as the contract says, nothing left held, no write lost.
-    for n in rack.names.clone() {
-        assert_eq!(rack.booted_version(&n).as_deref(), Some(v2.as_str()), "{n}");
-    }
-    ctl.cluster().unwrap().check_voters().await.unwrap();
-    coordination_is_clean(&rack).await;
-    let w = check_writes(load, &rack).await;
-    eprintln!(
-        "longest write unavailability: {:.2} s",
-        w.longest_gap.as_secs_f64()
-    );
+    rolled_out(&rack, &ctl, &v2, load).await;
     rack.shutdown().await;
 }
 
