@@ -119,6 +119,15 @@ fn quorum_now(voters: &BTreeSet<u64>, alive: &BTreeSet<u64>) -> Result<(), Strin
     })
 }
 
+/// The ids that answered healthy.
+fn alive(answers: &[(&MemberInfo, Result<(), String>)]) -> BTreeSet<u64> {
+    answers
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(m, _)| m.id)
+        .collect()
+}
+
 /// How long a membership change waits for its quorum check to pass before refusing.
 pub const QUORUM_PATIENCE: Duration = Duration::from_secs(20);
 
@@ -313,20 +322,24 @@ impl Cluster {
 
     /// The voters of `view` whose API answers healthy.
     pub async fn alive_voters(&self, view: &StoreView) -> BTreeSet<u64> {
-        let voters: Vec<&MemberInfo> = view
+        alive(&self.voter_answers(view, None).await)
+    }
+
+    /// Each voter (and `extra`, a learner about to be one) with how its `/health` answered.
+    async fn voter_answers<'v>(
+        &self,
+        view: &'v StoreView,
+        extra: Option<u64>,
+    ) -> Vec<(&'v MemberInfo, Result<(), String>)> {
+        let asked: Vec<&MemberInfo> = view
             .members
             .members
             .iter()
-            .filter(|m| m.role == MemberRole::Voter)
+            .filter(|m| m.role == MemberRole::Voter || Some(m.id) == extra)
             .collect();
-        let checks = voters.iter().map(|m| self.healthy(&m.api_addr));
-        let results = futures::future::join_all(checks).await;
-        voters
-            .iter()
-            .zip(results)
-            .filter(|(_, r)| r.is_ok())
-            .map(|(m, _)| m.id)
-            .collect()
+        let answers =
+            futures::future::join_all(asked.iter().map(|m| self.healthy(&m.api_addr))).await;
+        asked.into_iter().zip(answers).collect()
     }
 
     /// Promotes learner `id` in `store` (a no-op for a voter), after the quorum check.
@@ -373,28 +386,15 @@ impl Cluster {
         let until = Instant::now() + QUORUM_PATIENCE;
         loop {
             let view = self.view(store).await?;
-            let asked: Vec<&MemberInfo> = view
-                .members
-                .members
-                .iter()
-                .filter(|m| m.role == MemberRole::Voter || Some(m.id) == extra)
-                .collect();
-            let answers =
-                futures::future::join_all(asked.iter().map(|m| self.healthy(&m.api_addr))).await;
-            let alive: BTreeSet<u64> = asked
-                .iter()
-                .zip(&answers)
-                .filter(|(_, r)| r.is_ok())
-                .map(|(m, _)| m.id)
-                .collect();
+            let answers = self.voter_answers(&view, extra).await;
+            let alive = alive(&answers);
             let e = match check(&view.voters(), &alive) {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             if Instant::now() >= until {
-                let silent: Vec<String> = asked
+                let silent: Vec<String> = answers
                     .iter()
-                    .zip(&answers)
                     .filter_map(|(m, r)| {
                         r.as_ref()
                             .err()
